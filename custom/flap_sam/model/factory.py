@@ -1,0 +1,95 @@
+"""One place that turns the model settings of a job into the adapted SAM model."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+
+from flap_sam.model.lora import inject_lora
+from flap_sam.model.presets import Preset, apply_trainable, exchanged_names, get_preset
+from flap_sam.model.sam_builder import get_architecture, build_sam, load_sam_checkpoint
+from flap_sam.model.semantic_sam import SemanticSam
+
+logger = logging.getLogger(__name__)
+
+# Every site and the server build the same random initialisation (frozen weights without a
+# checkpoint, LoRA A factors, new decoder tokens), so a federation starts from one model.
+INIT_SEED = 20240731
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The settings that define the adapted model; identical at the server and every site.
+
+    Attributes:
+        model_type: ``vit_b`` | ``vit_l`` | ``vit_h`` | ``vit_test`` (tiny, tests only).
+        image_size: model input size in pixels (paper: 224).
+        num_classes: foreground classes (KiTS: 2, IXI and prostate: 1).
+        preset: what trains and is exchanged (see ``flap_sam.model.presets``).
+        rank: LoRA rank (ignored by presets without LoRA; ``samed`` fixes 4).
+        lora_scale: multiplier of the LoRA update.
+    """
+
+    model_type: str = "vit_b"
+    image_size: int = 224
+    num_classes: int = 2
+    preset: str = "flap"
+    rank: int = 32
+    lora_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        get_architecture(self.model_type)
+        get_preset(self.preset)
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+
+    @property
+    def preset_obj(self) -> Preset:
+        return get_preset(self.preset)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_model(spec: ModelSpec, checkpoint: str | None = None, device: str | torch.device = "cpu") -> SemanticSam:
+    """Build SAM, load the official checkpoint (if any), inject the preset's LoRA, set trainability.
+
+    Args:
+        spec: the model settings.
+        checkpoint: path to an official SAM checkpoint of ``spec.model_type``; ``None`` or "" means
+            random initialisation (a loud warning is logged: only useful for demos and tests).
+        device: where the model lives.
+    """
+    preset = spec.preset_obj
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        model = build_sam(spec.model_type, spec.image_size, spec.num_classes, sam_class=SemanticSam)
+        if checkpoint:
+            load_sam_checkpoint(model, checkpoint)
+        else:
+            arch = get_architecture(spec.model_type)
+            where = f" (e.g. {arch.official_checkpoint} from the segment-anything release)" if arch.official_checkpoint else ""
+            logger.warning(
+                "NO SAM CHECKPOINT configured: %s starts from RANDOM weights. Set 'checkpoint' to a site-local "
+                "path of the official file%s for real use.", spec.model_type, where
+            )
+        if preset.uses_lora:
+            inject_lora(model, preset.lora_rank(spec.rank), spec.lora_scale, encoder=preset.encoder_lora, decoder=preset.decoder_lora)
+    apply_trainable(model, preset)
+    return model.to(device)
+
+
+def resolve_checkpoint(path: str | None) -> str | None:
+    """Expand ``~`` and environment variables; "" / None stay None."""
+    if not path:
+        return None
+    return os.path.expandvars(os.path.expanduser(path))
+
+
+def exchanged_state(model: SemanticSam, preset: Preset) -> dict[str, torch.Tensor]:
+    """The tensors a site sends under ``preset``: name -> detached CPU tensor."""
+    params = dict(model.named_parameters())
+    return {name: params[name].detach().cpu() for name in exchanged_names(model, preset)}

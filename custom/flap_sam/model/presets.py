@@ -1,0 +1,112 @@
+"""The paper's fine-tuning presets: one preset decides what trains AND what may leave a site.
+
+A preset is a LoRA configuration plus a list of regular expressions over the
+state-dict names of the (adapted) SAM model. ``Preset.selects(name)`` is the single
+rule used for three things, so they cannot disagree:
+
+* which parameters get ``requires_grad`` (``apply_trainable``),
+* which tensors a site sends (``exchanged_names``),
+* which tensors the client result filter lets through (``flap_sam.federated.filters``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from flap_sam.model.lora import is_lora_parameter
+
+_DEC = r"mask_decoder\."
+_DECODER_ATTENTION = _DEC + r"transformer\.(layers\.\d+\.(self_attn|cross_attn_token_to_image|cross_attn_image_to_token)|final_attn_token_to_image)\."
+_DECODER_OUTPUT = (_DEC + r"output_upscaling\.", _DEC + r"output_hypernetworks_mlps\.", _DEC + r"mask_tokens\.")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What trains and is exchanged.
+
+    Attributes:
+        name: preset id used in job configs and the CLI.
+        description: one line, as in the paper's ablation table.
+        encoder_lora / decoder_lora: where LoRA adapters are injected.
+        patterns: regexes matched (``re.match``) against non-LoRA parameter names.
+        fixed_rank: a rank the preset imposes (SAMed uses r=4), else the job's ``rank``.
+    """
+
+    name: str
+    description: str
+    encoder_lora: bool = False
+    decoder_lora: bool = False
+    patterns: tuple[str, ...] = ()
+    fixed_rank: int | None = None
+    _compiled: tuple[re.Pattern, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_compiled", tuple(re.compile(p) for p in self.patterns))
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.encoder_lora or self.decoder_lora
+
+    def lora_rank(self, requested: int) -> int:
+        return self.fixed_rank if self.fixed_rank is not None else requested
+
+    def selects(self, name: str) -> bool:
+        """True if the tensor called ``name`` trains and may leave a site under this preset."""
+        if is_lora_parameter(name):
+            if name.startswith("image_encoder."):
+                return self.encoder_lora
+            return self.decoder_lora
+        return any(p.match(name) for p in self._compiled)
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("fft", "full fine-tuning: every parameter", patterns=(r".",)),
+        Preset(
+            "attn_ft",
+            "every attention parameter + decoder output parts + mask tokens",
+            patterns=(r"image_encoder\.blocks\.\d+\.attn\.", _DECODER_ATTENTION) + _DECODER_OUTPUT,
+        ),
+        Preset("dec_ft", "the whole mask decoder", patterns=(_DEC,)),
+        Preset("pdec_ft", "decoder output_upscaling, output_hypernetworks_mlps, mask_tokens", patterns=_DECODER_OUTPUT),
+        Preset("lora_ft", "LoRA only (encoder qkv q/v + decoder q_proj/v_proj)", encoder_lora=True, decoder_lora=True),
+        Preset(
+            "flap",
+            "the paper's method: LoRA + output_upscaling + output_hypernetworks_mlps + mask_tokens",
+            encoder_lora=True,
+            decoder_lora=True,
+            patterns=_DECODER_OUTPUT,
+        ),
+        Preset("lora_dec", "SAMed-like: LoRA + the whole mask decoder", encoder_lora=True, decoder_lora=True, patterns=(_DEC,)),
+        Preset(
+            "samed",
+            "SAMed proper: encoder LoRA r=4 + whole mask decoder + prompt encoder",
+            encoder_lora=True,
+            patterns=(_DEC, r"prompt_encoder\."),
+            fixed_rank=4,
+        ),
+    )
+}
+
+DEFAULT_PRESET = "flap"
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"preset '{name}' is unknown; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def exchanged_names(model: nn.Module, preset: Preset) -> list[str]:
+    """Names of the parameters of ``model`` that train and are exchanged under ``preset``, in model order."""
+    return [name for name, _ in model.named_parameters() if preset.selects(name)]
+
+
+def apply_trainable(model: nn.Module, preset: Preset) -> None:
+    """Set ``requires_grad`` on exactly the preset's parameters, freeze the rest."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(preset.selects(name))

@@ -63,23 +63,35 @@ def build_model(spec: ModelSpec, checkpoint: str | None = None, device: str | to
             random initialisation (a loud warning is logged: only useful for demos and tests).
         device: where the model lives.
     """
+    if not checkpoint:
+        arch = get_architecture(spec.model_type)
+        where = f" (e.g. {arch.official_checkpoint} from the segment-anything release)" if arch.official_checkpoint else ""
+        logger.warning(
+            "NO SAM CHECKPOINT configured: %s starts from RANDOM weights. Set 'checkpoint' to a site-local "
+            "path of the official file%s for real use.", spec.model_type, where
+        )
+    return _assemble(spec, checkpoint).to(device)
+
+
+def _assemble(spec: ModelSpec, checkpoint: str | None) -> SemanticSam:
     preset = spec.preset_obj
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
         model = build_sam(spec.model_type, spec.image_size, spec.num_classes, sam_class=SemanticSam)
         if checkpoint:
             load_sam_checkpoint(model, checkpoint)
-        else:
-            arch = get_architecture(spec.model_type)
-            where = f" (e.g. {arch.official_checkpoint} from the segment-anything release)" if arch.official_checkpoint else ""
-            logger.warning(
-                "NO SAM CHECKPOINT configured: %s starts from RANDOM weights. Set 'checkpoint' to a site-local "
-                "path of the official file%s for real use.", spec.model_type, where
-            )
         if preset.uses_lora:
             inject_lora(model, preset.lora_rank(spec.rank), spec.lora_scale, encoder=preset.encoder_lora, decoder=preset.decoder_lora)
     apply_trainable(model, preset)
-    return model.to(device)
+    return model
+
+
+def exchange_schema(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor a site may send under ``spec`` (built on the meta device: no memory, no weights)."""
+    with torch.device("meta"):
+        model = _assemble(spec, None)
+    params = dict(model.named_parameters())
+    return {name: tuple(params[name].shape) for name in exchanged_names(model, spec.preset_obj)}
 
 
 def resolve_checkpoint(path: str | None) -> str | None:

@@ -1,0 +1,85 @@
+"""MONAI Decathlon-style datalists: ``{"training": [{"image", "label"}], "validation": [...]}``."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from flap_sam.data.errors import DataError
+
+
+@dataclass(frozen=True)
+class Case:
+    """One volume of a site: absolute paths; ``label`` may be None for inference-only lists."""
+
+    image: str
+    label: str | None
+
+
+def find_datalist(data_root: str, site_name: str, datalist: str | None = None) -> str:
+    """The datalist a site uses.
+
+    ``datalist`` if given (relative paths are relative to ``data_root``); otherwise
+    ``<data_root>/<site_name>.json`` (several sites prepared on one machine), then
+    ``<data_root>/datalist.json`` (one hospital, one data root).
+    """
+    if datalist:
+        path = datalist if os.path.isabs(datalist) else os.path.join(data_root, datalist)
+        if not os.path.isfile(path):
+            raise DataError(f"datalist {path}: file not found")
+        return path
+    for candidate in (os.path.join(data_root, f"{site_name}.json"), os.path.join(data_root, "datalist.json")):
+        if os.path.isfile(candidate):
+            return candidate
+    raise DataError(f"data_root {data_root}: no datalist found (looked for {site_name}.json and datalist.json)")
+
+
+def load_datalist(path: str, data_root: str | None = None, require_labels: bool = True) -> dict[str, list[Case]]:
+    """Read and check a datalist; returns ``{"training": [...], "validation": [...]}`` with absolute paths.
+
+    Paths inside the file are relative to ``data_root`` (default: the datalist's folder).
+    Raises ``DataError`` for a missing/invalid file, an empty ``training`` list or malformed entries.
+    """
+    root = data_root if data_root is not None else os.path.dirname(os.path.abspath(path))
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"datalist {path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"datalist {path}: not valid JSON ({e})") from None
+    if not isinstance(content, dict):
+        raise DataError(f"datalist {path}: expected an object with 'training' and 'validation' lists")
+    result: dict[str, list[Case]] = {}
+    for section in ("training", "validation", "test"):
+        entries = content.get(section, [])
+        if not isinstance(entries, list):
+            raise DataError(f"datalist {path}: '{section}' must be a list")
+        cases = []
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+                raise DataError(f"datalist {path}: {section}[{i}] needs an 'image' path")
+            label = entry.get("label")
+            if label is None and require_labels:
+                raise DataError(f"datalist {path}: {section}[{i}] needs a 'label' path")
+            cases.append(Case(_absolute(root, entry["image"]), _absolute(root, label) if label else None))
+        result[section] = cases
+    if not result["training"]:
+        raise DataError(f"datalist {path}: the 'training' list is empty or absent")
+    return result
+
+
+def _absolute(root: str, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(root, path))
+
+
+def write_datalist(path: str, training: list[dict], validation: list[dict], test: list[dict] | None = None) -> None:
+    """Write a datalist atomically (a reader never sees half a file)."""
+    content = {"training": training, "validation": validation}
+    if test is not None:
+        content["test"] = test
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(content, f, indent=2)
+    os.replace(tmp, path)

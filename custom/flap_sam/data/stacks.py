@@ -1,0 +1,162 @@
+"""2.5D samples: stacks of 5 consecutive axial slices, resized to the model size.
+
+A volume is normalised (``intensity``), resized in-plane to S x S once, and kept in memory
+as (Z, S, S). The sample at slice z is slices z-2..z+2 (edge-padded at the volume ends),
+min-max scaled to [0, 1] per stack. The model sees each slice as a 3-channel image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandAffined,
+    RandCoarseDropoutd,
+    RandFlipd,
+    RandGaussianSharpend,
+    RandRotate90d,
+    RandRotated,
+    RandScaleIntensityd,
+    Resize,
+    ScaleIntensity,
+    SomeOf,
+)
+from torch.utils.data import Dataset, WeightedRandomSampler
+
+from flap_sam.data.intensity import IntensityNormalizer
+from flap_sam.data.volumes import Volume
+
+STACK_DEPTH = 5
+HALF = STACK_DEPTH // 2
+
+
+@dataclass
+class PreparedVolume:
+    """A normalised volume at model resolution.
+
+    Attributes:
+        image: (Z, S, S) float32 tensor, normalised intensities.
+        label: (Z, S, S) uint8 tensor or None.
+        source: the loaded volume (original grid, for writing results back).
+    """
+
+    image: torch.Tensor
+    label: torch.Tensor | None
+    source: Volume
+
+
+def prepare_volume(volume: Volume, normalizer: IntensityNormalizer, image_size: int) -> PreparedVolume:
+    """Normalise and resize in-plane to ``image_size`` (image: bilinear, label: nearest)."""
+    image = normalizer(volume.image)  # (X, Y, Z)
+    depth = image.shape[2]
+    resize_image = Resize((image_size, image_size, depth), mode="bilinear", anti_aliasing=False)
+    resized = torch.as_tensor(np.asarray(resize_image(image[None])))[0].permute(2, 0, 1).contiguous().float()
+    label = None
+    if volume.label is not None:
+        resize_label = Resize((image_size, image_size, depth), mode="nearest")
+        label = torch.as_tensor(np.asarray(resize_label(volume.label[None].astype(np.float32))))[0]
+        label = label.permute(2, 0, 1).round().to(torch.uint8).contiguous()
+    return PreparedVolume(resized, label, volume)
+
+
+def stack_indices(z: int, depth: int) -> list[int]:
+    """Slice indices of the stack centred on ``z``, edge-padded: z-2..z+2 clamped to 0..depth-1."""
+    return [min(max(i, 0), depth - 1) for i in range(z - HALF, z + HALF + 1)]
+
+
+_scale_each = ScaleIntensity(minv=0.0, maxv=1.0, channel_wise=True)
+
+
+def scale_stack(stacks: torch.Tensor) -> torch.Tensor:
+    """Min-max scale each stack to [0, 1]: (5, S, S) or (N, 5, S, S) (a constant stack becomes 0)."""
+    if stacks.ndim == 3:
+        return scale_stack(stacks[None])[0]
+    return torch.as_tensor(_scale_each(stacks.reshape(stacks.shape[0], -1))).reshape(stacks.shape).float()
+
+
+def build_augmentation(image_size: int) -> Compose:
+    """The paper's augmentations, where MONAI has them, on {"image", "label"} of shape (5, S, S).
+
+    rot90/flip, rotation ±15°, gamma, random erasing, then two of {shear, scale, translate,
+    contrast, brightness, sharpness}. (Posterize has no MONAI transform and is left out.)
+    """
+    keys = ("image", "label")
+    interp = ("bilinear", "nearest")
+    return Compose(
+        [
+            RandRotate90d(keys, prob=0.5, max_k=3, spatial_axes=(0, 1)),
+            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            RandRotated(keys, range_x=math.radians(15), prob=0.5, mode=interp, padding_mode="zeros"),
+            RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
+            RandCoarseDropoutd("image", holes=1, spatial_size=image_size // 8, max_spatial_size=image_size // 4, prob=0.2),
+            SomeOf(
+                [
+                    RandAffined(keys, prob=1.0, shear_range=(0.2, 0.2), mode=interp, padding_mode="zeros"),
+                    RandAffined(keys, prob=1.0, scale_range=(0.15, 0.15), mode=interp, padding_mode="zeros"),
+                    RandAffined(keys, prob=1.0, translate_range=(image_size // 10, image_size // 10), mode=interp, padding_mode="zeros"),
+                    RandAdjustContrastd("image", prob=1.0, gamma=(0.8, 1.25)),
+                    RandScaleIntensityd("image", factors=0.2, prob=1.0),
+                    RandGaussianSharpend("image", prob=1.0),
+                ],
+                num_transforms=2,
+            ),
+        ]
+    )
+
+
+class SliceStackDataset(Dataset):
+    """Every axial slice of every volume as a 2.5D training sample.
+
+    Item: ``{"image": (5, S, S) float32 in [0, 1], "label": (5, S, S) int64}``.
+    """
+
+    def __init__(self, volumes: list[PreparedVolume], augment: Compose | None = None, seed: int = 0) -> None:
+        if any(v.label is None for v in volumes):
+            raise ValueError("training volumes need labels")
+        self.volumes = volumes
+        self.augment = augment
+        if augment is not None:
+            augment.set_random_state(seed=seed)
+        self.index = [(vi, z) for vi, v in enumerate(volumes) for z in range(v.image.shape[0])]
+        self.has_foreground = np.array([bool(volumes[vi].label[z].any()) for vi, z in self.index])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        vi, z = self.index[i]
+        v = self.volumes[vi]
+        idx = stack_indices(z, v.image.shape[0])
+        sample = {"image": scale_stack(v.image[idx]), "label": v.label[idx].float()}
+        if self.augment is not None:
+            sample = self.augment(sample)
+        image = torch.as_tensor(sample["image"]).float().clamp_(0.0, 1.0)
+        label = torch.as_tensor(sample["label"]).round().long()
+        return {"image": image, "label": label}
+
+
+def foreground_sampler(dataset: SliceStackDataset, foreground_fraction: float, num_samples: int, seed: int) -> WeightedRandomSampler:
+    """Sample so that about ``foreground_fraction`` of stacks have foreground at their centre slice.
+
+    Without it, empty slices (most of a CT volume) drown the few with kidneys or tumours.
+    Falls back to uniform sampling when a site has only empty or only non-empty slices.
+    """
+    fg = dataset.has_foreground
+    n_fg, n_bg = int(fg.sum()), int((~fg).sum())
+    if n_fg == 0 or n_bg == 0:
+        weights = np.ones(len(fg))
+    else:
+        weights = np.where(fg, foreground_fraction / n_fg, (1.0 - foreground_fraction) / n_bg)
+    generator = torch.Generator().manual_seed(seed)
+    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples, replacement=True, generator=generator)
+
+
+def stacks_to_images(stacks: torch.Tensor) -> torch.Tensor:
+    """(B, 5, S, S) stacks -> (B*5, 3, S, S) images (grey value repeated over RGB)."""
+    b, d, h, w = stacks.shape
+    return stacks.reshape(b * d, 1, h, w).expand(-1, 3, -1, -1)

@@ -1,0 +1,106 @@
+"""Load NIfTI volumes with nibabel, check them, and bring them to one canonical orientation (RAS+).
+
+In RAS+ the third array axis runs inferior -> superior, so ``array[:, :, z]`` is an axial slice.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+
+from flap_sam.data.errors import DataError
+
+
+@dataclass
+class Volume:
+    """One case in canonical orientation.
+
+    Attributes:
+        image: (X, Y, Z) float32 intensities (HU for CT).
+        label: (X, Y, Z) uint8 class indices, or None.
+        affine: 4x4 voxel-to-world matrix of the ORIGINAL file (mm).
+        original_shape: array shape in the original file.
+        spacing: canonical voxel size (mm), (3,).
+        name: file name, for messages that stay on the site.
+    """
+
+    image: np.ndarray
+    label: np.ndarray | None
+    affine: np.ndarray
+    original_shape: tuple[int, ...]
+    spacing: tuple[float, float, float]
+    name: str
+
+    @property
+    def num_slices(self) -> int:
+        return self.image.shape[2]
+
+    def to_original_orientation(self, array: np.ndarray) -> np.ndarray:
+        """Map a canonical (X, Y, Z) array back onto the original file's voxel grid."""
+        current = nib.orientations.axcodes2ornt(("R", "A", "S"))
+        target = nib.orientations.io_orientation(self.affine)
+        return nib.orientations.apply_orientation(array, nib.orientations.ornt_transform(current, target))
+
+
+def _read(path: str, what: str) -> nib.Nifti1Image:
+    if not os.path.isfile(path):
+        raise DataError(f"{what} {path}: file not found")
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:  # nibabel raises many types for corrupt or truncated files
+        raise DataError(f"{what} {path}: cannot be read as NIfTI ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(f"{what} {path}: expected a 3D volume, got shape {data.shape}")
+    return nib.Nifti1Image(data, img.affine, img.header)
+
+
+def _canonical(img: nib.Nifti1Image) -> np.ndarray:
+    ornt = nib.orientations.io_orientation(img.affine)
+    return nib.orientations.apply_orientation(np.asanyarray(img.dataobj), ornt)
+
+
+def load_volume(image_path: str, label_path: str | None, num_classes: int) -> Volume:
+    """Read, check and reorient one case.
+
+    Raises ``DataError`` (one line, naming the file) for: a missing or unreadable file,
+    a non-3D array, NaN/Inf intensities, image/label shape or affine mismatch, label
+    values that are not integers in ``0..num_classes``.
+    """
+    image_img = _read(image_path, "image")
+    image = _canonical(image_img).astype(np.float32)
+    if not np.isfinite(image).all():
+        raise DataError(f"image {image_path}: contains NaN or infinite values")
+    label = None
+    if label_path is not None:
+        label_img = _read(label_path, "label")
+        if label_img.shape != image_img.shape:
+            raise DataError(f"label {label_path}: shape {label_img.shape} differs from its image's {image_img.shape}")
+        if not np.allclose(label_img.affine, image_img.affine, atol=1e-3):
+            raise DataError(f"label {label_path}: affine differs from its image's (not on the same grid)")
+        raw = _canonical(label_img)
+        if not np.isfinite(raw).all() or (np.issubdtype(raw.dtype, np.floating) and not np.all(raw == np.round(raw))):
+            raise DataError(f"label {label_path}: contains non-integer values")
+        low, high = int(raw.min()), int(raw.max())
+        if low < 0 or high > num_classes:
+            raise DataError(f"label {label_path}: values {low}..{high} outside 0..{num_classes} (num_classes={num_classes})")
+        label = raw.astype(np.uint8)
+    zooms = nib.affines.voxel_sizes(image_img.affine)
+    ornt = nib.orientations.io_orientation(image_img.affine)
+    spacing = tuple(float(zooms[int(ax)]) for ax in ornt[:, 0].argsort())
+    return Volume(image, label, image_img.affine, image_img.shape, spacing, os.path.basename(image_path))
+
+
+def save_mask(mask: np.ndarray, like: Volume, path: str) -> None:
+    """Write a canonical (X, Y, Z) class-index mask as NIfTI on ``like``'s original grid and affine."""
+    data = like.to_original_orientation(mask).astype(np.uint8)
+    img = nib.Nifti1Image(data, like.affine)
+    img.set_data_dtype(np.uint8)
+    tmp = f"{path}.tmp-{os.getpid()}.nii.gz"
+    nib.save(img, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,53 @@
+"""The server's model: only the exchanged tensors, so the persistor keeps the adapter, not SAM."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from flap_sam.model.factory import ModelSpec, build_model, exchanged_state, resolve_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+class AdapterModel(nn.Module):
+    """An ``nn.Module`` whose ``state_dict()`` is exactly the preset's exchanged tensors.
+
+    Keys are the full SAM names (``image_encoder.blocks.0.attn.qkv.lora_A.q`` ...), held in a
+    tree of plain modules. Initial values come from the same deterministic build as every
+    site's (LoRA B = 0), with pretrained decoder parts when the server has the checkpoint.
+    For flap with ViT-B, r = 32, 2 classes: 1.86 M parameters, 7.4 MB in fp32.
+
+    Args: the job's model settings (see ``ModelSpec``) and an optional server-local ``checkpoint``.
+    """
+
+    def __init__(
+        self,
+        model_type: str = "vit_b",
+        image_size: int = 224,
+        num_classes: int = 2,
+        preset: str = "flap",
+        rank: int = 32,
+        lora_scale: float = 1.0,
+        checkpoint: str = "",
+    ) -> None:
+        super().__init__()
+        spec = ModelSpec(model_type, image_size, num_classes, preset, rank, lora_scale)
+        full = build_model(spec, resolve_checkpoint(checkpoint))
+        for name, tensor in exchanged_state(full, spec.preset_obj).items():
+            self._register(name, tensor.clone())
+        self.spec = spec
+
+    def _register(self, name: str, tensor: torch.Tensor) -> None:
+        *path, leaf = name.split(".")
+        module: nn.Module = self
+        for part in path:
+            if part not in module._modules:
+                module.add_module(part, nn.Module())
+            module = module._modules[part]
+        module.register_parameter(leaf, nn.Parameter(tensor, requires_grad=False))
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("AdapterModel only holds the exchanged tensors; it is not a network")

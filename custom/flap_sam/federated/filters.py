@@ -1,0 +1,103 @@
+"""Client result filter: only the preset's tensors (and plain numbers) ever leave a site. Fail-closed."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from nvflare.apis.dxo import DXO, DataKind, from_shareable
+from nvflare.apis.filter import Filter
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
+
+from flap_sam.model.factory import ModelSpec, exchange_schema
+
+_WEIGHT_KINDS = (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (numbers.Real, np.integer, np.floating))
+
+
+def _plain(value) -> bool:
+    """Plain metadata: numbers, strings, None, or lists/dicts of them (no arrays, no bytes)."""
+    if value is None or isinstance(value, str) or _is_number(value):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+class PresetResultFilter(Filter):
+    """Lets through a task result only what the preset allows.
+
+    * WEIGHTS / WEIGHT_DIFF: tensors whose name AND shape are in the preset's exchange schema
+      (computed from the same model settings as the Learner's, see ``exchange_schema``);
+      anything else is removed and logged as an error.
+    * METRICS: numeric values only.
+    * any other payload (not a DXO, another data kind): the result is replaced by an empty
+      error reply; nothing of it leaves the site.
+    * metadata: plain numbers/strings only.
+
+    Args: the model settings of the job (``model_type`` ... ``lora_scale``), see ``ModelSpec``.
+    """
+
+    def __init__(
+        self,
+        model_type: str = "vit_b",
+        image_size: int = 224,
+        num_classes: int = 2,
+        preset: str = "flap",
+        rank: int = 32,
+        lora_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.spec = ModelSpec(model_type, image_size, num_classes, preset, rank, lora_scale)
+        self.schema = exchange_schema(self.spec)
+
+    def _blocked(self, fl_ctx: FLContext, reason: str) -> Shareable:
+        self.log_error(fl_ctx, f"result blocked by preset '{self.spec.preset}': {reason}")
+        return make_reply(ReturnCode.EXECUTION_RESULT_ERROR)
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        rc = shareable.get_return_code(ReturnCode.OK)
+        if rc != ReturnCode.OK:
+            return make_reply(rc)  # an error result carries its code and nothing else
+        try:
+            dxo = from_shareable(shareable)
+        except Exception:
+            return self._blocked(fl_ctx, "the result is not a DXO")
+        if dxo.data_kind in _WEIGHT_KINDS:
+            data = self._filter_weights(dxo.data or {}, fl_ctx)
+        elif dxo.data_kind == DataKind.METRICS:
+            data = {}
+            for key, value in (dxo.data or {}).items():
+                if isinstance(key, str) and _is_number(value):
+                    data[key] = value
+                else:
+                    self.log_error(fl_ctx, f"blocked metric {key!r}: not a plain number")
+        else:
+            return self._blocked(fl_ctx, f"data kind {dxo.data_kind} is not allowed to leave the site")
+        meta = {}
+        for key, value in (dxo.meta or {}).items():
+            if _plain(value):
+                meta[key] = value
+            else:
+                self.log_error(fl_ctx, f"blocked result metadata {key!r}: not a plain value")
+        filtered = DXO(dxo.data_kind, data=data, meta=meta)
+        return filtered.update_shareable(shareable)
+
+    def _filter_weights(self, weights: dict, fl_ctx: FLContext) -> dict:
+        kept = {}
+        for name, value in weights.items():
+            shape = tuple(np.shape(value))
+            if name not in self.schema:
+                self.log_error(fl_ctx, f"blocked tensor {name}: not exchanged under preset '{self.spec.preset}'")
+            elif shape != self.schema[name]:
+                self.log_error(fl_ctx, f"blocked tensor {name}: shape {shape}, preset schema says {self.schema[name]}")
+            else:
+                kept[name] = value
+        return kept

@@ -1,0 +1,218 @@
+"""The site side of the federation: an NVFlare ``Learner`` run by ``LearnerExecutor``."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.signal import Signal
+from nvflare.app_common.abstract.learner_spec import Learner
+from nvflare.app_common.app_constant import AppConstants, ValidateType
+
+from flap_sam.data.profiles import get_profile
+from flap_sam.data.site import SiteData
+from flap_sam.data.stacks import SliceStackDataset, build_augmentation
+from flap_sam.federated.weights import export_weights, import_weights
+from flap_sam.model.factory import ModelSpec, build_model, resolve_checkpoint
+from flap_sam.model.presets import exchanged_names
+from flap_sam.training.local_trainer import LocalTrainer, TrainSettings, evaluate_volumes
+
+SITE_SETTINGS_FILE = "flap_sam_site.json"
+SITE_SETTING_KEYS = ("data_root", "datalist", "checkpoint", "device")
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class FlapSamLearner(Learner):
+    """Fine-tunes LoRA-SAM slice by slice on the site's 3D volumes and returns only the preset's tensors.
+
+    Built once per run (``initialize``): the base SAM (optionally from a site-local official
+    checkpoint), the site's checked data, the optimiser. Each round: load the global adapter,
+    validate it (reported as initial metrics for model selection), train local steps, send the
+    preset's tensors with the number of steps.
+
+    Site-specific settings (``data_root``, ``datalist``, ``checkpoint``, ``device``) may be
+    overridden by the site in ``<workspace>/local/flap_sam_site.json``, so one job serves every site.
+    """
+
+    def __init__(
+        self,
+        model_type: str = "vit_b",
+        image_size: int = 224,
+        num_classes: int = 2,
+        preset: str = "flap",
+        rank: int = 32,
+        lora_scale: float = 1.0,
+        checkpoint: str = "",
+        dataset: str = "kits",
+        data_root: str = "demo",
+        datalist: str = "",
+        device: str = "auto",
+        local_epochs: float = 1.0,
+        max_steps_per_round: int = 0,
+        batch_size: int = 24,
+        lr: float = 8e-4,
+        weight_decay: float = 0.1,
+        warmup_steps: int = 250,
+        poly_power: float = 7.0,
+        foreground_fraction: float = 0.5,
+        augment: bool = True,
+        amp: bool = True,
+        seed: int = 0,
+        analytic_sender_id: str = "analytic_sender",
+    ) -> None:
+        super().__init__()
+        self.spec = ModelSpec(model_type, image_size, num_classes, preset, rank, lora_scale)
+        self.profile = get_profile(dataset)
+        if self.profile.num_classes != num_classes:
+            raise ValueError(f"num_classes={num_classes} but dataset '{dataset}' has {self.profile.num_classes} classes")
+        self.site_settings = {"data_root": data_root, "datalist": datalist, "checkpoint": checkpoint, "device": device}
+        self.local_epochs = local_epochs
+        self.max_steps_per_round = max_steps_per_round
+        self.augment = augment
+        self.train_settings = TrainSettings(lr, weight_decay, batch_size, warmup_steps, poly_power, foreground_fraction, amp, seed)
+        self.analytic_sender_id = analytic_sender_id
+        self.model = None
+        self.local_weights: dict[str, np.ndarray] | None = None
+        self._aborted = False
+        self._setup_error: Exception | None = None
+        self.writer = None
+
+    # ---- start-up -------------------------------------------------------------------------
+    def _apply_site_overrides(self, fl_ctx: FLContext) -> None:
+        workspace = fl_ctx.get_prop(FLContextKey.WORKSPACE_OBJECT)
+        if workspace is None:
+            return
+        path = workspace.get_file_path_in_site_config(SITE_SETTINGS_FILE)
+        if not os.path.isfile(path):
+            return
+        try:
+            with open(path, encoding="utf-8") as f:
+                overrides = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"site settings {path}: not valid JSON ({e})") from None
+        unknown = set(overrides) - set(SITE_SETTING_KEYS)
+        if unknown:
+            raise ValueError(f"site settings {path}: unknown keys {sorted(unknown)}; allowed: {list(SITE_SETTING_KEYS)}")
+        self.site_settings.update(overrides)
+        self.log_info(fl_ctx, f"site settings from {path}: {sorted(overrides)}")
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        # Check data and checkpoint when the run starts, not when the first task arrives.
+        if event_type == EventType.START_RUN and self.model is None:
+            try:
+                self._setup(fl_ctx)
+            except Exception as e:
+                self._setup_error = e
+                self.log_error(fl_ctx, f"site {fl_ctx.get_identity_name()} cannot start: {e}")
+
+    def initialize(self, parts: dict, fl_ctx: FLContext) -> None:
+        if self._setup_error is not None:
+            raise self._setup_error
+        if self.model is None:
+            self._setup(fl_ctx)
+        self.writer = parts.get(self.analytic_sender_id)
+
+    def _setup(self, fl_ctx: FLContext) -> None:
+        self.site_name = fl_ctx.get_identity_name()
+        self._apply_site_overrides(fl_ctx)
+        settings = self.site_settings
+        self.device = pick_device(settings["device"])
+        torch.manual_seed(self.train_settings.seed)
+        self.data = SiteData.load(
+            self.profile, settings["data_root"], self.site_name, self.spec.image_size, self.spec.num_classes, settings["datalist"] or None
+        )
+        self.model = build_model(self.spec, resolve_checkpoint(settings["checkpoint"]), self.device)
+        self.exchanged = exchanged_names(self.model, self.spec.preset_obj)
+        augment = build_augmentation(self.spec.image_size) if self.augment else None
+        dataset = SliceStackDataset(self.data.train, augment, seed=self.train_settings.seed)
+        self.trainer = LocalTrainer(self.model, dataset, self.train_settings, self.device)
+        self.log_info(
+            fl_ctx,
+            f"{self.spec.model_type} preset={self.spec.preset} on {self.device}: {len(self.exchanged)} tensors, "
+            f"{sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} parameters train and are exchanged",
+        )
+
+    # ---- rounds ---------------------------------------------------------------------------
+    def _load_global(self, shareable: Shareable, fl_ctx: FLContext) -> int:
+        dxo = from_shareable(shareable)
+        if dxo.data_kind != DataKind.WEIGHTS:
+            raise ValueError(f"global model: expected WEIGHTS, got {dxo.data_kind}")
+        import_weights(self.model, dxo.data, self.exchanged, "global model from the server")
+        return int(shareable.get_header(AppConstants.CURRENT_ROUND, 0) or 0)
+
+    def _steps_this_round(self) -> int:
+        steps = max(1, round(self.local_epochs * self.trainer.steps_per_epoch()))
+        return min(steps, self.max_steps_per_round) if self.max_steps_per_round > 0 else steps
+
+    def _log(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, float(value), global_step=step)
+
+    def train(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        try:
+            current_round = self._load_global(shareable, fl_ctx)
+        except ValueError as e:
+            self.log_error(fl_ctx, str(e))
+            return make_reply(ReturnCode.BAD_TASK_DATA)
+        num_rounds = int(shareable.get_header(AppConstants.NUM_ROUNDS, 1) or 1)
+        steps = self._steps_this_round()
+        self._aborted = False
+        done, loss = self.trainer.train(
+            steps,
+            total_steps=num_rounds * steps,
+            round_seed=self.train_settings.seed * 100_003 + current_round,
+            should_stop=lambda: abort_signal.triggered or self._aborted,
+        )
+        if abort_signal.triggered or self._aborted:
+            return make_reply(ReturnCode.TASK_ABORTED)
+        self._log("train_loss", loss, current_round)
+        self._log("lr", self.trainer.optimizer.param_groups[0]["lr"], current_round)
+        self.log_info(fl_ctx, f"round {current_round}: {done} local steps, mean loss {loss:.4f}")
+        self.local_weights = export_weights(self.model, self.exchanged)
+        dxo = DXO(DataKind.WEIGHTS, data=self.local_weights, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: done})
+        return dxo.to_shareable()
+
+    def get_model_for_validation(self, model_name: str, fl_ctx: FLContext) -> Shareable:
+        if model_name != "local" or self.local_weights is None:  # FLARE asks for the site's "local" model
+            return make_reply(ReturnCode.EMPTY_RESULT)
+        return DXO(DataKind.WEIGHTS, data=self.local_weights).to_shareable()
+
+    def validate(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        validate_type = shareable.get_header(AppConstants.VALIDATE_TYPE)
+        try:
+            current_round = self._load_global(shareable, fl_ctx)
+        except ValueError as e:
+            self.log_error(fl_ctx, str(e))
+            return make_reply(ReturnCode.BAD_TASK_DATA)
+        amp = self.train_settings.amp and self.device.type == "cuda"
+        scores = evaluate_volumes(self.model, self.data.validation, self.spec.num_classes, self.device, amp=amp)
+        if abort_signal.triggered:
+            return make_reply(ReturnCode.TASK_ABORTED)
+        per_class = scores.mean(axis=0)
+        mean_dice = float(per_class.mean())
+        if validate_type == ValidateType.BEFORE_TRAIN_VALIDATE:
+            self._log("val_dice", mean_dice, current_round)
+            for name, value in zip(self.profile.class_names, per_class):
+                self._log(f"val_dice_{name}", value, current_round)
+            self.log_info(fl_ctx, f"round {current_round}: global model validation Dice {mean_dice:.4f}")
+            return DXO(DataKind.METRICS, data={MetaKey.INITIAL_METRICS: mean_dice}).to_shareable()
+        metrics = {"val_dice": mean_dice, **{f"val_dice_{n}": float(v) for n, v in zip(self.profile.class_names, per_class)}}
+        return DXO(DataKind.METRICS, data=metrics).to_shareable()
+
+    def abort(self, fl_ctx: FLContext) -> None:
+        self._aborted = True
+
+    def finalize(self, fl_ctx: FLContext) -> None:
+        self.model = None

@@ -1,0 +1,1 @@
+"""Local training, volume inference and metrics: plain PyTorch/MONAI, no FLARE."""

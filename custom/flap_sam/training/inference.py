@@ -1,0 +1,50 @@
+"""Whole-volume inference: every axial slice, overlapping 5-slice windows averaged.
+
+Uses MONAI's ``sliding_window_inference`` along the slice axis with a window of 5 slices
+and a stride of one slice, so each slice receives the softmax of up to 5 stacks; the
+volume is edge-padded by 2 slices first so the end slices get 5 windows too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+
+from flap_sam.data.stacks import HALF, STACK_DEPTH, PreparedVolume, scale_stack, stacks_to_images
+from flap_sam.model.semantic_sam import SemanticSam
+
+
+@torch.no_grad()
+def predict_probabilities(model: SemanticSam, volume: PreparedVolume, device: torch.device, windows_per_batch: int = 4, amp: bool = False) -> torch.Tensor:
+    """Class probabilities of a prepared volume at model resolution: (K + 1, Z, S, S) float32 on CPU."""
+    model.eval()
+    padded = F.pad(volume.image[None, None], (0, 0, 0, 0, HALF, HALF), mode="replicate")  # (1, 1, Z+4, S, S)
+    size = volume.image.shape[-1]
+
+    def predictor(windows: torch.Tensor) -> torch.Tensor:  # (n, 1, 5, S, S) -> (n, K+1, 5, S, S)
+        n = windows.shape[0]
+        stacks = scale_stack(windows[:, 0])
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(stacks_to_images(stacks.to(device)))
+        probs = torch.softmax(logits.float(), dim=1)
+        return probs.reshape(n, STACK_DEPTH, -1, size, size).transpose(1, 2).cpu()
+
+    probs = sliding_window_inference(
+        padded, roi_size=(STACK_DEPTH, size, size), sw_batch_size=windows_per_batch, predictor=predictor,
+        overlap=((STACK_DEPTH - 1) / STACK_DEPTH, 0.0, 0.0), mode="constant",
+    )
+    return probs[0, :, HALF:-HALF]
+
+
+def probabilities_to_mask(probs: torch.Tensor, volume: PreparedVolume) -> np.ndarray:
+    """(K + 1, Z, S, S) probabilities -> (X, Y, Z) uint8 class mask on the volume's canonical grid."""
+    x, y, _ = volume.source.image.shape
+    resized = F.interpolate(probs.permute(1, 0, 2, 3), size=(x, y), mode="bilinear", align_corners=False)  # (Z, K+1, X, Y)
+    return resized.argmax(dim=1).permute(1, 2, 0).to(torch.uint8).numpy()
+
+
+def segment_volume(model: SemanticSam, volume: PreparedVolume, device: torch.device, amp: bool = False) -> np.ndarray:
+    """Class-index mask (X, Y, Z) of one volume, canonical orientation, original in-plane size."""
+    return probabilities_to_mask(predict_probabilities(model, volume, device, amp=amp), volume)

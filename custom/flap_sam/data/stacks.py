@@ -26,6 +26,7 @@ from monai.transforms import (
     ScaleIntensity,
     SomeOf,
 )
+from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from flap_sam.data.intensity import IntensityNormalizer
@@ -76,7 +77,8 @@ def scale_stack(stacks: torch.Tensor) -> torch.Tensor:
     """Min-max scale each stack to [0, 1]: (5, S, S) or (N, 5, S, S) (a constant stack becomes 0)."""
     if stacks.ndim == 3:
         return scale_stack(stacks[None])[0]
-    return torch.as_tensor(_scale_each(stacks.reshape(stacks.shape[0], -1))).reshape(stacks.shape).float()
+    scaled = convert_to_tensor(_scale_each(stacks.reshape(stacks.shape[0], -1)), track_meta=False)  # plain tensor, no MetaTensor
+    return scaled.reshape(stacks.shape).float()
 
 
 def build_augmentation(image_size: int) -> Compose:
@@ -135,8 +137,8 @@ class SliceStackDataset(Dataset):
         sample = {"image": scale_stack(v.image[idx]), "label": v.label[idx].float()}
         if self.augment is not None:
             sample = self.augment(sample)
-        image = torch.as_tensor(sample["image"]).float().clamp_(0.0, 1.0)
-        label = torch.as_tensor(sample["label"]).round().long()
+        image = convert_to_tensor(sample["image"], track_meta=False).float().clamp_(0.0, 1.0)
+        label = convert_to_tensor(sample["label"], track_meta=False).round().long()
         return {"image": image, "label": label}
 
 

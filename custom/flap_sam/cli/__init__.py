@@ -1,0 +1,1 @@
+"""The ``flap-sam`` command line."""

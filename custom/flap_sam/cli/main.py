@@ -1,0 +1,39 @@
+"""``flap-sam``: parameter counts, demo data, inference."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from flap_sam.cli import demo_data, infer, params
+from flap_sam.data.errors import DataError
+from flap_sam.model.sam_builder import CheckpointError
+
+COMMANDS = {
+    "params": (params, "trainable and exchanged parameters and bytes per preset"),
+    "demo-data": (demo_data, "write the built-in synthetic demo data"),
+    "infer": (infer, "segment a NIfTI volume with SAM + a persisted adapter"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flap-sam", description="Federated LoRA fine-tuning of SAM on 3D medical images")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command][0].run(args)
+    except (DataError, CheckpointError, ValueError) as e:
+        print(f"flap-sam {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""``flap-sam params``: trainable and exchanged parameters and bytes of a preset."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from flap_sam.model.factory import ModelSpec, _assemble, exchange_schema
+from flap_sam.model.presets import PRESETS
+
+
+def count_parameters(spec: ModelSpec) -> dict[str, int]:
+    """Counts for one preset, built on the meta device (no weights are allocated).
+
+    Returns ``{"trainable", "exchanged", "total"}`` parameter counts.
+    """
+    with torch.device("meta"):
+        model = _assemble(spec, None)
+    schema = exchange_schema(spec)
+    exchanged = sum(int(torch.Size(shape).numel()) for shape in schema.values())
+    return {
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "exchanged": exchanged,
+        "total": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="vit_b", help="vit_b | vit_l | vit_h | vit_test")
+    parser.add_argument("--preset", default="flap", help=f"one of {', '.join(PRESETS)}, or 'all'")
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--classes", type=int, default=2, help="foreground classes")
+    parser.add_argument("--image-size", type=int, default=224)
+
+
+def run(args: argparse.Namespace) -> int:
+    presets = list(PRESETS) if args.preset == "all" else [args.preset]
+    rows = [(name, count_parameters(ModelSpec(args.model, args.image_size, args.classes, name, args.rank))) for name in presets]
+    fft = count_parameters(ModelSpec(args.model, args.image_size, args.classes, "fft", args.rank))["exchanged"]
+    print(f"{args.model} at {args.image_size} px, {args.classes} classes, LoRA rank {args.rank}")
+    print(f"{'preset':<9} {'trainable':>12} {'exchanged':>12} {'fp32 bytes':>13} {'fp32 MB':>8} {'fft/preset':>10}")
+    for name, c in rows:
+        print(f"{name:<9} {c['trainable']:>12,} {c['exchanged']:>12,} {4 * c['exchanged']:>13,} {4 * c['exchanged'] / 1e6:>8.2f} {fft / c['exchanged']:>10.1f}")
+    return 0

@@ -1,0 +1,48 @@
+"""Helpers for tests that run the real FLARE simulator on a copy of a job with changed settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The test-size model and the settings under which it learns the demo task within a few rounds.
+TEST_MODEL = {"model_type": "vit_test", "image_size": 64, "rank": 4}
+TEST_TRAINING = {"batch_size": 4, "local_epochs": 3.0, "max_steps_per_round": 60, "lr": 0.01, "poly_power": 1.0, "augment": False}
+
+
+def copy_job(name: str, dest: Path, server: dict | None = None, client: dict | None = None) -> Path:
+    """Copy ``jobs/<name>`` to ``dest`` and change top-level settings of its configs, as a user would."""
+    job = dest / name
+    shutil.copytree(REPO / "jobs" / name, job)
+    for file, changes in (("config_fed_server.json", server or {}), ("config_fed_client.json", client or {})):
+        path = job / "app" / "config" / file
+        config = json.loads(path.read_text())
+        unknown = set(changes) - set(config)
+        assert not unknown, f"{file} has no setting {unknown}"
+        config.update(changes)
+        path.write_text(json.dumps(config, indent=2))
+    return job
+
+
+def run_simulator(job: Path, workspace: Path, n_clients: int, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """``nvflare simulator JOB -w WS -n N -t N`` in a subprocess; returns the completed process."""
+    cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(workspace), "-n", str(n_clients), "-t", str(n_clients)]
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def scalars(tb_dir: Path, tag: str) -> dict[int, float]:
+    """step -> value of one TensorBoard scalar tag in a folder of event files."""
+    acc = EventAccumulator(str(tb_dir))
+    acc.Reload()
+    if tag not in acc.Tags().get("scalars", []):
+        return {}
+    return {e.step: e.value for e in acc.Scalars(tag)}

@@ -1,0 +1,131 @@
+"""Site data: datalists, NIfTI checks (one-line errors naming the file), demo data, 2.5D stacks."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from flap_sam.data.datalist import load_datalist
+from flap_sam.data.demo import ScannerShift, ensure_demo_site, make_demo_site
+from flap_sam.data.errors import DataError
+from flap_sam.data.profiles import get_profile
+from flap_sam.data.site import SiteData
+from flap_sam.data.stacks import SliceStackDataset, build_augmentation, stack_indices
+from flap_sam.data.volumes import load_volume, save_mask
+
+
+def _write(path, array, affine=np.eye(4)):
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return str(path)
+
+
+def _site(tmp_path, image, label, affine_label=np.eye(4)):
+    _write(tmp_path / "img.nii.gz", image)
+    _write(tmp_path / "lab.nii.gz", label, affine_label)
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"image": "img.nii.gz", "label": "lab.nii.gz"}], "validation": [{"image": "img.nii.gz", "label": "lab.nii.gz"}]}))
+    return str(tmp_path)
+
+
+def _load(root):
+    return SiteData.load(get_profile("kits"), root, "site-1", 64, 2)
+
+
+def _good():
+    image = np.random.default_rng(0).normal(0, 50, (16, 16, 6)).astype(np.float32)
+    label = np.zeros((16, 16, 6), np.uint8)
+    label[4:8, 4:8, 2:4] = 1
+    return image, label
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda img, lab: (img, lab[:, :, :5]), r"lab.nii.gz: shape \(16, 16, 5\) differs"),
+        (lambda img, lab: (img, np.where(lab > 0, 3, 0).astype(np.uint8)), r"lab.nii.gz: values 0..3 outside 0..2"),
+        (lambda img, lab: (np.where(lab > 0, np.nan, img).astype(np.float32), lab), r"img.nii.gz: contains NaN"),
+    ],
+)
+def test_bad_volumes_fail_at_start_with_one_line(tmp_path, mutate, message):
+    image, label = mutate(*_good())
+    with pytest.raises(DataError, match=message) as err:
+        _load(_site(tmp_path, image, label))
+    assert "\n" not in str(err.value)
+
+
+def test_affine_mismatch_and_corrupt_and_missing_files(tmp_path):
+    image, label = _good()
+    shifted = np.eye(4)
+    shifted[0, 3] = 10
+    with pytest.raises(DataError, match="lab.nii.gz: affine differs"):
+        _load(_site(tmp_path, image, label, shifted))
+    (tmp_path / "img.nii.gz").write_bytes(b"\x1f\x8b broken")
+    with pytest.raises(DataError, match="img.nii.gz: cannot be read as NIfTI"):
+        _load(str(tmp_path))
+    os.remove(tmp_path / "img.nii.gz")
+    with pytest.raises(DataError, match="img.nii.gz: file not found"):
+        _load(str(tmp_path))
+
+
+def test_datalist_errors_name_the_file(tmp_path):
+    with pytest.raises(DataError, match="no datalist found"):
+        _load(str(tmp_path))
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [], "validation": []}))
+    with pytest.raises(DataError, match="datalist.json: the 'training' list is empty"):
+        load_datalist(str(tmp_path / "datalist.json"))
+    (tmp_path / "datalist.json").write_text("{not json")
+    with pytest.raises(DataError, match="datalist.json: not valid JSON"):
+        load_datalist(str(tmp_path / "datalist.json"))
+
+
+def test_reorientation_round_trip(tmp_path):
+    """A LPS-oriented file is read in RAS+ and a mask written back lands on the original voxels."""
+    image, label = _good()
+    affine = np.diag([-1.0, -1.0, 2.5, 1.0])
+    img_path = _write(tmp_path / "img.nii.gz", image, affine)
+    lab_path = _write(tmp_path / "lab.nii.gz", label, affine)
+    volume = load_volume(img_path, lab_path, 2)
+    np.testing.assert_array_equal(volume.label, label[::-1, ::-1, :])
+    assert volume.spacing == (1.0, 1.0, 2.5)
+    save_mask(volume.label, volume, str(tmp_path / "mask.nii.gz"))
+    written = nib.load(str(tmp_path / "mask.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(written.dataobj), label)
+    np.testing.assert_allclose(written.affine, affine)
+
+
+def test_demo_data_is_deterministic_per_site_and_shifted_between_sites(tmp_path):
+    a = make_demo_site("kits", "site-1", str(tmp_path / "a"), n_train=1, n_val=1)
+    b = make_demo_site("kits", "site-1", str(tmp_path / "b"), n_train=1, n_val=1)
+    img_a = nib.load(os.path.join(os.path.dirname(a), "imagesTr", "demo_000.nii.gz")).get_fdata()
+    img_b = nib.load(os.path.join(os.path.dirname(b), "imagesTr", "demo_000.nii.gz")).get_fdata()
+    np.testing.assert_array_equal(img_a, img_b)
+    assert ScannerShift.for_site("site-1") != ScannerShift.for_site("site-2")
+    lab = nib.load(os.path.join(os.path.dirname(a), "labelsTr", "demo_000.nii.gz")).get_fdata()
+    assert set(np.unique(lab)) <= {0, 1, 2} and (lab == 1).sum() > 0
+    kidney = img_a[lab == 1].mean()
+    assert 100 < kidney < 220 and img_a.min() < -900  # contrast-enhanced kidney, air
+
+
+def test_demo_site_created_once_atomically(tmp_path):
+    first = ensure_demo_site("kits", "site-3", str(tmp_path))
+    mtime = os.path.getmtime(os.path.join(first, "datalist.json"))
+    assert ensure_demo_site("kits", "site-3", str(tmp_path)) == first
+    assert os.path.getmtime(os.path.join(first, "datalist.json")) == mtime
+    assert not [p for p in os.listdir(os.path.dirname(first)) if ".tmp-" in p]
+
+
+def test_stacks_are_edge_padded_and_augmented_in_range(tmp_path):
+    assert stack_indices(0, 10) == [0, 0, 0, 1, 2]
+    assert stack_indices(9, 10) == [7, 8, 9, 9, 9]
+    root = ensure_demo_site("kits", "site-1", str(tmp_path))
+    data = SiteData.load(get_profile("kits"), root, "site-1", 32, 2)
+    dataset = SliceStackDataset(data.train, build_augmentation(32), seed=1)
+    item = dataset[3]
+    assert item["image"].shape == (5, 32, 32) and item["label"].shape == (5, 32, 32)
+    assert 0.0 <= float(item["image"].min()) and float(item["image"].max()) <= 1.0
+    assert set(torch.unique(item["label"]).tolist()) <= {0, 1, 2}
+    assert dataset.has_foreground.any() and not dataset.has_foreground.all()

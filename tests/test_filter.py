@@ -1,0 +1,63 @@
+"""The client result filter (the real NVFlare Filter API) keeps everything but the preset's tensors on site."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
+
+from flap_sam.federated.filters import PresetResultFilter
+from flap_sam.model.factory import ModelSpec, build_model, exchange_schema
+from flap_sam.federated.weights import export_weights
+from flap_sam.model.presets import exchanged_names
+
+SETTINGS = dict(model_type="vit_test", image_size=64, num_classes=2, preset="flap", rank=4)
+
+
+def _train_result(extra: dict | None = None) -> Shareable:
+    model = build_model(ModelSpec(**SETTINGS))
+    weights = export_weights(model, exchanged_names(model, ModelSpec(**SETTINGS).preset_obj))
+    weights.update(extra or {})
+    return DXO(DataKind.WEIGHTS, data=weights, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 7}).to_shareable()
+
+
+def test_frozen_encoder_weight_does_not_leave_the_site(caplog):
+    frozen = "image_encoder.blocks.0.attn.qkv.weight"
+    result = _train_result({frozen: np.zeros((192, 64), np.float32)})
+    with caplog.at_level(logging.ERROR):
+        out = PresetResultFilter(**SETTINGS).process(result, FLContext())
+    dxo = from_shareable(out)
+    assert frozen not in dxo.data
+    assert set(dxo.data) == set(exchange_schema(ModelSpec(**SETTINGS)))
+    assert dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) == 7
+    assert any(frozen in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+
+
+def test_misshaped_allowed_name_and_unknown_payloads_are_blocked():
+    name = "mask_decoder.mask_tokens.weight"
+    out = from_shareable(PresetResultFilter(**SETTINGS).process(_train_result({name: np.zeros((99, 1), np.float32)}), FLContext()))
+    assert name not in out.data
+    for kind in (DataKind.COLLECTION, DataKind.STATISTICS):
+        blocked = PresetResultFilter(**SETTINGS).process(DXO(kind, data={"x": 1}).to_shareable(), FLContext())
+        assert blocked.get_return_code() == ReturnCode.EXECUTION_RESULT_ERROR
+        assert "DXO" not in str(dict(blocked))
+    not_dxo = Shareable()
+    not_dxo["raw_image"] = np.zeros((4, 4))
+    out = PresetResultFilter(**SETTINGS).process(not_dxo, FLContext())
+    assert out.get_return_code() == ReturnCode.EXECUTION_RESULT_ERROR and "raw_image" not in out
+
+
+def test_metrics_pass_only_as_numbers():
+    metrics = DXO(DataKind.METRICS, data={"val_dice": 0.5, "worst_case": "case_00021.nii.gz", "map": np.zeros(3)})
+    out = from_shareable(PresetResultFilter(**SETTINGS).process(metrics.to_shareable(), FLContext()))
+    assert out.data == {"val_dice": 0.5}
+
+
+def test_other_preset_settings_change_the_schema():
+    flap = PresetResultFilter(**SETTINGS).schema
+    lora_dec = PresetResultFilter(**{**SETTINGS, "preset": "lora_dec"}).schema
+    assert set(flap) < set(lora_dec)

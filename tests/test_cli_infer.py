@@ -16,7 +16,7 @@ from flap_sam.federated.adapter_model import AdapterModel
 
 def test_infer_writes_mask_on_input_grid(tmp_path, capsys):
     site = ensure_demo_site("kits", "site-1", str(tmp_path / "demo"))
-    image = json.loads((tmp_path / "demo" / "kits-v1" / "site-1" / "datalist.json").read_text())["validation"][0]["image"]
+    image = json.loads((tmp_path / "demo" / "kits-v2" / "site-1" / "datalist.json").read_text())["validation"][0]["image"]
     adapter = tmp_path / "FL_global_model.pt"
     torch.save({"model": AdapterModel("vit_test", 64, 2, "flap", 4).state_dict()}, adapter)  # the persistor's file layout
     out = tmp_path / "mask.nii.gz"

@@ -23,7 +23,7 @@ from flap_sam.data.datalist import write_datalist
 
 logger = logging.getLogger(__name__)
 
-DEMO_VERSION = "v1"
+DEMO_VERSION = "v2"
 DEMO_ROOT_ENV = "FLAP_SAM_DEMO_ROOT"
 
 
@@ -58,7 +58,7 @@ def _ellipsoid(shape, center, radii) -> np.ndarray:
     return sum(((g - c) / r) ** 2 for g, c, r in zip(grids, center, radii)) <= 1.0
 
 
-def kits_phantom(rng: np.random.Generator, shift: ScannerShift, size: int = 64, slices: int = 20) -> tuple[np.ndarray, np.ndarray]:
+def kits_phantom(rng: np.random.Generator, shift: ScannerShift, size: int = 64, slices: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic abdominal CT: image (X, Y, Z) float32 HU, label (X, Y, Z) uint8 in {0, 1, 2}.
 
     Axes are RAS+ (x: right->left patient axis, y: posterior->anterior, z: inferior->superior).
@@ -98,7 +98,7 @@ def kits_phantom(rng: np.random.Generator, shift: ScannerShift, size: int = 64, 
 DEMO_GENERATORS = {"kits": kits_phantom}
 
 
-def make_demo_site(dataset: str, site_name: str, out_dir: str, n_train: int = 4, n_val: int = 2) -> str:
+def make_demo_site(dataset: str, site_name: str, out_dir: str, n_train: int = 4, n_val: int = 1) -> str:
     """Write one site's synthetic volumes and ``datalist.json`` into ``out_dir`` (created). Returns the datalist path."""
     if dataset not in DEMO_GENERATORS:
         raise ValueError(f"no demo data for dataset '{dataset}'; choose one of {sorted(DEMO_GENERATORS)}")

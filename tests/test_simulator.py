@@ -44,3 +44,13 @@ def test_validation_dice_every_round_and_training_helps(finished_run):
         after.append(dice[ROUNDS - 1])
     assert np.mean(after) > np.mean(before) + 0.05, f"Dice before {before}, after {after}"
     assert "result blocked" not in log
+
+
+@pytest.mark.slow
+def test_bad_data_root_stops_the_site_at_start_with_one_line(tmp_path):
+    job = copy_job("kits_lora", tmp_path, server=TEST_MODEL, client={**TEST_MODEL, **TEST_TRAINING, "data_root": str(tmp_path / "absent")})
+    result = run_simulator(job, tmp_path / "ws", 2, timeout=300)
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"site site-1 cannot start: data_root {tmp_path / 'absent'}: no datalist found" in log
+    assert "local steps" not in log  # nothing trained

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from flap_sam.model.factory import ModelSpec, _assemble, exchange_schema
+from flap_sam.model.factory import ModelSpec, assemble_model, exchange_schema
 from flap_sam.model.presets import PRESETS
 
 
@@ -16,7 +16,7 @@ def count_parameters(spec: ModelSpec) -> dict[str, int]:
     Returns ``{"trainable", "exchanged", "total"}`` parameter counts.
     """
     with torch.device("meta"):
-        model = _assemble(spec, None)
+        model = assemble_model(spec, None)
     schema = exchange_schema(spec)
     exchanged = sum(int(torch.Size(shape).numel()) for shape in schema.values())
     return {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -50,9 +50,6 @@ class ModelSpec:
     def preset_obj(self) -> Preset:
         return get_preset(self.preset)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def build_model(spec: ModelSpec, checkpoint: str | None = None, device: str | torch.device = "cpu") -> SemanticSam:
     """Build SAM, load the official checkpoint (if any), inject the preset's LoRA, set trainability.
@@ -70,10 +67,11 @@ def build_model(spec: ModelSpec, checkpoint: str | None = None, device: str | to
             "NO SAM CHECKPOINT configured: %s starts from RANDOM weights. Set 'checkpoint' to a site-local "
             "path of the official file%s for real use.", spec.model_type, where
         )
-    return _assemble(spec, checkpoint).to(device)
+    return assemble_model(spec, checkpoint).to(device)
 
 
-def _assemble(spec: ModelSpec, checkpoint: str | None) -> SemanticSam:
+def assemble_model(spec: ModelSpec, checkpoint: str | None) -> SemanticSam:
+    """``build_model`` without the device move and the missing-checkpoint warning (works on the meta device)."""
     preset = spec.preset_obj
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
@@ -89,7 +87,7 @@ def _assemble(spec: ModelSpec, checkpoint: str | None) -> SemanticSam:
 def exchange_schema(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor a site may send under ``spec`` (built on the meta device: no memory, no weights)."""
     with torch.device("meta"):
-        model = _assemble(spec, None)
+        model = assemble_model(spec, None)
     params = dict(model.named_parameters())
     return {name: tuple(params[name].shape) for name in exchanged_names(model, spec.preset_obj)}
 

@@ -22,10 +22,3 @@ def dice_per_class(prediction: np.ndarray | torch.Tensor, label: np.ndarray | to
     pred = one_hot(torch.as_tensor(np.asarray(prediction), dtype=torch.long)[None, None], num_classes + 1)
     true = one_hot(torch.as_tensor(np.asarray(label), dtype=torch.long)[None, None], num_classes + 1)
     return compute_dice(pred, true, include_background=False, ignore_empty=False)[0].numpy()
-
-
-def kits_official_dice(prediction: np.ndarray, label: np.ndarray) -> float:
-    """FLamby's Fed-KiTS metric: mean of Dice(kidney + tumour vs background) and Dice(tumour)."""
-    merged = dice_per_class((np.asarray(prediction) > 0).astype(np.uint8), (np.asarray(label) > 0).astype(np.uint8), 1)[0]
-    tumour = dice_per_class((np.asarray(prediction) == 2).astype(np.uint8), (np.asarray(label) == 2).astype(np.uint8), 1)[0]
-    return float((merged + tumour) / 2.0)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
-
 
 def warmup_poly_factor(step: int, warmup_steps: int, total_steps: int, power: float = 7.0) -> float:
     """Multiplier of the base lr at global ``step`` (0-based).
@@ -15,8 +12,3 @@ def warmup_poly_factor(step: int, warmup_steps: int, total_steps: int, power: fl
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     return max(0.0, 1.0 - step / max(1, total_steps)) ** power
-
-
-def warmup_poly_scheduler(optimizer: Optimizer, warmup_steps: int, total_steps: int, power: float = 7.0, start_step: int = 0) -> LambdaLR:
-    """A ``LambdaLR`` following ``warmup_poly_factor`` from global step ``start_step``."""
-    return LambdaLR(optimizer, lambda i: warmup_poly_factor(start_step + i, warmup_steps, total_steps, power))

@@ -22,16 +22,11 @@ from flap_sam.data.stacks import SliceStackDataset, build_augmentation
 from flap_sam.federated.weights import export_weights, import_weights
 from flap_sam.model.factory import ModelSpec, build_model, resolve_checkpoint
 from flap_sam.model.presets import exchanged_names
+from flap_sam.training.device import pick_device
 from flap_sam.training.local_trainer import LocalTrainer, TrainSettings, evaluate_volumes
 
 SITE_SETTINGS_FILE = "flap_sam_site.json"
 SITE_SETTING_KEYS = ("data_root", "datalist", "checkpoint", "device")
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class FlapSamLearner(Learner):

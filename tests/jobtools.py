@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nvflare.fuel.utils.config_factory import ConfigFactory
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,18 +19,32 @@ TEST_MODEL = {"model_type": "vit_test", "image_size": 64, "rank": 4}
 TEST_TRAINING = {"batch_size": 4, "local_epochs": 3.0, "max_steps_per_round": 60, "lr": 0.01, "poly_power": 1.0, "augment": False}
 
 
-def copy_job(name: str, dest: Path, server: dict | None = None, client: dict | None = None) -> Path:
-    """Copy ``jobs/<name>`` to ``dest`` and change top-level settings of its configs, as a user would."""
+def copy_job(name: str, dest: Path, settings: dict | None = None) -> Path:
+    """Copy ``jobs/<name>`` to ``dest`` and change settings at the end of both config files, as a user would.
+
+    Every setting must already exist (in the job or the shared defaults), so a typo fails here.
+    """
     job = dest / name
     shutil.copytree(REPO / "jobs" / name, job)
-    for file, changes in (("config_fed_server.json", server or {}), ("config_fed_client.json", client or {})):
-        path = job / "app" / "config" / file
-        config = json.loads(path.read_text())
-        unknown = set(changes) - set(config)
-        assert not unknown, f"{file} has no setting {unknown}"
-        config.update(changes)
-        path.write_text(json.dumps(config, indent=2))
+    settings = settings or {}
+    known = set(job_settings(job))
+    unknown = set(settings) - known
+    assert not unknown, f"{name} has no setting {unknown}"
+    for side in ("server", "client"):
+        with open(job / "app" / "config" / f"config_fed_{side}.conf", "a", encoding="utf-8") as f:
+            f.write("\n# changed by the test\n")
+            for key, value in settings.items():
+                f.write(f"{key} = {json.dumps(value)}\n")
     return job
+
+
+def job_settings(job: Path) -> dict:
+    """The resolved top-level settings of a job (both sides; the client's values win on a clash)."""
+    resolved = {}
+    for side in ("server", "client"):
+        config = ConfigFactory.load_config(str(job / "app" / "config" / f"config_fed_{side}.conf")).to_dict()
+        resolved.update({k: v for k, v in config.items() if not isinstance(v, (list, dict))})
+    return resolved
 
 
 def run_simulator(job: Path, workspace: Path, n_clients: int, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -15,12 +15,13 @@ from flap_sam.model.factory import ModelSpec, build_model, exchange_schema
 from flap_sam.federated.weights import export_weights
 from flap_sam.model.presets import exchanged_names
 
-SETTINGS = dict(model_type="vit_test", image_size=64, num_classes=2, preset="flap", rank=4)
+SETTINGS = dict(model_type="vit_test", image_size=64, dataset="kits", preset="flap", rank=4)
+SPEC = ModelSpec(model_type="vit_test", image_size=64, num_classes=2, preset="flap", rank=4)  # kits: 2 classes
 
 
 def _train_result(extra: dict | None = None) -> Shareable:
-    model = build_model(ModelSpec(**SETTINGS))
-    weights = export_weights(model, exchanged_names(model, ModelSpec(**SETTINGS).preset_obj))
+    model = build_model(SPEC)
+    weights = export_weights(model, exchanged_names(model, SPEC.preset_obj))
     weights.update(extra or {})
     return DXO(DataKind.WEIGHTS, data=weights, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 7}).to_shareable()
 
@@ -32,7 +33,7 @@ def test_frozen_encoder_weight_does_not_leave_the_site(caplog):
         out = PresetResultFilter(**SETTINGS).process(result, FLContext())
     dxo = from_shareable(out)
     assert frozen not in dxo.data
-    assert set(dxo.data) == set(exchange_schema(ModelSpec(**SETTINGS)))
+    assert set(dxo.data) == set(exchange_schema(SPEC))
     assert dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) == 7
     assert any(frozen in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
 

@@ -15,7 +15,7 @@ ROUNDS = 3
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kits_lora")
-    job = copy_job("kits_lora", tmp, server={**TEST_MODEL, "num_rounds": ROUNDS}, client={**TEST_MODEL, **TEST_TRAINING})
+    job = copy_job("kits_lora", tmp, {**TEST_MODEL, **TEST_TRAINING, "num_rounds": ROUNDS})
     result = run_simulator(job, tmp / "ws", 2, env={"FLAP_SAM_DEMO_ROOT": str(tmp / "demo")})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return tmp / "ws" / "server" / "simulate_job", result.stdout + result.stderr
@@ -48,7 +48,7 @@ def test_validation_dice_every_round_and_training_helps(finished_run):
 
 @pytest.mark.slow
 def test_bad_data_root_stops_the_site_at_start_with_one_line(tmp_path):
-    job = copy_job("kits_lora", tmp_path, server=TEST_MODEL, client={**TEST_MODEL, **TEST_TRAINING, "data_root": str(tmp_path / "absent")})
+    job = copy_job("kits_lora", tmp_path, {**TEST_MODEL, **TEST_TRAINING, "data_root": str(tmp_path / "absent")})
     result = run_simulator(job, tmp_path / "ws", 2, timeout=300)
     log = result.stdout + result.stderr
     assert result.returncode != 0

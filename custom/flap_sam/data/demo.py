@@ -1,10 +1,13 @@
-"""Built-in demo data: small synthetic CT volumes that look like KiTS cases.
+"""Built-in demo data: small synthetic volumes that look like the paper's three datasets.
 
-Each phantom has air, a body with a fat rim, a spine, two kidneys (label 1) and usually a
-tumour inside one kidney (label 2), in Hounsfield units with scanner noise. Every site
-gets its own scanner-like shift (intensity offset and gain, noise level, slice thickness,
-field of view), derived deterministically from the site name, so ``site-1`` is the same
-data on every machine. THESE ARE NOT PATIENT DATA and say nothing about real accuracy.
+* ``kits``: abdominal CT in HU, kidneys (label 1) and usually a tumour (label 2);
+* ``ixi``: T1 head MRI, brain mask (label 1);
+* ``prostate``: T2 pelvis MRI, prostate central gland (label 1) and peripheral zone
+  (label 2, which the prostate profile maps to 1, as in the real collection).
+
+Every site gets its own scanner-like shift (intensity offset and gain, noise level, slice
+thickness, field of view), derived deterministically from the site name, so ``site-1`` is
+the same data on every machine. THESE ARE NOT PATIENT DATA and say nothing about real accuracy.
 """
 
 from __future__ import annotations
@@ -23,29 +26,30 @@ from flap_sam.data.datalist import write_datalist
 
 logger = logging.getLogger(__name__)
 
-DEMO_VERSION = "v2"
+DEMO_VERSION = "v3"
 DEMO_ROOT_ENV = "FLAP_SAM_DEMO_ROOT"
 
 
 @dataclass(frozen=True)
 class ScannerShift:
-    """Per-site acquisition differences."""
+    """Per-site acquisition differences (intensities in the modality's units: HU for CT)."""
 
-    hu_offset: float
-    hu_gain: float
-    noise_hu: float
+    offset: float
+    gain: float
+    noise: float
     slice_thickness_mm: float
     pixel_spacing_mm: float
 
     @classmethod
-    def for_site(cls, site_name: str) -> "ScannerShift":
+    def for_site(cls, site_name: str, pixel_spacing_mm: tuple[float, float] = (5.0, 6.5)) -> "ScannerShift":
+        """``pixel_spacing_mm``: range of in-plane spacing, which sets the 64-pixel field of view."""
         rng = np.random.default_rng(_seed(site_name))
         return cls(
-            hu_offset=float(rng.uniform(-30, 30)),
-            hu_gain=float(rng.uniform(0.9, 1.1)),
-            noise_hu=float(rng.uniform(8, 25)),
+            offset=float(rng.uniform(-30, 30)),
+            gain=float(rng.uniform(0.9, 1.1)),
+            noise=float(rng.uniform(8, 25)),
             slice_thickness_mm=float(rng.choice([2.5, 3.0, 5.0])),
-            pixel_spacing_mm=float(rng.uniform(5.0, 6.5)),
+            pixel_spacing_mm=float(rng.uniform(*pixel_spacing_mm)),
         )
 
 
@@ -91,24 +95,92 @@ def kits_phantom(rng: np.random.Generator, shift: ScannerShift, size: int = 64, 
         tumour = _ellipsoid(shape, tumour_center, (r, r, r * mm / shift.slice_thickness_mm)) & (label == 1)
         image[tumour] = rng.uniform(60, 100)
         label[tumour] = 2
-    image = image * shift.hu_gain + shift.hu_offset + rng.normal(0, shift.noise_hu, shape).astype(np.float32)
+    image = image * shift.gain + shift.offset + rng.normal(0, shift.noise, shape).astype(np.float32)
     return image.astype(np.float32), label
 
 
-DEMO_GENERATORS = {"kits": kits_phantom}
+def _mri_scanner(image: np.ndarray, rng: np.random.Generator, shift: ScannerShift) -> np.ndarray:
+    """Smooth multiplicative bias field, site gain and offset, Rician-like noise; intensities >= 0."""
+    x, y, _ = np.meshgrid(*(np.linspace(-1, 1, n) for n in image.shape), indexing="ij")
+    bias = 1.0 + rng.uniform(-0.15, 0.15) * x + rng.uniform(-0.15, 0.15) * y
+    noisy = image * bias * shift.gain + 10 * shift.offset
+    noise = rng.normal(0, 2 * shift.noise, (2, *image.shape))
+    return np.sqrt((noisy + noise[0]) ** 2 + noise[1] ** 2).astype(np.float32)
 
 
-def make_demo_site(dataset: str, site_name: str, out_dir: str, n_train: int = 4, n_val: int = 1) -> str:
-    """Write one site's synthetic volumes and ``datalist.json`` into ``out_dir`` (created). Returns the datalist path."""
+def brain_phantom(rng: np.random.Generator, shift: ScannerShift, size: int = 64, slices: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic T1 head MRI: image (X, Y, Z) float32 (arbitrary MR units), label (X, Y, Z) uint8 brain mask.
+
+    Scalp (bright fat), dark skull, brain with white matter brighter than grey matter and dark
+    ventricles (inside the mask, as in IXI-Tiny's brain masks), background noise.
+    """
+    shape = (size, size, slices)
+    mm = shift.pixel_spacing_mm
+    c = (size / 2 + rng.uniform(-2, 2), size / 2 + rng.uniform(-2, 2), slices / 2)
+    head_r = np.array([rng.uniform(70, 80), rng.uniform(88, 98)]) / mm
+    depth = 0.55 * slices
+    image = np.zeros(shape, np.float32)
+    image[_ellipsoid(shape, c, (*head_r, depth))] = 700.0  # scalp
+    image[_ellipsoid(shape, c, (*(head_r - 6 / mm), depth))] = 80.0  # skull
+    brain = _ellipsoid(shape, c, (*(head_r - 12 / mm), depth * rng.uniform(0.75, 0.9)))
+    image[brain] = 420.0  # grey matter
+    image[_ellipsoid(shape, c, (*(head_r - 28 / mm), depth * 0.6)) & brain] = 560.0  # white matter
+    for side in (-1, 1):
+        image[_ellipsoid(shape, (c[0] + side * 7 / mm, c[1], c[2]), (4 / mm, 16 / mm, depth * 0.4)) & brain] = 150.0  # ventricles
+    return _mri_scanner(image, rng, shift), brain.astype(np.uint8)
+
+
+def prostate_phantom(rng: np.random.Generator, shift: ScannerShift, size: int = 64, slices: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic axial T2 pelvis MRI: image (X, Y, Z) float32, label (X, Y, Z) uint8.
+
+    Label 1 is the central gland, label 2 the peripheral zone (brighter on T2, posterior),
+    like sites of the real collection that label the two zones; the prostate profile maps 2 -> 1.
+    Around it: subcutaneous fat, bright bladder (anterior), dark rectum (posterior), femoral heads.
+    """
+    shape = (size, size, slices)
+    mm = shift.pixel_spacing_mm
+    c = size / 2
+    image = np.zeros(shape, np.float32)
+    body_r = (rng.uniform(80, 90) / mm, rng.uniform(70, 80) / mm, 10 * slices)
+    image[_ellipsoid(shape, (c, c, slices / 2), body_r)] = 650.0  # fat
+    image[_ellipsoid(shape, (c, c, slices / 2), (body_r[0] - 12 / mm, body_r[1] - 12 / mm, 10 * slices))] = 260.0  # muscle
+    for side in (-1, 1):
+        image[_ellipsoid(shape, (c + side * 55 / mm, c, slices / 2), (16 / mm, 16 / mm, 10 * slices))] = 180.0  # femoral heads
+    gland_z = slices / 2 + rng.uniform(-1, 1)
+    half_len = min(rng.uniform(15, 22), 0.35 * slices * shift.slice_thickness_mm) / shift.slice_thickness_mm
+    prostate_c = (c + rng.uniform(-3, 3) / mm, c + rng.uniform(-3, 3) / mm, gland_z)
+    image[_ellipsoid(shape, (prostate_c[0], prostate_c[1] + 30 / mm, gland_z + 2), (22 / mm, 16 / mm, half_len))] = 1000.0  # bladder
+    image[_ellipsoid(shape, (prostate_c[0], prostate_c[1] - 24 / mm, gland_z), (10 / mm, 8 / mm, 10 * slices))] = 90.0  # rectum
+    radii = (rng.uniform(18, 24) / mm, rng.uniform(13, 17) / mm, half_len)
+    gland = _ellipsoid(shape, prostate_c, radii)
+    label = np.zeros(shape, np.uint8)
+    peripheral = gland & (np.arange(size)[None, :, None] < prostate_c[1] - 0.2 * radii[1])
+    image[gland] = 330.0
+    label[gland] = 1
+    image[peripheral] = 480.0
+    label[peripheral] = 2
+    return _mri_scanner(image, rng, shift), label
+
+
+DEMO_GENERATORS = {"kits": kits_phantom, "ixi": brain_phantom, "prostate": prostate_phantom}
+# In-plane spacing ranges (mm): the 64-pixel field of view of each dataset's demo volumes.
+DEMO_PIXEL_SPACING = {"kits": (5.0, 6.5), "ixi": (3.0, 3.6), "prostate": (2.6, 3.2)}
+
+
+def make_demo_site(dataset: str, site_name: str, out_dir: str, n_train: int = 4, n_val: int = 1, n_test: int = 1) -> str:
+    """Write one site's synthetic volumes and ``datalist.json`` (training / validation / test) into ``out_dir``.
+
+    Returns the datalist path.
+    """
     if dataset not in DEMO_GENERATORS:
         raise ValueError(f"no demo data for dataset '{dataset}'; choose one of {sorted(DEMO_GENERATORS)}")
     generate = DEMO_GENERATORS[dataset]
-    shift = ScannerShift.for_site(site_name)
+    shift = ScannerShift.for_site(site_name, DEMO_PIXEL_SPACING[dataset])
     affine = np.diag([shift.pixel_spacing_mm, shift.pixel_spacing_mm, shift.slice_thickness_mm, 1.0])
     os.makedirs(os.path.join(out_dir, "imagesTr"), exist_ok=True)
     os.makedirs(os.path.join(out_dir, "labelsTr"), exist_ok=True)
     entries = []
-    for i in range(n_train + n_val):
+    for i in range(n_train + n_val + n_test):
         rng = np.random.default_rng([_seed(site_name), _seed(dataset), i])
         image, label = generate(rng, shift)
         name = f"demo_{i:03d}.nii.gz"
@@ -116,7 +188,7 @@ def make_demo_site(dataset: str, site_name: str, out_dir: str, n_train: int = 4,
         nib.save(nib.Nifti1Image(label, affine), os.path.join(out_dir, "labelsTr", name))
         entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
     path = os.path.join(out_dir, "datalist.json")
-    write_datalist(path, entries[:n_train], entries[n_train:])
+    write_datalist(path, entries[:n_train], entries[n_train : n_train + n_val], entries[n_train + n_val :])
     return path
 
 

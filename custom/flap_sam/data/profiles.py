@@ -15,12 +15,15 @@ class DatasetProfile:
             ``mri`` (clip at the volume's 99th percentile, min-max to [0, 1]).
         class_names: foreground classes in label order (label 1 first).
         ct_window: HU clip window used when site statistics are not available (``flap-sam infer``).
+        label_map: source label value -> class index, for datasets whose files use other values
+            (applied when a label file is read; values not listed are kept).
     """
 
     name: str
     modality: str
     class_names: tuple[str, ...]
     ct_window: tuple[float, float] | None = None
+    label_map: tuple[tuple[int, int], ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -31,7 +34,8 @@ PROFILES: dict[str, DatasetProfile] = {
     # KiTS19 foreground percentiles as reported by nnU-Net for the pooled dataset.
     "kits": DatasetProfile("kits", "ct", ("kidney", "tumour"), ct_window=(-79.0, 304.0)),
     "ixi": DatasetProfile("ixi", "mri", ("brain",)),
-    "prostate": DatasetProfile("prostate", "mri", ("prostate",)),
+    # Some prostate sites label the gland 2 (whole gland in two zones): both mean prostate.
+    "prostate": DatasetProfile("prostate", "mri", ("prostate",), label_map=((2, 1),)),
 }
 
 

@@ -20,10 +20,15 @@ DEMO = "demo"
 
 @dataclass
 class SiteData:
-    """A site's prepared training and validation volumes (kept in memory at model resolution)."""
+    """A site's prepared volumes (kept in memory at model resolution).
+
+    ``validation`` scores every round's global model (model selection); ``test`` (the
+    published held-out split, may be empty) is only used by cross-site evaluation.
+    """
 
     train: list[PreparedVolume]
     validation: list[PreparedVolume]
+    test: list[PreparedVolume]
     normalizer: IntensityNormalizer
     datalist_path: str
 
@@ -40,15 +45,18 @@ class SiteData:
         cases = load_datalist(path, data_root)
         if not cases["validation"]:
             raise DataError(f"datalist {path}: the 'validation' list is empty; a site needs validation volumes for model selection")
-        train = [load_volume(c.image, c.label, num_classes) for c in cases["training"]]
-        val = [load_volume(c.image, c.label, num_classes) for c in cases["validation"]]
+        def load(section: str) -> list:
+            return [load_volume(c.image, c.label, num_classes, profile.label_map) for c in cases[section]]
+
+        train, val, test = load("training"), load("validation"), load("test")
         if not any(v.label.any() for v in train):
             raise DataError(f"datalist {path}: no training volume has any foreground label")
         normalizer = IntensityNormalizer(profile.modality).fit(train)
-        logger.info("Site data: %d training and %d validation volumes from %s", len(train), len(val), path)
+        logger.info("Site data: %d training, %d validation and %d test volumes from %s", len(train), len(val), len(test), path)
         return cls(
             train=[prepare_volume(v, normalizer, image_size) for v in train],
             validation=[prepare_volume(v, normalizer, image_size) for v in val],
+            test=[prepare_volume(v, normalizer, image_size) for v in test],
             normalizer=normalizer,
             datalist_path=path,
         )

@@ -65,8 +65,10 @@ def _canonical(img: nib.Nifti1Image) -> np.ndarray:
     return nib.orientations.apply_orientation(np.asanyarray(img.dataobj), ornt)
 
 
-def load_volume(image_path: str, label_path: str | None, num_classes: int) -> Volume:
+def load_volume(image_path: str, label_path: str | None, num_classes: int, label_map: tuple[tuple[int, int], ...] = ()) -> Volume:
     """Read, check and reorient one case.
+
+    ``label_map`` pairs (source value, class index) are applied to the label before the range check.
 
     Raises ``DataError`` (one line, naming the file) for: a missing or unreadable file,
     a non-3D array, NaN/Inf intensities, image/label shape or affine mismatch, label
@@ -86,6 +88,11 @@ def load_volume(image_path: str, label_path: str | None, num_classes: int) -> Vo
         raw = _canonical(label_img)
         if not np.isfinite(raw).all() or (np.issubdtype(raw.dtype, np.floating) and not np.all(raw == np.round(raw))):
             raise DataError(f"label {label_path}: contains non-integer values")
+        if label_map:
+            source = raw.astype(np.int64)
+            raw = source.copy()
+            for value, index in label_map:
+                raw[source == value] = index
         low, high = int(raw.min()), int(raw.max())
         if low < 0 or high > num_classes:
             raise DataError(f"label {label_path}: values {low}..{high} outside 0..{num_classes} (num_classes={num_classes})")

@@ -7,6 +7,7 @@ import logging
 import torch
 from torch import nn
 
+from flap_sam.data.profiles import get_profile
 from flap_sam.model.factory import ModelSpec, build_model, exchanged_state, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -20,21 +21,22 @@ class AdapterModel(nn.Module):
     site's (LoRA B = 0), with pretrained decoder parts when the server has the checkpoint.
     For flap with ViT-B, r = 32, 2 classes: 1.86 M parameters, 7.4 MB in fp32.
 
-    Args: the job's model settings (see ``ModelSpec``) and an optional server-local ``checkpoint``.
+    Args: the job's model settings (see ``ModelSpec``; ``dataset`` sets the class count) and an
+        optional server-local ``checkpoint``.
     """
 
     def __init__(
         self,
         model_type: str = "vit_b",
         image_size: int = 224,
-        num_classes: int = 2,
+        dataset: str = "kits",
         preset: str = "flap",
         rank: int = 32,
         lora_scale: float = 1.0,
         checkpoint: str = "",
     ) -> None:
         super().__init__()
-        spec = ModelSpec(model_type, image_size, num_classes, preset, rank, lora_scale)
+        spec = ModelSpec(model_type, image_size, get_profile(dataset).num_classes, preset, rank, lora_scale)
         full = build_model(spec, resolve_checkpoint(checkpoint))
         for name, tensor in exchanged_state(full, spec.preset_obj).items():
             self._register(name, tensor.clone())

@@ -11,6 +11,7 @@ from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 
+from flap_sam.data.profiles import get_profile
 from flap_sam.model.factory import ModelSpec, exchange_schema
 
 _WEIGHT_KINDS = (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF)
@@ -42,20 +43,21 @@ class PresetResultFilter(Filter):
       error reply; nothing of it leaves the site.
     * metadata: plain numbers/strings only.
 
-    Args: the model settings of the job (``model_type`` ... ``lora_scale``), see ``ModelSpec``.
+    Args: the model settings of the job (``model_type`` ... ``lora_scale``), see ``ModelSpec``;
+        ``dataset`` sets the class count.
     """
 
     def __init__(
         self,
         model_type: str = "vit_b",
         image_size: int = 224,
-        num_classes: int = 2,
+        dataset: str = "kits",
         preset: str = "flap",
         rank: int = 32,
         lora_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        self.spec = ModelSpec(model_type, image_size, num_classes, preset, rank, lora_scale)
+        self.spec = ModelSpec(model_type, image_size, get_profile(dataset).num_classes, preset, rank, lora_scale)
         self.schema = exchange_schema(self.spec)
 
     def _blocked(self, fl_ctx: FLContext, reason: str) -> Shareable:

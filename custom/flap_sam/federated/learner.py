@@ -45,7 +45,6 @@ class FlapSamLearner(Learner):
         self,
         model_type: str = "vit_b",
         image_size: int = 224,
-        num_classes: int = 2,
         preset: str = "flap",
         rank: int = 32,
         lora_scale: float = 1.0,
@@ -68,10 +67,8 @@ class FlapSamLearner(Learner):
         analytic_sender_id: str = "analytic_sender",
     ) -> None:
         super().__init__()
-        self.spec = ModelSpec(model_type, image_size, num_classes, preset, rank, lora_scale)
         self.profile = get_profile(dataset)
-        if self.profile.num_classes != num_classes:
-            raise ValueError(f"num_classes={num_classes} but dataset '{dataset}' has {self.profile.num_classes} classes")
+        self.spec = ModelSpec(model_type, image_size, self.profile.num_classes, preset, rank, lora_scale)
         self.site_settings = {"data_root": data_root, "datalist": datalist, "checkpoint": checkpoint, "device": device}
         self.local_epochs = local_epochs
         self.max_steps_per_round = max_steps_per_round
@@ -185,25 +182,38 @@ class FlapSamLearner(Learner):
         return DXO(DataKind.WEIGHTS, data=self.local_weights).to_shareable()
 
     def validate(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        """Score a global model sent by the server; only aggregate Dice values leave the site.
+
+        * before local training (``BEFORE_TRAIN_VALIDATE``): the validation split, reported as
+          the model-selection metric and to TensorBoard as ``val_dice`` / ``val_dice_<class>``;
+        * cross-site evaluation (``MODEL_VALIDATE``): the test split (the validation split if the
+          datalist has none), as ``dice``, ``dice_<class>`` and the number of ``volumes``.
+        """
         validate_type = shareable.get_header(AppConstants.VALIDATE_TYPE)
         try:
             current_round = self._load_global(shareable, fl_ctx)
         except ValueError as e:
             self.log_error(fl_ctx, str(e))
             return make_reply(ReturnCode.BAD_TASK_DATA)
+        before_train = validate_type == ValidateType.BEFORE_TRAIN_VALIDATE
+        volumes = self.data.validation if before_train or not self.data.test else self.data.test
         amp = self.train_settings.amp and self.device.type == "cuda"
-        scores = evaluate_volumes(self.model, self.data.validation, self.spec.num_classes, self.device, amp=amp)
+        scores = evaluate_volumes(self.model, volumes, self.spec.num_classes, self.device, amp=amp)
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         per_class = scores.mean(axis=0)
         mean_dice = float(per_class.mean())
-        if validate_type == ValidateType.BEFORE_TRAIN_VALIDATE:
+        if before_train:
             self._log("val_dice", mean_dice, current_round)
             for name, value in zip(self.profile.class_names, per_class):
                 self._log(f"val_dice_{name}", value, current_round)
             self.log_info(fl_ctx, f"round {current_round}: global model validation Dice {mean_dice:.4f}")
             return DXO(DataKind.METRICS, data={MetaKey.INITIAL_METRICS: mean_dice}).to_shareable()
-        metrics = {"val_dice": mean_dice, **{f"val_dice_{n}": float(v) for n, v in zip(self.profile.class_names, per_class)}}
+        split = "test" if self.data.test else "validation (the datalist has no test split)"
+        model_name = shareable.get_header(AppConstants.MODEL_OWNER, "?")
+        self.log_info(fl_ctx, f"cross-site evaluation of {model_name} on {len(volumes)} {split} volumes: Dice {mean_dice:.4f}")
+        metrics = {"dice": mean_dice, "volumes": len(volumes)}
+        metrics.update({f"dice_{name}": float(value) for name, value in zip(self.profile.class_names, per_class)})
         return DXO(DataKind.METRICS, data=metrics).to_shareable()
 
     def abort(self, fl_ctx: FLContext) -> None:

@@ -30,8 +30,8 @@ def read_adapter(path: str) -> dict:
     return state
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--adapter", required=True, help="persisted adapter, e.g. .../app_server/FL_global_model.pt")
+def add_model_arguments(parser: argparse.ArgumentParser, adapter_required: bool = True) -> None:
+    parser.add_argument("--adapter", required=adapter_required, help="persisted adapter, e.g. .../app_server/FL_global_model.pt")
     parser.add_argument("--checkpoint", default="", help="official SAM checkpoint the federation used ('' = random demo weights)")
     parser.add_argument("--model", default="vit_b")
     parser.add_argument("--image-size", type=int, default=224)

@@ -1,4 +1,4 @@
-"""``flap-sam``: parameter counts, demo data, inference."""
+"""``flap-sam``: dataset preparation, demo data, evaluation, inference, parameter counts."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import argparse
 import logging
 import sys
 
-from flap_sam.cli import demo_data, infer, params
+from flap_sam.cli import demo_data, evaluate, infer, params, prepare
 from flap_sam.data.errors import DataError
 from flap_sam.model.sam_builder import CheckpointError
 
 COMMANDS = {
+    "prepare": (prepare, "turn a public dataset (KiTS19, IXI-Tiny, prostate MRI) into per-site datalists"),
     "params": (params, "trainable and exchanged parameters and bytes per preset"),
     "demo-data": (demo_data, "write the built-in synthetic demo data"),
+    "evaluate": (evaluate, "per-volume, per-class Dice of a site's test split (CSV + Markdown)"),
     "infer": (infer, "segment a NIfTI volume with SAM + a persisted adapter"),
 }
 

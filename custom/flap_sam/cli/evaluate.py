@@ -1,0 +1,81 @@
+"""``flap-sam evaluate``: per-volume and per-class Dice of a site's split, as CSV and Markdown.
+
+Scores either the adapted model (``--adapter`` + the federation's model settings) or masks
+that were already computed (``--predictions DIR``, one NIfTI per image with the image's file
+name, e.g. from ``flap-sam infer``). For KiTS it adds FLamby's official metric. Optional PNG
+overlays stay in ``--out`` on the site.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from flap_sam.cli.infer import add_model_arguments, load_adapted_model
+from flap_sam.data.datalist import load_datalist
+from flap_sam.data.errors import DataError
+from flap_sam.data.intensity import CTStatistics, IntensityNormalizer
+from flap_sam.data.profiles import get_profile
+from flap_sam.data.stacks import prepare_volume
+from flap_sam.data.volumes import load_volume
+from flap_sam.evaluation.overlays import write_overlays
+from flap_sam.evaluation.scores import markdown_table, score_volume, summarize, write_tables
+from flap_sam.training.inference import segment_volume
+
+SPLITS = ("test", "validation", "training")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--datalist", required=True, help="the site's datalist (from flap-sam prepare, or the demo's)")
+    parser.add_argument("--data-root", default=None, help="root of relative paths in the datalist (default: its folder)")
+    parser.add_argument("--split", default="test", choices=SPLITS, help="which cases to score (default: test)")
+    parser.add_argument("--predictions", default=None, help="score these masks (<dir>/<image file name>) instead of running a model")
+    parser.add_argument("--out", default="evaluation", help="folder for dice.csv, dice.md and overlays (default: ./evaluation)")
+    parser.add_argument("--overlays", type=int, default=0, metavar="N",
+                        help="write PNG overlays of the N slices with the most foreground per case (default: none)")
+    parser.add_argument("--ct-window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="CT clip window in HU (default: statistics of the datalist's training volumes, as in training)")
+    add_model_arguments(parser, adapter_required=False)
+
+
+def _normalizer(profile, cases, ct_window) -> IntensityNormalizer:
+    """The site's intensity recipe: for CT, the clip statistics of its training volumes (as the Learner fits them)."""
+    if profile.modality != "ct":
+        return IntensityNormalizer(profile.modality)
+    if ct_window:
+        return IntensityNormalizer("ct", CTStatistics.from_window(*ct_window))
+    train = [load_volume(c.image, c.label, profile.num_classes, profile.label_map) for c in cases["training"]]
+    return IntensityNormalizer("ct").fit(train)
+
+
+def run(args: argparse.Namespace) -> int:
+    if bool(args.adapter) == bool(args.predictions):
+        raise ValueError("give exactly one of --adapter (run the model) or --predictions (score existing masks)")
+    profile = get_profile(args.dataset)
+    cases = load_datalist(args.datalist, args.data_root)
+    selected = cases[args.split]
+    if not selected:
+        raise DataError(f"datalist {args.datalist}: the '{args.split}' split is empty; choose another --split")
+    if args.adapter:
+        model, profile, device = load_adapted_model(args)
+        normalizer = _normalizer(profile, cases, args.ct_window)
+    rows = []
+    for i, case in enumerate(selected, start=1):
+        name = os.path.basename(case.image).removesuffix(".gz").removesuffix(".nii")
+        if args.predictions:
+            path = os.path.join(args.predictions, os.path.basename(case.image))
+            if not os.path.isfile(path):
+                raise DataError(f"prediction {path}: file not found (one mask per image, named like the image)")
+            prediction = load_volume(case.image, path, profile.num_classes).label  # checks it is on the image's grid
+            volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map)
+        else:
+            volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map)
+            prediction = segment_volume(model, prepare_volume(volume, normalizer, model.image_size), device)
+        rows.append({"case": name, **score_volume(prediction, volume.label, profile)})
+        if args.overlays > 0:
+            write_overlays(volume.image, volume.label, prediction, os.path.join(args.out, "overlays"), name, args.overlays)
+        print(f"  [{i}/{len(selected)}] {name}: mean Dice {rows[-1]['mean_dice']:.4f}", flush=True)
+    csv_path, md_path = write_tables(rows, args.out)
+    print(markdown_table(rows + [summarize(rows)]))
+    print(f"wrote {csv_path} and {md_path}" + (f" and overlays in {os.path.join(args.out, 'overlays')}" if args.overlays else ""))
+    return 0

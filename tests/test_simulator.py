@@ -1,6 +1,12 @@
-"""A real ``nvflare simulator`` run of jobs/kits_lora: test-size SAM, demo data, 2 sites, 3 rounds."""
+"""Real ``nvflare simulator`` runs of the jobs: test-size SAM, demo data of each job's modality.
+
+jobs/kits_lora: 2 sites, 3 rounds (learning, persisted adapter, cross-site evaluation);
+jobs/ixi_lora (3 sites) and jobs/prostate_lora: one round each; a bad data root.
+"""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -54,3 +60,42 @@ def test_bad_data_root_stops_the_site_at_start_with_one_line(tmp_path):
     assert result.returncode != 0
     assert f"site site-1 cannot start: data_root {tmp_path / 'absent'}: no datalist found" in log
     assert "local steps" not in log  # nothing trained
+
+
+BOTH_MODELS = ["SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt"]
+
+
+def _cross_site_results(job_dir, sites, class_names, models=BOTH_MODELS):
+    results = json.loads((job_dir / "cross_site_val" / "cross_val_results.json").read_text())
+    assert sorted(results) == sorted(sites)
+    for site in sites:
+        assert sorted(results[site]) == models, site
+        for scores in results[site].values():
+            assert set(scores) == {"dice", "volumes", *(f"dice_{c}" for c in class_names)}
+            assert 0.0 <= scores["dice"] <= 1.0 and scores["volumes"] == 1  # the demo's one test volume
+    return results
+
+
+@pytest.mark.slow
+def test_cross_site_evaluation_scores_the_global_adapters_on_every_site(finished_run):
+    job_dir, _ = finished_run
+    results = _cross_site_results(job_dir, ["site-1", "site-2"], ["kidney", "tumour"])
+    assert np.mean([results[s]["SRV_best_FL_global_model.pt"]["dice"] for s in results]) > 0.2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job, sites, class_names", [("ixi_lora", 3, ["brain"]), ("prostate_lora", 2, ["prostate"])])
+def test_mri_job_runs_a_round_on_its_demo_data(tmp_path, job, sites, class_names):
+    settings = {**TEST_MODEL, **TEST_TRAINING, "max_steps_per_round": 10, "num_rounds": 1, "min_clients": sites}
+    result = run_simulator(copy_job(job, tmp_path, settings), tmp_path / "ws", sites, env={"FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    job_dir = tmp_path / "ws" / "server" / "simulate_job"
+    state = torch.load(job_dir / "app_server" / "FL_global_model.pt", weights_only=True)["model"]
+    assert set(state) == set(exchange_schema(ModelSpec("vit_test", 64, 1, "flap", 4)))  # one foreground class
+    dataset = job.split("_")[0]
+    assert (tmp_path / "demo" / f"{dataset}-v3" / "site-1" / "datalist.json").is_file()  # the job's own modality
+    site_names = [f"site-{i}" for i in range(1, sites + 1)]
+    for site in site_names:
+        assert list(scalars(job_dir / "tb_events" / site, f"val_dice_{class_names[0]}")) == [0]
+    # One round: no later validation has picked a best model yet, so only the final one is scored.
+    _cross_site_results(job_dir, site_names, class_names, models=["SRV_FL_global_model.pt"])

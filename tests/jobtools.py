@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from nvflare.fuel.utils.config_factory import ConfigFactory
+from flap_sam.cli.job import write_job
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,31 +18,8 @@ TEST_TRAINING = {"batch_size": 4, "local_epochs": 3.0, "max_steps_per_round": 60
 
 
 def copy_job(name: str, dest: Path, settings: dict | None = None) -> Path:
-    """Copy ``jobs/<name>`` to ``dest`` and change settings at the end of both config files, as a user would.
-
-    Every setting must already exist (in the job or the shared defaults), so a typo fails here.
-    """
-    job = dest / name
-    shutil.copytree(REPO / "jobs" / name, job)
-    settings = settings or {}
-    known = set(job_settings(job))
-    unknown = set(settings) - known
-    assert not unknown, f"{name} has no setting {unknown}"
-    for side in ("server", "client"):
-        with open(job / "app" / "config" / f"config_fed_{side}.conf", "a", encoding="utf-8") as f:
-            f.write("\n# changed by the test\n")
-            for key, value in settings.items():
-                f.write(f"{key} = {json.dumps(value)}\n")
-    return job
-
-
-def job_settings(job: Path) -> dict:
-    """The resolved top-level settings of a job (both sides; the client's values win on a clash)."""
-    resolved = {}
-    for side in ("server", "client"):
-        config = ConfigFactory.load_config(str(job / "app" / "config" / f"config_fed_{side}.conf")).to_dict()
-        resolved.update({k: v for k, v in config.items() if not isinstance(v, (list, dict))})
-    return resolved
+    """``flap-sam job jobs/<name> --out dest/<name> --set ...``: a copy with settings changed, as a user makes it."""
+    return Path(write_job(str(REPO / "jobs" / name), str(dest / name), settings or {}))
 
 
 def run_simulator(job: Path, workspace: Path, n_clients: int, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from flap_sam.cli import demo_data, evaluate, infer, params, prepare
+from flap_sam.cli import demo_data, evaluate, infer, job, params, prepare
 from flap_sam.data.errors import DataError
 from flap_sam.model.sam_builder import CheckpointError
 
@@ -14,6 +14,7 @@ COMMANDS = {
     "prepare": (prepare, "turn a public dataset (KiTS19, IXI-Tiny, prostate MRI) into per-site datalists"),
     "params": (params, "trainable and exchanged parameters and bytes per preset"),
     "demo-data": (demo_data, "write the built-in synthetic demo data"),
+    "job": (job, "copy a job with settings changed (preset, data_root, rounds ...)"),
     "evaluate": (evaluate, "per-volume, per-class Dice of a site's test split (CSV + Markdown)"),
     "infer": (infer, "segment a NIfTI volume with SAM + a persisted adapter"),
 }

@@ -64,6 +64,7 @@ class FlapSamLearner(Learner):
         augment: bool = True,
         amp: bool = True,
         seed: int = 0,
+        fedprox_mu: float = 0.0,
         analytic_sender_id: str = "analytic_sender",
     ) -> None:
         super().__init__()
@@ -73,7 +74,7 @@ class FlapSamLearner(Learner):
         self.local_epochs = local_epochs
         self.max_steps_per_round = max_steps_per_round
         self.augment = augment
-        self.train_settings = TrainSettings(lr, weight_decay, batch_size, warmup_steps, poly_power, foreground_fraction, amp, seed)
+        self.train_settings = TrainSettings(lr, weight_decay, batch_size, warmup_steps, poly_power, foreground_fraction, amp, seed, fedprox_mu)
         self.analytic_sender_id = analytic_sender_id
         self.model = None
         self.local_weights: dict[str, np.ndarray] | None = None
@@ -174,7 +175,9 @@ class FlapSamLearner(Learner):
         self.log_info(fl_ctx, f"round {current_round}: {done} local steps, mean loss {loss:.4f}")
         self.local_weights = export_weights(self.model, self.exchanged)
         dxo = DXO(DataKind.WEIGHTS, data=self.local_weights, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: done})
-        return dxo.to_shareable()
+        result = dxo.to_shareable()
+        result.set_header(AppConstants.CURRENT_ROUND, current_round)  # for the traffic meter's round log
+        return result
 
     def get_model_for_validation(self, model_name: str, fl_ctx: FLContext) -> Shareable:
         if model_name != "local" or self.local_weights is None:  # FLARE asks for the site's "local" model

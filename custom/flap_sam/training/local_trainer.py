@@ -31,6 +31,8 @@ class TrainSettings:
         foreground_fraction: share of sampled stacks centred on a slice with foreground.
         amp: bf16 autocast (used on CUDA only).
         seed: sampling and augmentation seed.
+        fedprox_mu: FedProx proximal weight mu; 0 turns it off. Adds mu/2 * ||w - w_global||^2
+            over the trainable tensors to the loss, w_global being the weights at the round's start.
     """
 
     lr: float = 8e-4
@@ -41,6 +43,7 @@ class TrainSettings:
     foreground_fraction: float = 0.5
     amp: bool = True
     seed: int = 0
+    fedprox_mu: float = 0.0
 
 
 class LocalTrainer:
@@ -71,6 +74,9 @@ class LocalTrainer:
         """
         self.model.train()
         amp = self.settings.amp and self.device.type == "cuda"
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        # Only the trainable tensors are anchored (NVFlare's PTFedProxLoss would need a copy of all of SAM).
+        anchor = [p.detach().clone() for p in trainable] if self.settings.fedprox_mu > 0 else None
         losses = []
         for batch in self._batches(num_steps, round_seed):
             if should_stop():
@@ -83,6 +89,8 @@ class LocalTrainer:
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = self.model(images)
             loss = self.loss_fn(logits.float(), labels)
+            if anchor is not None:
+                loss = loss + 0.5 * self.settings.fedprox_mu * sum(((p - a) ** 2).sum() for p, a in zip(trainable, anchor))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

@@ -99,3 +99,31 @@ def test_mri_job_runs_a_round_on_its_demo_data(tmp_path, job, sites, class_names
         assert list(scalars(job_dir / "tb_events" / site, f"val_dice_{class_names[0]}")) == [0]
     # One round: no later validation has picked a best model yet, so only the final one is scored.
     _cross_site_results(job_dir, site_names, class_names, models=["SRV_FL_global_model.pt"])
+
+
+def _traffic_run(tmp_path, name, **settings):
+    base = {**TEST_MODEL, **TEST_TRAINING, "rank": 64, "max_steps_per_round": 3, "num_rounds": 1}
+    job = copy_job("kits_lora", tmp_path / name, {**base, **settings})
+    result = run_simulator(job, tmp_path / name / "ws", 2, env={"FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    job_dir = tmp_path / name / "ws" / "server" / "simulate_job"
+    return json.loads((job_dir / "app_server" / "traffic_summary.json").read_text()), job_dir, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_fp16_transport_halves_the_measured_bytes(tmp_path):
+    fp32, _, _ = _traffic_run(tmp_path, "fp32")
+    fp16, job_dir, log = _traffic_run(tmp_path, "fp16", transport="fp16", aggregation="lora_exact", fedprox_mu=0.01)
+    for summary in (fp32, fp16):
+        assert sorted(summary["sites"]) == ["site-1", "site-2"]
+        assert set(summary["sites"]["site-1"]["train"]["0"]) == {"sent", "received", "raw_float32_sent", "raw_float32_received"}
+    raw = fp32["sites"]["site-1"]["train"]["0"]["raw_float32_received"]  # the adapter as float32 (351,520 bytes)
+    assert fp32["sites"]["site-1"]["train"]["0"]["sent"] > raw  # wire bytes include FLARE's headers
+    for direction in ("sent", "received"):
+        ratio = fp16["totals"][direction] / fp32["totals"][direction]
+        assert 0.5 < ratio < 0.56, f"{direction}: fp16/fp32 = {ratio:.3f}"  # half, plus fixed message headers
+    assert "exact LoRA aggregation of 2 sites: site-1, site-2" in log
+    assert "round 0: train sent" in log and "round 0: train received" in log  # each site's round log
+    assert list(scalars(job_dir / "tb_events" / "site-1", "bytes_sent")) == [0]
+    state = torch.load(job_dir / "app_server" / "FL_global_model.pt", weights_only=True)["model"]
+    assert all(v.dtype == torch.float32 for v in state.values())  # restored to the training dtype

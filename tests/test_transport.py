@@ -114,3 +114,12 @@ def test_aggregate_exact_on_a_real_payload_weighs_by_steps_and_averages_the_rest
     u, s, vh = np.linalg.svd(target)
     best = (u[:, :4] * s[:4]) @ vh[:4]
     np.testing.assert_allclose(result[b] @ result[a], best, atol=1e-4 * np.abs(target).max())
+
+
+def test_rank_above_the_layer_width_is_padded_not_broken():
+    rng = np.random.default_rng(3)
+    b_list, a_list = _factors(rng, 16, 32, 64, 2)  # r = 64 > both dimensions (a 16-wide decoder projection)
+    new_b, new_a = refactorize(b_list, a_list, [0.5, 0.5], 64)
+    assert new_b.shape == (16, 64) and new_a.shape == (64, 32)
+    target = 0.5 * b_list[0] @ a_list[0] + 0.5 * b_list[1] @ a_list[1]
+    np.testing.assert_allclose(new_b @ new_a, target, atol=1e-4 * np.abs(target).max())

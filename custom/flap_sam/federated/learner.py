@@ -174,10 +174,9 @@ class FlapSamLearner(Learner):
         self._log("lr", self.trainer.optimizer.param_groups[0]["lr"], current_round)
         self.log_info(fl_ctx, f"round {current_round}: {done} local steps, mean loss {loss:.4f}")
         self.local_weights = export_weights(self.model, self.exchanged)
-        dxo = DXO(DataKind.WEIGHTS, data=self.local_weights, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: done})
-        result = dxo.to_shareable()
-        result.set_header(AppConstants.CURRENT_ROUND, current_round)  # for the traffic meter's round log
-        return result
+        # The round travels in the meta (LearnerExecutor rebuilds the Shareable, dropping headers).
+        meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: done, AppConstants.CURRENT_ROUND: current_round}
+        return DXO(DataKind.WEIGHTS, data=self.local_weights, meta=meta).to_shareable()
 
     def get_model_for_validation(self, model_name: str, fl_ctx: FLContext) -> Shareable:
         if model_name != "local" or self.local_weights is None:  # FLARE asks for the site's "local" model

@@ -55,7 +55,7 @@ def refactorize(b_factors: list[np.ndarray], a_factors: list[np.ndarray], weight
     a_cat = torch.cat([torch.as_tensor(a, dtype=torch.float64) for a in a_factors], dim=0)
     q_b, r_b = torch.linalg.qr(b_cat)        # (out, k), (k, nr)
     q_a, r_a = torch.linalg.qr(a_cat.T)      # (in, k'), (k', nr)
-    u, s, vh = torch.linalg.svd(r_b @ r_a.T)  # core (k, k')
+    u, s, vh = torch.linalg.svd(r_b @ r_a.T, full_matrices=False)  # core (k, k')
     u, s, vh = u[:, :rank], s[:rank], vh[:rank]
     new_b = q_b @ u                          # (out, rank)
     new_a = s[:, None] * (vh @ q_a.T)        # (rank, in)
@@ -157,9 +157,12 @@ class FlapSamAggregator(Aggregator):
 
         self.aggregation = aggregation
         if aggregation == "average":
-            self.impl = InTimeAccumulateWeightedAggregator(expected_data_kind=DataKind.WEIGHTS, weigh_by_local_iter=True)
+            self.impl = InTimeAccumulateWeightedAggregator(expected_data_kind="WEIGHTS", weigh_by_local_iter=True)
         else:
             self.impl = ExactLoRAAggregator()
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        self.impl.handle_event(event_type, fl_ctx)  # NVFlare's aggregator sets itself up at START_RUN
 
     def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
         return self.impl.accept(shareable, fl_ctx)

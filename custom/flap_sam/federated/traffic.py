@@ -48,6 +48,19 @@ def raw_float32_bytes(shareable: Shareable) -> int:
     return int(sum(np.size(v) for v in dxo.data.values()) * 4)
 
 
+def payload_round(shareable: Shareable, fl_ctx: FLContext) -> int:
+    """The FL round of a payload: task header, else the result's DXO meta, else the context's round."""
+    value = shareable.get_header(AppConstants.CURRENT_ROUND)
+    if value is None:
+        try:
+            value = from_shareable(shareable).get_meta_prop(AppConstants.CURRENT_ROUND)
+        except Exception:
+            value = None
+    if value is None:
+        value = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
+    return int(value or 0)
+
+
 class TrafficMeter(Filter):
     """Measure what this side sends or receives (see the module docstring).
 
@@ -68,8 +81,7 @@ class TrafficMeter(Filter):
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         size, raw = serialized_size(shareable), raw_float32_bytes(shareable)
         task = fl_ctx.get_prop(FLContextKey.TASK_NAME, "?")
-        round_ = shareable.get_header(AppConstants.CURRENT_ROUND)
-        round_ = int(round_ if round_ is not None else fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0) or 0)
+        round_ = payload_round(shareable, fl_ctx)
         if self.side == "server":
             peer = fl_ctx.get_peer_context()
             site = peer.get_identity_name() if peer else "?"

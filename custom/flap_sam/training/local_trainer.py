@@ -54,8 +54,9 @@ class LocalTrainer:
         self.dataset = dataset
         self.settings = settings
         self.device = device
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.999), weight_decay=settings.weight_decay)
+        self._trainable = [p for p in model.parameters() if p.requires_grad]
+        self._anchor: list[torch.Tensor] | None = None  # FedProx: the trainable tensors at the round's start
+        self.optimizer = torch.optim.AdamW(self._trainable, lr=settings.lr, betas=(0.9, 0.999), weight_decay=settings.weight_decay)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_ce=0.2, lambda_dice=0.8)
         self.global_step = 0
 
@@ -67,16 +68,34 @@ class LocalTrainer:
         loader = DataLoader(self.dataset, batch_size=self.settings.batch_size, sampler=sampler, drop_last=True, num_workers=0)
         return iter(loader)
 
+    def step(self, stacks: torch.Tensor, labels: torch.Tensor) -> float:
+        """One optimiser step on a batch; returns the loss.
+
+        Args:
+            stacks: (B, 5, S, S) float images in [0, 1]; labels: (B, 5, S, S) class indices.
+        """
+        amp = self.settings.amp and self.device.type == "cuda"
+        images = stacks_to_images(stacks.to(self.device))  # (B*5, 3, S, S)
+        labels = labels.to(self.device).reshape(-1, 1, *labels.shape[-2:])  # (B*5, 1, S, S)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = self.model(images)
+        loss = self.loss_fn(logits.float(), labels)
+        if self._anchor is not None:
+            # Only the trainable tensors are anchored (NVFlare's PTFedProxLoss would need a copy of all of SAM).
+            loss = loss + 0.5 * self.settings.fedprox_mu * sum(((p - a) ** 2).sum() for p, a in zip(self._trainable, self._anchor))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.global_step += 1
+        return float(loss.detach())
+
     def train(self, num_steps: int, total_steps: int, round_seed: int, should_stop: Callable[[], bool] = lambda: False) -> tuple[int, float]:
         """Run ``num_steps`` optimiser steps; the lr follows the schedule over ``total_steps`` global steps.
 
         Returns (steps done, mean loss).
         """
         self.model.train()
-        amp = self.settings.amp and self.device.type == "cuda"
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        # Only the trainable tensors are anchored (NVFlare's PTFedProxLoss would need a copy of all of SAM).
-        anchor = [p.detach().clone() for p in trainable] if self.settings.fedprox_mu > 0 else None
+        self._anchor = [p.detach().clone() for p in self._trainable] if self.settings.fedprox_mu > 0 else None
         losses = []
         for batch in self._batches(num_steps, round_seed):
             if should_stop():
@@ -84,18 +103,7 @@ class LocalTrainer:
             factor = warmup_poly_factor(self.global_step, self.settings.warmup_steps, total_steps, self.settings.poly_power)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.settings.lr * factor
-            images = stacks_to_images(batch["image"].to(self.device))  # (B*5, 3, S, S)
-            labels = batch["label"].to(self.device).reshape(-1, 1, *batch["label"].shape[-2:])  # (B*5, 1, S, S)
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = self.model(images)
-            loss = self.loss_fn(logits.float(), labels)
-            if anchor is not None:
-                loss = loss + 0.5 * self.settings.fedprox_mu * sum(((p - a) ** 2).sum() for p, a in zip(trainable, anchor))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.global_step += 1
-            losses.append(float(loss.detach()))
+            losses.append(self.step(batch["image"], batch["label"]))
         return len(losses), float(np.mean(losses)) if losses else float("nan")
 
 

@@ -1,9 +1,9 @@
 """Training step time and peak memory of one preset, measured in a fresh process.
 
 Run as ``python -m flap_sam.benchmark.step PRESET ...``; prints one JSON line. Peak memory is
-what training needs (model, gradients, optimiser state, activations): on CPU the process's
-peak resident size (``ru_maxrss``, a fresh process per preset) minus its size before the
-model was built (the Python and torch runtime); on CUDA ``torch.cuda.max_memory_allocated``.
+what training needs (model, gradients, optimiser state, activations): on CPU the highest
+resident size sampled every 2 ms (psutil) from building the model to the last step, minus the
+size before (the Python and torch runtime); on CUDA ``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import sys
+import threading
 import time
+
+import psutil
 
 import torch
 
@@ -22,32 +24,56 @@ from flap_sam.training.device import pick_device
 from flap_sam.training.local_trainer import LocalTrainer, TrainSettings
 
 
-def _rss_peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
+class RssPeak:
+    """Samples this process's resident size in a background thread; ``peak_mib`` is the highest seen."""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.process, self.interval_s = psutil.Process(), interval_s
+        self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> "RssPeak":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak / 2**20
 
 
 def measure(spec: ModelSpec, batch_size: int, steps: int, device: torch.device, amp: bool) -> dict:
     """Seconds per step (after one warm-up step), slices per second and peak memory in MiB."""
-    baseline_mib = _rss_peak_mib()
-    model = build_model(spec, None, device)
-    trainer = LocalTrainer(model, [], TrainSettings(batch_size=batch_size, amp=amp), device)
-    generator = torch.Generator().manual_seed(0)
-    stacks = torch.rand(batch_size, 5, spec.image_size, spec.image_size, generator=generator)
-    labels = torch.randint(0, spec.num_classes + 1, (batch_size, 5, spec.image_size, spec.image_size), generator=generator)
-    trainer.step(stacks, labels)  # warm-up: allocations, AdamW state
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.step(stacks, labels)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
+    baseline_mib = psutil.Process().memory_info().rss / 2**20
+    with RssPeak() as sampler:
+        model = build_model(spec, None, device)
+        trainer = LocalTrainer(model, [], TrainSettings(batch_size=batch_size, amp=amp), device)
+        generator = torch.Generator().manual_seed(0)
+        stacks = torch.rand(batch_size, 5, spec.image_size, spec.image_size, generator=generator)
+        labels = torch.randint(0, spec.num_classes + 1, (batch_size, 5, spec.image_size, spec.image_size), generator=generator)
+        trainer.step(stacks, labels)  # warm-up: allocations, AdamW state
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.step(stacks, labels)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / steps
     if device.type == "cuda":
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak_mib = _rss_peak_mib() - baseline_mib
+        peak_mib = sampler.peak_mib - baseline_mib
     return {"seconds_per_step": seconds, "slices_per_second": batch_size * 5 / seconds, "peak_mib": peak_mib}
 
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from flap_sam.cli import bench, demo_data, evaluate, infer, job, params, prepare
+from flap_sam.cli import bench, demo_data, evaluate, infer, job, monitor, params, prepare
 from flap_sam.data.errors import DataError
 from flap_sam.model.sam_builder import CheckpointError
 
@@ -16,6 +16,7 @@ COMMANDS = {
     "demo-data": (demo_data, "write the built-in synthetic demo data"),
     "job": (job, "copy a job with settings changed (preset, data_root, rounds ...)"),
     "evaluate": (evaluate, "per-volume, per-class Dice of a site's test split (CSV + Markdown)"),
+    "monitor": (monitor, "submit and follow a job with an admin startup kit (POC or provisioned)"),
     "bench": (bench, "measure wire bytes, step time, memory and aggregation time per preset (prints a table)"),
     "infer": (infer, "segment a NIfTI volume with SAM + a persisted adapter"),
 }

@@ -51,8 +51,8 @@ def refactorize(b_factors: list[np.ndarray], a_factors: list[np.ndarray], weight
     for b, a in zip(b_factors, a_factors):
         if b.ndim != 2 or a.ndim != 2 or b.shape[1] != a.shape[0]:
             raise ValueError(f"LoRA factors do not chain: B {b.shape} x A {a.shape}")
-    b_cat = torch.cat([w * torch.as_tensor(b, dtype=torch.float64) for b, w in zip(b_factors, weights)], dim=1)
-    a_cat = torch.cat([torch.as_tensor(a, dtype=torch.float64) for a in a_factors], dim=0)
+    b_cat = torch.cat([w * torch.as_tensor(b, dtype=torch.float32) for b, w in zip(b_factors, weights)], dim=1)
+    a_cat = torch.cat([torch.as_tensor(a, dtype=torch.float32) for a in a_factors], dim=0)
     q_b, r_b = torch.linalg.qr(b_cat)        # (out, k), (k, nr)
     q_a, r_a = torch.linalg.qr(a_cat.T)      # (in, k'), (k', nr)
     u, s, vh = torch.linalg.svd(r_b @ r_a.T, full_matrices=False)  # core (k, k')

@@ -1,0 +1,113 @@
+"""``flap-sam monitor``: submit and/or follow a job with an admin startup kit (FLARE API).
+
+Works the same against a POC federation and a provisioned deployment: it only uses the
+admin's startup kit and FLARE's admin API (``submit_job``, ``get_job_meta``, ``show_stats``,
+``show_errors``, ``download_job_result``). Prints one line whenever the progress changes:
+round, sites that reported, their validation Dice, bytes received from each, and sites
+missing from the last aggregation; site errors as they appear. At the end it downloads the
+job result and prints the cross-site Dice and the traffic totals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from flap_sam.federated.progress import STATS_GROUP
+
+FINISHED = ("FINISHED:COMPLETED", "FINISHED:ABORTED", "FINISHED:EXECUTION_EXCEPTION", "FINISHED:ABNORMAL", "FAILED", "ABORTED")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--startup-kit", required=True, help="the admin's startup kit folder (contains startup/fed_admin.json)")
+    parser.add_argument("--username", required=True, help="the admin's name in the kit, e.g. admin@flap-sam.example.org")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--submit", metavar="JOB_FOLDER", help="submit this job folder, then follow it")
+    group.add_argument("--job", metavar="JOB_ID", help="follow a job already submitted")
+    parser.add_argument("--download", default="results", help="folder for the finished job's result (default: ./results)")
+    parser.add_argument("--poll", type=float, default=5.0, help="seconds between status checks")
+    parser.add_argument("--timeout", type=float, default=0, help="stop following after this many seconds (0: until it ends)")
+
+
+def progress_line(stats: dict) -> str | None:
+    """One line from the server's ``flap_sam`` stats group, or None before the first round."""
+    progress = (stats.get("server") or {}).get(STATS_GROUP) if isinstance(stats, dict) else None
+    if not progress or progress.get("round") is None:
+        return None
+    sites = ", ".join(
+        f"{site} Dice {v['val_dice']:.3f}" + (f" {v['bytes_received']:,} B" if v.get("bytes_received") else "")
+        if v.get("val_dice") is not None else site
+        for site, v in sorted(progress.get("reported", {}).items())
+    )
+    line = f"round {progress['round']}/{progress.get('num_rounds')}: {len(progress.get('reported', {}))} site(s) reported"
+    line += f" [{sites}]" if sites else ""
+    if progress.get("missing_last_round"):
+        line += f"; missing from the last aggregation: {', '.join(progress['missing_last_round'])}"
+    return line
+
+
+def summarize_result(folder: str) -> list[str]:
+    """Cross-site Dice and traffic totals from a downloaded job result."""
+    lines = []
+    for root, _, files in os.walk(folder):
+        if "cross_val_results.json" in files:
+            with open(os.path.join(root, "cross_val_results.json"), encoding="utf-8") as f:
+                for site, models in sorted(json.load(f).items()):
+                    scores = ", ".join(f"{m}: Dice {v.get('dice', float('nan')):.3f}" for m, v in sorted(models.items()))
+                    lines.append(f"cross-site {site}: {scores}")
+        if "traffic_summary.json" in files:
+            with open(os.path.join(root, "traffic_summary.json"), encoding="utf-8") as f:
+                totals = json.load(f)["totals"]
+            lines.append("traffic: " + ", ".join(f"{k} {v:,}" for k, v in sorted(totals.items())))
+    return lines
+
+
+def follow(session, job_id: str, download: str, poll: float, timeout: float, say=print) -> str:
+    """Print progress until the job ends; download its result; returns the final status."""
+    started, last_line, seen_errors, status = time.monotonic(), None, set(), "?"
+    while True:
+        status = str(session.get_job_meta(job_id).get("status", "?"))
+        try:
+            line = progress_line(session.show_stats(job_id, "server"))
+        except Exception:  # the job's server process is not up yet, or already gone
+            line = None
+        if line and line != last_line:
+            say(line)
+            last_line = line
+        try:
+            errors = session.show_errors(job_id, "client") or {}
+        except Exception:
+            errors = {}
+        for site, report in (errors.items() if isinstance(errors, dict) else []):
+            text = f"{site}: {report}"
+            if text not in seen_errors:
+                seen_errors.add(text)
+                say(f"site error: {text}")
+        if status in FINISHED or status.startswith("FINISHED"):
+            break
+        if timeout and time.monotonic() - started > timeout:
+            say(f"stopped following after {timeout:.0f} s; job {job_id} is {status}")
+            return status
+        time.sleep(poll)
+    say(f"job {job_id}: {status}")
+    os.makedirs(download, exist_ok=True)
+    target = session.download_job_result(job_id, os.path.abspath(download))
+    say(f"result downloaded to {target}")
+    for line in summarize_result(target):
+        say(line)
+    return status
+
+
+def run(args: argparse.Namespace) -> int:
+    from nvflare.fuel.flare_api.flare_api import new_secure_session
+
+    session = new_secure_session(args.username, args.startup_kit)
+    try:
+        job_id = args.job or session.submit_job(os.path.abspath(args.submit))
+        print(f"following job {job_id}", flush=True)
+        status = follow(session, job_id, args.download, args.poll, args.timeout, say=lambda s: print(s, flush=True))
+    finally:
+        session.close()
+    return 0 if status == "FINISHED:COMPLETED" else 1

@@ -1,0 +1,87 @@
+"""Server widget: the federation's progress, for the admin console and ``flap-sam monitor``.
+
+Keeps, for the current round, which sites returned a result, their validation Dice of the
+global model they received (the number the Learner reports for model selection) and the
+bytes received from them (from ``traffic_summary.json``), and which sites did not report
+when the round was aggregated. Admins read it with ``show_stats <job> server`` (group
+``flap_sam``); the server log gets one line per round. Only aggregate numbers are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+from nvflare.apis.dxo import MetaKey, from_shareable
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_component import FLComponent
+from nvflare.apis.fl_constant import ReservedKey
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
+from nvflare.widgets.info_collector import InfoCollector
+
+from flap_sam.federated.traffic import SUMMARY_FILE
+
+STATS_GROUP = "flap_sam"
+
+
+class FederationProgress(FLComponent):
+    """Round, reporting sites, their Dice and bytes, missing sites; served through ``show_stats``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self.state = {"round": None, "num_rounds": None, "reported": {}, "missing_last_round": [], "finished_rounds": 0}
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == AppEventType.ROUND_STARTED:
+            with self._lock:
+                self.state.update(round=fl_ctx.get_prop(AppConstants.CURRENT_ROUND), num_rounds=fl_ctx.get_prop(AppConstants.NUM_ROUNDS), reported={})
+        elif event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
+            self._record_contribution(fl_ctx)
+        elif event_type == AppEventType.BEFORE_AGGREGATION:
+            self._close_round(fl_ctx)
+        elif event_type == InfoCollector.EVENT_TYPE_GET_STATS:
+            collector = fl_ctx.get_prop(InfoCollector.CTX_KEY_STATS_COLLECTOR)
+            if collector is not None:
+                with self._lock:
+                    collector.add_info(STATS_GROUP, json.loads(json.dumps(self.state)))
+        elif event_type == EventType.END_RUN:
+            self.log_info(fl_ctx, f"federation progress at the end: {json.dumps(self.state)}")
+
+    def _record_contribution(self, fl_ctx: FLContext) -> None:
+        result = fl_ctx.get_prop(AppConstants.TRAINING_RESULT)
+        if result is None:
+            return
+        site = result.get_peer_prop(ReservedKey.IDENTITY_NAME, "?")
+        try:
+            dice = from_shareable(result).get_meta_prop(MetaKey.INITIAL_METRICS)
+        except Exception:
+            dice = None
+        with self._lock:
+            round_ = self.state["round"]
+            self.state["reported"][site] = {"val_dice": dice, "bytes_received": self._bytes_received(fl_ctx, site, round_)}
+
+    def _close_round(self, fl_ctx: FLContext) -> None:
+        expected = sorted(c.name for c in fl_ctx.get_engine().get_clients())
+        with self._lock:
+            reported = sorted(self.state["reported"])
+            missing = [s for s in expected if s not in reported]
+            self.state["missing_last_round"] = missing
+            self.state["finished_rounds"] += 1
+            round_ = self.state["round"]
+        dice = {s: self.state["reported"][s]["val_dice"] for s in reported}
+        self.log_info(fl_ctx, f"round {round_}: aggregating {len(reported)} site(s) {reported}; validation Dice {dice}")
+        if missing:
+            self.log_warning(fl_ctx, f"round {round_}: no result from {missing} (dropped out or too late); the round goes on without them")
+
+    @staticmethod
+    def _bytes_received(fl_ctx: FLContext, site: str, round_) -> int | None:
+        path = os.path.join(fl_ctx.get_engine().get_workspace().get_app_dir(fl_ctx.get_job_id()), SUMMARY_FILE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)["sites"][site]["train"][str(round_)]["received"]
+        except (OSError, KeyError, ValueError):
+            return None

@@ -1,0 +1,133 @@
+"""Real deployments on this machine: provisioning, a POC federation of separate FLARE processes, faults.
+
+Every test here starts real NVFlare server and client processes (``nvflare poc``) or runs
+``nvflare provision``; nothing is mocked. They are slow (about a minute each).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from flap_sam.cli.job import write_job
+from flap_sam.cli.monitor import follow
+from flap_sam.model.factory import ModelSpec, exchange_schema
+from jobtools import REPO, TEST_MODEL, TEST_TRAINING
+
+sys.path.insert(0, str(REPO / "poc"))
+import run_poc  # noqa: E402  (the POC script is the code under test)
+
+QUICK = {**TEST_MODEL, **TEST_TRAINING, "max_steps_per_round": 5, "cross_site_timeout": 60}
+
+
+def _job(tmp_path: Path, **settings) -> str:
+    return write_job(str(REPO / "jobs" / "kits_lora"), str(tmp_path / "job"), {**QUICK, **settings})
+
+
+def _site_processes(workspace: str, site: str):
+    kit = os.path.join(workspace, "example_project", "prod_00", site)
+    return [p for p in run_poc._workspace_processes(workspace) if kit in " ".join(p.cmdline())]
+
+
+@pytest.fixture
+def poc(tmp_path, monkeypatch):
+    """A POC workspace; whatever a test starts there is stopped afterwards."""
+    monkeypatch.setenv("FLAP_SAM_DEMO_ROOT", str(tmp_path / "demo"))
+    workspace = str(tmp_path / "poc")
+    yield workspace
+    run_poc.stop(workspace)
+    assert not run_poc._workspace_processes(workspace), "POC processes left running"
+
+
+@pytest.mark.slow
+def test_provisioning_gives_signed_tls_kits_and_job_rights_only_to_admin_and_leads(tmp_path):
+    subprocess.run([sys.executable, "-m", "nvflare.cli", "provision", "-p", str(REPO / "provisioning" / "project.yml"),
+                    "-w", str(tmp_path)], check=True, capture_output=True)
+    kits = tmp_path / "flap_sam_fed_kits" / "prod_00"
+    project = yaml.safe_load((REPO / "provisioning" / "project.yml").read_text())
+    hospitals = [p["name"] for p in project["participants"] if p["type"] == "client"]
+    assert hospitals == [f"hospital-{c}" for c in "abcdef"]
+    for hospital in hospitals:
+        startup = kits / hospital / "startup"
+        assert {"client.crt", "client.key", "rootCA.pem", "signature.json", "start.sh"} <= set(os.listdir(startup))
+    roles = {p["name"]: p.get("role") for p in project["participants"] if p["type"] == "admin"}
+    assert sorted(set(roles.values())) == ["lead", "project_admin"]  # no org_admin, no member
+    assert list(roles.values()).count("project_admin") == 1
+    orgs = [p["org"] for p in project["participants"] if p["type"] == "client"]
+    assert len(set(orgs)) == len(orgs)  # one org per hospital
+
+
+@pytest.mark.slow
+def test_poc_runs_a_federation_of_separate_processes_to_completion(tmp_path, poc):
+    job = _job(tmp_path, num_rounds=2)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(REPO / "poc" / "run_poc.py"), "--job", job, "--workspace", poc],
+                          capture_output=True, text=True, timeout=900, env=os.environ.copy())
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    assert "round 1/2: 2 site(s) reported [site-1 Dice" in out  # progress with Dice per site
+    assert "FINISHED:COMPLETED" in out and "stopped all POC processes" in out
+    results = list(Path(poc, "results").rglob("FL_global_model.pt"))
+    assert results, "the downloaded result has no global model"
+    state = torch.load(results[0], weights_only=True)["model"]
+    assert set(state) == set(exchange_schema(ModelSpec("vit_test", 64, 2, "flap", 4)))
+    assert list(Path(poc, "results").rglob("cross_val_results.json"))
+    assert not run_poc._workspace_processes(poc)
+    print(f"POC wall time {time.monotonic() - started:.0f} s")
+
+
+@pytest.mark.slow
+def test_a_site_killed_mid_job_is_reported_and_the_job_goes_on(tmp_path, poc):
+    job = _job(tmp_path, num_rounds=4, min_clients=2, max_steps_per_round=20)
+    run_poc.prepare(poc, ["site-1", "site-2", "site-3"])
+    run_poc.start(poc)
+    session = run_poc.connect(poc, 3)
+    lines = []
+    try:
+        job_id = session.submit_job(job)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # wait until round 1 is under way, then kill site-3
+            stats = session.show_stats(job_id, "server") if session.get_job_meta(job_id)["status"] == "RUNNING" else {}
+            progress = (stats.get("server") or {}).get("flap_sam") if isinstance(stats, dict) else None
+            if progress and progress.get("round") == 1:
+                break
+            time.sleep(2)
+        for proc in _site_processes(poc, "site-3"):
+            proc.kill()
+        status = follow(session, job_id, str(tmp_path / "results"), poll=3.0, timeout=600, say=lines.append)
+    finally:
+        session.close()
+    assert status == "FINISHED:COMPLETED", "\n".join(lines)
+    assert any("missing from the last aggregation: site-3" in line for line in lines), "\n".join(lines)
+    assert any(line.startswith("round 3/4") for line in lines)  # later rounds ran with the two remaining sites
+
+
+@pytest.mark.slow
+def test_a_site_that_cannot_start_is_reported_and_does_not_hang_the_job(tmp_path, poc):
+    job = _job(tmp_path, num_rounds=2, min_clients=2)
+    run_poc.prepare(poc, ["site-1", "site-2"])
+    local = Path(poc, "example_project", "prod_00", "site-2", "local")
+    (local / "flap_sam_site.json").write_text(json.dumps({"data_root": str(tmp_path / "no_such_folder")}))
+    run_poc.start(poc)
+    session = run_poc.connect(poc, 2)
+    lines = []
+    started = time.monotonic()
+    try:
+        job_id = session.submit_job(job)
+        status = follow(session, job_id, str(tmp_path / "results"), poll=3.0, timeout=300, say=lines.append)
+    finally:
+        session.close()
+    assert status.startswith("FINISHED") and status != "FINISHED:COMPLETED", "\n".join(lines)
+    assert time.monotonic() - started < 300
+    log = Path(poc, "example_project", "prod_00", "site-2").rglob("log.txt")
+    text = "".join(p.read_text(errors="replace") for p in log)
+    assert f"site site-2 cannot start: data_root {tmp_path / 'no_such_folder'}: no datalist found" in text
+    assert any("site-2" in line and "cannot start" in line for line in lines), "\n".join(lines)  # the admin sees it

@@ -68,6 +68,10 @@ class LocalTrainer:
         loader = DataLoader(self.dataset, batch_size=self.settings.batch_size, sampler=sampler, drop_last=True, num_workers=0)
         return iter(loader)
 
+    def start_round(self) -> None:
+        """Take the current (just received global) trainable tensors as FedProx's anchor, if FedProx is on."""
+        self._anchor = [p.detach().clone() for p in self._trainable] if self.settings.fedprox_mu > 0 else None
+
     def step(self, stacks: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimiser step on a batch; returns the loss.
 
@@ -95,7 +99,7 @@ class LocalTrainer:
         Returns (steps done, mean loss).
         """
         self.model.train()
-        self._anchor = [p.detach().clone() for p in self._trainable] if self.settings.fedprox_mu > 0 else None
+        self.start_round()
         losses = []
         for batch in self._batches(num_steps, round_seed):
             if should_stop():

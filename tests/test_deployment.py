@@ -48,7 +48,7 @@ def poc(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_provisioning_gives_signed_tls_kits_and_job_rights_only_to_admin_and_leads(tmp_path):
+def test_provisioning_gives_tls_kits_and_job_rights_only_to_admin_and_leads(tmp_path):
     subprocess.run([sys.executable, "-m", "nvflare.cli", "provision", "-p", str(REPO / "provisioning" / "project.yml"),
                     "-w", str(tmp_path)], check=True, capture_output=True)
     kits = tmp_path / "flap_sam_fed_kits" / "prod_00"
@@ -57,7 +57,7 @@ def test_provisioning_gives_signed_tls_kits_and_job_rights_only_to_admin_and_lea
     assert hospitals == [f"hospital-{c}" for c in "abcdef"]
     for hospital in hospitals:
         startup = kits / hospital / "startup"
-        assert {"client.crt", "client.key", "rootCA.pem", "signature.json", "start.sh"} <= set(os.listdir(startup))
+        assert {"client.crt", "client.key", "rootCA.pem", "start.sh"} <= set(os.listdir(startup))
     roles = {p["name"]: p.get("role") for p in project["participants"] if p["type"] == "admin"}
     assert sorted(set(roles.values())) == ["lead", "project_admin"]  # no org_admin, no member
     assert list(roles.values()).count("project_admin") == 1

@@ -31,9 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=0, help="stop following after this many seconds (0: until it ends)")
 
 
-def progress_line(stats: dict) -> str | None:
-    """One line from the server's ``flap_sam`` stats group, or None before the first round."""
-    progress = (stats.get("server") or {}).get(STATS_GROUP) if isinstance(stats, dict) else None
+def server_progress(session, job_id: str) -> dict | None:
+    """The server's ``flap_sam`` stats group of a running job (None while its server process is not up)."""
+    try:
+        stats = session.show_stats(job_id, "server")
+    except Exception:  # the job's server process is not up yet, or already gone
+        return None
+    return (stats.get("server") or {}).get(STATS_GROUP) if isinstance(stats, dict) else None
+
+
+def progress_line(progress: dict | None) -> str | None:
+    """One line from the server's progress, or None before the first round."""
     if not progress or progress.get("round") is None:
         return None
     sites = ", ".join(
@@ -69,10 +77,7 @@ def follow(session, job_id: str, download: str, poll: float, timeout: float, say
     started, last_line, seen_errors, status = time.monotonic(), None, set(), "?"
     while True:
         status = str(session.get_job_meta(job_id).get("status", "?"))
-        try:
-            line = progress_line(session.show_stats(job_id, "server"))
-        except Exception:  # the job's server process is not up yet, or already gone
-            line = None
+        line = progress_line(server_progress(session, job_id))
         if line and line != last_line:
             say(line)
             last_line = line

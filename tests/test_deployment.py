@@ -81,6 +81,13 @@ def test_poc_runs_a_federation_of_separate_processes_to_completion(tmp_path, poc
     assert set(state) == set(exchange_schema(ModelSpec("vit_test", 64, 2, "flap", 4)))
     assert list(Path(poc, "results").rglob("cross_val_results.json"))
     assert not run_poc._workspace_processes(poc)
+    # Nothing about the sites' volumes reached the server: no data path, no case file name, in
+    # any log, metric, TensorBoard event or model file the server holds or the admin downloaded.
+    server_side = [*Path(poc, "example_project", "prod_00", "server").rglob("*"), *Path(poc, "results").rglob("*")]
+    site_secrets = [str(tmp_path / "demo").encode(), b"demo_00", b"imagesTr"]
+    for path in (p for p in server_side if p.is_file()):
+        content = path.read_bytes()
+        assert not any(secret in content for secret in site_secrets), f"{path} holds site data information"
     print(f"POC wall time {time.monotonic() - started:.0f} s")
 
 
@@ -134,4 +141,57 @@ def test_a_site_that_cannot_start_is_reported_and_does_not_hang_the_job(tmp_path
     log = Path(poc, "example_project", "prod_00", "site-2").rglob("log.txt")
     text = "".join(p.read_text(errors="replace") for p in log)
     assert f"site site-2 cannot start: data_root {tmp_path / 'no_such_folder'}: no datalist found" in text
-    assert any("site-2" in line and "cannot start" in line for line in lines), "\n".join(lines)  # the admin sees it
+    # The admin sees which site failed and what kind of problem; the path itself stays on the site.
+    assert any("site site-2 failed task train: it could not start: its data failed the start-up checks" in line for line in lines), "\n".join(lines)
+    assert not any("no_such_folder" in line for line in lines)
+
+
+def _provision(tmp_path: Path, name: str, port: int) -> Path:
+    """This project's provisioning with the server on localhost: one federation with its own root CA."""
+    project = yaml.safe_load((REPO / "provisioning" / "project.yml").read_text())
+    server = next(p for p in project["participants"] if p["type"] == "server")
+    server.update(name="localhost", fed_learn_port=port, admin_port=port)
+    (tmp_path / f"{name}.yml").write_text(yaml.safe_dump(project))
+    subprocess.run([sys.executable, "-m", "nvflare.cli", "provision", "-p", str(tmp_path / f"{name}.yml"), "-w", str(tmp_path / name)],
+                   check=True, capture_output=True)
+    return tmp_path / name / project["name"] / "prod_00"
+
+
+def _start_kit(kit: Path, server: bool) -> subprocess.Popen:
+    module = "server.server_train" if server else "client.client_train"
+    config = "fed_server.json" if server else "fed_client.json"
+    org = "coordinating_centre" if server else "hospital_a"
+    cmd = [sys.executable, "-u", "-m", f"nvflare.private.fed.app.{module}", "-m", str(kit), "-s", config,
+           "--set", "secure_train=true", f"org={org}", "config_folder=config"] + ([] if server else [f"uid={kit.name}"])
+    return subprocess.Popen(cmd, cwd=kit, stdout=open(kit / "console.txt", "w"), stderr=subprocess.STDOUT)
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(1)
+    return False
+
+
+@pytest.mark.slow
+def test_only_kits_of_this_provisioning_can_join(tmp_path):
+    ours, other = _provision(tmp_path, "ours", 18402), _provision(tmp_path, "other", 18402)
+    processes = []
+    try:
+        processes.append(_start_kit(ours / "localhost", server=True))
+        server_log = ours / "localhost" / "log.txt"
+        assert _wait_for(lambda: server_log.exists() and "Server started" in server_log.read_text(errors="replace"), 90)
+
+        def joined() -> bool:
+            return "Client: New client hospital-a" in server_log.read_text(errors="replace")
+
+        processes.append(_start_kit(other / "hospital-a", server=False))  # same name, another federation's CA
+        assert not _wait_for(joined, 25), "a client kit from another provisioning was accepted"
+        processes.append(_start_kit(ours / "hospital-a", server=False))  # control: the federation's own kit joins
+        assert _wait_for(joined, 60), server_log.read_text(errors="replace")[-2000:]
+    finally:
+        for proc in processes:
+            proc.kill()
+            proc.wait()

@@ -8,7 +8,7 @@ import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import Shareable
+from nvflare.apis.shareable import Shareable, make_reply
 
 from flap_sam.federated.filters import PresetResultFilter
 from flap_sam.model.factory import ModelSpec, build_model, exchange_schema
@@ -62,3 +62,16 @@ def test_other_preset_settings_change_the_schema():
     flap = PresetResultFilter(**SETTINGS).schema
     lora_dec = PresetResultFilter(**{**SETTINGS, "preset": "lora_dec"}).schema
     assert set(flap) < set(lora_dec)
+
+
+def test_an_error_result_keeps_only_its_code_and_a_known_start_up_error_kind():
+    from flap_sam.federated.site_errors import SITE_ERROR_HEADER
+
+    failed = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+    failed.set_header(SITE_ERROR_HEADER, "data")
+    failed.set_header("details", "image /data/patient_smith/ct.nii.gz: cannot be read")
+    out = PresetResultFilter(**SETTINGS).process(failed, FLContext())
+    assert out.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
+    assert out.get_header(SITE_ERROR_HEADER) == "data" and out.get_header("details") is None
+    failed.set_header(SITE_ERROR_HEADER, "/data/patient_smith")  # not a known kind: dropped
+    assert PresetResultFilter(**SETTINGS).process(failed, FLContext()).get_header(SITE_ERROR_HEADER) is None

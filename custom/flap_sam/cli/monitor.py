@@ -53,13 +53,20 @@ def progress_line(progress: dict | None) -> str | None:
     line += f" [{sites}]" if sites else ""
     if progress.get("missing_last_round"):
         line += f"; missing from the last aggregation: {', '.join(progress['missing_last_round'])}"
+    for site, reason in sorted(progress.get("failed", {}).items()):
+        line += f"; {site} failed: {reason}"
     return line
 
 
 def summarize_result(folder: str) -> list[str]:
-    """Cross-site Dice and traffic totals from a downloaded job result."""
+    """Site failures, cross-site Dice and traffic totals from a downloaded job result."""
     lines = []
     for root, _, files in os.walk(folder):
+        if "log.txt" in files:
+            with open(os.path.join(root, "log.txt"), encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if "FederationProgress - ERROR" in line:
+                        lines.append("site error: " + line.split("] - ", 1)[-1].strip())
         if "cross_val_results.json" in files:
             with open(os.path.join(root, "cross_val_results.json"), encoding="utf-8") as f:
                 for site, models in sorted(json.load(f).items()):
@@ -86,6 +93,8 @@ def follow(session, job_id: str, download: str, poll: float, timeout: float, say
         except Exception:
             errors = {}
         for site, report in (errors.items() if isinstance(errors, dict) else []):
+            if not report:
+                continue
             text = f"{site}: {report}"
             if text not in seen_errors:
                 seen_errors.add(text)

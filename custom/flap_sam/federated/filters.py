@@ -12,6 +12,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 
 from flap_sam.data.profiles import get_profile
+from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS
 from flap_sam.model.factory import ModelSpec, exchange_schema
 
 _WEIGHT_KINDS = (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF)
@@ -67,7 +68,13 @@ class PresetResultFilter(Filter):
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         rc = shareable.get_return_code(ReturnCode.OK)
         if rc != ReturnCode.OK:
-            return make_reply(rc)  # an error result carries its code and nothing else
+            # An error result carries its code and, for a site that could not start, one word of
+            # a fixed vocabulary saying what failed; nothing else (messages name files).
+            reply = make_reply(rc)
+            kind = shareable.get_header(SITE_ERROR_HEADER)
+            if kind in SITE_ERROR_KINDS:
+                reply.set_header(SITE_ERROR_HEADER, kind)
+            return reply
         try:
             dxo = from_shareable(shareable)
         except Exception:

@@ -19,6 +19,7 @@ from nvflare.app_common.app_constant import AppConstants, ValidateType
 from flap_sam.data.profiles import get_profile
 from flap_sam.data.site import SiteData
 from flap_sam.data.stacks import SliceStackDataset, build_augmentation
+from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS, site_error_kind
 from flap_sam.federated.weights import export_weights, import_weights
 from flap_sam.model.factory import ModelSpec, build_model, resolve_checkpoint
 from flap_sam.model.presets import exchanged_names
@@ -26,6 +27,7 @@ from flap_sam.training.device import pick_device
 from flap_sam.training.local_trainer import LocalTrainer, TrainSettings, evaluate_volumes
 
 SITE_SETTINGS_FILE = "flap_sam_site.json"
+
 SITE_SETTING_KEYS = ("data_root", "datalist", "checkpoint", "device")
 
 
@@ -111,11 +113,21 @@ class FlapSamLearner(Learner):
                 self.log_error(fl_ctx, f"site {fl_ctx.get_identity_name()} cannot start: {e}")
 
     def initialize(self, parts: dict, fl_ctx: FLContext) -> None:
-        if self._setup_error is not None:
-            raise self._setup_error
-        if self.model is None:
-            self._setup(fl_ctx)
         self.writer = parts.get(self.analytic_sender_id)
+        if self.model is None and self._setup_error is None:
+            try:
+                self._setup(fl_ctx)
+            except Exception as e:
+                self._setup_error = e
+                self.log_error(fl_ctx, f"site {fl_ctx.get_identity_name()} cannot start: {e}")
+
+    def _failed_start_reply(self, fl_ctx: FLContext) -> Shareable:
+        """The reply to every task of a site that could not start: an error with its category only."""
+        kind = site_error_kind(self._setup_error)
+        self.log_error(fl_ctx, f"refusing the task: this site could not start ({SITE_ERROR_KINDS[kind]}); fix it and restart the job")
+        reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        reply.set_header(SITE_ERROR_HEADER, kind)
+        return reply
 
     def _setup(self, fl_ctx: FLContext) -> None:
         self.site_name = fl_ctx.get_identity_name()
@@ -154,6 +166,8 @@ class FlapSamLearner(Learner):
             self.writer.add_scalar(tag, float(value), global_step=step)
 
     def train(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        if self._setup_error is not None:
+            return self._failed_start_reply(fl_ctx)
         try:
             current_round = self._load_global(shareable, fl_ctx)
         except ValueError as e:
@@ -191,6 +205,8 @@ class FlapSamLearner(Learner):
         * cross-site evaluation (``MODEL_VALIDATE``): the test split (the validation split if the
           datalist has none), as ``dice``, ``dice_<class>`` and the number of ``volumes``.
         """
+        if self._setup_error is not None:
+            return self._failed_start_reply(fl_ctx)
         validate_type = shareable.get_header(AppConstants.VALIDATE_TYPE)
         try:
             current_round = self._load_global(shareable, fl_ctx)

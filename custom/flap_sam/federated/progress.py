@@ -2,8 +2,9 @@
 
 Keeps, for the current round, which sites returned a result, their validation Dice of the
 global model they received (the number the Learner reports for model selection) and the
-bytes received from them (from ``traffic_summary.json``), and which sites did not report
-when the round was aggregated. Admins read it with ``show_stats <job> server`` (group
+bytes received from them (from ``traffic_summary.json``), which sites did not report when
+the round was aggregated, and which sites returned an error (with what failed, for a site
+that could not start). Admins read it with ``show_stats <job> server`` (group
 ``flap_sam``); the server log gets one line per round. Only aggregate numbers are kept.
 """
 
@@ -16,12 +17,13 @@ import threading
 from nvflare.apis.dxo import MetaKey, from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
-from nvflare.apis.fl_constant import ReservedKey
+from nvflare.apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.widgets.info_collector import InfoCollector
 
+from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS
 from flap_sam.federated.traffic import SUMMARY_FILE
 
 STATS_GROUP = "flap_sam"
@@ -33,12 +35,14 @@ class FederationProgress(FLComponent):
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
-        self.state = {"round": None, "num_rounds": None, "reported": {}, "missing_last_round": [], "finished_rounds": 0}
+        self.state = {"round": None, "num_rounds": None, "reported": {}, "missing_last_round": [], "finished_rounds": 0, "failed": {}}
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == AppEventType.ROUND_STARTED:
             with self._lock:
                 self.state.update(round=fl_ctx.get_prop(AppConstants.CURRENT_ROUND), num_rounds=fl_ctx.get_prop(AppConstants.NUM_ROUNDS), reported={})
+        elif event_type == EventType.BEFORE_PROCESS_SUBMISSION:
+            self._record_failure(fl_ctx)
         elif event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
             self._record_contribution(fl_ctx)
         elif event_type == AppEventType.BEFORE_AGGREGATION:
@@ -63,6 +67,21 @@ class FederationProgress(FLComponent):
         with self._lock:
             round_ = self.state["round"]
             self.state["reported"][site] = {"val_dice": dice, "bytes_received": self._bytes_received(fl_ctx, site, round_)}
+
+    def _record_failure(self, fl_ctx: FLContext) -> None:
+        """A site's error result: logged for the admin with the site and, if it could not start, what failed."""
+        result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
+        rc = result.get_return_code(ReturnCode.OK) if result is not None else ReturnCode.OK
+        if rc == ReturnCode.OK:
+            return
+        peer = fl_ctx.get_peer_context()
+        site = peer.get_identity_name() if peer else "?"
+        kind = result.get_header(SITE_ERROR_HEADER)
+        reason = f"it could not start: {SITE_ERROR_KINDS[kind]} (details in the site's own log)" if kind in SITE_ERROR_KINDS else rc
+        task = fl_ctx.get_prop(FLContextKey.TASK_NAME, "?")
+        with self._lock:
+            self.state["failed"][site] = reason
+        self.log_error(fl_ctx, f"site {site} failed task {task}: {reason}")
 
     def _close_round(self, fl_ctx: FLContext) -> None:
         expected = sorted(c.name for c in fl_ctx.get_engine().get_clients())

@@ -195,3 +195,42 @@ def test_only_kits_of_this_provisioning_can_join(tmp_path):
         for proc in processes:
             proc.kill()
             proc.wait()
+
+
+def _server_rounds_started(poc: str) -> list[int]:
+    """'Round N started.' of every server job log, in order of writing (both server lives)."""
+    rounds = []
+    for log in sorted(Path(poc, "example_project", "prod_00", "server").glob("*/log.txt")):
+        for line in log.read_text(errors="replace").splitlines():
+            if "ScatterAndGather" in line and "Round " in line and " started." in line:
+                rounds.append(int(line.split("Round ", 1)[1].split(" ", 1)[0]))
+    return rounds
+
+
+@pytest.mark.slow
+def test_the_server_restarted_mid_job_resumes_from_its_snapshot(tmp_path, poc):
+    job = _job(tmp_path, num_rounds=5, min_clients=2, max_steps_per_round=20)
+    run_poc.prepare(poc, ["site-1", "site-2"])
+    run_poc.start(poc)
+    session = run_poc.connect(poc, 2)
+    try:
+        job_id = session.submit_job(job)
+        assert _wait_for(lambda: (server_progress(session, job_id) or {}).get("finished_rounds", 0) >= 2, 300)
+    finally:
+        session.close()
+    for proc in _site_processes(poc, "server"):  # the server and its job process die, the sites stay up
+        proc.kill()
+    run_poc._nvflare(poc, "start", "-p", "server", "--no-wait")
+    session = run_poc.connect(poc, 2)
+    lines = []
+    try:
+        status = follow(session, job_id, str(tmp_path / "results"), poll=3.0, timeout=600, say=lines.append)
+    finally:
+        session.close()
+    assert status == "FINISHED:COMPLETED", "\n".join(lines)
+    rounds = _server_rounds_started(poc)
+    assert rounds[-1] == 4, rounds
+    restart = max(i for i, r in enumerate(rounds) if i > 0 and r <= rounds[i - 1])  # where the second server life began
+    assert rounds[restart] >= 2, f"resumed at round {rounds[restart]}, rounds started: {rounds}"  # finished rounds not redone
+    model = next(Path(tmp_path, "results").rglob("FL_global_model.pt"))
+    assert set(torch.load(model, weights_only=True)["model"]) == set(exchange_schema(ModelSpec("vit_test", 64, 2, "flap", 4)))

@@ -58,8 +58,10 @@ def stop(workspace: str) -> None:
 
 def _workspace_processes(workspace: str) -> list[psutil.Process]:
     found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
         cmdline = " ".join(proc.info.get("cmdline") or [])
+        if proc.info.get("status") == psutil.STATUS_ZOMBIE:
+            continue  # already dead, waiting for its parent to collect it
         if workspace in cmdline and proc.pid != os.getpid():
             found.append(proc)
     return found

@@ -10,7 +10,7 @@ from flap_sam.data.intensity import CTStatistics, IntensityNormalizer
 from flap_sam.data.profiles import PROFILES, get_profile
 from flap_sam.data.stacks import prepare_volume
 from flap_sam.data.volumes import load_volume, save_mask
-from flap_sam.model.factory import ModelSpec, build_model, resolve_checkpoint
+from flap_sam.model.factory import build_model, job_model_spec, resolve_checkpoint
 from flap_sam.model.presets import PRESETS
 from flap_sam.training.device import pick_device
 from flap_sam.training.inference import segment_volume
@@ -48,7 +48,7 @@ def load_adapted_model(args: argparse.Namespace):
     from flap_sam.model.presets import exchanged_names
 
     profile = get_profile(args.dataset)
-    spec = ModelSpec(args.model, args.image_size, profile.num_classes, args.preset, args.rank, args.lora_scale)
+    spec = job_model_spec(args.model, args.image_size, args.dataset, args.preset, args.rank, args.lora_scale)
     device = pick_device(args.device)
     model = build_model(spec, resolve_checkpoint(args.checkpoint), device)
     try:

@@ -17,7 +17,7 @@ import time
 
 from flap_sam.federated.progress import STATS_GROUP
 
-FINISHED = ("FINISHED:COMPLETED", "FINISHED:ABORTED", "FINISHED:EXECUTION_EXCEPTION", "FINISHED:ABNORMAL", "FAILED", "ABORTED")
+ENDED = ("FINISHED", "FAILED", "ABORTED")  # FLARE job status prefixes of a job that will not run again
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,7 +99,7 @@ def follow(session, job_id: str, download: str, poll: float, timeout: float, say
             if text not in seen_errors:
                 seen_errors.add(text)
                 say(f"site error: {text}")
-        if status in FINISHED or status.startswith("FINISHED"):
+        if status.startswith(ENDED):
             break
         if timeout and time.monotonic() - started > timeout:
             say(f"stopped following after {timeout:.0f} s; job {job_id} is {status}")

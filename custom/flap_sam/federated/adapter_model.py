@@ -7,8 +7,7 @@ import logging
 import torch
 from torch import nn
 
-from flap_sam.data.profiles import get_profile
-from flap_sam.model.factory import ModelSpec, build_model, exchanged_state, resolve_checkpoint
+from flap_sam.model.factory import build_model, exchanged_state, job_model_spec, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ class AdapterModel(nn.Module):
         checkpoint: str = "",
     ) -> None:
         super().__init__()
-        spec = ModelSpec(model_type, image_size, get_profile(dataset).num_classes, preset, rank, lora_scale)
+        spec = job_model_spec(model_type, image_size, dataset, preset, rank, lora_scale)
         full = build_model(spec, resolve_checkpoint(checkpoint))
         for name, tensor in exchanged_state(full, spec.preset_obj).items():
             self._register(name, tensor.clone())

@@ -11,9 +11,8 @@ from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 
-from flap_sam.data.profiles import get_profile
 from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS
-from flap_sam.model.factory import ModelSpec, exchange_schema
+from flap_sam.model.factory import exchange_schema, job_model_spec
 
 _WEIGHT_KINDS = (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF)
 
@@ -58,7 +57,7 @@ class PresetResultFilter(Filter):
         lora_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        self.spec = ModelSpec(model_type, image_size, get_profile(dataset).num_classes, preset, rank, lora_scale)
+        self.spec = job_model_spec(model_type, image_size, dataset, preset, rank, lora_scale)
         self.schema = exchange_schema(self.spec)
 
     def _blocked(self, fl_ctx: FLContext, reason: str) -> Shareable:

@@ -21,7 +21,7 @@ from flap_sam.data.site import SiteData
 from flap_sam.data.stacks import SliceStackDataset, build_augmentation
 from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS, site_error_kind
 from flap_sam.federated.weights import export_weights, import_weights
-from flap_sam.model.factory import ModelSpec, build_model, resolve_checkpoint
+from flap_sam.model.factory import build_model, job_model_spec, resolve_checkpoint
 from flap_sam.model.presets import exchanged_names
 from flap_sam.training.device import pick_device
 from flap_sam.training.local_trainer import LocalTrainer, TrainSettings, evaluate_volumes
@@ -71,7 +71,7 @@ class FlapSamLearner(Learner):
     ) -> None:
         super().__init__()
         self.profile = get_profile(dataset)
-        self.spec = ModelSpec(model_type, image_size, self.profile.num_classes, preset, rank, lora_scale)
+        self.spec = job_model_spec(model_type, image_size, dataset, preset, rank, lora_scale)
         self.site_settings = {"data_root": data_root, "datalist": datalist, "checkpoint": checkpoint, "device": device}
         self.local_epochs = local_epochs
         self.max_steps_per_round = max_steps_per_round
@@ -105,21 +105,22 @@ class FlapSamLearner(Learner):
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         # Check data and checkpoint when the run starts, not when the first task arrives.
-        if event_type == EventType.START_RUN and self.model is None:
-            try:
-                self._setup(fl_ctx)
-            except Exception as e:
-                self._setup_error = e
-                self.log_error(fl_ctx, f"site {fl_ctx.get_identity_name()} cannot start: {e}")
+        if event_type == EventType.START_RUN:
+            self._start(fl_ctx)
 
     def initialize(self, parts: dict, fl_ctx: FLContext) -> None:
         self.writer = parts.get(self.analytic_sender_id)
-        if self.model is None and self._setup_error is None:
-            try:
-                self._setup(fl_ctx)
-            except Exception as e:
-                self._setup_error = e
-                self.log_error(fl_ctx, f"site {fl_ctx.get_identity_name()} cannot start: {e}")
+        self._start(fl_ctx)
+
+    def _start(self, fl_ctx: FLContext) -> None:
+        """Set up once; a failure is kept (tasks are then refused) and logged here, on the site."""
+        if self.model is not None or self._setup_error is not None:
+            return
+        try:
+            self._setup(fl_ctx)
+        except Exception as e:
+            self._setup_error = e
+            self.log_error(fl_ctx, f"site {fl_ctx.get_identity_name()} cannot start: {e}")
 
     def _failed_start_reply(self, fl_ctx: FLContext) -> Shareable:
         """The reply to every task of a site that could not start: an error with its category only."""

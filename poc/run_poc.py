@@ -31,16 +31,22 @@ def _nvflare(workspace: str, *args: str, check: bool = True) -> subprocess.Compl
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def admin_kit(workspace: str) -> str:
-    return os.path.join(workspace, "example_project", "prod_00", ADMIN)
+def kit(workspace: str, participant: str) -> str:
+    """A POC participant's folder (``server``, ``site-1``, the admin ...)."""
+    return os.path.join(workspace, "example_project", "prod_00", participant)
 
 
 def prepare(workspace: str, sites: list[str]) -> None:
+    """``nvflare poc prepare``, then the server component that closes jobs a server restart cut off."""
+    from flap_sam.federated.restart import add_to_server_resources
+
     _nvflare(workspace, "prepare", "-c", *sites, "--force")
+    add_to_server_resources(os.path.join(kit(workspace, "server"), "local", "resources.json"))
 
 
-def start(workspace: str) -> None:
-    _nvflare(workspace, "start", "--no-wait")
+def start(workspace: str, participant: str | None = None) -> None:
+    """Start every POC participant, or only one (``server``, ``site-1``, ...)."""
+    _nvflare(workspace, "start", *(["-p", participant] if participant else []), "--no-wait")
 
 
 def stop(workspace: str) -> None:
@@ -71,7 +77,7 @@ def connect(workspace: str, n_sites: int, timeout: float = 180.0):
     """An admin session once the server answers and all sites are connected."""
     from nvflare.fuel.flare_api.flare_api import new_secure_session
 
-    session = new_secure_session(ADMIN, admin_kit(workspace), timeout=timeout)
+    session = new_secure_session(ADMIN, kit(workspace, ADMIN), timeout=timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         clients = session.get_system_info().client_info

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import yaml
 
 from flap_sam.cli.job import write_job
 from flap_sam.cli.monitor import follow, server_progress
+from flap_sam.federated.resume import read_adapter, run_adapter_path
 from flap_sam.model.factory import ModelSpec, exchange_schema
 from jobtools import REPO, TEST_MODEL, TEST_TRAINING
 
@@ -32,9 +35,11 @@ def _job(tmp_path: Path, **settings) -> str:
     return write_job(str(REPO / "jobs" / "kits_lora"), str(tmp_path / "job"), {**QUICK, **settings})
 
 
-def _site_processes(workspace: str, site: str):
-    kit = os.path.join(workspace, "example_project", "prod_00", site)
-    return [p for p in run_poc._workspace_processes(workspace) if kit in " ".join(p.cmdline())]
+def _processes_of(workspace: str, participant: str):
+    """The running processes of one POC participant (its parent process and its job processes)."""
+    kit = run_poc.kit(workspace, participant)
+    return [p for p in run_poc._workspace_processes(workspace)
+            if any(arg == kit or arg.startswith(kit + os.sep) for arg in p.cmdline())]
 
 
 @pytest.fixture
@@ -83,7 +88,7 @@ def test_poc_runs_a_federation_of_separate_processes_to_completion(tmp_path, poc
     assert not run_poc._workspace_processes(poc)
     # Nothing about the sites' volumes reached the server: no data path, no case file name, in
     # any log, metric, TensorBoard event or model file the server holds or the admin downloaded.
-    server_side = [*Path(poc, "example_project", "prod_00", "server").rglob("*"), *Path(poc, "results").rglob("*")]
+    server_side = [*Path(run_poc.kit(poc, "server")).rglob("*"), *Path(poc, "results").rglob("*")]
     site_secrets = [str(tmp_path / "demo").encode(), b"demo_00", b"imagesTr"]
     for path in (p for p in server_side if p.is_file()):
         content = path.read_bytes()
@@ -96,7 +101,7 @@ def test_a_site_killed_mid_job_is_reported_and_the_job_goes_on(tmp_path, poc):
     job = _job(tmp_path, num_rounds=4, min_clients=2, max_steps_per_round=20)
     run_poc.prepare(poc, ["site-1", "site-2", "site-3"])
     # FLARE declares a silent site dead after the server's heart_beat_timeout (600 s by default).
-    server_config = Path(poc, "example_project", "prod_00", "server", "startup", "fed_server.json")
+    server_config = Path(run_poc.kit(poc, "server"), "startup", "fed_server.json")
     config = json.loads(server_config.read_text())
     config["servers"][0]["heart_beat_timeout"] = 30
     server_config.write_text(json.dumps(config))
@@ -111,7 +116,7 @@ def test_a_site_killed_mid_job_is_reported_and_the_job_goes_on(tmp_path, poc):
             if progress and progress.get("round") == 1:
                 break
             time.sleep(2)
-        for proc in _site_processes(poc, "site-3"):
+        for proc in _processes_of(poc, "site-3"):
             proc.kill()
         status = follow(session, job_id, str(tmp_path / "results"), poll=3.0, timeout=600, say=lines.append)
     finally:
@@ -125,7 +130,7 @@ def test_a_site_killed_mid_job_is_reported_and_the_job_goes_on(tmp_path, poc):
 def test_a_site_that_cannot_start_is_reported_and_does_not_hang_the_job(tmp_path, poc):
     job = _job(tmp_path, num_rounds=2, min_clients=2)
     run_poc.prepare(poc, ["site-1", "site-2"])
-    local = Path(poc, "example_project", "prod_00", "site-2", "local")
+    local = Path(run_poc.kit(poc, "site-2"), "local")
     (local / "flap_sam_site.json").write_text(json.dumps({"data_root": str(tmp_path / "no_such_folder")}))
     run_poc.start(poc)
     session = run_poc.connect(poc, 2)
@@ -138,12 +143,54 @@ def test_a_site_that_cannot_start_is_reported_and_does_not_hang_the_job(tmp_path
         session.close()
     assert status.startswith("FINISHED") and status != "FINISHED:COMPLETED", "\n".join(lines)
     assert time.monotonic() - started < 300
-    log = Path(poc, "example_project", "prod_00", "site-2").rglob("log.txt")
+    log = Path(run_poc.kit(poc, "site-2")).rglob("log.txt")
     text = "".join(p.read_text(errors="replace") for p in log)
     assert f"site site-2 cannot start: data_root {tmp_path / 'no_such_folder'}: no datalist found" in text
     # The admin sees which site failed and what kind of problem; the path itself stays on the site.
     assert any("site site-2 failed task train: it could not start: its data failed the start-up checks" in line for line in lines), "\n".join(lines)
     assert not any("no_such_folder" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_a_server_restart_mid_job_loses_no_finished_round(tmp_path, poc):
+    rounds = 5
+    job = _job(tmp_path, num_rounds=rounds, max_steps_per_round=10)
+    run_poc.prepare(poc, ["site-1", "site-2"])
+    run_poc.start(poc)
+    session = run_poc.connect(poc, 2)
+    try:
+        job_id = session.submit_job(job)
+    finally:
+        session.close()
+    adapter = Path(run_adapter_path(run_poc.kit(poc, "server"), job_id))
+    assert _wait_for(lambda: adapter.exists() and read_adapter(str(adapter))[1] >= 2, 600), "two rounds did not finish"
+    server = _processes_of(poc, "server")
+    for proc in server:  # a crash: no shutdown, the job's server process dies too
+        proc.kill()
+    psutil.wait_procs(server, timeout=30)  # gone, so the kit's start script sees no live instance
+    _, finished = read_adapter(str(adapter))  # the file is whole: it loads
+    assert 2 <= finished < rounds
+
+    run_poc.start(poc, "server")  # the sites keep running and reconnect
+    session = run_poc.connect(poc, 2)
+    lines = []
+    try:
+        assert session.get_job_meta(job_id)["status"] == "FINISHED:ABANDONED"  # not a RUNNING ghost
+        resumed = write_job(job, str(tmp_path / "resumed"), {"resume_from": job_id})
+        new_id = session.submit_job(resumed)
+        status = follow(session, new_id, str(tmp_path / "results"), poll=3.0, timeout=600, say=lines.append)
+    finally:
+        session.close()
+    assert status == "FINISHED:COMPLETED", "\n".join(lines)
+    server_log = (Path(run_poc.kit(poc, "server")) / "log.txt").read_text(errors="replace")
+    assert f"Its adapter holds {finished} finished round(s): submit the same job with resume_from = {job_id}" in server_log
+    job_log = (tmp_path / "results" / new_id / "workspace" / "log.txt").read_text(errors="replace")  # the server's job log
+    started = [int(n) for n in re.findall(r"Round (\d+) started", job_log)]
+    assert started == list(range(finished, rounds)), started  # no finished round repeated, none skipped
+    result = tmp_path / "results" / new_id / "workspace" / "app_server" / "FL_global_model.pt"
+    state, total = read_adapter(str(result))
+    assert total == rounds
+    assert set(state) == set(exchange_schema(ModelSpec("vit_test", 64, 2, "flap", 4)))
 
 
 def _provision(tmp_path: Path, name: str, port: int) -> Path:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from flap_sam.model.factory import ModelSpec, exchange_schema
+from flap_sam.federated.resume import read_adapter
 from jobtools import TEST_MODEL, TEST_TRAINING, copy_job, run_simulator, scalars
 
 ROUNDS = 3
@@ -36,6 +37,7 @@ def test_persisted_global_model_holds_exactly_the_preset_tensors(finished_run):
         assert set(state) == set(expected), name
         assert all(tuple(state[k].shape) == expected[k] for k in expected)
         assert any(".lora_B." in k and state[k].abs().sum() > 0 for k in state), "LoRA B should have trained away from 0"
+    assert read_adapter(str(job_dir / "app_server" / "FL_global_model.pt"))[1] == ROUNDS  # what resume_from reads
 
 
 @pytest.mark.slow
@@ -59,6 +61,38 @@ def test_bad_data_root_stops_the_site_at_start_with_one_line(tmp_path):
     log = result.stdout + result.stderr
     assert result.returncode != 0
     assert f"site site-1 cannot start: data_root {tmp_path / 'absent'}: no datalist found" in log
+    assert "local steps" not in log  # nothing trained
+
+
+@pytest.mark.slow
+def test_a_job_resumed_from_a_persisted_adapter_runs_only_the_rounds_left(finished_run, tmp_path):
+    job_dir, first_log = finished_run
+    adapter = tmp_path / "interrupted.pt"  # the simulator wipes its workspace: keep the adapter outside
+    adapter.write_bytes((job_dir / "app_server" / "FL_global_model.pt").read_bytes())
+    job = copy_job("kits_lora", tmp_path, {**TEST_MODEL, **TEST_TRAINING, "num_rounds": ROUNDS + 1, "resume_from": str(adapter)})
+    result = run_simulator(job, tmp_path / "ws", 2, env={"FLAP_SAM_DEMO_ROOT": str(job_dir.parents[2] / "demo")})
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert f"resuming at round {ROUNDS} of {ROUNDS + 1}" in log
+    resumed_dir = tmp_path / "ws" / "server" / "simulate_job"
+    start_dice = []
+    for site in ("site-1", "site-2"):
+        dice = scalars(resumed_dir / "tb_events" / site, "val_dice")
+        assert list(dice) == [ROUNDS], f"{site} validated rounds {list(dice)}"  # only the round that was left
+        start_dice.append(dice[ROUNDS] - scalars(job_dir / "tb_events" / site, "val_dice")[0])
+    assert np.mean(start_dice) > 0.05, f"the resumed job did not start from the trained adapter: {start_dice}"
+    assert read_adapter(str(resumed_dir / "app_server" / "FL_global_model.pt"))[1] == ROUNDS + 1
+
+
+@pytest.mark.slow
+def test_resuming_from_an_adapter_of_other_settings_stops_at_start(finished_run, tmp_path):
+    job_dir, _ = finished_run
+    job = copy_job("kits_lora", tmp_path, {**TEST_MODEL, **TEST_TRAINING, "rank": 8, "num_rounds": ROUNDS + 1,
+                                           "resume_from": str(job_dir / "app_server" / "FL_global_model.pt")})
+    result = run_simulator(job, tmp_path / "ws", 2, timeout=300)
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "holds another adapter than this job's" in log and "resume with the same model settings" in log
     assert "local steps" not in log  # nothing trained
 
 

@@ -1,0 +1,147 @@
+"""Going on after a server restart: the persisted adapter records its round; a new job resumes from it.
+
+NVFlare 2.9 no longer restores a running job when the server restarts: its component
+snapshots were removed with HA (NVFlare PRs #3898 and #4503; ``persist_components`` is a
+no-op). What survives a restart is the server's run folder of the interrupted job, with the
+adapter that ``AdapterPersistor`` wrote atomically after the last finished round. A job
+submitted with ``resume_from = <interrupted job id>`` loads that adapter and runs the rounds
+that were not finished, so no finished round is lost and none is repeated.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.abstract.model import ModelLearnable, ModelLearnableKey
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
+from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
+
+FINISHED_ROUNDS_KEY = "flap_sam_finished_rounds"
+GLOBAL_MODEL_FILE = "FL_global_model.pt"  # FLARE's default name of the persisted global model
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def finished_rounds(model: ModelLearnable | None) -> int:
+    """How many rounds the global adapter holds (0 for a fresh one)."""
+    meta = (model or {}).get(ModelLearnableKey.META) or {}
+    return int(meta.get(FINISHED_ROUNDS_KEY, 0))
+
+
+def run_adapter_path(workspace_root: str, job_id: str, file_name: str = GLOBAL_MODEL_FILE) -> str:
+    """Where the server persisted a job's global adapter: ``<workspace root>/<job id>/app_server/<file>``."""
+    return os.path.join(workspace_root, job_id, "app_server", file_name)
+
+
+def read_adapter(path: str) -> tuple[dict[str, torch.Tensor], int]:
+    """A persisted adapter file's tensors and its finished round count (0 when it records none)."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(saved, dict):
+        return {}, 0
+    return saved.get("model", {}), int((saved.get("meta_props") or {}).get(FINISHED_ROUNDS_KEY, 0))
+
+
+def resume_checkpoint(resume_from: str, workspace_root: str, file_name: str) -> str:
+    """The adapter file to resume from.
+
+    Args:
+        resume_from: an interrupted job's id on this server, or an absolute path to a persisted
+            adapter (``FL_global_model.pt``).
+        workspace_root: the server's workspace root (run folders are ``<root>/<job id>``).
+        file_name: the persistor's global model file name.
+
+    Raises:
+        ValueError: one line naming the setting and the file when there is nothing to resume from.
+    """
+    if os.path.isabs(resume_from):
+        path = resume_from
+    elif _JOB_ID.match(resume_from):
+        path = run_adapter_path(workspace_root, resume_from, file_name)
+    else:
+        raise ValueError(f"resume_from {resume_from!r}: expected a job id of this server or an absolute path")
+    if not os.path.isfile(path):
+        raise ValueError(f"resume_from {resume_from}: no persisted adapter at {path}")
+    return path
+
+
+def check_resumable(path: str, expected: dict[str, torch.Tensor], num_rounds: int) -> int:
+    """Check an adapter file against the job's adapter; returns its finished round count.
+
+    Raises:
+        ValueError: one line when the file holds another model (preset, rank, model type or
+            class count differ), has no round count, or already holds every round.
+    """
+    state, done = read_adapter(path)
+    wrong = sorted(k for k in set(state) | set(expected)
+                   if k not in state or k not in expected or tuple(state[k].shape) != tuple(expected[k].shape))
+    if wrong:
+        raise ValueError(f"resume_from {path}: holds another adapter than this job's ({len(wrong)} tensor(s) differ, "
+                         f"e.g. {wrong[0]}); resume with the same model settings as the interrupted job")
+    if done <= 0:
+        raise ValueError(f"resume_from {path}: records no finished round")
+    if done >= num_rounds:
+        raise ValueError(f"resume_from {path}: already holds all {done} round(s) (num_rounds = {num_rounds})")
+    return done
+
+
+class AdapterPersistor(PTFileModelPersistor):
+    """``PTFileModelPersistor`` that records the finished rounds in every saved adapter and can resume.
+
+    The file stays FLARE's format (``{"model": {name: tensor}, "meta_props": {...}}``) and is
+    written atomically by FLARE (temporary file, ``os.replace``), so the weights and their round
+    count can never disagree or be half-written.
+
+    Args:
+        model: the ``AdapterModel`` config (``{"path": ..., "args": {...}}``).
+        resume_from: "" for a fresh start, or an interrupted job's id / an adapter file (see
+            ``resume_checkpoint``). Checked at the job's start.
+        num_rounds: the job's total rounds, to refuse resuming a job that already finished.
+    """
+
+    def __init__(self, model: dict, resume_from: str = "", num_rounds: int = 0) -> None:
+        super().__init__(model=model)
+        self.resume_from = str(resume_from or "")
+        self.num_rounds = int(num_rounds)
+
+    def handle_event(self, event: str, fl_ctx: FLContext) -> None:
+        super().handle_event(event, fl_ctx)
+        if event == EventType.START_RUN and self.resume_from:
+            if not isinstance(self.model, torch.nn.Module):
+                return  # FLARE's own start-up already failed and said why
+            try:
+                root = fl_ctx.get_engine().get_workspace().get_root_dir()
+                path = resume_checkpoint(self.resume_from, root, self.global_model_file_name)
+                done = check_resumable(path, self.model.state_dict(), self.num_rounds)
+            except ValueError as error:
+                self.system_panic(str(error), fl_ctx)
+                return
+            self.source_ckpt_file_full_name = path
+            self.log_info(fl_ctx, f"resuming from {path}: {done} round(s) finished")
+
+    def save_model(self, ml: ModelLearnable, fl_ctx: FLContext) -> None:
+        current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        if current is not None:
+            ml[ModelLearnableKey.META] = {**(ml.get(ModelLearnableKey.META) or {}), FINISHED_ROUNDS_KEY: int(current) + 1}
+        super().save_model(ml, fl_ctx)
+
+
+class ResumableScatterAndGather(ScatterAndGather):
+    """``ScatterAndGather`` that starts at the first round its initial global adapter has not finished.
+
+    With a fresh adapter this is plain ScatterAndGather (rounds 0 .. num_rounds-1). With an
+    adapter from ``AdapterPersistor(resume_from=...)`` that finished k rounds it runs rounds
+    k .. num_rounds-1, through FLARE's own ``restore`` hook of the workflow.
+    """
+
+    def start_controller(self, fl_ctx: FLContext) -> None:
+        super().start_controller(fl_ctx)
+        model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
+        done = finished_rounds(model)
+        if done:
+            state = self.get_persist_state(fl_ctx)
+            self.restore({**state, "current_round": state["start_round"] + done, "global_weights": model}, fl_ctx)
+            self.log_info(fl_ctx, f"resuming at round {done} of {state['num_rounds']}: rounds 0-{done - 1} were finished before")

@@ -1,0 +1,62 @@
+"""What ``resume_from`` accepts and refuses, on adapter files written in FLARE's persisted format.
+
+The end-to-end resumes run in test_simulator.py (simulator) and test_deployment.py (a POC
+server killed and restarted).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flap_sam.federated.adapter_model import AdapterModel
+from flap_sam.federated.resume import FINISHED_ROUNDS_KEY, check_resumable, read_adapter, resume_checkpoint, run_adapter_path
+
+MODEL = {"model_type": "vit_test", "image_size": 64, "rank": 4}
+
+
+def _persist(path, state, rounds=None):
+    """An adapter file as FLARE's PTFileModelPersistor writes it (with AdapterPersistor's round count)."""
+    saved = {"model": state, "train_conf": {"train": {"model": "AdapterModel"}}}
+    if rounds is not None:
+        saved["meta_props"] = {FINISHED_ROUNDS_KEY: rounds}
+    torch.save(saved, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    return AdapterModel(**MODEL).state_dict()
+
+
+def test_a_job_id_points_into_the_servers_run_folder(tmp_path, adapter):
+    path = run_adapter_path(str(tmp_path), "0adf0d42-9e18")
+    (tmp_path / "0adf0d42-9e18" / "app_server").mkdir(parents=True)
+    _persist(path, adapter, rounds=2)
+    assert resume_checkpoint("0adf0d42-9e18", str(tmp_path), "FL_global_model.pt") == path
+    assert check_resumable(path, adapter, num_rounds=5) == 2
+    state, rounds = read_adapter(path)
+    assert rounds == 2 and set(state) == set(adapter)
+
+
+@pytest.mark.parametrize("resume_from, message", [
+    ("../other_server/job", "expected a job id of this server or an absolute path"),
+    ("no-such-job", "resume_from no-such-job: no persisted adapter at"),
+])
+def test_nothing_to_resume_from_is_one_line_naming_the_setting(tmp_path, resume_from, message):
+    with pytest.raises(ValueError, match=message):
+        resume_checkpoint(resume_from, str(tmp_path), "FL_global_model.pt")
+
+
+def test_an_adapter_of_other_settings_is_refused(tmp_path, adapter):
+    other = AdapterModel(**{**MODEL, "rank": 8}).state_dict()
+    path = _persist(tmp_path / "other.pt", other, rounds=2)
+    with pytest.raises(ValueError, match=r"holds another adapter than this job's \(\d+ tensor\(s\) differ, e.g. image_encoder"):
+        check_resumable(path, adapter, num_rounds=5)
+
+
+def test_an_adapter_without_rounds_or_with_all_rounds_is_refused(tmp_path, adapter):
+    with pytest.raises(ValueError, match="records no finished round"):
+        check_resumable(_persist(tmp_path / "plain.pt", adapter), adapter, num_rounds=5)
+    with pytest.raises(ValueError, match=r"already holds all 5 round\(s\) \(num_rounds = 5\)"):
+        check_resumable(_persist(tmp_path / "done.pt", adapter, rounds=5), adapter, num_rounds=5)

@@ -60,3 +60,36 @@ def test_an_adapter_without_rounds_or_with_all_rounds_is_refused(tmp_path, adapt
         check_resumable(_persist(tmp_path / "plain.pt", adapter), adapter, num_rounds=5)
     with pytest.raises(ValueError, match=r"already holds all 5 round\(s\) \(num_rounds = 5\)"):
         check_resumable(_persist(tmp_path / "done.pt", adapter, rounds=5), adapter, num_rounds=5)
+
+
+def test_a_save_that_dies_midway_leaves_the_last_adapter_whole(tmp_path, monkeypatch):
+    """AdapterPersistor on FLARE's atomic writer: a crash while writing round 2 keeps round 1's file."""
+    from nvflare.apis.event_type import EventType
+    from nvflare.apis.fl_constant import FLContextKey
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.app_common.app_constant import AppConstants
+
+    from flap_sam.federated.resume import AdapterPersistor
+
+    persistor = AdapterPersistor(model={"path": "flap_sam.federated.adapter_model.AdapterModel", "args": MODEL}, num_rounds=5)
+    fl_ctx = FLContext()
+    fl_ctx.set_prop(FLContextKey.APP_ROOT, str(tmp_path), private=True, sticky=False)
+    persistor.handle_event(EventType.START_RUN, fl_ctx)
+    model = persistor.load_model(fl_ctx)
+    fl_ctx.set_prop(AppConstants.CURRENT_ROUND, 0, private=True, sticky=False)
+    persistor.save_model(model, fl_ctx)
+    path = str(tmp_path / "FL_global_model.pt")
+    assert read_adapter(path)[1] == 1
+
+    def dies_midway(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    fl_ctx.set_prop(AppConstants.CURRENT_ROUND, 1, private=True, sticky=False)
+    with pytest.raises(OSError, match="disk full"):
+        persistor.save_model(model, fl_ctx)
+    monkeypatch.undo()
+    state, rounds = read_adapter(path)
+    assert rounds == 1 and set(state) == set(AdapterModel(**MODEL).state_dict())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FL_global_model.pt"]  # no temporary file left behind

@@ -158,24 +158,28 @@ def test_a_server_restart_mid_job_loses_no_finished_round(tmp_path, poc):
     run_poc.prepare(poc, ["site-1", "site-2"])
     run_poc.start(poc)
     session = run_poc.connect(poc, 2)
-    try:
-        job_id = session.submit_job(job)
-    finally:
-        session.close()
-    adapter = Path(run_adapter_path(run_poc.kit(poc, "server"), job_id))
-    assert _wait_for(lambda: adapter.exists() and read_adapter(str(adapter))[1] >= 2, 600), "two rounds did not finish"
-    server = _processes_of(poc, "server")
-    for proc in server:  # a crash: no shutdown, the job's server process dies too
-        proc.kill()
-    psutil.wait_procs(server, timeout=30)  # gone, so the kit's start script sees no live instance
-    _, finished = read_adapter(str(adapter))  # the file is whole: it loads
-    assert 2 <= finished < rounds
-
-    run_poc.start(poc, "server")  # the sites keep running and reconnect
-    session = run_poc.connect(poc, 2)
     lines = []
     try:
-        assert session.get_job_meta(job_id)["status"] == "FINISHED:ABANDONED"  # not a RUNNING ghost
+        job_id = session.submit_job(job)
+        adapter = Path(run_adapter_path(run_poc.kit(poc, "server"), job_id))
+        assert _wait_for(lambda: adapter.exists() and read_adapter(str(adapter))[1] >= 2, 600), "two rounds did not finish"
+        server = _processes_of(poc, "server")
+        for proc in server:  # a crash: no shutdown, the job's server process dies too
+            proc.kill()
+        psutil.wait_procs(server, timeout=30)  # gone, so the kit's start script sees no live instance
+        _, finished = read_adapter(str(adapter))  # the file is whole: it loads
+        assert 2 <= finished < rounds
+        run_poc.start(poc, "server")  # the sites keep running and reconnect
+        # The admin's monitor waits through the outage and then says how to go on.
+        status = follow(session, job_id, str(tmp_path / "results"), poll=3.0, timeout=300, say=lines.append)
+        assert status == "FINISHED:ABANDONED", "\n".join(lines)  # not a RUNNING ghost
+        assert any(line.startswith("server not reachable") for line in lines), "\n".join(lines)
+        assert any(f"submit the same job with resume_from={job_id}" in line for line in lines), "\n".join(lines)
+    finally:
+        session.close()
+
+    session = run_poc.connect(poc, 2)
+    try:
         resumed = write_job(job, str(tmp_path / "resumed"), {"resume_from": job_id})
         new_id = session.submit_job(resumed)
         status = follow(session, new_id, str(tmp_path / "results"), poll=3.0, timeout=600, say=lines.append)
@@ -191,6 +195,7 @@ def test_a_server_restart_mid_job_loses_no_finished_round(tmp_path, poc):
     state, total = read_adapter(str(result))
     assert total == rounds
     assert set(state) == set(exchange_schema(ModelSpec("vit_test", 64, 2, "flap", 4)))
+    print("\n".join(lines))  # what the admin saw (pytest -s)
 
 
 def _provision(tmp_path: Path, name: str, port: int) -> Path:

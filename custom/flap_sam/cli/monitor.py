@@ -15,9 +15,12 @@ import json
 import os
 import time
 
+from nvflare.apis.job_def import RunStatus
+
 from flap_sam.federated.progress import STATS_GROUP
 
 ENDED = ("FINISHED", "FAILED", "ABORTED")  # FLARE job status prefixes of a job that will not run again
+ABANDONED = RunStatus.ABANDONED.value  # what InterruptedJobs marks a job that a server restart cut off
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,10 +83,29 @@ def summarize_result(folder: str) -> list[str]:
 
 
 def follow(session, job_id: str, download: str, poll: float, timeout: float, say=print) -> str:
-    """Print progress until the job ends; download its result; returns the final status."""
-    started, last_line, seen_errors, status = time.monotonic(), None, set(), "?"
+    """Print progress until the job ends; download its result; returns the final status.
+
+    While the server is unreachable (e.g. restarting) it waits and says so once. A job the
+    server abandoned when it restarted has no result to download; it says how to resume it.
+    """
+    from nvflare.fuel.flare_api.api_spec import NoConnection
+
+    started, last_line, seen_errors, status, server_down = time.monotonic(), None, set(), "?", False
     while True:
-        status = str(session.get_job_meta(job_id).get("status", "?"))
+        try:
+            status = str(session.get_job_meta(job_id).get("status", "?"))
+        except NoConnection as error:
+            if not server_down:
+                say(f"server not reachable ({error}); waiting for it to come back")
+            server_down = True
+            if timeout and time.monotonic() - started > timeout:
+                say(f"stopped following after {timeout:.0f} s; the server is not reachable")
+                return status
+            time.sleep(poll)
+            continue
+        if server_down:
+            say(f"server reachable again; job {job_id} is {status}")
+            server_down = False
         line = progress_line(server_progress(session, job_id))
         if line and line != last_line:
             say(line)
@@ -106,6 +128,10 @@ def follow(session, job_id: str, download: str, poll: float, timeout: float, say
             return status
         time.sleep(poll)
     say(f"job {job_id}: {status}")
+    if status == ABANDONED:
+        say(f"the server stopped while job {job_id} ran; to go on from its last finished round, submit the same job "
+            f"with resume_from={job_id} (flap-sam job JOB --out DIR --set resume_from={job_id})")
+        return status
     os.makedirs(download, exist_ok=True)
     target = session.download_job_result(job_id, os.path.abspath(download))
     say(f"result downloaded to {target}")

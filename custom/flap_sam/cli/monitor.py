@@ -5,7 +5,8 @@ admin's startup kit and FLARE's admin API (``submit_job``, ``get_job_meta``, ``s
 ``show_errors``, ``download_job_result``). Prints one line whenever the progress changes:
 round, sites that reported, their validation Dice, bytes received from each, and sites
 missing from the last aggregation; site errors as they appear. At the end it downloads the
-job result and prints the cross-site Dice and the traffic totals.
+job result and prints the cross-site Dice and the traffic totals. It waits through a server
+outage; for a job the restarted server abandoned it prints the ``resume_from`` to use.
 """
 
 from __future__ import annotations

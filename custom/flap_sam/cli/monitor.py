@@ -83,49 +83,56 @@ def summarize_result(folder: str) -> list[str]:
     return lines
 
 
+def _job_status(session, job_id: str) -> tuple[str | None, str]:
+    """(FLARE status of the job, "") or (None, why) while the server is unreachable."""
+    from nvflare.fuel.flare_api.api_spec import NoConnection
+
+    try:
+        return str(session.get_job_meta(job_id).get("status", "?")), ""
+    except NoConnection as error:
+        return None, str(error)
+
+
+def _site_errors(session, job_id: str) -> list[str]:
+    """``site: report`` for every site that reported an error for the job."""
+    try:
+        errors = session.show_errors(job_id, "client") or {}
+    except Exception:
+        return []
+    return [f"{site}: {report}" for site, report in (errors.items() if isinstance(errors, dict) else []) if report]
+
+
 def follow(session, job_id: str, download: str, poll: float, timeout: float, say=print) -> str:
     """Print progress until the job ends; download its result; returns the final status.
 
     While the server is unreachable (e.g. restarting) it waits and says so once. A job the
     server abandoned when it restarted has no result to download; it says how to resume it.
     """
-    from nvflare.fuel.flare_api.api_spec import NoConnection
-
     started, last_line, seen_errors, status, server_down = time.monotonic(), None, set(), "?", False
     while True:
-        try:
-            status = str(session.get_job_meta(job_id).get("status", "?"))
-        except NoConnection as error:
+        current, unreachable = _job_status(session, job_id)
+        if current is None:
             if not server_down:
-                say(f"server not reachable ({error}); waiting for it to come back")
+                say(f"server not reachable ({unreachable}); waiting for it to come back")
             server_down = True
-            if timeout and time.monotonic() - started > timeout:
-                say(f"stopped following after {timeout:.0f} s; the server is not reachable")
-                return status
-            time.sleep(poll)
-            continue
-        if server_down:
-            say(f"server reachable again; job {job_id} is {status}")
-            server_down = False
-        line = progress_line(server_progress(session, job_id))
-        if line and line != last_line:
-            say(line)
-            last_line = line
-        try:
-            errors = session.show_errors(job_id, "client") or {}
-        except Exception:
-            errors = {}
-        for site, report in (errors.items() if isinstance(errors, dict) else []):
-            if not report:
-                continue
-            text = f"{site}: {report}"
-            if text not in seen_errors:
-                seen_errors.add(text)
-                say(f"site error: {text}")
-        if status.startswith(ENDED):
-            break
+        else:
+            status = current
+            if server_down:
+                say(f"server reachable again; job {job_id} is {status}")
+                server_down = False
+            line = progress_line(server_progress(session, job_id))
+            if line and line != last_line:
+                say(line)
+                last_line = line
+            for text in _site_errors(session, job_id):
+                if text not in seen_errors:
+                    seen_errors.add(text)
+                    say(f"site error: {text}")
+            if status.startswith(ENDED):
+                break
         if timeout and time.monotonic() - started > timeout:
-            say(f"stopped following after {timeout:.0f} s; job {job_id} is {status}")
+            state = "the server is not reachable" if server_down else f"job {job_id} is {status}"
+            say(f"stopped following after {timeout:.0f} s; {state}")
             return status
         time.sleep(poll)
     say(f"job {job_id}: {status}")

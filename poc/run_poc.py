@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--download", default=None, help="result folder (default: <workspace>/results)")
     args = parser.parse_args(argv)
 
-    from flap_sam.cli.job import parse_value, write_job
+    from flap_sam.jobs.writer import parse_value, write_job
     from flap_sam.cli.monitor import follow
 
     workspace = os.path.abspath(args.workspace)

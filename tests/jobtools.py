@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flap_sam.cli.job import write_job
+from flap_sam.jobs.writer import write_job
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from flap_sam.cli.job import job_settings
+from flap_sam.jobs.writer import job_settings
 from flap_sam.cli.main import main
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from flap_sam.cli.job import write_job
+from flap_sam.jobs.writer import write_job
 from flap_sam.cli.monitor import follow, server_progress
 from flap_sam.federated.resume import read_adapter, run_adapter_path
 from flap_sam.model.factory import ModelSpec, exchange_schema

@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 
-from flap_sam.cli.job import jobs_folder, write_job
+from flap_sam.jobs.writer import jobs_folder, write_job
 
 SETTINGS = {"model_type": "vit_test", "image_size": 64, "rank": 4, "batch_size": 4, "local_epochs": 3.0,
             "max_steps_per_round": 60, "lr": 0.01, "poly_power": 1.0, "augment": False, "num_rounds": 3}

@@ -10,7 +10,8 @@ from flap_sam.data.intensity import CTStatistics, IntensityNormalizer
 from flap_sam.data.profiles import PROFILES, get_profile
 from flap_sam.data.stacks import prepare_volume
 from flap_sam.data.volumes import load_volume, save_mask
-from flap_sam.model.factory import build_model, job_model_spec, resolve_checkpoint
+from flap_sam.jobs.spec import job_model_spec
+from flap_sam.model.factory import build_model, resolve_checkpoint
 from flap_sam.model.presets import PRESETS
 from flap_sam.training.device import pick_device
 from flap_sam.training.inference import segment_volume

@@ -7,7 +7,9 @@ import logging
 import torch
 from torch import nn
 
-from flap_sam.model.factory import build_model, exchanged_state, job_model_spec, resolve_checkpoint
+from flap_sam.jobs.spec import job_model_spec
+from flap_sam.model.factory import build_model, exchanged_state, resolve_checkpoint
+from flap_sam.model.fingerprint import base_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +21,10 @@ class AdapterModel(nn.Module):
     tree of plain modules. Initial values come from the same deterministic build as every
     site's (LoRA B = 0), with pretrained decoder parts when the server has the checkpoint.
     For flap with ViT-B, r = 32, 2 classes: 1.86 M parameters, 7.4 MB in fp32.
+
+    ``base_fingerprint`` is the fingerprint of the SAM the server built (see
+    ``flap_sam.model.fingerprint``); it travels with every global model, so each site can check
+    that it built the same base before it trains.
 
     Args: the job's model settings (see ``ModelSpec``; ``dataset`` sets the class count) and an
         optional server-local ``checkpoint``.
@@ -36,10 +42,13 @@ class AdapterModel(nn.Module):
     ) -> None:
         super().__init__()
         spec = job_model_spec(model_type, image_size, dataset, preset, rank, lora_scale)
-        full = build_model(spec, resolve_checkpoint(checkpoint))
-        for name, tensor in exchanged_state(full, spec.preset_obj).items():
+        checkpoint = resolve_checkpoint(checkpoint)
+        full = build_model(spec, checkpoint)
+        exchanged = exchanged_state(full, spec.preset_obj)
+        for name, tensor in exchanged.items():
             self._register(name, tensor.clone())
         self.spec = spec
+        self.base_fingerprint = base_fingerprint(full, exchanged, from_checkpoint=bool(checkpoint))
 
     def _register(self, name: str, tensor: torch.Tensor) -> None:
         *path, leaf = name.split(".")

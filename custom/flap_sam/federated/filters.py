@@ -12,7 +12,8 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 
 from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS
-from flap_sam.model.factory import exchange_schema, job_model_spec
+from flap_sam.jobs.spec import job_model_spec
+from flap_sam.model.factory import exchange_schema
 
 _WEIGHT_KINDS = (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF)
 
@@ -42,6 +43,8 @@ class PresetResultFilter(Filter):
     * any other payload (not a DXO, another data kind): the result is replaced by an empty
       error reply; nothing of it leaves the site.
     * metadata: plain numbers/strings only.
+    * the reply is a new Shareable holding only that DXO (and, for an error, its return code and
+      error kind): headers the learner or another component set never leave with it.
 
     Args: the model settings of the job (``model_type`` ... ``lora_scale``), see ``ModelSpec``;
         ``dataset`` sets the class count.
@@ -95,8 +98,8 @@ class PresetResultFilter(Filter):
                 meta[key] = value
             else:
                 self.log_error(fl_ctx, f"blocked result metadata {key!r}: not a plain value")
-        filtered = DXO(dxo.data_kind, data=data, meta=meta)
-        return filtered.update_shareable(shareable)
+        # A fresh reply: none of the incoming object's other headers or properties leaves the site.
+        return DXO(dxo.data_kind, data=data, meta=meta).to_shareable()
 
     def _filter_weights(self, weights: dict, fl_ctx: FLContext) -> dict:
         kept = {}

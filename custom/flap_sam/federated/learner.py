@@ -17,14 +17,17 @@ from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ValidateType
 
 from flap_sam.data.profiles import get_profile
-from flap_sam.data.site import SiteData
+from flap_sam.data.site import DEMO as DEMO_DATA_ROOT, SiteData
 from flap_sam.data.stacks import SliceStackDataset, build_augmentation
-from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS, site_error_kind
+from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS, BaseMismatchError, site_error_kind
 from flap_sam.federated.weights import export_weights, import_weights
-from flap_sam.model.factory import build_model, job_model_spec, resolve_checkpoint
+from flap_sam.jobs.spec import job_model_spec
+from flap_sam.model.factory import build_model, resolve_checkpoint
+from flap_sam.model.fingerprint import FINGERPRINT_KEY, base_fingerprint, base_mismatch
 from flap_sam.model.presets import exchanged_names
 from flap_sam.training.device import pick_device
 from flap_sam.training.local_trainer import LocalTrainer, TrainSettings, evaluate_volumes
+from flap_sam.training.schedule import federation_steps
 
 SITE_SETTINGS_FILE = "flap_sam_site.json"
 
@@ -41,6 +44,11 @@ class FlapSamLearner(Learner):
 
     Site-specific settings (``data_root``, ``datalist``, ``checkpoint``, ``device``) may be
     overridden by the site in ``<workspace>/local/flap_sam_site.json``, so one job serves every site.
+
+    Before it trains, the site checks that the server built the same SAM base (the fingerprint
+    in the global model's meta) and that a job on the demo's short budget (``demo_budget``)
+    only runs on the demo data. It never sends non-finite weights. Messages that name files
+    stay in the site's own log; the server only learns a fixed error kind.
     """
 
     def __init__(
@@ -67,6 +75,7 @@ class FlapSamLearner(Learner):
         amp: bool = True,
         seed: int = 0,
         fedprox_mu: float = 0.0,
+        demo_budget: bool = False,
         analytic_sender_id: str = "analytic_sender",
     ) -> None:
         super().__init__()
@@ -76,6 +85,7 @@ class FlapSamLearner(Learner):
         self.local_epochs = local_epochs
         self.max_steps_per_round = max_steps_per_round
         self.augment = augment
+        self.demo_budget = bool(demo_budget)
         self.train_settings = TrainSettings(lr, weight_decay, batch_size, warmup_steps, poly_power, foreground_fraction, amp, seed, fedprox_mu)
         self.analytic_sender_id = analytic_sender_id
         self.model = None
@@ -119,13 +129,28 @@ class FlapSamLearner(Learner):
         try:
             self._setup(fl_ctx)
         except Exception as e:
-            self._setup_error = e
-            self.log_error(fl_ctx, f"site {fl_ctx.get_identity_name()} cannot start: {e}")
+            self._fail(fl_ctx, e)
+
+    def _fail(self, fl_ctx: FLContext, error: Exception) -> None:
+        """Keep ``error`` (every later task is refused); its message, which may name files, stays on the site.
+
+        The full line goes to the site's ``log.txt`` at warning level without a FLARE log event, so
+        neither FLARE's error-log streaming (``error_log.txt``) nor ``show_errors`` carries it;
+        the error line that may travel holds the fixed kind only.
+        """
+        self._setup_error = error
+        site = fl_ctx.get_identity_name()
+        self.log_warning(fl_ctx, f"site {site} cannot start: {error}", fire_event=False)
+        self.log_error(fl_ctx, f"site {site} cannot start: {SITE_ERROR_KINDS[site_error_kind(error)]} (details in this site's log.txt)")
 
     def _failed_start_reply(self, fl_ctx: FLContext) -> Shareable:
         """The reply to every task of a site that could not start: an error with its category only."""
         kind = site_error_kind(self._setup_error)
-        self.log_error(fl_ctx, f"refusing the task: this site could not start ({SITE_ERROR_KINDS[kind]}); fix it and restart the job")
+        self.log_error(fl_ctx, f"refusing the task: {SITE_ERROR_KINDS[kind]}; fix it and restart the job")
+        return self._error_reply(kind)
+
+    @staticmethod
+    def _error_reply(kind: str) -> Shareable:
         reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
         reply.set_header(SITE_ERROR_HEADER, kind)
         return reply
@@ -134,13 +159,20 @@ class FlapSamLearner(Learner):
         self.site_name = fl_ctx.get_identity_name()
         self._apply_site_overrides(fl_ctx)
         settings = self.site_settings
+        if self.demo_budget and str(settings["data_root"]) != DEMO_DATA_ROOT:
+            raise ValueError(
+                f"data_root {settings['data_root']}: this job runs the demo's short budget (demo_budget = true) and would "
+                "not train real data with the paper's recipe; make the job with `flap-sam job JOB --out DIR --set "
+                "data_root=...` (it leaves the demo budget out) or set demo_budget = false")
         self.device = pick_device(settings["device"])
         torch.manual_seed(self.train_settings.seed)
         self.data = SiteData.load(
             self.profile, settings["data_root"], self.site_name, self.spec.image_size, self.spec.num_classes, settings["datalist"] or None
         )
-        self.model = build_model(self.spec, resolve_checkpoint(settings["checkpoint"]), self.device)
+        checkpoint = resolve_checkpoint(settings["checkpoint"])
+        self.model = build_model(self.spec, checkpoint, self.device)
         self.exchanged = exchanged_names(self.model, self.spec.preset_obj)
+        self.base = base_fingerprint(self.model, self.exchanged, from_checkpoint=bool(checkpoint))
         augment = build_augmentation(self.spec.image_size) if self.augment else None
         dataset = SliceStackDataset(self.data.train, augment, seed=self.train_settings.seed)
         self.trainer = LocalTrainer(self.model, dataset, self.train_settings, self.device)
@@ -151,12 +183,35 @@ class FlapSamLearner(Learner):
         )
 
     # ---- rounds ---------------------------------------------------------------------------
-    def _load_global(self, shareable: Shareable, fl_ctx: FLContext) -> int:
+    def _load_global(self, shareable: Shareable, fl_ctx: FLContext, require_base: bool) -> int:
+        """Load the global model into the site's SAM; returns its round.
+
+        Raises:
+            BaseMismatchError: the server built another SAM base (checked whenever the global model
+                carries its fingerprint, and required with ``require_base``: before training).
+            ValueError: the payload is not the preset's WEIGHTS.
+        """
         dxo = from_shareable(shareable)
         if dxo.data_kind != DataKind.WEIGHTS:
             raise ValueError(f"global model: expected WEIGHTS, got {dxo.data_kind}")
+        server_base = dxo.get_meta_prop(FINGERPRINT_KEY)
+        if server_base is not None or require_base:
+            mismatch = base_mismatch(server_base, self.base)
+            if mismatch:
+                raise BaseMismatchError(mismatch)
         import_weights(self.model, dxo.data, self.exchanged, "global model from the server")
         return int(shareable.get_header(AppConstants.CURRENT_ROUND, 0) or 0)
+
+    def _receive(self, shareable: Shareable, fl_ctx: FLContext, require_base: bool) -> int | Shareable:
+        """``_load_global``, or the error reply to send instead (a base mismatch stops the site)."""
+        try:
+            return self._load_global(shareable, fl_ctx, require_base)
+        except BaseMismatchError as e:
+            self._fail(fl_ctx, e)
+            return self._failed_start_reply(fl_ctx)
+        except ValueError as e:
+            self.log_error(fl_ctx, str(e))
+            return make_reply(ReturnCode.BAD_TASK_DATA)
 
     def _steps_this_round(self) -> int:
         steps = max(1, round(self.local_epochs * self.trainer.steps_per_epoch()))
@@ -169,26 +224,33 @@ class FlapSamLearner(Learner):
     def train(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         if self._setup_error is not None:
             return self._failed_start_reply(fl_ctx)
-        try:
-            current_round = self._load_global(shareable, fl_ctx)
-        except ValueError as e:
-            self.log_error(fl_ctx, str(e))
-            return make_reply(ReturnCode.BAD_TASK_DATA)
+        current_round = self._receive(shareable, fl_ctx, require_base=True)
+        if isinstance(current_round, Shareable):
+            return current_round
         num_rounds = int(shareable.get_header(AppConstants.NUM_ROUNDS, 1) or 1)
         steps = self._steps_this_round()
+        first_step, total_steps = federation_steps(current_round, num_rounds, steps)
         self._aborted = False
         done, loss = self.trainer.train(
             steps,
-            total_steps=num_rounds * steps,
+            first_step=first_step,
+            total_steps=total_steps,
             round_seed=self.train_settings.seed * 100_003 + current_round,
             should_stop=lambda: abort_signal.triggered or self._aborted,
         )
         if abort_signal.triggered or self._aborted:
             return make_reply(ReturnCode.TASK_ABORTED)
+        weights = export_weights(self.model, self.exchanged)
+        bad = [name for name, value in weights.items() if not np.isfinite(value).all()]
+        if bad or not np.isfinite(loss):
+            self.log_error(fl_ctx, f"round {current_round}: local training diverged (loss {loss}, {len(bad)} tensor(s) with "
+                                   f"non-finite values, e.g. {bad[:1]}); no update is sent. Lower lr or check the data.")
+            return self._error_reply("diverged")
         self._log("train_loss", loss, current_round)
         self._log("lr", self.trainer.optimizer.param_groups[0]["lr"], current_round)
-        self.log_info(fl_ctx, f"round {current_round}: {done} local steps, mean loss {loss:.4f}")
-        self.local_weights = export_weights(self.model, self.exchanged)
+        self.log_info(fl_ctx, f"round {current_round}: {done} local steps (global steps {first_step}-{first_step + done - 1} "
+                              f"of {total_steps}), mean loss {loss:.4f}")
+        self.local_weights = weights
         # The round travels in the meta (LearnerExecutor rebuilds the Shareable, dropping headers).
         meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: done, AppConstants.CURRENT_ROUND: current_round}
         return DXO(DataKind.WEIGHTS, data=self.local_weights, meta=meta).to_shareable()
@@ -209,12 +271,10 @@ class FlapSamLearner(Learner):
         if self._setup_error is not None:
             return self._failed_start_reply(fl_ctx)
         validate_type = shareable.get_header(AppConstants.VALIDATE_TYPE)
-        try:
-            current_round = self._load_global(shareable, fl_ctx)
-        except ValueError as e:
-            self.log_error(fl_ctx, str(e))
-            return make_reply(ReturnCode.BAD_TASK_DATA)
         before_train = validate_type == ValidateType.BEFORE_TRAIN_VALIDATE
+        current_round = self._receive(shareable, fl_ctx, require_base=before_train)
+        if isinstance(current_round, Shareable):
+            return current_round
         volumes = self.data.validation if before_train or not self.data.test else self.data.test
         amp = self.train_settings.amp and self.device.type == "cuda"
         scores = evaluate_volumes(self.model, volumes, self.spec.num_classes, self.device, amp=amp)

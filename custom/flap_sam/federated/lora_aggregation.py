@@ -22,7 +22,10 @@ from nvflare.apis.fl_constant import ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.aggregator import Aggregator
+from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
+
+from flap_sam.federated.contributions import contribution_problem
 
 A_TAG, B_TAG = ".lora_A.", ".lora_B."
 
@@ -143,13 +146,18 @@ AGGREGATIONS = ("average", "lora_exact")
 
 
 class FlapSamAggregator(Aggregator):
-    """The job's aggregator, chosen by the ``aggregation`` setting.
+    """The job's aggregator, chosen by the ``aggregation`` setting, behind a check of every update.
 
-    * ``average``: NVFlare's ``InTimeAccumulateWeightedAggregator`` (WEIGHTS, weighted by local steps);
-    * ``lora_exact``: ``ExactLoRAAggregator`` (same weights; LoRA pairs re-factorised exactly).
+    * ``lora_exact`` (the paper): ``ExactLoRAAggregator`` (LoRA pairs re-factorised exactly, the
+      rest averaged; weighted by local steps, i.e. by the site's data share at one epoch per round);
+    * ``average``: NVFlare's ``InTimeAccumulateWeightedAggregator`` (WEIGHTS, same weights).
+
+    Each update is first checked against the current global model (``contribution_problem``):
+    a bad one is left out with an error that names the site and the reason. When no update of
+    a round is usable, the global model stays as it was (and the log says so).
     """
 
-    def __init__(self, aggregation: str = "average") -> None:
+    def __init__(self, aggregation: str = "lora_exact") -> None:
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation '{aggregation}' is unknown; choose one of {AGGREGATIONS}")
@@ -164,11 +172,51 @@ class FlapSamAggregator(Aggregator):
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         self.impl.handle_event(event_type, fl_ctx)  # NVFlare's aggregator sets itself up at START_RUN
 
+        self._lock = threading.Lock()
+        self._accepted = 0
+
+    @staticmethod
+    def _global_weights(fl_ctx: FLContext) -> dict | None:
+        model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
+        return model.get(ModelLearnableKey.WEIGHTS) if isinstance(model, dict) else None
+
     def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
-        return self.impl.accept(shareable, fl_ctx)
+        contributor = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
+        current_round = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        if shareable.get_return_code(ReturnCode.OK) == ReturnCode.OK:
+            reference = self._global_weights(fl_ctx)
+            try:
+                dxo = from_shareable(shareable)
+            except Exception:
+                problem = "it is not a DXO"
+            else:
+                if reference is None:
+                    problem = "the server has no global model to check it against"
+                elif dxo.data_kind != DataKind.WEIGHTS:
+                    problem = f"it is {dxo.data_kind}, not WEIGHTS"
+                else:
+                    problem = contribution_problem(dxo.data, dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND), reference)
+            if problem:
+                self.log_error(fl_ctx, f"round {current_round}: leaving out the update of {contributor}: {problem}")
+                return False
+        accepted = self.impl.accept(shareable, fl_ctx)
+        if accepted:
+            with self._lock:
+                self._accepted += 1
+        return accepted
 
     def aggregate(self, fl_ctx: FLContext) -> Shareable:
+        with self._lock:
+            accepted, self._accepted = self._accepted, 0
+        if accepted == 0:
+            current = self._global_weights(fl_ctx)
+            self.log_warning(fl_ctx, f"round {fl_ctx.get_prop(AppConstants.CURRENT_ROUND)}: no usable update from any site; "
+                                     "the global model stays as it was")
+            self.impl.reset(fl_ctx)
+            return DXO(DataKind.WEIGHTS, data={k: np.array(v, copy=True) for k, v in (current or {}).items()}).to_shareable()
         return self.impl.aggregate(fl_ctx)
 
     def reset(self, fl_ctx: FLContext) -> None:
+        with self._lock:
+            self._accepted = 0
         self.impl.reset(fl_ctx)

@@ -77,7 +77,7 @@ class FederationProgress(FLComponent):
         peer = fl_ctx.get_peer_context()
         site = peer.get_identity_name() if peer else "?"
         kind = result.get_header(SITE_ERROR_HEADER)
-        reason = f"it could not start: {SITE_ERROR_KINDS[kind]} (details in the site's own log)" if kind in SITE_ERROR_KINDS else rc
+        reason = f"{SITE_ERROR_KINDS[kind]} (details in the site's own log)" if kind in SITE_ERROR_KINDS else rc
         task = fl_ctx.get_prop(FLContextKey.TASK_NAME, "?")
         with self._lock:
             self.state["failed"][site] = reason

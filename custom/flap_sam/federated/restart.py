@@ -42,7 +42,12 @@ def add_to_server_resources(resources_json: str) -> None:
 def persisted_rounds(workspace_root: str, job_id: str) -> int:
     """Finished rounds in the adapter a job's run folder holds (0 when it holds none)."""
     path = run_adapter_path(workspace_root, job_id)
-    return read_adapter(path)[1] if os.path.isfile(path) else 0
+    if not os.path.isfile(path):
+        return 0
+    try:
+        return read_adapter(path)[1]
+    except ValueError:  # unreadable: nothing to resume from; resume_from would say so at start
+        return 0
 
 
 class InterruptedJobs(FLComponent):

@@ -21,6 +21,8 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
+from flap_sam.model.fingerprint import FINGERPRINT_KEY
+
 FINISHED_ROUNDS_KEY = "flap_sam_finished_rounds"
 GLOBAL_MODEL_FILE = "FL_global_model.pt"  # FLARE's default name of the persisted global model
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -37,12 +39,25 @@ def run_adapter_path(workspace_root: str, job_id: str, file_name: str = GLOBAL_M
     return os.path.join(workspace_root, job_id, "app_server", file_name)
 
 
+def read_adapter_file(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """A persisted adapter file's tensors and its ``meta_props``.
+
+    Raises:
+        ValueError: one line naming the file when it cannot be read or is not a persisted adapter.
+    """
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, corrupt, not a torch file: torch raises many kinds
+        raise ValueError(f"{path}: cannot be read as a persisted adapter ({type(error).__name__})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise ValueError(f"{path}: not a persisted adapter (no 'model' tensors)")
+    return saved["model"], dict(saved.get("meta_props") or {})
+
+
 def read_adapter(path: str) -> tuple[dict[str, torch.Tensor], int]:
     """A persisted adapter file's tensors and its finished round count (0 when it records none)."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict):
-        return {}, 0
-    return saved.get("model", {}), int((saved.get("meta_props") or {}).get(FINISHED_ROUNDS_KEY, 0))
+    state, meta = read_adapter_file(path)
+    return state, int(meta.get(FINISHED_ROUNDS_KEY, 0))
 
 
 def resume_checkpoint(resume_from: str, workspace_root: str, file_name: str) -> str:
@@ -68,19 +83,25 @@ def resume_checkpoint(resume_from: str, workspace_root: str, file_name: str) -> 
     return path
 
 
-def check_resumable(path: str, expected: dict[str, torch.Tensor], num_rounds: int) -> int:
+def check_resumable(path: str, expected: dict[str, torch.Tensor], num_rounds: int, base: dict | None = None) -> int:
     """Check an adapter file against the job's adapter; returns its finished round count.
 
     Raises:
-        ValueError: one line when the file holds another model (preset, rank, model type or
-            class count differ), has no round count, or already holds every round.
+        ValueError: one line when the file cannot be read, holds another model (preset, rank,
+            model type or class count differ), was trained from another SAM base than ``base``
+            (the server's fingerprint), has no round count, or already holds every round.
     """
-    state, done = read_adapter(path)
+    state, meta = read_adapter_file(path)
+    done = int(meta.get(FINISHED_ROUNDS_KEY, 0))
     wrong = sorted(k for k in set(state) | set(expected)
                    if k not in state or k not in expected or tuple(state[k].shape) != tuple(expected[k].shape))
     if wrong:
         raise ValueError(f"resume_from {path}: holds another adapter than this job's ({len(wrong)} tensor(s) differ, "
                          f"e.g. {wrong[0]}); resume with the same model settings as the interrupted job")
+    recorded = meta.get(FINGERPRINT_KEY)
+    if base is not None and recorded is not None and recorded != base:
+        raise ValueError(f"resume_from {path}: was trained from another SAM base ({recorded.get('source')}) than this "
+                         f"server built ({base.get('source')}); set the same server_checkpoint as the interrupted job")
     if done <= 0:
         raise ValueError(f"resume_from {path}: records no finished round")
     if done >= num_rounds:
@@ -115,12 +136,23 @@ class AdapterPersistor(PTFileModelPersistor):
             try:
                 root = fl_ctx.get_engine().get_workspace().get_root_dir()
                 path = resume_checkpoint(self.resume_from, root, self.global_model_file_name)
-                done = check_resumable(path, self.model.state_dict(), self.num_rounds)
+                done = check_resumable(path, self.model.state_dict(), self.num_rounds, self._base())
             except ValueError as error:
                 self.system_panic(str(error), fl_ctx)
                 return
             self.source_ckpt_file_full_name = path
             self.log_info(fl_ctx, f"resuming from {path}: {done} round(s) finished")
+
+    def _base(self) -> dict | None:
+        return getattr(self.model, "base_fingerprint", None)
+
+    def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
+        """FLARE's load, plus the server's base fingerprint in the model's meta: it travels with every
+        global model (DXO meta) and is persisted with the adapter."""
+        ml = super().load_model(fl_ctx)
+        if ml is not None and self._base() is not None:
+            ml[ModelLearnableKey.META] = {**(ml.get(ModelLearnableKey.META) or {}), FINGERPRINT_KEY: self._base()}
+        return ml
 
     def save_model(self, ml: ModelLearnable, fl_ctx: FLContext) -> None:
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)

@@ -1,7 +1,8 @@
-"""What a site that could not start may tell the server: one word of a fixed vocabulary.
+"""What a site that fails may tell the server: one word of a fixed vocabulary.
 
-The full one-line error names the file or setting at fault; it stays in the site's log,
-because file names of patient data can identify patients.
+The full one-line error names the file or setting at fault; it stays in the site's own log
+(``log.txt``, at warning level, so FLARE's error-log streaming and ``show_errors`` never carry
+it), because file names of patient data can identify patients.
 """
 
 from __future__ import annotations
@@ -11,11 +12,17 @@ from flap_sam.model.sam_builder import CheckpointError
 
 SITE_ERROR_HEADER = "flap_sam_site_error"
 SITE_ERROR_KINDS = {
-    "data": "its data failed the start-up checks",
-    "checkpoint": "its SAM checkpoint cannot be used",
-    "settings": "its settings are invalid",
-    "internal": "an unexpected error at start-up",
+    "data": "it could not start: its data failed the start-up checks",
+    "checkpoint": "it could not start: its SAM checkpoint cannot be used",
+    "settings": "it could not start: its settings are invalid",
+    "base": "it could not start: it built another SAM base than the server (checkpoint settings differ)",
+    "internal": "it could not start: an unexpected error at start-up",
+    "diverged": "its local training diverged (non-finite weights): it sent no update this round",
 }
+
+
+class BaseMismatchError(ValueError):
+    """The site built another SAM base than the server's (see ``flap_sam.model.fingerprint``)."""
 
 
 def site_error_kind(error: Exception) -> str:
@@ -24,6 +31,8 @@ def site_error_kind(error: Exception) -> str:
         return "data"
     if isinstance(error, CheckpointError):
         return "checkpoint"
+    if isinstance(error, BaseMismatchError):
+        return "base"
     if isinstance(error, ValueError):
         return "settings"
     return "internal"

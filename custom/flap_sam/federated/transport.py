@@ -10,8 +10,15 @@ Modes (numpy only, so they run on any CPU and GPU machine):
 * ``fp16``: IEEE half; relative error <= 2**-11, values beyond +-65504 saturate (checked).
 * ``bf16``: the upper 16 bits of float32 with round-to-nearest-even, sent as ``uint16``;
   relative error <= 2**-8, full float32 range.
-* ``int8``: symmetric per-tensor quantisation, ``q = round(x / s)`` with ``s = max|x| / 127``;
-  absolute error <= s / 2. The scales travel in the DXO meta (plain floats).
+* ``int8``: symmetric per-channel quantisation, ``q = round(x / s_c)`` with
+  ``s_c = max|x_c| / 127`` for each channel c (one slice along the smaller of the first two
+  axes, e.g. the rank axis of a LoRA factor; a 1-D tensor is one channel); absolute error
+  <= s_c / 2, so a channel of small values keeps its precision next to a channel of large
+  ones. The scales travel in the DXO meta (lists of plain floats).
+
+Only finite tensors are encoded: a NaN or Inf refuses to leave (int8 would otherwise turn it
+into 0 or the largest code without a trace). What the server decodes is checked again, with
+every other property of a contribution, by the aggregator (``flap_sam.federated.contributions``).
 
 NVFlare's own ``ModelQuantizer`` needs bitsandbytes and a GPU for 8-bit, hence this filter.
 """
@@ -29,9 +36,40 @@ CODEC_META_KEY = "flap_sam_transport"  # DXO meta: {"mode": str, "scales": {name
 _FP16_MAX = float(np.finfo(np.float16).max)
 
 
-def encode_tensor(name: str, value: np.ndarray, mode: str) -> tuple[np.ndarray, float | None]:
-    """One float32 tensor -> (wire array, int8 scale or None)."""
+def channel_axis(shape: tuple[int, ...]) -> int | None:
+    """The axis int8 keeps one scale per index of: the smaller of the first two (None: one scale per tensor)."""
+    if len(shape) < 2:
+        return None
+    return 0 if shape[0] <= shape[1] else 1
+
+
+def _channel_peaks(value: np.ndarray) -> np.ndarray:
+    """max |x| per channel (see ``channel_axis``), shape (channels,); (1,) for a 1-D or empty tensor."""
+    axis = channel_axis(value.shape)
+    if axis is None or value.size == 0:
+        return np.array([float(np.abs(value).max()) if value.size else 0.0], dtype=np.float64)
+    other = tuple(i for i in range(value.ndim) if i != axis)
+    return np.abs(value).max(axis=other).astype(np.float64)
+
+
+def _broadcast_scales(scales: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    axis = channel_axis(shape)
+    if axis is None:
+        return scales.reshape(())
+    view = [1] * len(shape)
+    view[axis] = -1
+    return scales.reshape(view)
+
+
+def encode_tensor(name: str, value: np.ndarray, mode: str) -> tuple[np.ndarray, list[float] | None]:
+    """One float32 tensor -> (wire array, int8 scales per channel or None).
+
+    Raises:
+        ValueError: the tensor holds NaN or Inf (never sent), or exceeds float16's range in ``fp16``.
+    """
     value = np.ascontiguousarray(value, dtype=np.float32)
+    if not np.isfinite(value).all():
+        raise ValueError(f"tensor {name}: {int((~np.isfinite(value)).sum())} non-finite value(s); refusing to send it")
     if mode == "fp16":
         if value.size and float(np.abs(value).max()) > _FP16_MAX:
             raise ValueError(f"tensor {name}: values beyond the float16 range; use transport bf16 or fp32")
@@ -41,20 +79,26 @@ def encode_tensor(name: str, value: np.ndarray, mode: str) -> tuple[np.ndarray, 
         rounded = bits + 0x7FFF + ((bits >> 16) & 1)  # round to nearest even on the dropped 16 bits
         return (rounded >> 16).astype(np.uint16), None
     if mode == "int8":
-        peak = float(np.abs(value).max()) if value.size else 0.0
-        scale = peak / 127.0 if peak > 0 else 1.0
-        return np.clip(np.rint(value / scale), -127, 127).astype(np.int8), scale
+        peaks = _channel_peaks(value)
+        scales = np.where(peaks > 0, peaks / 127.0, 1.0)
+        q = np.clip(np.rint(value / _broadcast_scales(scales, value.shape)), -127, 127).astype(np.int8)
+        return q, [float(x) for x in scales]
     raise ValueError(f"transport mode '{mode}' is unknown; choose one of {MODES}")
 
 
-def decode_tensor(value: np.ndarray, mode: str, scale: float | None = None) -> np.ndarray:
-    """A wire array -> float32."""
+def decode_tensor(value: np.ndarray, mode: str, scales: list[float] | float | None = None) -> np.ndarray:
+    """A wire array -> float32 (NaN/Inf that arrive stay visible to the aggregator's checks)."""
     if mode == "fp16":
         return value.astype(np.float32)
     if mode == "bf16":
         return (value.astype(np.uint32) << 16).view(np.float32)
     if mode == "int8":
-        return value.astype(np.float32) * np.float32(scale)
+        scales = np.atleast_1d(np.asarray(scales, dtype=np.float32))
+        axis = channel_axis(value.shape)
+        expected = 1 if axis is None else value.shape[axis]
+        if scales.shape != (expected,):
+            raise ValueError(f"int8 tensor of shape {value.shape}: {scales.size} scale(s), expected {expected}")
+        return value.astype(np.float32) * _broadcast_scales(scales, value.shape)
     raise ValueError(f"transport mode '{mode}' is unknown; choose one of {MODES}")
 
 

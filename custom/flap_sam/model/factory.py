@@ -51,13 +51,6 @@ class ModelSpec:
         return get_preset(self.preset)
 
 
-def job_model_spec(model_type: str, image_size: int, dataset: str, preset: str, rank: int, lora_scale: float) -> ModelSpec:
-    """The ``ModelSpec`` of a job's settings; the class count follows ``dataset`` (server, filter and sites alike)."""
-    from flap_sam.data.profiles import get_profile
-
-    return ModelSpec(model_type, image_size, get_profile(dataset).num_classes, preset, rank, lora_scale)
-
-
 def build_model(spec: ModelSpec, checkpoint: str | None = None, device: str | torch.device = "cpu") -> SemanticSam:
     """Build SAM, load the official checkpoint (if any), inject the preset's LoRA, set trainability.
 

@@ -58,7 +58,7 @@ class LocalTrainer:
         self._anchor: list[torch.Tensor] | None = None  # FedProx: the trainable tensors at the round's start
         self.optimizer = torch.optim.AdamW(self._trainable, lr=settings.lr, betas=(0.9, 0.999), weight_decay=settings.weight_decay)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_ce=0.2, lambda_dice=0.8)
-        self.global_step = 0
+        self.global_step = 0  # the federation's step: set by ``train`` from the round, advanced by ``step``
 
     def steps_per_epoch(self) -> int:
         return max(1, math.ceil(len(self.dataset) / self.settings.batch_size))
@@ -69,7 +69,15 @@ class LocalTrainer:
         return iter(loader)
 
     def start_round(self) -> None:
-        """Take the current (just received global) trainable tensors as FedProx's anchor, if FedProx is on."""
+        """Start local training from the just received global tensors.
+
+        AdamW's moments are cleared: they describe the site's own previous weights, which the
+        global model has replaced (after ``lora_exact`` even the factorisation of B and A is new,
+        so old moments would point in meaningless directions). A fresh start each round also makes
+        a site's training the same whether its process ran all along or restarted. The current
+        trainable tensors become FedProx's anchor, if FedProx is on.
+        """
+        self.optimizer.state.clear()
         self._anchor = [p.detach().clone() for p in self._trainable] if self.settings.fedprox_mu > 0 else None
 
     def step(self, stacks: torch.Tensor, labels: torch.Tensor) -> float:
@@ -93,13 +101,16 @@ class LocalTrainer:
         self.global_step += 1
         return float(loss.detach())
 
-    def train(self, num_steps: int, total_steps: int, round_seed: int, should_stop: Callable[[], bool] = lambda: False) -> tuple[int, float]:
-        """Run ``num_steps`` optimiser steps; the lr follows the schedule over ``total_steps`` global steps.
+    def train(self, num_steps: int, first_step: int, total_steps: int, round_seed: int,
+              should_stop: Callable[[], bool] = lambda: False) -> tuple[int, float]:
+        """Run ``num_steps`` optimiser steps from global step ``first_step``; the lr follows the
+        schedule over the federation's ``total_steps`` (see ``federation_steps``).
 
         Returns (steps done, mean loss).
         """
         self.model.train()
         self.start_round()
+        self.global_step = first_step
         losses = []
         for batch in self._batches(num_steps, round_seed):
             if should_stop():

@@ -36,3 +36,17 @@ def scalars(tb_dir: Path, tag: str) -> dict[int, float]:
     if tag not in acc.Tags().get("scalars", []):
         return {}
     return {e.step: e.value for e in acc.Scalars(tag)}
+
+
+def save_tiny_checkpoint(path: Path, image_size: int = 256, num_classes: int = 3, seed: int = 0) -> Path:
+    """A ``vit_test`` checkpoint laid out like the official release (``Sam.state_dict()``, 3 multimask
+    outputs), made with the project's own builder: the real SAM checkpoints cannot be downloaded here."""
+    import torch
+
+    from flap_sam.model.sam_builder import build_sam
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sam = build_sam("vit_test", image_size, num_classes)
+    torch.save(sam.state_dict(), path)
+    return path

@@ -75,3 +75,13 @@ def test_an_error_result_keeps_only_its_code_and_a_known_start_up_error_kind():
     assert out.get_header(SITE_ERROR_HEADER) == "data" and out.get_header("details") is None
     failed.set_header(SITE_ERROR_HEADER, "/data/patient_smith")  # not a known kind: dropped
     assert PresetResultFilter(**SETTINGS).process(failed, FLContext()).get_header(SITE_ERROR_HEADER) is None
+
+
+def test_the_reply_is_fresh_no_header_of_the_incoming_result_leaves():
+    result = _train_result()
+    result.set_header("learner_note", "/data/site-3/imagesTr/patient_doe_0042.nii.gz")
+    result.set_header("debug_image", np.zeros((4, 4), np.float32))
+    out = PresetResultFilter(**SETTINGS).process(result, FLContext())
+    assert out is not result
+    assert out.get_header("learner_note") is None and out.get_header("debug_image") is None
+    assert set(from_shareable(out).data) == set(exchange_schema(SPEC))

@@ -93,3 +93,26 @@ def test_a_save_that_dies_midway_leaves_the_last_adapter_whole(tmp_path, monkeyp
     state, rounds = read_adapter(path)
     assert rounds == 1 and set(state) == set(AdapterModel(**MODEL).state_dict())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["FL_global_model.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("content", [b"", b"not a torch file", None])
+def test_an_unreadable_resume_file_is_one_line_naming_it(tmp_path, adapter, content):
+    path = tmp_path / "FL_global_model.pt"
+    if content is None:  # a real adapter file cut off mid-write
+        _persist(path, adapter, rounds=2)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{path}: cannot be read as a persisted adapter"):
+        check_resumable(str(path), adapter, num_rounds=5)
+
+
+def test_an_adapter_trained_from_another_base_is_refused(tmp_path, adapter):
+    from flap_sam.model.fingerprint import FINGERPRINT_KEY
+
+    path = tmp_path / "other_base.pt"
+    torch.save({"model": adapter, "meta_props": {FINISHED_ROUNDS_KEY: 2, FINGERPRINT_KEY: {"source": "checkpoint", "frozen": "a", "exchanged": "b"}}}, path)
+    server_base = AdapterModel(**MODEL).base_fingerprint
+    with pytest.raises(ValueError, match=r"was trained from another SAM base \(checkpoint\) than this server built \(random\)"):
+        check_resumable(str(path), adapter, num_rounds=5, base=server_base)
+    assert check_resumable(str(path), adapter, num_rounds=5) == 2  # without a base to compare: the old check only

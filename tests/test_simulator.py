@@ -81,6 +81,8 @@ def test_a_job_resumed_from_a_persisted_adapter_runs_only_the_rounds_left(finish
         assert list(dice) == [ROUNDS], f"{site} validated rounds {list(dice)}"  # only the round that was left
         start_dice.append(dice[ROUNDS] - scalars(job_dir / "tb_events" / site, "val_dice")[0])
     assert np.mean(start_dice) > 0.05, f"the resumed job did not start from the trained adapter: {start_dice}"
+    # The lr goes on along the federation's curve (the last round's end: near 0), not from a new warm-up.
+    assert scalars(resumed_dir / "tb_events" / "site-1", "lr")[ROUNDS] < 0.2 * TEST_TRAINING["lr"]
     assert read_adapter(str(resumed_dir / "app_server" / "FL_global_model.pt"))[1] == ROUNDS + 1
 
 
@@ -94,6 +96,59 @@ def test_resuming_from_an_adapter_of_other_settings_stops_at_start(finished_run,
     assert result.returncode != 0
     assert "holds another adapter than this job's" in log and "resume with the same model settings" in log
     assert "local steps" not in log  # nothing trained
+
+
+@pytest.mark.slow
+def test_an_unreadable_resume_file_stops_the_server_at_start(finished_run, tmp_path):
+    job_dir, _ = finished_run
+    cut = tmp_path / "cut.pt"  # a persisted adapter cut off halfway
+    whole = (job_dir / "app_server" / "FL_global_model.pt").read_bytes()
+    cut.write_bytes(whole[: len(whole) // 2])
+    job = copy_job("kits_lora", tmp_path, {**TEST_MODEL, **TEST_TRAINING, "num_rounds": ROUNDS + 1, "resume_from": str(cut)})
+    result = run_simulator(job, tmp_path / "ws", 2, timeout=300)
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"{cut}: cannot be read as a persisted adapter" in log
+    assert "local steps" not in log  # it did not start again from round 0
+
+
+@pytest.mark.slow
+def test_a_site_that_fails_on_a_named_volume_keeps_the_name_on_the_site(tmp_path):
+    """The volume's name is in the site's own log.txt only: not in its error_log.txt (which FLARE
+    streams to the server in provisioned deployments), not in the server's logs."""
+    data = tmp_path / "data"
+    data.mkdir()
+    missing = "imagesTr/patient_doe_0042.nii.gz"
+    (data / "datalist.json").write_text(json.dumps({"training": [{"image": missing, "label": "labelsTr/patient_doe_0042.nii.gz"}],
+                                                    "validation": [{"image": missing, "label": "labelsTr/patient_doe_0042.nii.gz"}]}))
+    job = copy_job("kits_lora", tmp_path, {**TEST_MODEL, **TEST_TRAINING, "data_root": str(data)})
+    result = run_simulator(job, tmp_path / "ws", 2, timeout=300)
+    assert result.returncode != 0
+    ws = tmp_path / "ws"
+    assert "patient_doe_0042" in (ws / "site-1" / "log.txt").read_text()
+    for private in [ws / "site-1" / "error_log.txt", ws / "server" / "log.txt", ws / "server" / "error_log.txt"]:
+        assert "patient_doe_0042" not in private.read_text(), private
+    assert "site site-1 failed task train: it could not start: its data failed the start-up checks" in (ws / "server" / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_a_shipped_demo_job_refuses_to_train_real_data_on_the_demo_budget(tmp_path):
+    """A user who edits data_root in a shipped job by hand (not with flap-sam job) gets a one-line error."""
+    import shutil
+
+    from jobtools import REPO
+
+    job = tmp_path / "kits_lora"
+    shutil.copytree(REPO / "jobs" / "kits_lora", job)
+    with open(job / "app" / "config" / "config_fed_client.conf", "a") as f:
+        f.write(f'model_type = vit_test\nimage_size = 64\nrank = 4\ndata_root = "{tmp_path}"\n')
+    with open(job / "app" / "config" / "config_fed_server.conf", "a") as f:
+        f.write("model_type = vit_test\nimage_size = 64\nrank = 4\n")
+    result = run_simulator(job, tmp_path / "ws", 2, timeout=300)
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "this job runs the demo's short budget (demo_budget = true)" in log
+    assert "local steps" not in log
 
 
 BOTH_MODELS = ["SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt"]

@@ -26,6 +26,7 @@ from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
 from flap_sam.federated.contributions import contribution_problem
+from flap_sam.model.fingerprint import FINGERPRINT_KEY
 
 A_TAG, B_TAG = ".lora_A.", ".lora_B."
 
@@ -168,17 +169,28 @@ class FlapSamAggregator(Aggregator):
             self.impl = InTimeAccumulateWeightedAggregator(expected_data_kind="WEIGHTS", weigh_by_local_iter=True)
         else:
             self.impl = ExactLoRAAggregator()
+        self._lock = threading.Lock()
+        self._accepted = 0  # updates accepted this round
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         self.impl.handle_event(event_type, fl_ctx)  # NVFlare's aggregator sets itself up at START_RUN
-
-        self._lock = threading.Lock()
-        self._accepted = 0
 
     @staticmethod
     def _global_weights(fl_ctx: FLContext) -> dict | None:
         model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
         return model.get(ModelLearnableKey.WEIGHTS) if isinstance(model, dict) else None
+
+    @staticmethod
+    def _keep_base_fingerprint(result: Shareable, fl_ctx: FLContext) -> Shareable:
+        """The new global model carries the server's base fingerprint on (FLARE's generator takes the
+        aggregate's meta as the global model's meta)."""
+        model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
+        base = ((model.get(ModelLearnableKey.META) or {}) if isinstance(model, dict) else {}).get(FINGERPRINT_KEY)
+        if base is None:
+            return result
+        dxo = from_shareable(result)
+        dxo.set_meta_prop(FINGERPRINT_KEY, base)
+        return dxo.update_shareable(result)
 
     def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
         contributor = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
@@ -213,8 +225,10 @@ class FlapSamAggregator(Aggregator):
             self.log_warning(fl_ctx, f"round {fl_ctx.get_prop(AppConstants.CURRENT_ROUND)}: no usable update from any site; "
                                      "the global model stays as it was")
             self.impl.reset(fl_ctx)
-            return DXO(DataKind.WEIGHTS, data={k: np.array(v, copy=True) for k, v in (current or {}).items()}).to_shareable()
-        return self.impl.aggregate(fl_ctx)
+            result = DXO(DataKind.WEIGHTS, data={k: np.array(v, copy=True) for k, v in (current or {}).items()}).to_shareable()
+        else:
+            result = self.impl.aggregate(fl_ctx)
+        return self._keep_base_fingerprint(result, fl_ctx)
 
     def reset(self, fl_ctx: FLContext) -> None:
         with self._lock:

@@ -1,0 +1,68 @@
+"""The learning-rate schedule spans the federation: one smooth curve over all rounds, the same
+through a restart; AdamW starts each round from the received global model without old moments."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from flap_sam.model.factory import ModelSpec, build_model
+from flap_sam.training.local_trainer import LocalTrainer, TrainSettings
+from flap_sam.training.schedule import federation_steps, warmup_poly_factor
+
+SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)
+
+
+def test_the_curve_has_no_jump_where_warm_up_ends():
+    factors = np.array([warmup_poly_factor(s, 250, 2500, 7.0) for s in range(2500)])
+    assert factors[249] == 1.0 and factors[250] == 1.0  # the poly decay starts where warm-up ends
+    assert np.abs(np.diff(factors)).max() <= 1 / 250 + 1e-9  # the largest step is one warm-up increment
+    assert np.all(np.diff(factors[250:]) <= 0) and 0 <= factors[-1] < 1e-10
+
+
+def _trainer(settings: TrainSettings) -> tuple[LocalTrainer, list[float]]:
+    """A real trainer whose batches are synthetic and whose steps only record the lr they would use."""
+    trainer = LocalTrainer(build_model(SPEC), [], settings, torch.device("cpu"))
+    lrs: list[float] = []
+    trainer._batches = lambda num_steps, seed: iter([{"image": None, "label": None}] * num_steps)
+
+    def record(stacks, labels):
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.global_step += 1
+        return 0.0
+
+    trainer.step = record
+    return trainer, lrs
+
+
+def _run_rounds(trainer, rounds, num_rounds, steps):
+    for r in rounds:
+        first, total = federation_steps(r, num_rounds, steps)
+        trainer.train(steps, first_step=first, total_steps=total, round_seed=r)
+
+
+def test_the_lr_is_one_curve_over_the_rounds_and_through_a_restart():
+    settings = TrainSettings(lr=8e-4, warmup_steps=6, poly_power=7.0)
+    num_rounds, steps = 5, 4
+    straight, lrs = _trainer(settings)
+    _run_rounds(straight, range(num_rounds), num_rounds, steps)
+    expected = [8e-4 * warmup_poly_factor(s, 6, num_rounds * steps, 7.0) for s in range(num_rounds * steps)]
+    assert np.allclose(lrs, expected)
+    # A site (or server) that restarts before round 2 goes on along the same curve, not from warm-up.
+    before, lrs_before = _trainer(settings)
+    _run_rounds(before, range(2), num_rounds, steps)
+    after, lrs_after = _trainer(settings)
+    _run_rounds(after, range(2, num_rounds), num_rounds, steps)
+    assert np.allclose(lrs_before + lrs_after, lrs)
+
+
+def test_adamw_moments_start_afresh_each_round():
+    torch.manual_seed(0)
+    trainer = LocalTrainer(build_model(SPEC), [], TrainSettings(lr=0.01, batch_size=2, warmup_steps=0), torch.device("cpu"))
+    g = torch.Generator().manual_seed(1)
+    stacks, labels = torch.rand(2, 5, 64, 64, generator=g), torch.randint(0, 3, (2, 5, 64, 64), generator=g)
+    trainer.start_round()
+    trainer.step(stacks, labels)
+    assert len(trainer.optimizer.state) > 0
+    trainer.start_round()  # the global model has replaced the local weights
+    assert len(trainer.optimizer.state) == 0

@@ -6,6 +6,7 @@ import json
 
 from flap_sam.jobs.writer import job_settings
 from flap_sam.cli.main import main
+from jobtools import REPO
 
 
 def test_job_copy_resolves_the_new_settings_on_both_sides(tmp_path, capsys):
@@ -20,3 +21,33 @@ def test_job_copy_refuses_an_unknown_setting(tmp_path, capsys):
     assert main(["job", "ixi_lora", "--out", str(tmp_path / "x"), "--set", "presett=flap"]) == 2
     assert "no setting presett" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+RECIPE = {"num_rounds": 25, "batch_size": 24, "max_steps_per_round": 0, "warmup_steps": 250, "local_epochs": 1.0,
+          "lr": 0.0008, "weight_decay": 0.1, "poly_power": 7.0, "aggregation": "lora_exact", "demo_budget": False}
+
+
+def test_a_job_on_real_data_runs_the_papers_recipe_without_retyping_it(tmp_path, capsys):
+    out = tmp_path / "fed_kits"
+    assert main(["job", "kits_lora", "--out", str(out), "--set", "data_root=/data/fed_kits", "min_clients=6",
+                 "checkpoint=/models/sam_vit_b_01ec64.pth", "server_checkpoint=/models/sam_vit_b_01ec64.pth"]) == 0
+    settings = job_settings(str(out))
+    assert {k: settings[k] for k in RECIPE} == RECIPE
+    assert "demo.conf" not in (out / "app" / "config" / "config_fed_client.conf").read_text()
+
+
+def test_the_shipped_demo_keeps_its_short_budget_and_explicit_settings_win(tmp_path, capsys):
+    shipped = job_settings(str(REPO / "jobs" / "kits_lora"))
+    assert (shipped["num_rounds"], shipped["batch_size"], shipped["max_steps_per_round"], shipped["warmup_steps"]) == (2, 2, 4, 2)
+    assert shipped["demo_budget"] is True and shipped["aggregation"] == "lora_exact"
+    out = tmp_path / "real_short"
+    assert main(["job", "ixi_lora", "--out", str(out), "--set", "data_root=/data/ixi", "num_rounds=3"]) == 0
+    settings = job_settings(str(out))
+    assert (settings["num_rounds"], settings["batch_size"], settings["demo_budget"]) == (3, 24, False)
+
+
+def test_a_job_for_sites_that_set_their_data_root_locally_drops_the_demo_budget(tmp_path, capsys):
+    out = tmp_path / "site_local"
+    assert main(["job", "kits_lora", "--out", str(out), "--set", "demo_budget=false", "min_clients=6"]) == 0
+    settings = job_settings(str(out))
+    assert {k: settings[k] for k in RECIPE} == RECIPE and settings["data_root"] == "demo"

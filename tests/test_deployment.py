@@ -128,7 +128,7 @@ def test_a_site_killed_mid_job_is_reported_and_the_job_goes_on(tmp_path, poc):
 
 @pytest.mark.slow
 def test_a_site_that_cannot_start_is_reported_and_does_not_hang_the_job(tmp_path, poc):
-    job = _job(tmp_path, num_rounds=2, min_clients=2)
+    job = _job(tmp_path, num_rounds=2, min_clients=2, demo_budget=False)  # site-2 sets its data_root locally
     run_poc.prepare(poc, ["site-1", "site-2"])
     local = Path(run_poc.kit(poc, "site-2"), "local")
     (local / "flap_sam_site.json").write_text(json.dumps({"data_root": str(tmp_path / "no_such_folder")}))

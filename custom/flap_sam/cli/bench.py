@@ -17,6 +17,7 @@ import sys
 import torch
 
 from flap_sam.benchmark.aggregation import time_averaging, time_exact_lora
+from flap_sam.benchmark.transport_error import built_adapter, round_trip_errors
 from flap_sam.benchmark.wire import random_payload, wire_bytes
 from flap_sam.model.factory import ModelSpec
 
@@ -84,8 +85,9 @@ def speed(args, presets: list[str], device: str, amp: bool) -> tuple[str, dict]:
     return _table(header, rows), measured
 
 
-def targets(comm: dict, steps: dict | None, aggregation: dict) -> str:
+def targets(comm: dict, steps: dict | None, aggregation: dict, errors: dict) -> str:
     rows = []
+    rows.append(["int8 transport: relative RMS error <= 1 % of the fp32 adapter", f"{100 * errors['int8']['rel_rms']:.2f} %", errors["int8"]["rel_rms"] <= 0.01])
     worst = max(m["fp32"] / m["raw"] for m in comm.values())
     rows.append(["wire bytes within 2 % of raw tensor bytes (fp32)", f"worst {100 * (worst - 1):.2f} % over", worst <= 1.02])
     if "fft" in comm and "flap" in comm:
@@ -114,6 +116,12 @@ def run(args: argparse.Namespace) -> int:
     sections.append("## Communication: one site's train result per round (FOBS-serialised, as FLARE sends it)\n\n" + comm_table)
     print(sections[-1] + "\n", flush=True)
 
+    errors = round_trip_errors(built_adapter(spec_for("flap")))
+    sections.append(f"## Transport error against fp32: the flap adapter as every party builds it (LoRA B = 0 excluded from the worst tensor)\n\n" + _table(
+        ["mode", "relative RMS error", "worst tensor, relative RMS", "max abs error"],
+        [[mode, f"{e['rel_rms']:.2e}", f"{e['worst_tensor_rel_rms']:.2e}", f"{e['max_abs']:.2e}"] for mode, e in errors.items()]))
+    print(sections[-1] + "\n", flush=True)
+
     steps = None
     if not args.no_speed:
         table, steps = speed(args, args.presets, device, amp=False)
@@ -132,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                                 ["lora_exact (rank-r SVD of sum of B·A)", f"{aggregation['lora_exact']:.3f}"]]))
     print(sections[-1] + "\n", flush=True)
 
-    sections.append("## Targets\n\n" + targets(comm, steps, aggregation))
+    sections.append("## Targets\n\n" + targets(comm, steps, aggregation, errors))
     print(sections[-1], flush=True)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

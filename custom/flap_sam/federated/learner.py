@@ -141,7 +141,7 @@ class FlapSamLearner(Learner):
         self._setup_error = error
         site = fl_ctx.get_identity_name()
         self.log_warning(fl_ctx, f"site {site} cannot start: {error}", fire_event=False)
-        self.log_error(fl_ctx, f"site {site} cannot start: {SITE_ERROR_KINDS[site_error_kind(error)]} (details in this site's log.txt)")
+        self.log_error(fl_ctx, f"site {site}: {SITE_ERROR_KINDS[site_error_kind(error)]} (details in this site's log.txt)")
 
     def _failed_start_reply(self, fl_ctx: FLContext) -> Shareable:
         """The reply to every task of a site that could not start: an error with its category only."""
@@ -163,7 +163,7 @@ class FlapSamLearner(Learner):
             raise ValueError(
                 f"data_root {settings['data_root']}: this job runs the demo's short budget (demo_budget = true) and would "
                 "not train real data with the paper's recipe; make the job with `flap-sam job JOB --out DIR --set "
-                "data_root=...` (it leaves the demo budget out) or set demo_budget = false")
+                "data_root=DIR` or, when sites set data_root locally, `--set demo_budget=false` (either runs the recipe)")
         self.device = pick_device(settings["device"])
         torch.manual_seed(self.train_settings.seed)
         self.data = SiteData.load(

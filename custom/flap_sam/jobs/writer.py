@@ -6,8 +6,9 @@ here and not in the middle of a federation.
 
 The shipped jobs run a short demo on their built-in data: each includes ``demo.conf`` (the
 demo's budget) after the package's shared configuration. A copy whose ``data_root`` is real
-data leaves that include out, so it runs the paper's recipe (``settings.conf``) unless the
-user sets a value of the budget explicitly.
+data, or that sets ``demo_budget = false`` (sites that set their ``data_root`` locally),
+leaves that include out, so it runs the paper's recipe (``settings.conf``) unless the user
+sets a value of the budget explicitly.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def _drop_demo_budget(config_file: str) -> None:
 def write_job(source: str, out: str, settings: dict) -> str:
     """Copy job folder ``source`` to ``out`` and set ``settings`` in both of its config files; returns ``out``.
 
-    A ``data_root`` other than ``demo`` drops the demo's short budget: the copy runs the paper's recipe.
+    A ``data_root`` other than ``demo``, or ``demo_budget = false``, drops the demo's short budget:
+    the copy runs the paper's recipe.
     """
     if not os.path.isdir(source):
         raise ValueError(f"job {source}: not a folder")
@@ -73,11 +75,12 @@ def write_job(source: str, out: str, settings: dict) -> str:
     unknown = sorted(set(settings) - set(known))
     if unknown:
         raise ValueError(f"job {source}: no setting {', '.join(unknown)} (settings: {', '.join(sorted(known))})")
-    real_data = str(settings.get("data_root", known.get("data_root"))) != DEMO_DATA_ROOT
+    drop_demo_budget = (str(settings.get("data_root", known.get("data_root"))) != DEMO_DATA_ROOT
+                        or settings.get("demo_budget") is False)
     tmp = f"{out}.partial"
     shutil.copytree(source, tmp)
     for side in SIDES:
-        if real_data:
+        if drop_demo_budget:
             _drop_demo_budget(config_path(tmp, side))
         with open(config_path(tmp, side), "a", encoding="utf-8") as f:
             f.write("\n# set by flap-sam job\n")

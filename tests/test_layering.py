@@ -1,0 +1,37 @@
+"""The package's folders are its layers: a lower layer never imports a higher one."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "custom" / "flap_sam"
+
+# layer -> the flap_sam layers it must not import
+FORBIDDEN = {
+    "model": {"data", "training", "federated", "jobs", "cli", "benchmark", "datasets", "evaluation"},
+    "data": {"model", "training", "federated", "jobs", "cli", "benchmark"},
+    "training": {"federated", "jobs", "cli", "benchmark"},
+    "jobs": {"federated", "cli", "benchmark"},
+    "federated": {"cli", "benchmark"},
+    "benchmark": {"cli"},
+}
+
+
+def _imported_layers(path: Path) -> set[str]:
+    layers = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "flap_sam" and len(parts) > 1:
+                layers.add(parts[1])
+    return layers
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_a_layer_imports_no_higher_layer(layer):
+    wrong = {f"{p.relative_to(PACKAGE)} imports flap_sam.{l}" for p in (PACKAGE / layer).rglob("*.py") for l in _imported_layers(p) & FORBIDDEN[layer]}
+    assert not wrong, sorted(wrong)

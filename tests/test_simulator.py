@@ -7,6 +7,7 @@ jobs/ixi_lora (3 sites) and jobs/prostate_lora: one round each; a bad data root.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -128,7 +129,8 @@ def test_a_site_that_fails_on_a_named_volume_keeps_the_name_on_the_site(tmp_path
     assert "patient_doe_0042" in (ws / "site-1" / "log.txt").read_text()
     for private in [ws / "site-1" / "error_log.txt", ws / "server" / "log.txt", ws / "server" / "error_log.txt"]:
         assert "patient_doe_0042" not in private.read_text(), private
-    assert "site site-1 failed task train: it could not start: its data failed the start-up checks" in (ws / "server" / "log.txt").read_text()
+    # Both sites fail the same way; whichever reports first ends the job.
+    assert re.search(r"site site-[12] failed task train: it could not start: its data failed the start-up checks", (ws / "server" / "log.txt").read_text())
 
 
 @pytest.mark.slow

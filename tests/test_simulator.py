@@ -134,6 +134,17 @@ def test_a_site_that_fails_on_a_named_volume_keeps_the_name_on_the_site(tmp_path
 
 
 @pytest.mark.slow
+def test_a_site_whose_training_diverges_sends_no_update(tmp_path):
+    job = copy_job("kits_lora", tmp_path, {**TEST_MODEL, **TEST_TRAINING, "num_rounds": 1, "max_steps_per_round": 3, "lr": 1e30})
+    result = run_simulator(job, tmp_path / "ws", 2, env={"FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")}, timeout=300)
+    log = result.stdout + result.stderr
+    assert "local training diverged" in log and "no update is sent" in log
+    assert re.search(r"site site-[12] failed task train: its local training diverged \(non-finite weights\)", log)
+    assert "leaving out the update" not in log  # nothing non-finite reached the server to be left out
+    assert "exact LoRA aggregation" not in log
+
+
+@pytest.mark.slow
 def test_a_shipped_demo_job_refuses_to_train_real_data_on_the_demo_budget(tmp_path):
     """A user who edits data_root in a shipped job by hand (not with flap-sam job) gets a one-line error."""
     import shutil

@@ -22,7 +22,7 @@ def _site_base(checkpoint=None):
 
 
 def _server_base(checkpoint=""):
-    return AdapterModel("vit_test", 64, "kits", "flap", 4, checkpoint=str(checkpoint)).base_fingerprint
+    return AdapterModel(dict(model_type="vit_test", image_size=64, dataset="kits", preset="flap", rank=4), checkpoint=str(checkpoint)).base_fingerprint
 
 
 def test_server_and_site_of_the_same_base_agree(tmp_path):

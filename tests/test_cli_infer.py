@@ -18,7 +18,7 @@ def test_infer_writes_mask_on_input_grid(tmp_path, capsys):
     site = ensure_demo_site("kits", "site-1", str(tmp_path / "demo"))
     image = json.loads((tmp_path / "demo" / "kits-v3" / "site-1" / "datalist.json").read_text())["validation"][0]["image"]
     adapter = tmp_path / "FL_global_model.pt"
-    torch.save({"model": AdapterModel("vit_test", 64, "kits", "flap", 4).state_dict()}, adapter)  # the persistor's file layout
+    torch.save({"model": AdapterModel(dict(model_type="vit_test", image_size=64, dataset="kits", preset="flap", rank=4)).state_dict()}, adapter)  # the persistor's file layout
     out = tmp_path / "mask.nii.gz"
     args = ["infer", "--image", f"{site}/{image}", "--out", str(out), "--adapter", str(adapter),
             "--model", "vit_test", "--image-size", "64", "--rank", "4", "--device", "cpu"]
@@ -33,7 +33,7 @@ def test_infer_writes_mask_on_input_grid(tmp_path, capsys):
 def test_infer_with_mismatched_preset_says_what_to_check(tmp_path, capsys):
     site = ensure_demo_site("kits", "site-1", str(tmp_path / "demo"))
     adapter = tmp_path / "a.pt"
-    torch.save({"model": AdapterModel("vit_test", 64, "kits", "flap", 4).state_dict()}, adapter)
+    torch.save({"model": AdapterModel(dict(model_type="vit_test", image_size=64, dataset="kits", preset="flap", rank=4)).state_dict()}, adapter)
     args = ["infer", "--image", f"{site}/imagesTr/demo_000.nii.gz", "--out", str(tmp_path / "m.nii.gz"),
             "--adapter", str(adapter), "--model", "vit_test", "--image-size", "64", "--rank", "8"]
     with pytest.raises(SystemExit, match=r"a\.pt: tensor image_encoder\.blocks\.0\.attn\.qkv\.lora_A\.q has shape \(4, 64\), expected \(8, 64\); check .*--rank"):

@@ -61,7 +61,7 @@ def test_flamby_kits_metric_is_the_mean_of_kidney_plus_tumour_and_tumour():
 def test_evaluate_runs_the_adapted_model_and_writes_overlays(tmp_path, capsys):
     site = ensure_demo_site("ixi", "site-1", str(tmp_path / "demo"))
     adapter = tmp_path / "FL_global_model.pt"
-    torch.save({"model": AdapterModel("vit_test", 64, "ixi", "flap", 4).state_dict()}, adapter)
+    torch.save({"model": AdapterModel(dict(model_type="vit_test", image_size=64, dataset="ixi", preset="flap", rank=4)).state_dict()}, adapter)
     args = ["evaluate", "--datalist", f"{site}/datalist.json", "--adapter", str(adapter), "--dataset", "ixi",
             "--model", "vit_test", "--image-size", "64", "--rank", "4", "--device", "cpu", "--out", str(tmp_path / "e"), "--overlays", "2"]
     assert main(args) == 0

@@ -30,7 +30,7 @@ def test_frozen_encoder_weight_does_not_leave_the_site(caplog):
     frozen = "image_encoder.blocks.0.attn.qkv.weight"
     result = _train_result({frozen: np.zeros((192, 64), np.float32)})
     with caplog.at_level(logging.ERROR):
-        out = PresetResultFilter(**SETTINGS).process(result, FLContext())
+        out = PresetResultFilter(SETTINGS).process(result, FLContext())
     dxo = from_shareable(out)
     assert frozen not in dxo.data
     assert set(dxo.data) == set(exchange_schema(SPEC))
@@ -40,27 +40,27 @@ def test_frozen_encoder_weight_does_not_leave_the_site(caplog):
 
 def test_misshaped_allowed_name_and_unknown_payloads_are_blocked():
     name = "mask_decoder.mask_tokens.weight"
-    out = from_shareable(PresetResultFilter(**SETTINGS).process(_train_result({name: np.zeros((99, 1), np.float32)}), FLContext()))
+    out = from_shareable(PresetResultFilter(SETTINGS).process(_train_result({name: np.zeros((99, 1), np.float32)}), FLContext()))
     assert name not in out.data
     for kind in (DataKind.COLLECTION, DataKind.STATISTICS):
-        blocked = PresetResultFilter(**SETTINGS).process(DXO(kind, data={"x": 1}).to_shareable(), FLContext())
+        blocked = PresetResultFilter(SETTINGS).process(DXO(kind, data={"x": 1}).to_shareable(), FLContext())
         assert blocked.get_return_code() == ReturnCode.EXECUTION_RESULT_ERROR
         assert "DXO" not in str(dict(blocked))
     not_dxo = Shareable()
     not_dxo["raw_image"] = np.zeros((4, 4))
-    out = PresetResultFilter(**SETTINGS).process(not_dxo, FLContext())
+    out = PresetResultFilter(SETTINGS).process(not_dxo, FLContext())
     assert out.get_return_code() == ReturnCode.EXECUTION_RESULT_ERROR and "raw_image" not in out
 
 
 def test_metrics_pass_only_as_numbers():
     metrics = DXO(DataKind.METRICS, data={"val_dice": 0.5, "worst_case": "case_00021.nii.gz", "map": np.zeros(3)})
-    out = from_shareable(PresetResultFilter(**SETTINGS).process(metrics.to_shareable(), FLContext()))
+    out = from_shareable(PresetResultFilter(SETTINGS).process(metrics.to_shareable(), FLContext()))
     assert out.data == {"val_dice": 0.5}
 
 
 def test_other_preset_settings_change_the_schema():
-    flap = PresetResultFilter(**SETTINGS).schema
-    lora_dec = PresetResultFilter(**{**SETTINGS, "preset": "lora_dec"}).schema
+    flap = PresetResultFilter(SETTINGS).schema
+    lora_dec = PresetResultFilter({**SETTINGS, "preset": "lora_dec"}).schema
     assert set(flap) < set(lora_dec)
 
 
@@ -70,18 +70,18 @@ def test_an_error_result_keeps_only_its_code_and_a_known_start_up_error_kind():
     failed = make_reply(ReturnCode.EXECUTION_EXCEPTION)
     failed.set_header(SITE_ERROR_HEADER, "data")
     failed.set_header("details", "image /data/patient_smith/ct.nii.gz: cannot be read")
-    out = PresetResultFilter(**SETTINGS).process(failed, FLContext())
+    out = PresetResultFilter(SETTINGS).process(failed, FLContext())
     assert out.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
     assert out.get_header(SITE_ERROR_HEADER) == "data" and out.get_header("details") is None
     failed.set_header(SITE_ERROR_HEADER, "/data/patient_smith")  # not a known kind: dropped
-    assert PresetResultFilter(**SETTINGS).process(failed, FLContext()).get_header(SITE_ERROR_HEADER) is None
+    assert PresetResultFilter(SETTINGS).process(failed, FLContext()).get_header(SITE_ERROR_HEADER) is None
 
 
 def test_the_reply_is_fresh_no_header_of_the_incoming_result_leaves():
     result = _train_result()
     result.set_header("learner_note", "/data/site-3/imagesTr/patient_doe_0042.nii.gz")
     result.set_header("debug_image", np.zeros((4, 4), np.float32))
-    out = PresetResultFilter(**SETTINGS).process(result, FLContext())
+    out = PresetResultFilter(SETTINGS).process(result, FLContext())
     assert out is not result
     assert out.get_header("learner_note") is None and out.get_header("debug_image") is None
     assert set(from_shareable(out).data) == set(exchange_schema(SPEC))

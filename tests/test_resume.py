@@ -26,7 +26,7 @@ def _persist(path, state, rounds=None):
 
 @pytest.fixture(scope="module")
 def adapter():
-    return AdapterModel(**MODEL).state_dict()
+    return AdapterModel(MODEL).state_dict()
 
 
 def test_a_job_id_points_into_the_servers_run_folder(tmp_path, adapter):
@@ -49,7 +49,7 @@ def test_nothing_to_resume_from_is_one_line_naming_the_setting(tmp_path, resume_
 
 
 def test_an_adapter_of_other_settings_is_refused(tmp_path, adapter):
-    other = AdapterModel(**{**MODEL, "rank": 8}).state_dict()
+    other = AdapterModel({**MODEL, "rank": 8}).state_dict()
     path = _persist(tmp_path / "other.pt", other, rounds=2)
     with pytest.raises(ValueError, match=r"holds another adapter than this job's \(\d+ tensor\(s\) differ, e.g. image_encoder"):
         check_resumable(path, adapter, num_rounds=5)
@@ -71,7 +71,7 @@ def test_a_save_that_dies_midway_leaves_the_last_adapter_whole(tmp_path, monkeyp
 
     from flap_sam.federated.resume import AdapterPersistor
 
-    persistor = AdapterPersistor(model={"path": "flap_sam.federated.adapter_model.AdapterModel", "args": MODEL}, num_rounds=5)
+    persistor = AdapterPersistor(model={"path": "flap_sam.federated.adapter_model.AdapterModel", "args": {"spec": MODEL}}, num_rounds=5)
     fl_ctx = FLContext()
     fl_ctx.set_prop(FLContextKey.APP_ROOT, str(tmp_path), private=True, sticky=False)
     persistor.handle_event(EventType.START_RUN, fl_ctx)
@@ -91,7 +91,7 @@ def test_a_save_that_dies_midway_leaves_the_last_adapter_whole(tmp_path, monkeyp
         persistor.save_model(model, fl_ctx)
     monkeypatch.undo()
     state, rounds = read_adapter(path)
-    assert rounds == 1 and set(state) == set(AdapterModel(**MODEL).state_dict())
+    assert rounds == 1 and set(state) == set(AdapterModel(MODEL).state_dict())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["FL_global_model.pt"]  # no temporary file left behind
 
 
@@ -112,7 +112,7 @@ def test_an_adapter_trained_from_another_base_is_refused(tmp_path, adapter):
 
     path = tmp_path / "other_base.pt"
     torch.save({"model": adapter, "meta_props": {FINISHED_ROUNDS_KEY: 2, FINGERPRINT_KEY: {"source": "checkpoint", "frozen": "a", "exchanged": "b"}}}, path)
-    server_base = AdapterModel(**MODEL).base_fingerprint
+    server_base = AdapterModel(MODEL).base_fingerprint
     with pytest.raises(ValueError, match=r"was trained from another SAM base \(checkpoint\) than this server built \(random\)"):
         check_resumable(str(path), adapter, num_rounds=5, base=server_base)
     assert check_resumable(str(path), adapter, num_rounds=5) == 2  # without a base to compare: the old check only

@@ -7,7 +7,7 @@ import logging
 import torch
 from torch import nn
 
-from flap_sam.jobs.spec import job_model_spec
+from flap_sam.jobs.spec import JobSpec
 from flap_sam.model.factory import build_model, exchanged_state, resolve_checkpoint
 from flap_sam.model.fingerprint import base_fingerprint
 
@@ -26,22 +26,14 @@ class AdapterModel(nn.Module):
     ``flap_sam.model.fingerprint``); it travels with every global model, so each site can check
     that it built the same base before it trains.
 
-    Args: the job's model settings (see ``ModelSpec``; ``dataset`` sets the class count) and an
-        optional server-local ``checkpoint``.
+    Args:
+        spec: the job's model and task settings (the ``job_spec`` block; see ``JobSpec``).
+        checkpoint: an optional server-local official SAM checkpoint.
     """
 
-    def __init__(
-        self,
-        model_type: str = "vit_b",
-        image_size: int = 224,
-        dataset: str = "kits",
-        preset: str = "flap",
-        rank: int = 32,
-        lora_scale: float = 1.0,
-        checkpoint: str = "",
-    ) -> None:
+    def __init__(self, spec: dict, checkpoint: str = "") -> None:
         super().__init__()
-        spec = job_model_spec(model_type, image_size, dataset, preset, rank, lora_scale)
+        spec = JobSpec.from_settings(spec).model
         checkpoint = resolve_checkpoint(checkpoint)
         full = build_model(spec, checkpoint)
         exchanged = exchanged_state(full, spec.preset_obj)

@@ -12,7 +12,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 
 from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS
-from flap_sam.jobs.spec import job_model_spec
+from flap_sam.jobs.spec import JobSpec
 from flap_sam.model.factory import exchange_schema
 
 _WEIGHT_KINDS = (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF)
@@ -46,21 +46,13 @@ class PresetResultFilter(Filter):
     * the reply is a new Shareable holding only that DXO (and, for an error, its return code and
       error kind): headers the learner or another component set never leave with it.
 
-    Args: the model settings of the job (``model_type`` ... ``lora_scale``), see ``ModelSpec``;
-        ``dataset`` sets the class count.
+    Args:
+        spec: the job's model and task settings (the ``job_spec`` block; see ``JobSpec``).
     """
 
-    def __init__(
-        self,
-        model_type: str = "vit_b",
-        image_size: int = 224,
-        dataset: str = "kits",
-        preset: str = "flap",
-        rank: int = 32,
-        lora_scale: float = 1.0,
-    ) -> None:
+    def __init__(self, spec: dict) -> None:
         super().__init__()
-        self.spec = job_model_spec(model_type, image_size, dataset, preset, rank, lora_scale)
+        self.spec = JobSpec.from_settings(spec).model
         self.schema = exchange_schema(self.spec)
 
     def _blocked(self, fl_ctx: FLContext, reason: str) -> Shareable:

@@ -16,12 +16,11 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ValidateType
 
-from flap_sam.data.profiles import get_profile
 from flap_sam.data.site import DEMO as DEMO_DATA_ROOT, SiteData
 from flap_sam.data.stacks import SliceStackDataset, build_augmentation
 from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS, BaseMismatchError, site_error_kind
 from flap_sam.federated.weights import export_weights, import_weights
-from flap_sam.jobs.spec import job_model_spec
+from flap_sam.jobs.spec import JobSpec
 from flap_sam.model.factory import build_model, resolve_checkpoint
 from flap_sam.model.fingerprint import FINGERPRINT_KEY, base_fingerprint, base_mismatch
 from flap_sam.model.presets import exchanged_names
@@ -42,6 +41,9 @@ class FlapSamLearner(Learner):
     validate it (reported as initial metrics for model selection), train local steps, send the
     preset's tensors with the number of steps.
 
+    ``spec`` is the job's model and task settings (the ``job_spec`` block of ``settings.conf``,
+    validated as a ``JobSpec``): the same block the result filter and the server's adapter model get.
+
     Site-specific settings (``data_root``, ``datalist``, ``checkpoint``, ``device``) may be
     overridden by the site in ``<workspace>/local/flap_sam_site.json``, so one job serves every site.
 
@@ -53,13 +55,8 @@ class FlapSamLearner(Learner):
 
     def __init__(
         self,
-        model_type: str = "vit_b",
-        image_size: int = 224,
-        preset: str = "flap",
-        rank: int = 32,
-        lora_scale: float = 1.0,
+        spec: dict,
         checkpoint: str = "",
-        dataset: str = "kits",
         data_root: str = "demo",
         datalist: str = "",
         device: str = "auto",
@@ -79,8 +76,8 @@ class FlapSamLearner(Learner):
         analytic_sender_id: str = "analytic_sender",
     ) -> None:
         super().__init__()
-        self.profile = get_profile(dataset)
-        self.spec = job_model_spec(model_type, image_size, dataset, preset, rank, lora_scale)
+        job = JobSpec.from_settings(spec)
+        self.profile, self.spec = job.task, job.model
         self.site_settings = {"data_root": data_root, "datalist": datalist, "checkpoint": checkpoint, "device": device}
         self.local_epochs = local_epochs
         self.max_steps_per_round = max_steps_per_round

@@ -1,0 +1,79 @@
+"""A hospital's own task, defined only by settings of a shipped job: classes, modality, label map."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from flap_sam.jobs.spec import JobSpec
+from jobtools import TEST_MODEL, TEST_TRAINING, copy_job, run_simulator, scalars
+
+
+def test_the_task_settings_override_the_dataset_shortcut():
+    job = JobSpec.from_settings({"dataset": "kits", "classes": "grey_matter,white_matter", "modality": "mri"})
+    assert job.task.class_names == ("grey_matter", "white_matter") and job.task.modality == "mri"
+    assert job.model.num_classes == 2 and job.task.label_map == () and job.task.ct_window is None
+    own = JobSpec.from_settings({"dataset": "ixi", "classes": ["liver", "lesion"], "modality": "ct", "label_map": "3:2",
+                                 "ct_window": "-100,250"})
+    assert own.task.label_map == ((3, 2),) and own.task.ct_window == (-100.0, 250.0) and own.model.num_classes == 2
+    assert JobSpec.from_settings({"dataset": "prostate"}).task.label_map == ((2, 1),)  # the shortcut as before
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"modality": "pet"}, "modality: 'pet' is not one of"),
+    ({"classes": "liver,liver"}, "classes: a name appears twice"),
+    ({"classes": "left kidney"}, "classes: 'left kidney' is not a valid class name"),
+    ({"classes": "a,b", "label_map": "5:3"}, r"label_map: 5:3 maps to a class index outside 0..2"),
+    ({"ct_window": "300,-50"}, "ct_window: '300,-50': LOW must be below HIGH"),
+    ({"dataset": "brats"}, "dataset 'brats' is unknown"),
+    ({"clases": "a"}, r"job_spec: unknown setting\(s\) \['clases'\]"),
+])
+def test_a_bad_task_setting_is_one_line_naming_it(settings, message):
+    with pytest.raises(ValueError, match=message):
+        JobSpec.from_settings(settings)
+
+
+def _write_volume(folder, name, seed, num_classes, modality):
+    """A 64 x 64 x 10 volume with ``num_classes`` nested structures labelled 1.. (MRI-like or in CT HU)."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(np.arange(64), np.arange(64), np.arange(10), indexing="ij")
+    r = np.sqrt((x - 32 + rng.integers(-3, 4)) ** 2 + (y - 32 + rng.integers(-3, 4)) ** 2)
+    radii = [7, 14, 22][:num_classes] if num_classes > 1 else [12]
+    label = np.select([r < radius for radius in radii], list(range(1, num_classes + 1)), 0).astype(np.uint8)
+    levels = {"mri": [10.0, 200.0, 120.0, 60.0], "ct": [-1000.0, 60.0, 120.0, 180.0]}[modality]
+    image = np.choose(label, levels[: num_classes + 1]) + rng.normal(0, 8, label.shape)
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    for kind, data in (("images", image.astype(np.float32)), ("labels", label)):
+        (folder / kind).mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(data, affine), folder / kind / f"{name}.nii.gz")
+    return {"image": f"images/{name}.nii.gz", "label": f"labels/{name}.nii.gz"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job, classes, modality, extra", [
+    ("kits_lora", ["csf", "grey_matter", "white_matter"], "mri", {}),  # a CT job made an MRI task
+    ("ixi_lora", ["liver"], "ct", {"ct_window": "-100,250"}),         # an MRI job made a CT task
+])
+def test_a_task_defined_by_settings_trains_in_the_simulator(tmp_path, job, classes, modality, extra):
+    data = tmp_path / "own_data"
+    data.mkdir()
+    cases = [_write_volume(data, f"case_{i:03d}", i, len(classes), modality) for i in range(4)]
+    (data / "datalist.json").write_text(json.dumps({"training": cases[:2], "validation": cases[2:3], "test": cases[3:]}))
+    settings = {**TEST_MODEL, **TEST_TRAINING, "max_steps_per_round": 6, "num_rounds": 2, "min_clients": 2,
+                "classes": ",".join(classes), "modality": modality, "data_root": str(data), **extra}
+    result = run_simulator(copy_job(job, tmp_path, settings), tmp_path / "ws", 2, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    job_dir = tmp_path / "ws" / "server" / "simulate_job"
+    state = torch.load(job_dir / "app_server" / "FL_global_model.pt", weights_only=True)["model"]
+    assert state["mask_decoder.mask_tokens.weight"].shape[0] == len(classes) + 1  # a mask token per class (+ background)
+    for site in ("site-1", "site-2"):
+        for name in classes:
+            assert sorted(scalars(job_dir / "tb_events" / site, f"val_dice_{name}")) == [0, 1], (site, name)
+    results = json.loads((job_dir / "cross_site_val" / "cross_val_results.json").read_text())
+    for site in ("site-1", "site-2"):
+        for scores in results[site].values():
+            assert set(scores) == {"dice", "volumes", *(f"dice_{c}" for c in classes)}

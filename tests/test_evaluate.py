@@ -7,6 +7,7 @@ import shutil
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 
 from flap_sam.cli.main import main
@@ -39,14 +40,16 @@ def test_perfect_prediction_scores_one_and_empty_scores_zero(tmp_path, capsys):
     rows = _rows(tmp_path / "a" / "dice.csv")
     assert [r["case"] for r in rows] == ["demo_000", "demo_001", "demo_002", "demo_003", "mean"]
     assert all(float(r[k]) == 1.0 for r in rows for k in ("dice_kidney", "dice_tumour", "mean_dice", "flamby_dice"))
-    assert "| mean | 1.0000 | 1.0000 | 1.0000 | 1.0000 |" in capsys.readouterr().out
+    assert all(float(r[k]) == 0.0 for r in rows for k in ("hd95_kidney", "hd95_tumour"))
+    assert "| mean | 1.0000 | 1.0000 | 1.0000 | 0.0000 | 0.0000 | 1.0000 |" in capsys.readouterr().out
 
     shutil.rmtree(perfect)
     empty = _predictions(tmp_path, site, "training", np.zeros_like)
     assert main(["evaluate", "--datalist", datalist, "--split", "training", "--predictions", str(empty), "--out", str(tmp_path / "b")]) == 0
     rows = _rows(tmp_path / "b" / "dice.csv")
     assert all(float(r["dice_kidney"]) == 0.0 for r in rows)
-    assert (tmp_path / "b" / "dice.md").read_text().startswith("| case | dice_kidney | dice_tumour | mean_dice | flamby_dice |")
+    assert all(r["hd95_kidney"] == "nan" for r in rows)  # nothing predicted: no distance is defined
+    assert (tmp_path / "b" / "dice.md").read_text().startswith("| case | dice_kidney | dice_tumour | mean_dice | hd95_kidney | hd95_tumour | flamby_dice |")
 
 
 def test_flamby_kits_metric_is_the_mean_of_kidney_plus_tumour_and_tumour():
@@ -75,3 +78,19 @@ def test_evaluate_names_a_missing_prediction(tmp_path, capsys):
     (tmp_path / "none").mkdir()
     assert main(["evaluate", "--datalist", f"{site}/datalist.json", "--predictions", str(tmp_path / "none")]) == 2
     assert f"prediction {tmp_path / 'none' / 'demo_005.nii.gz'}: file not found" in capsys.readouterr().err
+
+
+def test_hd95_matches_a_hand_computed_case_on_the_volumes_spacing():
+    """One voxel of class 1 predicted 3 voxels off along X, at 2 mm voxels along X: every surface
+    distance is 3 x 2 = 6 mm, so the 95th percentile is 6 mm. Class 2 is absent from both (0 mm);
+    class 3 only in the label (undefined: NaN, left out of the mean)."""
+    from flap_sam.evaluation.scores import hd95_per_class, summarize
+
+    label = np.zeros((12, 8, 8), np.uint8)
+    prediction = np.zeros_like(label)
+    label[4, 4, 4] = 1
+    prediction[7, 4, 4] = 1
+    label[1, 1, 1] = 3
+    hd95 = hd95_per_class(prediction, label, 3, spacing=(2.0, 1.0, 1.0))
+    assert hd95[0] == pytest.approx(6.0) and hd95[1] == 0.0 and np.isnan(hd95[2])
+    assert summarize([{"case": "a", "hd95_x": float("nan")}, {"case": "b", "hd95_x": 4.0}])["hd95_x"] == 4.0

@@ -1,4 +1,4 @@
-"""``flap-sam evaluate``: per-volume and per-class Dice of a site's split, as CSV and Markdown.
+"""``flap-sam evaluate``: per-volume and per-class Dice and HD95 (mm) of a site's split, as CSV and Markdown.
 
 Scores either the adapted model (``--adapter`` + the federation's model settings) or masks
 that were already computed (``--predictions DIR``, one NIfTI per image with the image's file
@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from flap_sam.cli.infer import add_model_arguments, load_adapted_model
+from flap_sam.cli.infer import add_model_arguments, job_spec_of, load_adapted_model
 from flap_sam.data.datalist import load_datalist
 from flap_sam.data.errors import DataError
 from flap_sam.data.intensity import CTStatistics, IntensityNormalizer
-from flap_sam.data.profiles import get_profile
 from flap_sam.data.stacks import prepare_volume
 from flap_sam.data.volumes import load_volume
 from flap_sam.evaluation.overlays import write_overlays
@@ -44,14 +43,14 @@ def _normalizer(profile, cases, ct_window) -> IntensityNormalizer:
         return IntensityNormalizer(profile.modality)
     if ct_window:
         return IntensityNormalizer("ct", CTStatistics.from_window(*ct_window))
-    train = [load_volume(c.image, c.label, profile.num_classes, profile.label_map) for c in cases["training"]]
+    train = [load_volume(c.image, c.label, profile.num_classes, profile.label_map, profile.channel) for c in cases["training"]]
     return IntensityNormalizer("ct").fit(train)
 
 
 def run(args: argparse.Namespace) -> int:
     if bool(args.adapter) == bool(args.predictions):
         raise ValueError("give exactly one of --adapter (run the model) or --predictions (score existing masks)")
-    profile = get_profile(args.dataset)
+    profile = job_spec_of(args).task
     cases = load_datalist(args.datalist, args.data_root)
     selected = cases[args.split]
     if not selected:
@@ -66,12 +65,12 @@ def run(args: argparse.Namespace) -> int:
             path = os.path.join(args.predictions, os.path.basename(case.image))
             if not os.path.isfile(path):
                 raise DataError(f"prediction {path}: file not found (one mask per image, named like the image)")
-            prediction = load_volume(case.image, path, profile.num_classes).label  # checks it is on the image's grid
-            volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map)
+            prediction = load_volume(case.image, path, profile.num_classes, channel=profile.channel).label  # checks it is on the image's grid
+            volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel)
         else:
-            volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map)
+            volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel)
             prediction = segment_volume(model, prepare_volume(volume, normalizer, model.image_size), device)
-        rows.append({"case": name, **score_volume(prediction, volume.label, profile)})
+        rows.append({"case": name, **score_volume(prediction, volume.label, profile, volume.spacing)})
         if args.overlays > 0:
             write_overlays(volume.image, volume.label, prediction, os.path.join(args.out, "overlays"), name, args.overlays)
         print(f"  [{i}/{len(selected)}] {name}: mean Dice {rows[-1]['mean_dice']:.4f}", flush=True)

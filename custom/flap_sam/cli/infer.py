@@ -1,4 +1,8 @@
-"""``flap-sam infer``: segment a NIfTI volume with a base SAM checkpoint + a persisted adapter."""
+"""``flap-sam infer``: segment a NIfTI volume with a base SAM checkpoint + a persisted adapter.
+
+``--job DIR`` (the job folder the federation ran) supplies every model and task setting; without
+it the flags (``--model`` ... ``--dataset``) describe a built-in task.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,10 @@ import argparse
 import torch
 
 from flap_sam.data.intensity import CTStatistics, IntensityNormalizer
-from flap_sam.data.profiles import PROFILES, get_profile
+from flap_sam.data.profiles import PROFILES
 from flap_sam.data.stacks import prepare_volume
 from flap_sam.data.volumes import load_volume, save_mask
-from flap_sam.jobs.spec import job_model_spec
+from flap_sam.jobs.spec import SETTINGS, JobSpec
 from flap_sam.model.factory import build_model, resolve_checkpoint
 from flap_sam.model.presets import PRESETS
 from flap_sam.training.device import pick_device
@@ -33,6 +37,8 @@ def read_adapter(path: str) -> dict:
 
 def add_model_arguments(parser: argparse.ArgumentParser, adapter_required: bool = True) -> None:
     parser.add_argument("--adapter", required=adapter_required, help="persisted adapter, e.g. .../app_server/FL_global_model.pt")
+    parser.add_argument("--job", default=None, help="the job folder the federation ran: every model and task setting is read "
+                                                     "from it (then --model ... --dataset are not used)")
     parser.add_argument("--checkpoint", default="", help="official SAM checkpoint the federation used ('' = random demo weights)")
     parser.add_argument("--model", default="vit_b")
     parser.add_argument("--image-size", type=int, default=224)
@@ -43,19 +49,30 @@ def add_model_arguments(parser: argparse.ArgumentParser, adapter_required: bool 
     parser.add_argument("--device", default="auto")
 
 
+def job_spec_of(args: argparse.Namespace) -> JobSpec:
+    """The model and task settings: from ``--job`` (the job folder's resolved settings) or from the flags."""
+    if args.job:
+        from flap_sam.jobs.writer import job_settings
+
+        settings = job_settings(args.job)
+        return JobSpec.from_settings({k: settings[k] for k in SETTINGS if k in settings})
+    return JobSpec.from_settings(dict(model_type=args.model, image_size=args.image_size, dataset=args.dataset,
+                                      preset=args.preset, rank=args.rank, lora_scale=args.lora_scale))
+
+
 def load_adapted_model(args: argparse.Namespace):
-    """Build the base model and load the adapter; returns (model, profile, device)."""
+    """Build the base model and load the adapter; returns (model, task profile, device)."""
     from flap_sam.federated.weights import import_weights
     from flap_sam.model.presets import exchanged_names
 
-    profile = get_profile(args.dataset)
-    spec = job_model_spec(args.model, args.image_size, args.dataset, args.preset, args.rank, args.lora_scale)
+    job = job_spec_of(args)
+    profile, spec = job.task, job.model
     device = pick_device(args.device)
     model = build_model(spec, resolve_checkpoint(args.checkpoint), device)
     try:
         import_weights(model, read_adapter(args.adapter), exchanged_names(model, spec.preset_obj), f"adapter {args.adapter}")
     except ValueError as e:
-        raise SystemExit(f"{e}; check --model/--image-size/--preset/--rank/--dataset") from None
+        raise SystemExit(f"{e}; " + ("is it this job's adapter?" if args.job else "check --model/--image-size/--preset/--rank/--dataset, or give --job")) from None
     return model.eval(), profile, device
 
 
@@ -63,16 +80,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", required=True, help="input NIfTI volume")
     parser.add_argument("--out", required=True, help="output NIfTI mask (same grid and affine as the input)")
     parser.add_argument("--ct-window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                        help="HU clip window for CT (default: the dataset's)")
+                        help="HU clip window for CT (default: the job's ct_window, or the dataset's)")
     add_model_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     model, profile, device = load_adapted_model(args)
-    volume = load_volume(args.image, None, profile.num_classes)
+    volume = load_volume(args.image, None, profile.num_classes, channel=profile.channel)
     stats = None
     if profile.modality == "ct":
-        stats = CTStatistics.from_window(*(args.ct_window or profile.ct_window))
+        window = args.ct_window or profile.ct_window
+        if window is None:
+            raise ValueError("a CT task without ct_window: give --ct-window LOW HIGH (HU) or set ct_window in the job")
+        stats = CTStatistics.from_window(*window)
     prepared = prepare_volume(volume, IntensityNormalizer(profile.modality, stats), model.image_size)
     mask = segment_volume(model, prepared, device)
     save_mask(mask, volume, args.out)

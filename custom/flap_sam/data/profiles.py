@@ -17,6 +17,7 @@ class DatasetProfile:
         ct_window: HU clip window used when site statistics are not available (``flap-sam infer``).
         label_map: source label value -> class index, for datasets whose files use other values
             (applied when a label file is read; values not listed are kept).
+        channel: the volume to use of 4D images (several sequences in one file); None refuses them.
     """
 
     name: str
@@ -24,6 +25,7 @@ class DatasetProfile:
     class_names: tuple[str, ...]
     ct_window: tuple[float, float] | None = None
     label_map: tuple[tuple[int, int], ...] = ()
+    channel: int | None = None
 
     @property
     def num_classes(self) -> int:

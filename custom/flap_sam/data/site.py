@@ -46,7 +46,7 @@ class SiteData:
         if not cases["validation"]:
             raise DataError(f"datalist {path}: the 'validation' list is empty; a site needs validation volumes for model selection")
         def load(section: str) -> list:
-            return [load_volume(c.image, c.label, num_classes, profile.label_map) for c in cases[section]]
+            return [load_volume(c.image, c.label, num_classes, profile.label_map, profile.channel) for c in cases[section]]
 
         train, val, test = load("training"), load("validation"), load("test")
         if not any(v.label.any() for v in train):

@@ -45,7 +45,8 @@ class Volume:
         return nib.orientations.apply_orientation(array, nib.orientations.ornt_transform(current, target))
 
 
-def _read(path: str, what: str) -> nib.Nifti1Image:
+def _read(path: str, what: str, channel: int | None = None) -> nib.Nifti1Image:
+    """A 3D NIfTI image; of a 4D file (several sequences or phases) the ``channel``-th volume."""
     if not os.path.isfile(path):
         raise DataError(f"{what} {path}: file not found")
     try:
@@ -55,6 +56,16 @@ def _read(path: str, what: str) -> nib.Nifti1Image:
         raise DataError(f"{what} {path}: cannot be read as NIfTI ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
+    elif data.ndim == 4:
+        if channel is None:
+            raise DataError(f"{what} {path}: has {data.shape[3]} channels (sequences or phases); set channel to the "
+                            f"index of the one to use (0..{data.shape[3] - 1})")
+        if not 0 <= channel < data.shape[3]:
+            raise DataError(f"{what} {path}: channel {channel} does not exist (the file has {data.shape[3]}: 0..{data.shape[3] - 1})")
+        data = data[..., channel]
+        header = img.header.copy()
+        header.set_data_shape(data.shape)
+        return nib.Nifti1Image(np.asarray(data), img.affine, header)
     if data.ndim != 3:
         raise DataError(f"{what} {path}: expected a 3D volume, got shape {data.shape}")
     return nib.Nifti1Image(data, img.affine, img.header)
@@ -65,16 +76,19 @@ def _canonical(img: nib.Nifti1Image) -> np.ndarray:
     return nib.orientations.apply_orientation(np.asanyarray(img.dataobj), ornt)
 
 
-def load_volume(image_path: str, label_path: str | None, num_classes: int, label_map: tuple[tuple[int, int], ...] = ()) -> Volume:
+def load_volume(image_path: str, label_path: str | None, num_classes: int, label_map: tuple[tuple[int, int], ...] = (),
+                channel: int | None = None) -> Volume:
     """Read, check and reorient one case.
 
     ``label_map`` pairs (source value, class index) are applied to the label before the range check.
+    ``channel`` selects one volume of a 4D image (several MRI sequences or phases in one file);
+    without it a 4D image with more than one channel is refused.
 
     Raises ``DataError`` (one line, naming the file) for: a missing or unreadable file,
     a non-3D array, NaN/Inf intensities, image/label shape or affine mismatch, label
     values that are not integers in ``0..num_classes``.
     """
-    image_img = _read(image_path, "image")
+    image_img = _read(image_path, "image", channel)
     image = _canonical(image_img).astype(np.float32)
     if not np.isfinite(image).all():
         raise DataError(f"image {image_path}: contains NaN or infinite values")

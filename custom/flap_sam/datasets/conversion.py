@@ -112,7 +112,7 @@ def check_cases(cases: list[RawCase], profile: DatasetProfile) -> tuple[dict[str
     checked, problems = {}, []
     for i, case in enumerate(cases, start=1):
         try:
-            volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map)
+            volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel)
             fg = int(volume.label.any(axis=(0, 1)).sum())
             checked[case.case_id] = CaseStats(volume.num_slices, fg, volume.spacing)
         except DataError as e:

@@ -17,7 +17,8 @@ from flap_sam.data.profiles import DatasetProfile, get_profile
 from flap_sam.model.factory import ModelSpec
 
 MODALITIES = ("ct", "mri")
-SETTINGS = ("model_type", "image_size", "preset", "rank", "lora_scale", "dataset", "classes", "modality", "label_map", "ct_window")
+SETTINGS = ("model_type", "image_size", "preset", "rank", "lora_scale", "dataset", "classes", "modality", "label_map",
+            "ct_window", "channel")
 _CLASS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -80,6 +81,19 @@ def parse_ct_window(value) -> tuple[float, float] | None:
     return low, high
 
 
+def parse_channel(value) -> int | None:
+    """The volume of 4D images to use: ``""`` / None -> None (4D images are refused), else an index >= 0."""
+    if value is None or value == "":
+        return None
+    try:
+        channel = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"channel: {value!r} is not an index (0, 1, ...)") from None
+    if channel < 0:
+        raise ValueError(f"channel: {channel} is negative")
+    return channel
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """The model (``ModelSpec``) and the task (``DatasetProfile``) of a job; identical at every party.
@@ -116,7 +130,7 @@ class JobSpec:
         ct_window = parse_ct_window(settings.get("ct_window"))
         if ct_window is None and modality == base.modality:
             ct_window = base.ct_window
-        task = DatasetProfile(base.name, modality, classes, ct_window, label_map)
+        task = DatasetProfile(base.name, modality, classes, ct_window, label_map, parse_channel(settings.get("channel")))
         model = ModelSpec(str(settings.get("model_type", "vit_b")), int(settings.get("image_size", 224)), task.num_classes,
                           str(settings.get("preset", "flap")), int(settings.get("rank", 32)), float(settings.get("lora_scale", 1.0)))
         return cls(model, task)

@@ -129,3 +129,19 @@ def test_stacks_are_edge_padded_and_augmented_in_range(tmp_path):
     assert 0.0 <= float(item["image"].min()) and float(item["image"].max()) <= 1.0
     assert set(torch.unique(item["label"]).tolist()) <= {0, 1, 2}
     assert dataset.has_foreground.any() and not dataset.has_foreground.all()
+
+
+def test_a_4d_image_needs_a_channel_and_gets_the_one_chosen(tmp_path):
+    import nibabel as nib
+
+    from flap_sam.data.errors import DataError
+    from flap_sam.data.volumes import load_volume
+
+    image = np.stack([np.full((8, 8, 4), 10.0), np.full((8, 8, 4), 20.0), np.full((8, 8, 4), 30.0)], axis=-1).astype(np.float32)
+    path = tmp_path / "four_d.nii.gz"
+    nib.save(nib.Nifti1Image(image, np.eye(4)), path)
+    with pytest.raises(DataError, match=rf"image {path}: has 3 channels \(sequences or phases\); set channel"):
+        load_volume(str(path), None, 1)
+    with pytest.raises(DataError, match="channel 3 does not exist"):
+        load_volume(str(path), None, 1, channel=3)
+    assert float(load_volume(str(path), None, 1, channel=1).image.mean()) == 20.0

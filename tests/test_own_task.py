@@ -77,3 +77,78 @@ def test_a_task_defined_by_settings_trains_in_the_simulator(tmp_path, job, class
     for site in ("site-1", "site-2"):
         for scores in results[site].values():
             assert set(scores) == {"dice", "volumes", *(f"dice_{c}" for c in classes)}
+
+
+def _decathlon_task(root):
+    """A Decathlon-layout task folder: 4 cases of 2-sequence (4D) MRI with 2 labelled classes."""
+    task = root / "Task99_Tumour"
+    (task / "imagesTr").mkdir(parents=True)
+    (task / "labelsTr").mkdir()
+    training = []
+    for i in range(4):
+        rng = np.random.default_rng(i)
+        x, y, _ = np.meshgrid(np.arange(48), np.arange(48), np.arange(8), indexing="ij")
+        r = np.sqrt((x - 24 + rng.integers(-3, 4)) ** 2 + (y - 24 + rng.integers(-3, 4)) ** 2)
+        label = np.select([r < 6, r < 12], [2, 1], 0).astype(np.uint8)
+        flair = np.choose(label, [20.0, 180.0, 90.0]) + rng.normal(0, 5, label.shape)
+        t1 = np.choose(label, [50.0, 60.0, 200.0]) + rng.normal(0, 5, label.shape)
+        name = f"tumour_{i:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(np.stack([flair, t1], axis=-1).astype(np.float32), np.eye(4)), task / "imagesTr" / name)
+        nib.save(nib.Nifti1Image(label, np.eye(4)), task / "labelsTr" / name)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    (task / "dataset.json").write_text(json.dumps({
+        "name": "Tumour", "modality": {"0": "FLAIR", "1": "T1w"},
+        "labels": {"0": "background", "1": "edema", "2": "enhancing tumour"},
+        "numTraining": 4, "training": training, "test": []}))
+    return task
+
+
+def test_a_decathlon_dataset_json_gives_the_jobs_task(tmp_path, capsys):
+    from flap_sam.cli.main import main
+    from flap_sam.jobs.writer import job_settings
+
+    task = _decathlon_task(tmp_path)
+    assert main(["job", "kits_lora", "--out", str(tmp_path / "j0"), "--task", str(task / "dataset.json")]) == 2
+    assert "the images hold 2 sequences (0 FLAIR, 1 T1w); choose one with channel=N" in capsys.readouterr().err
+    assert main(["job", "kits_lora", "--out", str(tmp_path / "j"), "--task", str(task / "dataset.json"), "--set", "channel=0"]) == 0
+    settings = job_settings(str(tmp_path / "j"))
+    assert (settings["classes"], settings["modality"], settings["channel"]) == ("edema,enhancing_tumour", "mri", 0)
+
+
+@pytest.mark.slow
+def test_a_decathlon_folder_with_4d_images_prepares_runs_and_evaluates(tmp_path, capsys):
+    from flap_sam.cli.main import main
+
+    task = _decathlon_task(tmp_path)
+    out = tmp_path / "prepared"
+    assert main(["prepare", "decathlon", "--raw", str(task), "--out", str(out)]) == 2  # 4D without a channel
+    assert "choose one with channel=N" in capsys.readouterr().err and not out.exists()
+    assert main(["prepare", "decathlon", "--raw", str(task), "--out", str(out), "--channel", "0"]) == 0
+    datalist = json.loads((out / "site-1.json").read_text())
+    assert (len(datalist["training"]), len(datalist["validation"])) == (3, 1)
+
+    job = tmp_path / "jobs"
+    assert main(["job", "kits_lora", "--out", str(job), "--task", str(task / "dataset.json"), "--set", "channel=0",
+                 f"data_root={out}", f"datalist={out / 'site-1.json'}", "num_rounds=1", "max_steps_per_round=4",
+                 *(f"{k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in {**TEST_MODEL, **TEST_TRAINING}.items()
+                   if k != "max_steps_per_round")]) == 0
+    result = run_simulator(job, tmp_path / "ws", 2, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    adapter = tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
+
+    # Every model and task setting comes from the job folder: the user types adapter and data only.
+    assert main(["evaluate", "--job", str(job), "--adapter", str(adapter), "--datalist", str(out / "site-1.json"),
+                 "--split", "validation", "--out", str(tmp_path / "eval")]) == 0
+    header = (tmp_path / "eval" / "dice.md").read_text().splitlines()[0]
+    assert header == "| case | dice_edema | dice_enhancing_tumour | mean_dice | hd95_edema | hd95_enhancing_tumour |"
+
+
+def test_params_and_bench_follow_a_jobs_own_task(tmp_path, capsys):
+    from flap_sam.cli.main import main
+
+    job = copy_job("kits_lora", tmp_path, {**TEST_MODEL, "classes": "a,b,c", "modality": "mri"})
+    assert main(["params", "--job", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "classes a, b, c (mri)" in out and "vit_test at 64 px, 3 classes, LoRA rank 4" in out
+    assert main(["bench", "--job", str(job), "--no-speed", "--presets", "fft", "flap", "--sites", "2", "--out", str(tmp_path / "b.md")]) == 0
+    assert (tmp_path / "b.md").read_text().startswith("# flap-sam bench: vit_test at 64 px, 3 classes, rank 4")

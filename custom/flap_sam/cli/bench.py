@@ -26,6 +26,7 @@ MB = 1e6
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--job", default=None, help="a job folder: model, image size, class count and rank are read from it")
     parser.add_argument("--model", default="vit_b")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--num-classes", type=int, default=2)
@@ -104,6 +105,11 @@ def targets(comm: dict, steps: dict | None, aggregation: dict, errors: dict) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.job:
+        from flap_sam.jobs.writer import read_job_spec
+
+        model = read_job_spec(args.job).model
+        args.model, args.image_size, args.num_classes, args.rank = model.model_type, model.image_size, model.num_classes, model.rank
     def spec_for(preset: str) -> ModelSpec:
         return ModelSpec(args.model, args.image_size, args.num_classes, preset, args.rank)
 

@@ -14,7 +14,7 @@ from flap_sam.data.intensity import CTStatistics, IntensityNormalizer
 from flap_sam.data.profiles import PROFILES
 from flap_sam.data.stacks import prepare_volume
 from flap_sam.data.volumes import load_volume, save_mask
-from flap_sam.jobs.spec import SETTINGS, JobSpec
+from flap_sam.jobs.spec import JobSpec
 from flap_sam.model.factory import build_model, resolve_checkpoint
 from flap_sam.model.presets import PRESETS
 from flap_sam.training.device import pick_device
@@ -52,10 +52,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, adapter_required: bool 
 def job_spec_of(args: argparse.Namespace) -> JobSpec:
     """The model and task settings: from ``--job`` (the job folder's resolved settings) or from the flags."""
     if args.job:
-        from flap_sam.jobs.writer import job_settings
+        from flap_sam.jobs.writer import read_job_spec
 
-        settings = job_settings(args.job)
-        return JobSpec.from_settings({k: settings[k] for k in SETTINGS if k in settings})
+        return read_job_spec(args.job)
     return JobSpec.from_settings(dict(model_type=args.model, image_size=args.image_size, dataset=args.dataset,
                                       preset=args.preset, rank=args.rank, lora_scale=args.lora_scale))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from flap_sam.datasets.decathlon.task import read_task
 from flap_sam.jobs.writer import jobs_folder, parse_value, write_job
 
 
@@ -14,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="settings to change, e.g. preset=lora_dec num_rounds=25; a data_root other than demo "
                              "drops the demo's short budget (the job then runs the paper's recipe)")
+    parser.add_argument("--task", default=None, metavar="DATASET_JSON",
+                        help="a Decathlon dataset.json: fills classes, modality (and label_map) from it; "
+                             "images with several sequences also need --set channel=N")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,5 +28,7 @@ def run(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise ValueError(f"--set {item}: expected KEY=VALUE")
         settings[key] = parse_value(value)
+    if args.task:
+        settings = {**read_task(args.task).settings(settings.get("channel")), **settings}
     print(f"wrote {write_job(source, args.out, settings)}")
     return 0

@@ -27,14 +27,23 @@ def count_parameters(spec: ModelSpec) -> dict[str, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--job", default=None, help="a job folder: model, rank, class count and preset are read from it")
     parser.add_argument("--model", default="vit_b", help="vit_b | vit_l | vit_h | vit_test")
-    parser.add_argument("--preset", default="flap", help=f"one of {', '.join(PRESETS)}, or 'all'")
+    parser.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)}, or 'all' (default: the job's, or flap)")
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--classes", type=int, default=2, help="foreground classes")
     parser.add_argument("--image-size", type=int, default=224)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.job:
+        from flap_sam.jobs.writer import read_job_spec
+
+        job = read_job_spec(args.job)
+        args.model, args.image_size, args.rank, args.classes = job.model.model_type, job.model.image_size, job.model.rank, job.model.num_classes
+        args.preset = args.preset or job.model.preset
+        print(f"job {args.job}: classes {', '.join(job.task.class_names)} ({job.task.modality})")
+    args.preset = args.preset or "flap"
     presets = list(PRESETS) if args.preset == "all" else [args.preset]
     rows = [(name, count_parameters(ModelSpec(args.model, args.image_size, args.classes, name, args.rank))) for name in presets]
     fft = count_parameters(ModelSpec(args.model, args.image_size, args.classes, "fft", args.rank))["exchanged"]

@@ -1,12 +1,19 @@
-"""``flap-sam prepare kits19|ixi|prostate``: a public dataset as distributed -> one datalist per site."""
+"""``flap-sam prepare kits19|ixi|prostate|decathlon``: a dataset as distributed -> one datalist per site.
+
+``decathlon`` is a hospital's own task in the Medical Segmentation Decathlon layout: its
+``dataset.json`` gives the classes and the modality, and all its cases belong to one site.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
-from flap_sam.data.profiles import get_profile
+from flap_sam.data.profiles import DatasetProfile, get_profile
 from flap_sam.datasets.conversion import convert, format_summary
+from flap_sam.datasets.decathlon import prepare as decathlon
+from flap_sam.datasets.decathlon.task import read_task
 from flap_sam.datasets.ixi import prepare as ixi
 from flap_sam.datasets.kits19 import prepare as kits19
 from flap_sam.datasets.prostate import prepare as prostate
@@ -16,7 +23,8 @@ CONVERTERS = {"kits19": (kits19, "kits"), "ixi": (ixi, "ixi"), "prostate": (pros
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=list(CONVERTERS), help="which public dataset --raw holds")
+    parser.add_argument("dataset", choices=[*CONVERTERS, "decathlon"],
+                        help="which dataset --raw holds (decathlon: a task folder with dataset.json)")
     parser.add_argument("--raw", required=True, help="the dataset as downloaded (see README: Datasets)")
     parser.add_argument("--out", required=True, help="new folder for <site>.json datalists and summary.json")
     parser.add_argument("--sites", nargs="+", default=None, metavar="SITE",
@@ -25,18 +33,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="share of each site's published training cases kept for validation (default 0.2)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (atomically, at the end)")
+    parser.add_argument("--channel", type=int, default=None,
+                        help="decathlon with several sequences per image: the one to check (the job's channel setting)")
+
+
+def _decathlon(args: argparse.Namespace):
+    """(cases, problems, centres, profile) of a Decathlon task folder; one site (--sites, default site-1)."""
+    if args.sites and len(args.sites) > 1:
+        raise ValueError(f"--sites {' '.join(args.sites)}: a Decathlon folder is one hospital's data; name one site")
+    site = (args.sites or ["site-1"])[0]
+    task = read_task(args.raw)
+    settings = task.settings(args.channel)
+    profile = DatasetProfile("decathlon", task.modality, task.classes, None, task.label_map, settings.get("channel"))
+    cases, problems = decathlon.find_cases(args.raw, site)
+    print(f"task {task.path}: classes {', '.join(task.classes)}; modality {task.modality}"
+          + (f", sequence {args.channel} of {', '.join(task.sequences)}" if len(task.sequences) > 1 else ""))
+    return cases, problems, {site: os.path.basename(os.path.dirname(os.path.abspath(task.path)))}, profile
 
 
 def run(args: argparse.Namespace) -> int:
-    module, profile_name = CONVERTERS[args.dataset]
     started = time.monotonic()
-    cases, problems, centres = module.find_cases(args.raw, args.sites)
+    if args.dataset == "decathlon":
+        cases, problems, centres, profile = _decathlon(args)
+    else:
+        module, profile_name = CONVERTERS[args.dataset]
+        profile = get_profile(profile_name)
+        cases, problems, centres = module.find_cases(args.raw, args.sites)
     if args.sites:
         unknown = sorted(set(args.sites) - set(centres))
         if unknown:
             raise ValueError(f"--sites {' '.join(unknown)}: not a site of {args.dataset} (sites: {', '.join(sorted(centres) or ['none'])})")
     print(f"prepare {args.dataset}: checking {len(cases)} cases from {args.raw}")
-    summaries = convert(args.dataset, cases, problems, centres, get_profile(profile_name), args.out,
+    summaries = convert(args.dataset, cases, problems, centres, profile, args.out,
                         copy=args.copy, val_fraction=args.val_fraction, overwrite=args.overwrite)
     print(format_summary(summaries))
     print(f"wrote {len(summaries)} datalists to {args.out} in {time.monotonic() - started:.0f} s "

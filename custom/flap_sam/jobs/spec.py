@@ -17,6 +17,7 @@ from flap_sam.data.profiles import DatasetProfile, get_profile
 from flap_sam.model.factory import ModelSpec
 
 MODALITIES = ("ct", "mri")
+CUSTOM_TASK = "custom"  # the task name of a job whose classes or modality differ from its dataset's
 SETTINGS = ("model_type", "image_size", "preset", "rank", "lora_scale", "dataset", "classes", "modality", "label_map",
             "ct_window", "channel")
 _CLASS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -130,7 +131,9 @@ class JobSpec:
         ct_window = parse_ct_window(settings.get("ct_window"))
         if ct_window is None and modality == base.modality:
             ct_window = base.ct_window
-        task = DatasetProfile(base.name, modality, classes, ct_window, label_map, parse_channel(settings.get("channel")))
+        # A task of its own (other classes or modality) is not the built-in dataset: no demo data, no dataset metric.
+        name = base.name if (classes, modality) == (base.class_names, base.modality) else CUSTOM_TASK
+        task = DatasetProfile(name, modality, classes, ct_window, label_map, parse_channel(settings.get("channel")))
         model = ModelSpec(str(settings.get("model_type", "vit_b")), int(settings.get("image_size", 224)), task.num_classes,
                           str(settings.get("preset", "flap")), int(settings.get("rank", 32)), float(settings.get("lora_scale", 1.0)))
         return cls(model, task)

@@ -20,6 +20,8 @@ import shutil
 from nvflare.fuel.utils.config_factory import ConfigFactory
 
 from flap_sam.data.site import DEMO as DEMO_DATA_ROOT
+from flap_sam.jobs.spec import SETTINGS as SPEC_SETTINGS
+from flap_sam.jobs.spec import JobSpec
 
 SIDES = ("server", "client")
 DEMO_BUDGET_INCLUDE = 'include required(package("flap_sam:federated/job_config/demo.conf"))'
@@ -44,6 +46,12 @@ def job_settings(job: str) -> dict:
             raise ValueError(f"job {job}: no app/config/config_fed_{side}.conf")
         settings.update({k: v for k, v in config.to_dict().items() if not isinstance(v, (list, dict))})
     return settings
+
+
+def read_job_spec(job: str) -> JobSpec:
+    """The model and task settings of a job folder (what the federation that ran it used)."""
+    settings = job_settings(job)
+    return JobSpec.from_settings({k: settings[k] for k in SPEC_SETTINGS if k in settings})
 
 
 def parse_value(text: str):

@@ -1,0 +1,1 @@
+"""The Medical Segmentation Decathlon layout (``dataset.json``, ``imagesTr/``, ``labelsTr/``): a hospital's own task."""

@@ -141,6 +141,10 @@ def test_a_decathlon_folder_with_4d_images_prepares_runs_and_evaluates(tmp_path,
                  "--split", "validation", "--out", str(tmp_path / "eval")]) == 0
     header = (tmp_path / "eval" / "dice.md").read_text().splitlines()[0]
     assert header == "| case | dice_edema | dice_enhancing_tumour | mean_dice | hd95_edema | hd95_enhancing_tumour |"
+    image = task / "imagesTr" / "tumour_000.nii.gz"  # 4D: the job's channel picks the sequence
+    assert main(["infer", "--job", str(job), "--adapter", str(adapter), "--image", str(image), "--out", str(tmp_path / "mask.nii.gz")]) == 0
+    assert nib.load(tmp_path / "mask.nii.gz").shape == nib.load(image).shape[:3]
+    assert "voxels per class {'edema':" in capsys.readouterr().out
 
 
 def test_params_and_bench_follow_a_jobs_own_task(tmp_path, capsys):
@@ -152,3 +156,5 @@ def test_params_and_bench_follow_a_jobs_own_task(tmp_path, capsys):
     assert "classes a, b, c (mri)" in out and "vit_test at 64 px, 3 classes, LoRA rank 4" in out
     assert main(["bench", "--job", str(job), "--no-speed", "--presets", "fft", "flap", "--sites", "2", "--out", str(tmp_path / "b.md")]) == 0
     assert (tmp_path / "b.md").read_text().startswith("# flap-sam bench: vit_test at 64 px, 3 classes, rank 4")
+    assert main(["demo-data", "--job", str(job), "--out", str(tmp_path / "demo")]) == 2
+    assert "its own task (a, b, c) has no built-in demo data" in capsys.readouterr().err

@@ -10,11 +10,20 @@ from flap_sam.data.demo import DEMO_GENERATORS, ensure_demo_site
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="root folder (default: $FLAP_SAM_DEMO_ROOT or ~/.cache/flap-sam/demo)")
     parser.add_argument("--dataset", default="kits", choices=sorted(DEMO_GENERATORS))
+    parser.add_argument("--job", default=None, help="a job folder: its task's demo data (built-in tasks only)")
     parser.add_argument("--sites", type=int, default=2, help="make site-1 .. site-N")
     parser.add_argument("--site-names", nargs="*", default=None, help="explicit site names instead of --sites")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.job:
+        from flap_sam.jobs.writer import read_job_spec
+
+        task = read_job_spec(args.job).task
+        if task.name not in DEMO_GENERATORS:
+            raise ValueError(f"job {args.job}: its own task ({', '.join(task.class_names)}) has no built-in demo data; "
+                             f"demo data exist for {', '.join(sorted(DEMO_GENERATORS))}")
+        args.dataset = task.name
     names = args.site_names or [f"site-{i}" for i in range(1, args.sites + 1)]
     for name in names:
         print(f"{name}: {ensure_demo_site(args.dataset, name, args.out)}  (SYNTHETIC, not patient data)")

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel)
         else:
             volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel)
-            prediction = segment_volume(model, prepare_volume(volume, normalizer, model.image_size), device)
+            prediction = segment_volume(model, prepare_volume(volume, normalizer, model.image_size), device, mode=args.inference)
         rows.append({"case": name, **score_volume(prediction, volume.label, profile, volume.spacing)})
         if args.overlays > 0:
             write_overlays(volume.image, volume.label, prediction, os.path.join(args.out, "overlays"), name, args.overlays)

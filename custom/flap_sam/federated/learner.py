@@ -26,6 +26,7 @@ from flap_sam.model.fingerprint import FINGERPRINT_KEY, base_fingerprint, base_m
 from flap_sam.model.presets import exchanged_names
 from flap_sam.training.device import pick_device
 from flap_sam.training.local_trainer import LocalTrainer, TrainSettings, evaluate_volumes
+from flap_sam.training.inference import INFERENCE_MODES
 from flap_sam.training.schedule import federation_steps
 
 SITE_SETTINGS_FILE = "flap_sam_site.json"
@@ -73,6 +74,8 @@ class FlapSamLearner(Learner):
         seed: int = 0,
         fedprox_mu: float = 0.0,
         demo_budget: bool = False,
+        round_inference: str = "centre",
+        final_inference: str = "overlap",
         analytic_sender_id: str = "analytic_sender",
     ) -> None:
         super().__init__()
@@ -83,6 +86,10 @@ class FlapSamLearner(Learner):
         self.max_steps_per_round = max_steps_per_round
         self.augment = augment
         self.demo_budget = bool(demo_budget)
+        for name, mode in (("round_inference", round_inference), ("final_inference", final_inference)):
+            if mode not in INFERENCE_MODES:
+                raise ValueError(f"{name}: {mode!r} is not one of {list(INFERENCE_MODES)}")
+        self.round_inference, self.final_inference = round_inference, final_inference
         self.train_settings = TrainSettings(lr, weight_decay, batch_size, warmup_steps, poly_power, foreground_fraction, amp, seed, fedprox_mu)
         self.analytic_sender_id = analytic_sender_id
         self.model = None
@@ -274,7 +281,8 @@ class FlapSamLearner(Learner):
             return current_round
         volumes = self.data.validation if before_train or not self.data.test else self.data.test
         amp = self.train_settings.amp and self.device.type == "cuda"
-        scores = evaluate_volumes(self.model, volumes, self.spec.num_classes, self.device, amp=amp)
+        mode = self.round_inference if before_train else self.final_inference
+        scores = evaluate_volumes(self.model, volumes, self.spec.num_classes, self.device, amp=amp, mode=mode)
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         per_class = scores.mean(axis=0)

@@ -122,7 +122,8 @@ class LocalTrainer:
         return len(losses), float(np.mean(losses)) if losses else float("nan")
 
 
-def evaluate_volumes(model: SemanticSam, volumes, num_classes: int, device: torch.device, amp: bool = False) -> np.ndarray:
-    """Dice of every labelled volume: (num_volumes, num_classes)."""
-    scores = [dice_per_class(segment_volume(model, v, device, amp=amp), v.source.label, num_classes) for v in volumes]
+def evaluate_volumes(model: SemanticSam, volumes, num_classes: int, device: torch.device, amp: bool = False,
+                     mode: str = "overlap") -> np.ndarray:
+    """Dice of every labelled volume: (num_volumes, num_classes); ``mode``: see ``flap_sam.training.inference``."""
+    scores = [dice_per_class(segment_volume(model, v, device, amp=amp, mode=mode), v.source.label, num_classes) for v in volumes]
     return np.stack(scores) if scores else np.zeros((0, num_classes))

@@ -137,9 +137,3 @@ class JobSpec:
         model = ModelSpec(str(settings.get("model_type", "vit_b")), int(settings.get("image_size", 224)), task.num_classes,
                           str(settings.get("preset", "flap")), int(settings.get("rank", 32)), float(settings.get("lora_scale", 1.0)))
         return cls(model, task)
-
-
-def job_model_spec(model_type: str, image_size: int, dataset: str, preset: str, rank: int, lora_scale: float) -> ModelSpec:
-    """The ``ModelSpec`` of a built-in dataset's job (the class count follows ``dataset``)."""
-    return JobSpec.from_settings(dict(model_type=model_type, image_size=image_size, dataset=dataset, preset=preset,
-                                      rank=rank, lora_scale=lora_scale)).model

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flap_sam.data.stacks import PreparedVolume
-from flap_sam.data.volumes import Volume
+from flap_sam.data.volumes import VolumeSource
 from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.training.inference import predict_probabilities, segment_volume
 
@@ -16,7 +16,7 @@ SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)
 
 def _volume(image: torch.Tensor) -> PreparedVolume:
     z = image.shape[0]
-    source = Volume(np.zeros((64, 64, z), np.float32), np.zeros((64, 64, z), np.uint8), np.eye(4), (64, 64, z), (1.0, 1.0, 1.0), "v")
+    source = VolumeSource("v.nii.gz", None, (64, 64, z), np.eye(4), (64, 64, z), (1.0, 1.0, 1.0), "v.nii.gz", 2)
     return PreparedVolume(image, None, source)
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 
+import numpy as np
+
 from flap_sam.cli.infer import add_model_arguments, job_spec_of, load_adapted_model
 from flap_sam.data.datalist import load_datalist
 from flap_sam.data.errors import DataError
-from flap_sam.data.intensity import CTStatistics, IntensityNormalizer
+from flap_sam.data.intensity import CTStatistics, IntensityNormalizer, foreground_sample, samples_per_volume
 from flap_sam.data.stacks import prepare_volume
 from flap_sam.data.volumes import load_volume
 from flap_sam.evaluation.overlays import write_overlays
@@ -43,8 +45,10 @@ def _normalizer(profile, cases, ct_window) -> IntensityNormalizer:
         return IntensityNormalizer(profile.modality)
     if ct_window:
         return IntensityNormalizer("ct", CTStatistics.from_window(*ct_window))
-    train = [load_volume(c.image, c.label, profile.num_classes, profile.label_map, profile.channel) for c in cases["training"]]
-    return IntensityNormalizer("ct").fit(train)
+    rng, per_volume = np.random.default_rng(0), samples_per_volume(len(cases["training"]))
+    samples = [foreground_sample(load_volume(c.image, c.label, profile.num_classes, profile.label_map, profile.channel), per_volume, rng)
+               for c in cases["training"]]  # one volume in memory at a time, as the Learner does
+    return IntensityNormalizer("ct", CTStatistics.from_samples(samples))
 
 
 def run(args: argparse.Namespace) -> int:

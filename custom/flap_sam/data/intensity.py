@@ -30,14 +30,11 @@ class CTStatistics:
     def from_volumes(cls, volumes: list[Volume], seed: int = 0) -> "CTStatistics":
         """Percentiles/mean/std of voxels with label > 0 (a random subsample of at most 2M voxels)."""
         rng = np.random.default_rng(seed)
-        samples = []
-        for v in volumes:
-            if v.label is None:
-                continue
-            fg = v.image[v.label > 0]
-            if fg.size > _MAX_SAMPLES // max(1, len(volumes)):
-                fg = rng.choice(fg, _MAX_SAMPLES // max(1, len(volumes)), replace=False)
-            samples.append(fg)
+        return cls.from_samples([foreground_sample(v, samples_per_volume(len(volumes)), rng) for v in volumes])
+
+    @classmethod
+    def from_samples(cls, samples: list[np.ndarray]) -> "CTStatistics":
+        """Statistics from each training volume's ``foreground_sample`` (collected while loading them one by one)."""
         values = np.concatenate(samples) if samples else np.empty(0, np.float32)
         if values.size < 10:
             raise ValueError("CT statistics need labelled foreground voxels in the training volumes")
@@ -48,6 +45,19 @@ class CTStatistics:
     @classmethod
     def from_window(cls, low: float, high: float) -> "CTStatistics":
         return cls(low, high, (low + high) / 2.0, max((high - low) / 4.0, 1e-6))
+
+
+def samples_per_volume(num_volumes: int) -> int:
+    """Foreground voxels drawn per training volume, so a site's sample stays at most 2M voxels."""
+    return _MAX_SAMPLES // max(1, num_volumes)
+
+
+def foreground_sample(volume: Volume, max_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """At most ``max_samples`` intensities of the volume's voxels with label > 0 (float32, 1D); none if unlabelled."""
+    if volume.label is None:
+        return np.empty(0, np.float32)
+    fg = volume.image[volume.label > 0]
+    return rng.choice(fg, max_samples, replace=False) if fg.size > max_samples else fg
 
 
 def normalize_ct(image: np.ndarray, stats: CTStatistics) -> np.ndarray:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
+
 from flap_sam.data.datalist import find_datalist, load_datalist
 from flap_sam.data.demo import DEMO_GENERATORS, ensure_demo_site
 from flap_sam.data.errors import DataError
-from flap_sam.data.intensity import IntensityNormalizer
+
+from flap_sam.data.intensity import CTStatistics, IntensityNormalizer, foreground_sample, samples_per_volume
 from flap_sam.data.profiles import DatasetProfile
-from flap_sam.data.stacks import PreparedVolume, prepare_volume
+from flap_sam.data.stacks import PreparedVolume, normalize_resized, resize_volume
 from flap_sam.data.volumes import load_volume
 
 logger = logging.getLogger(__name__)
@@ -20,7 +23,7 @@ DEMO = "demo"
 
 @dataclass
 class SiteData:
-    """A site's prepared volumes (kept in memory at model resolution).
+    """A site's prepared volumes (kept in memory at model resolution, compact: see ``PreparedVolume``).
 
     ``validation`` scores every round's global model (model selection); ``test`` (the
     published held-out split, may be empty) is only used by cross-site evaluation.
@@ -48,18 +51,41 @@ class SiteData:
         cases = load_datalist(path, data_root)
         if not cases["validation"]:
             raise DataError(f"datalist {path}: the 'validation' list is empty; a site needs validation volumes for model selection")
-        def load(section: str) -> list:
-            return [load_volume(c.image, c.label, num_classes, profile.label_map, profile.channel) for c in cases[section]]
+        return cls._prepare(profile, cases, image_size, num_classes, path)
 
-        train, val, test = load("training"), load("validation"), load("test")
-        if not any(v.label.any() for v in train):
+    @classmethod
+    def _prepare(cls, profile: DatasetProfile, cases: dict, image_size: int, num_classes: int, path: str) -> "SiteData":
+        """Load, check and resize one volume at a time; only model-resolution stacks stay in memory.
+
+        CT statistics come from foreground samples taken while each training volume is loaded,
+        and are applied to the resized volumes once all of them are in.
+        """
+        rng = np.random.default_rng(0)
+        per_volume = samples_per_volume(len(cases["training"]))
+        samples, foreground, resized = [], False, {}
+        for section in ("training", "validation", "test"):
+            resized[section] = []
+            for case in cases[section]:
+                volume = load_volume(case.image, case.label, num_classes, profile.label_map, profile.channel)
+                if section == "training":
+                    foreground = foreground or bool(volume.label.any())
+                    if profile.modality == "ct":
+                        samples.append(foreground_sample(volume, per_volume, rng))
+                resized[section].append((*resize_volume(volume, image_size), volume.source))
+                del volume
+        if not foreground:
             raise DataError(f"datalist {path}: no training volume has any foreground label")
-        normalizer = IntensityNormalizer(profile.modality).fit(train)
-        logger.info("Site data: %d training, %d validation and %d test volumes from %s", len(train), len(val), len(test), path)
+        normalizer = IntensityNormalizer(profile.modality)
+        if profile.modality == "ct":
+            normalizer.ct_stats = CTStatistics.from_samples(samples)
+        prepared = {section: [PreparedVolume(normalize_resized(image, normalizer), label, source) for image, label, source in items]
+                    for section, items in resized.items()}
+        logger.info("Site data: %d training, %d validation and %d test volumes from %s",
+                    len(prepared["training"]), len(prepared["validation"]), len(prepared["test"]), path)
         return cls(
-            train=[prepare_volume(v, normalizer, image_size) for v in train],
-            validation=[prepare_volume(v, normalizer, image_size) for v in val],
-            test=[prepare_volume(v, normalizer, image_size) for v in test],
+            train=prepared["training"],
+            validation=prepared["validation"],
+            test=prepared["test"],
             normalizer=normalizer,
             datalist_path=path,
         )

@@ -1,7 +1,8 @@
 """2.5D samples: stacks of 5 consecutive axial slices, resized to the model size.
 
-A volume is normalised (``intensity``), resized in-plane to S x S once, and kept in memory
-as (Z, S, S). The sample at slice z is slices z-2..z+2 (edge-padded at the volume ends),
+A volume is resized in-plane to S x S once, normalised (``intensity``) and kept in memory as
+(Z, S, S) float16 with a uint8 label; its full-resolution voxels are not kept (a scored volume's
+label is read again from its file). The sample at slice z is slices z-2..z+2 (edge-padded at the volume ends),
 min-max scaled to [0, 1] per stack. The model sees each slice as a 3-channel image.
 """
 
@@ -30,39 +31,57 @@ from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from flap_sam.data.intensity import IntensityNormalizer
-from flap_sam.data.volumes import Volume
+from flap_sam.data.volumes import Volume, VolumeSource
 
 STACK_DEPTH = 5
 HALF = STACK_DEPTH // 2
 
 
+STORAGE_DTYPE = torch.float16  # normalised intensities (z-scores or [0, 1]) need no more; half of float32's memory
+
+
 @dataclass
 class PreparedVolume:
-    """A normalised volume at model resolution.
+    """A normalised volume at model resolution, compact: about Z x S x S x 3 bytes.
 
     Attributes:
-        image: (Z, S, S) float32 tensor, normalised intensities.
+        image: (Z, S, S) float16 tensor, normalised intensities (``float()`` before computing with it).
         label: (Z, S, S) uint8 tensor or None.
-        source: the loaded volume (original grid, for writing results back).
+        source: the case's files and original grid (for scoring at full resolution and writing results back).
     """
 
     image: torch.Tensor
     label: torch.Tensor | None
-    source: Volume
+    source: VolumeSource
 
 
-def prepare_volume(volume: Volume, normalizer: IntensityNormalizer, image_size: int) -> PreparedVolume:
-    """Normalise and resize in-plane to ``image_size`` (image: bilinear, label: nearest)."""
-    image = normalizer(volume.image)  # (X, Y, Z)
-    depth = image.shape[2]
+def resize_volume(volume: Volume, image_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """In-plane resize to ``image_size``: image (Z, S, S) float32 (bilinear), label (Z, S, S) uint8 (nearest) or None."""
+    depth = volume.image.shape[2]
     resize_image = Resize((image_size, image_size, depth), mode="bilinear", anti_aliasing=False)
-    resized = torch.as_tensor(np.asarray(resize_image(image[None])))[0].permute(2, 0, 1).contiguous().float()
+    image = torch.as_tensor(np.asarray(resize_image(volume.image[None])))[0].permute(2, 0, 1).contiguous().float()
     label = None
     if volume.label is not None:
         resize_label = Resize((image_size, image_size, depth), mode="nearest")
-        label = torch.as_tensor(np.asarray(resize_label(volume.label[None].astype(np.float32))))[0]
+        label = torch.as_tensor(np.asarray(resize_label(volume.label[None])))[0]
         label = label.permute(2, 0, 1).round().to(torch.uint8).contiguous()
-    return PreparedVolume(resized, label, volume)
+    return image, label
+
+
+def normalize_resized(image: torch.Tensor, normalizer: IntensityNormalizer) -> torch.Tensor:
+    """Normalise a resized (Z, S, S) image and store it compactly (``STORAGE_DTYPE``)."""
+    return torch.as_tensor(normalizer(image.numpy())).to(STORAGE_DTYPE).contiguous()
+
+
+def prepare_volume(volume: Volume, normalizer: IntensityNormalizer, image_size: int) -> PreparedVolume:
+    """Resize in-plane to ``image_size`` (image: bilinear, label: nearest), then normalise.
+
+    Resizing first makes normalisation work on the small array; the normaliser is voxel-wise
+    (CT) or uses the volume's own percentile (MRI), so the order barely matters, and training,
+    validation and ``flap-sam infer`` all use this one order.
+    """
+    image, label = resize_volume(volume, image_size)
+    return PreparedVolume(normalize_resized(image, normalizer), label, volume.source)
 
 
 def stack_indices(z: int, depth: int) -> list[int]:
@@ -134,7 +153,7 @@ class SliceStackDataset(Dataset):
         vi, z = self.index[i]
         v = self.volumes[vi]
         idx = stack_indices(z, v.image.shape[0])
-        sample = {"image": scale_stack(v.image[idx]), "label": v.label[idx].float()}
+        sample = {"image": scale_stack(v.image[idx].float()), "label": v.label[idx].float()}
         if self.augment is not None:
             sample = self.augment(sample)
         image = convert_to_tensor(sample["image"], track_meta=False).float().clamp_(0.0, 1.0)

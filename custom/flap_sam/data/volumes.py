@@ -14,25 +14,72 @@ import numpy as np
 from flap_sam.data.errors import DataError
 
 
-@dataclass
-class Volume:
-    """One case in canonical orientation.
+def _reorient_to_file(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    current = nib.orientations.axcodes2ornt(("R", "A", "S"))
+    target = nib.orientations.io_orientation(affine)
+    return nib.orientations.apply_orientation(array, nib.orientations.ornt_transform(current, target))
+
+
+@dataclass(frozen=True)
+class VolumeSource:
+    """Where a case comes from and its grid, without its voxels: what a site keeps of a volume it has prepared.
 
     Attributes:
-        image: (X, Y, Z) float32 intensities (HU for CT).
-        label: (X, Y, Z) uint8 class indices, or None.
+        image_path / label_path: the files (label_path None: unlabelled).
+        shape: canonical (X, Y, Z) array shape.
         affine: 4x4 voxel-to-world matrix of the ORIGINAL file (mm).
         original_shape: array shape in the original file.
         spacing: canonical voxel size (mm), (3,).
         name: file name, for messages that stay on the site.
+        num_classes / label_map: how the label is read (see ``load_volume``).
     """
 
-    image: np.ndarray
-    label: np.ndarray | None
+    image_path: str
+    label_path: str | None
+    shape: tuple[int, int, int]
     affine: np.ndarray
     original_shape: tuple[int, ...]
     spacing: tuple[float, float, float]
     name: str
+    num_classes: int
+    label_map: tuple[tuple[int, int], ...] = ()
+
+    def load_label(self) -> np.ndarray:
+        """The full-resolution (X, Y, Z) uint8 label, read again from its file (checked as at start-up)."""
+        if self.label_path is None:
+            raise ValueError(f"image {self.image_path}: has no label")
+        return _load_label(self.label_path, _read(self.label_path, "label"), self.num_classes, self.label_map)
+
+    def to_original_orientation(self, array: np.ndarray) -> np.ndarray:
+        """Map a canonical (X, Y, Z) array back onto the original file's voxel grid."""
+        return _reorient_to_file(array, self.affine)
+
+
+@dataclass
+class Volume:
+    """One case in canonical orientation, with its voxels.
+
+    Attributes:
+        image: (X, Y, Z) float32 intensities (HU for CT).
+        label: (X, Y, Z) uint8 class indices, or None.
+        source: files and grid (affine, original shape, spacing, name).
+    """
+
+    image: np.ndarray
+    label: np.ndarray | None
+    source: VolumeSource
+
+    @property
+    def affine(self) -> np.ndarray:
+        return self.source.affine
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return self.source.spacing
+
+    @property
+    def name(self) -> str:
+        return self.source.name
 
     @property
     def num_slices(self) -> int:
@@ -40,9 +87,7 @@ class Volume:
 
     def to_original_orientation(self, array: np.ndarray) -> np.ndarray:
         """Map a canonical (X, Y, Z) array back onto the original file's voxel grid."""
-        current = nib.orientations.axcodes2ornt(("R", "A", "S"))
-        target = nib.orientations.io_orientation(self.affine)
-        return nib.orientations.apply_orientation(array, nib.orientations.ornt_transform(current, target))
+        return self.source.to_original_orientation(array)
 
 
 def _read(path: str, what: str, channel: int | None = None) -> nib.Nifti1Image:
@@ -99,22 +144,29 @@ def load_volume(image_path: str, label_path: str | None, num_classes: int, label
             raise DataError(f"label {label_path}: shape {label_img.shape} differs from its image's {image_img.shape}")
         if not np.allclose(label_img.affine, image_img.affine, atol=1e-3):
             raise DataError(f"label {label_path}: affine differs from its image's (not on the same grid)")
-        raw = _canonical(label_img)
-        if not np.isfinite(raw).all() or (np.issubdtype(raw.dtype, np.floating) and not np.all(raw == np.round(raw))):
-            raise DataError(f"label {label_path}: contains non-integer values")
-        if label_map:
-            source = raw.astype(np.int64)
-            raw = source.copy()
-            for value, index in label_map:
-                raw[source == value] = index
-        low, high = int(raw.min()), int(raw.max())
-        if low < 0 or high > num_classes:
-            raise DataError(f"label {label_path}: values {low}..{high} outside 0..{num_classes} (num_classes={num_classes})")
-        label = raw.astype(np.uint8)
+        label = _load_label(label_path, label_img, num_classes, label_map)
     zooms = nib.affines.voxel_sizes(image_img.affine)
     ornt = nib.orientations.io_orientation(image_img.affine)
     spacing = tuple(float(zooms[int(ax)]) for ax in ornt[:, 0].argsort())
-    return Volume(image, label, image_img.affine, image_img.shape, spacing, os.path.basename(image_path))
+    source = VolumeSource(image_path, label_path, tuple(image.shape), image_img.affine, image_img.shape, spacing,
+                          os.path.basename(image_path), num_classes, tuple(label_map))
+    return Volume(image, label, source)
+
+
+def _load_label(label_path: str, label_img: nib.Nifti1Image, num_classes: int, label_map: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """Canonical (X, Y, Z) uint8 class indices, after ``label_map``; refuses non-integer or out-of-range values."""
+    raw = _canonical(label_img)
+    if np.issubdtype(raw.dtype, np.floating) and not (np.isfinite(raw).all() and np.all(raw == np.round(raw))):
+        raise DataError(f"label {label_path}: contains non-integer values")
+    if label_map:
+        source = raw.astype(np.int64)
+        raw = source.copy()
+        for value, index in label_map:
+            raw[source == value] = index
+    low, high = int(raw.min()), int(raw.max())
+    if low < 0 or high > num_classes:
+        raise DataError(f"label {label_path}: values {low}..{high} outside 0..{num_classes} (num_classes={num_classes})")
+    return raw.astype(np.uint8)
 
 
 def save_mask(mask: np.ndarray, like: Volume, path: str) -> None:

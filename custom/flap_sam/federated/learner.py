@@ -21,17 +21,33 @@ from flap_sam.data.stacks import SliceStackDataset, build_augmentation
 from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS, BaseMismatchError, site_error_kind
 from flap_sam.federated.weights import export_weights, import_weights
 from flap_sam.jobs.spec import JobSpec
+from flap_sam.model.attention import ATTENTION_MODES
+from flap_sam.model.checkpointing import CHECKPOINTING_MODES
 from flap_sam.model.factory import build_model, resolve_checkpoint
 from flap_sam.model.fingerprint import FINGERPRINT_KEY, base_fingerprint, base_mismatch
 from flap_sam.model.presets import exchanged_names
 from flap_sam.training.device import pick_device
 from flap_sam.training.local_trainer import LocalTrainer, TrainSettings, evaluate_volumes
 from flap_sam.training.inference import INFERENCE_MODES
+from flap_sam.training.loader import resolve_data_workers
 from flap_sam.training.schedule import federation_steps
 
 SITE_SETTINGS_FILE = "flap_sam_site.json"
 
-SITE_SETTING_KEYS = ("data_root", "datalist", "checkpoint", "device")
+# What a site may set for itself: where its data and checkpoint are, and what fits its machine.
+SITE_SETTING_KEYS = ("data_root", "datalist", "checkpoint", "device", "attention", "checkpointing", "data_workers")
+
+
+def check_runtime_settings(settings: dict, where: str = "") -> None:
+    """Refuse an unknown ``attention`` / ``checkpointing`` mode or a bad ``data_workers`` at start-up, in one line."""
+    if settings["attention"] not in ATTENTION_MODES:
+        raise ValueError(f"{where}attention: {settings['attention']!r} is not one of {list(ATTENTION_MODES)}")
+    if settings["checkpointing"] not in CHECKPOINTING_MODES:
+        raise ValueError(f"{where}checkpointing: {settings['checkpointing']!r} is not one of {list(CHECKPOINTING_MODES)}")
+    try:
+        resolve_data_workers(settings["data_workers"], torch.device("cpu"))
+    except ValueError as e:
+        raise ValueError(f"{where}{e}") from None
 
 
 class FlapSamLearner(Learner):
@@ -45,8 +61,8 @@ class FlapSamLearner(Learner):
     ``spec`` is the job's model and task settings (the ``job_spec`` block of ``settings.conf``,
     validated as a ``JobSpec``): the same block the result filter and the server's adapter model get.
 
-    Site-specific settings (``data_root``, ``datalist``, ``checkpoint``, ``device``) may be
-    overridden by the site in ``<workspace>/local/flap_sam_site.json``, so one job serves every site.
+    Site-specific settings (``SITE_SETTING_KEYS``: data, checkpoint, device, and the speed and
+    memory settings ``attention``, ``checkpointing``, ``data_workers``) may be overridden by the site in ``<workspace>/local/flap_sam_site.json``, so one job serves every site.
 
     Before it trains, the site checks that the server built the same SAM base (the fingerprint
     in the global model's meta) and that a job on the demo's short budget (``demo_budget``)
@@ -61,6 +77,9 @@ class FlapSamLearner(Learner):
         data_root: str = "demo",
         datalist: str = "",
         device: str = "auto",
+        attention: str = "fused",
+        checkpointing: str = "off",
+        data_workers: str | int = "auto",
         local_epochs: float = 1.0,
         max_steps_per_round: int = 0,
         batch_size: int = 24,
@@ -81,7 +100,9 @@ class FlapSamLearner(Learner):
         super().__init__()
         job = JobSpec.from_settings(spec)
         self.profile, self.spec = job.task, job.model
-        self.site_settings = {"data_root": data_root, "datalist": datalist, "checkpoint": checkpoint, "device": device}
+        self.site_settings = {"data_root": data_root, "datalist": datalist, "checkpoint": checkpoint, "device": device,
+                              "attention": attention, "checkpointing": checkpointing, "data_workers": data_workers}
+        check_runtime_settings(self.site_settings)
         self.local_epochs = local_epochs
         self.max_steps_per_round = max_steps_per_round
         self.augment = augment
@@ -115,6 +136,7 @@ class FlapSamLearner(Learner):
         if unknown:
             raise ValueError(f"site settings {path}: unknown keys {sorted(unknown)}; allowed: {list(SITE_SETTING_KEYS)}")
         self.site_settings.update(overrides)
+        check_runtime_settings(self.site_settings, where=f"site settings {path}: ")
         self.log_info(fl_ctx, f"site settings from {path}: {sorted(overrides)}")
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
@@ -169,12 +191,13 @@ class FlapSamLearner(Learner):
                 "not train real data with the paper's recipe; make the job with `flap-sam job JOB --out DIR --set "
                 "data_root=DIR` or, when sites set data_root locally, `--set demo_budget=false` (either runs the recipe)")
         self.device = pick_device(settings["device"])
+        self.train_settings.data_workers = resolve_data_workers(settings["data_workers"], self.device)
         torch.manual_seed(self.train_settings.seed)
         self.data = SiteData.load(
             self.profile, settings["data_root"], self.site_name, self.spec.image_size, self.spec.num_classes, settings["datalist"] or None
         )
         checkpoint = resolve_checkpoint(settings["checkpoint"])
-        self.model = build_model(self.spec, checkpoint, self.device)
+        self.model = build_model(self.spec, checkpoint, self.device, settings["attention"], settings["checkpointing"])
         self.exchanged = exchanged_names(self.model, self.spec.preset_obj)
         self.base = base_fingerprint(self.model, self.exchanged, from_checkpoint=bool(checkpoint))
         augment = build_augmentation(self.spec.image_size) if self.augment else None
@@ -183,7 +206,9 @@ class FlapSamLearner(Learner):
         self.log_info(
             fl_ctx,
             f"{self.spec.model_type} preset={self.spec.preset} on {self.device}: {len(self.exchanged)} tensors, "
-            f"{sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} parameters train and are exchanged",
+            f"{sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} parameters train and are exchanged; "
+            f"attention {settings['attention']}, checkpointing {settings['checkpointing']}, "
+            f"{self.train_settings.data_workers} data worker(s)",
         )
 
     # ---- rounds ---------------------------------------------------------------------------

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from flap_sam.model.attention import set_attention
+from flap_sam.model.checkpointing import set_checkpointing
 from flap_sam.model.lora import inject_lora
 from flap_sam.model.presets import Preset, apply_trainable, exchanged_names, get_preset
 from flap_sam.model.sam_builder import get_architecture, build_sam, load_sam_checkpoint
@@ -51,7 +53,8 @@ class ModelSpec:
         return get_preset(self.preset)
 
 
-def build_model(spec: ModelSpec, checkpoint: str | None = None, device: str | torch.device = "cpu") -> SemanticSam:
+def build_model(spec: ModelSpec, checkpoint: str | None = None, device: str | torch.device = "cpu",
+                attention: str = "fused", checkpointing: str = "off") -> SemanticSam:
     """Build SAM, load the official checkpoint (if any), inject the preset's LoRA, set trainability.
 
     Args:
@@ -59,6 +62,9 @@ def build_model(spec: ModelSpec, checkpoint: str | None = None, device: str | to
         checkpoint: path to an official SAM checkpoint of ``spec.model_type``; ``None`` or "" means
             random initialisation (a loud warning is logged: only useful for demos and tests).
         device: where the model lives.
+        attention: ``fused`` (SDPA, ``flap_sam.model.attention``) | ``reference`` (segment-anything's own).
+        checkpointing: ``off`` | ``encoder`` (recompute encoder blocks in backward, ``flap_sam.model.checkpointing``).
+            Neither changes parameters or results; each party may choose its own.
     """
     if not checkpoint:
         arch = get_architecture(spec.model_type)
@@ -67,7 +73,10 @@ def build_model(spec: ModelSpec, checkpoint: str | None = None, device: str | to
             "NO SAM CHECKPOINT configured: %s starts from RANDOM weights. Set 'checkpoint' to a site-local "
             "path of the official file%s for real use.", spec.model_type, where
         )
-    return assemble_model(spec, checkpoint).to(device)
+    model = assemble_model(spec, checkpoint)
+    set_attention(model, attention)
+    set_checkpointing(model, checkpointing)
+    return model.to(device)
 
 
 def assemble_model(spec: ModelSpec, checkpoint: str | None) -> SemanticSam:

@@ -38,7 +38,7 @@ def predict_probabilities(model: SemanticSam, volume: PreparedVolume, device: to
     if mode != "overlap":
         raise ValueError(f"inference mode {mode!r} is unknown; choose one of {INFERENCE_MODES}")
     model.eval()
-    padded = F.pad(volume.image[None, None], (0, 0, 0, 0, HALF, HALF), mode="replicate")  # (1, 1, Z+4, S, S)
+    padded = F.pad(volume.image.float()[None, None], (0, 0, 0, 0, HALF, HALF), mode="replicate")  # (1, 1, Z+4, S, S)
     size = volume.image.shape[-1]
 
     def predictor(windows: torch.Tensor) -> torch.Tensor:  # (n, 1, 5, S, S) -> (n, K+1, 5, S, S)
@@ -64,18 +64,25 @@ def _centre_probabilities(model: SemanticSam, volume: PreparedVolume, device: to
     out = []
     for start in range(0, depth, slices_per_batch):
         centres = range(start, min(depth, start + slices_per_batch))
-        stacks = scale_stack(torch.stack([volume.image[stack_indices(z, depth)] for z in centres]))  # (n, 5, S, S)
+        stacks = scale_stack(torch.stack([volume.image[stack_indices(z, depth)].float() for z in centres]))  # (n, 5, S, S)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(stacks_to_images(stacks[:, HALF:HALF + 1].to(device)))  # the centre slice only: (n, K+1, S, S)
         out.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(out).transpose(0, 1)  # (K+1, Z, S, S)
 
 
-def probabilities_to_mask(probs: torch.Tensor, volume: PreparedVolume) -> np.ndarray:
-    """(K + 1, Z, S, S) probabilities -> (X, Y, Z) uint8 class mask on the volume's canonical grid."""
-    x, y, _ = volume.source.image.shape
-    resized = F.interpolate(probs.permute(1, 0, 2, 3), size=(x, y), mode="bilinear", align_corners=False)  # (Z, K+1, X, Y)
-    return resized.argmax(dim=1).permute(1, 2, 0).to(torch.uint8).numpy()
+def probabilities_to_mask(probs: torch.Tensor, volume: PreparedVolume, slices_per_chunk: int = 16) -> np.ndarray:
+    """(K + 1, Z, S, S) probabilities -> (X, Y, Z) uint8 class mask on the volume's canonical grid.
+
+    Upsampled a few slices at a time, so full-resolution probabilities never exist for the whole volume.
+    """
+    x, y, depth = volume.source.shape
+    mask = np.empty((x, y, depth), np.uint8)
+    for start in range(0, depth, slices_per_chunk):
+        chunk = probs[:, start:start + slices_per_chunk].transpose(0, 1)  # (n, K+1, S, S)
+        resized = F.interpolate(chunk, size=(x, y), mode="bilinear", align_corners=False)  # (n, K+1, X, Y)
+        mask[:, :, start:start + chunk.shape[0]] = resized.argmax(dim=1).permute(1, 2, 0).to(torch.uint8).numpy()
+    return mask
 
 
 def segment_volume(model: SemanticSam, volume: PreparedVolume, device: torch.device, amp: bool = False,

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
-from torch.utils.data import DataLoader
 
-from flap_sam.data.stacks import SliceStackDataset, foreground_sampler, stacks_to_images
+from flap_sam.data.stacks import SliceStackDataset, stacks_to_images
+from flap_sam.training.loader import round_batches
 from flap_sam.model.semantic_sam import SemanticSam
 from flap_sam.training.inference import segment_volume
 from flap_sam.training.metrics import dice_per_class
@@ -33,6 +33,7 @@ class TrainSettings:
         seed: sampling and augmentation seed.
         fedprox_mu: FedProx proximal weight mu; 0 turns it off. Adds mu/2 * ||w - w_global||^2
             over the trainable tensors to the loss, w_global being the weights at the round's start.
+        data_workers: processes that build the batches beside training (0: in the training process).
     """
 
     lr: float = 8e-4
@@ -44,6 +45,7 @@ class TrainSettings:
     amp: bool = True
     seed: int = 0
     fedprox_mu: float = 0.0
+    data_workers: int = 0
 
 
 class LocalTrainer:
@@ -64,9 +66,9 @@ class LocalTrainer:
         return max(1, math.ceil(len(self.dataset) / self.settings.batch_size))
 
     def _batches(self, num_steps: int, round_seed: int) -> Iterator[dict[str, torch.Tensor]]:
-        sampler = foreground_sampler(self.dataset, self.settings.foreground_fraction, num_steps * self.settings.batch_size, seed=round_seed)
-        loader = DataLoader(self.dataset, batch_size=self.settings.batch_size, sampler=sampler, drop_last=True, num_workers=0)
-        return iter(loader)
+        s = self.settings
+        return iter(round_batches(self.dataset, s.batch_size, num_steps, s.foreground_fraction, round_seed,
+                                  workers=s.data_workers, pin_memory=self.device.type == "cuda"))
 
     def start_round(self) -> None:
         """Start local training from the just received global tensors.
@@ -87,8 +89,8 @@ class LocalTrainer:
             stacks: (B, 5, S, S) float images in [0, 1]; labels: (B, 5, S, S) class indices.
         """
         amp = self.settings.amp and self.device.type == "cuda"
-        images = stacks_to_images(stacks.to(self.device))  # (B*5, 3, S, S)
-        labels = labels.to(self.device).reshape(-1, 1, *labels.shape[-2:])  # (B*5, 1, S, S)
+        images = stacks_to_images(stacks.to(self.device, non_blocking=True))  # (B*5, 3, S, S)
+        labels = labels.to(self.device, non_blocking=True).reshape(-1, 1, *labels.shape[-2:])  # (B*5, 1, S, S)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = self.model(images)
         loss = self.loss_fn(logits.float(), labels)
@@ -124,6 +126,10 @@ class LocalTrainer:
 
 def evaluate_volumes(model: SemanticSam, volumes, num_classes: int, device: torch.device, amp: bool = False,
                      mode: str = "overlap") -> np.ndarray:
-    """Dice of every labelled volume: (num_volumes, num_classes); ``mode``: see ``flap_sam.training.inference``."""
-    scores = [dice_per_class(segment_volume(model, v, device, amp=amp, mode=mode), v.source.label, num_classes) for v in volumes]
+    """Dice of every labelled volume at full resolution: (num_volumes, num_classes); ``mode``: see ``flap_sam.training.inference``.
+
+    Each volume's full-resolution label is read from its file only while the volume is scored.
+    """
+    scores = [dice_per_class(segment_volume(model, v, device, amp=amp, mode=mode), v.source.load_label(), num_classes, device)
+              for v in volumes]
     return np.stack(scores) if scores else np.zeros((0, num_classes))

@@ -2,14 +2,41 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from flap_sam.cli.main import main
+
+SMALL = ["--model", "vit_test", "--image-size", "64", "--rank", "4", "--presets", "fft", "flap", "--sites", "2"]
 
 
 def test_bench_prints_its_tables_with_the_transport_error(tmp_path, capsys):
     out = tmp_path / "bench.md"
-    assert main(["bench", "--model", "vit_test", "--image-size", "64", "--rank", "4", "--no-speed",
-                 "--presets", "fft", "flap", "--sites", "2", "--out", str(out)]) == 0
+    assert main(["bench", *SMALL, "--no-speed", "--no-validation", "--no-site-memory", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "## Transport error against fp32" in text and "| int8 per-tensor |" in text
     assert "int8 transport: relative RMS error <= 1 % of the fp32 adapter" in text
     assert out.read_text().count("## ") == 4
+
+
+@pytest.mark.slow
+def test_bench_json_holds_every_measured_figure(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FLAP_SAM_DEMO_ROOT", str(tmp_path / "demo"))
+    report_path = tmp_path / "bench.json"
+    assert main(["bench", *SMALL, "--steps", "1", "--validation-train-steps", "5", "--site-volumes", "3",
+                 "--site-shape", "96", "96", "12", "--json", str(report_path)]) == 0
+    text = capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    for preset in ("fft", "flap"):
+        figures = report["presets"][preset]
+        assert figures["step_s"] > 0 and figures["peak_bytes"] > 0 and figures["wire_bytes"] > 0
+    assert report["presets"]["flap"]["wire_bytes"] < report["presets"]["fft"]["wire_bytes"] / 10
+    assert set(report["validation"]) >= {"overlap_s_per_volume", "single_s_per_volume", "dice_overlap", "dice_single"}
+    assert set(report["attention"]) == {"reference_step_s", "fused_step_s", "reference_peak_bytes", "fused_peak_bytes"}
+    assert report["site_memory"]["volumes"] == 3 and report["site_memory"]["peak_rss_bytes"] > report["site_memory"]["prepared_bytes"] > 0
+    assert set(report["checkpointing"]) == {"off_step_s", "encoder_step_s", "off_peak_bytes", "encoder_peak_bytes"}
+    # The tables show the same figures the JSON holds.
+    wire_mb = report["presets"]["flap"]["wire_bytes"] / 1e6
+    assert f"| flap | {report['presets']['flap']['params']:,} |" in text and f"{wire_mb:.2f}" in text
+    assert any(t["target"].startswith("flap with checkpointing peak memory") for t in report["targets"])

@@ -23,7 +23,8 @@ ROUNDS = 3
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kits_lora")
-    job = copy_job("kits_lora", tmp, {**TEST_MODEL, **TEST_TRAINING, "num_rounds": ROUNDS})
+    # The memory and loader settings are on, as a GPU site would use them: same gradients, batches from a worker.
+    job = copy_job("kits_lora", tmp, {**TEST_MODEL, **TEST_TRAINING, "num_rounds": ROUNDS, "checkpointing": "encoder", "data_workers": 1})
     result = run_simulator(job, tmp / "ws", 2, env={"FLAP_SAM_DEMO_ROOT": str(tmp / "demo")})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return tmp / "ws" / "server" / "simulate_job", result.stdout + result.stderr
@@ -53,6 +54,7 @@ def test_validation_dice_every_round_and_training_helps(finished_run):
         after.append(dice[ROUNDS - 1])
     assert np.mean(after) > np.mean(before) + 0.05, f"Dice before {before}, after {after}"
     assert "result blocked" not in log
+    assert log.count("attention fused, checkpointing encoder, 1 data worker(s)") >= 2  # the settings reached both sites
 
 
 @pytest.mark.slow

@@ -51,11 +51,14 @@ class RssPeak:
         return self.peak / 2**20
 
 
-def measure(spec: ModelSpec, batch_size: int, steps: int, device: torch.device, amp: bool) -> dict:
+def measure(spec: ModelSpec, batch_size: int, steps: int, device: torch.device, amp: bool, attention: str = "fused",
+            checkpointing: str = "off", compile_model: bool = False) -> dict:
     """Seconds per step (after one warm-up step), slices per second and peak memory in MiB."""
     baseline_mib = psutil.Process().memory_info().rss / 2**20
     with RssPeak() as sampler:
-        model = build_model(spec, None, device)
+        model = build_model(spec, None, device, attention=attention, checkpointing=checkpointing)
+        if compile_model:
+            model = torch.compile(model)
         trainer = LocalTrainer(model, [], TrainSettings(batch_size=batch_size, amp=amp), device)
         generator = torch.Generator().manual_seed(0)
         stacks = torch.rand(batch_size, 5, spec.image_size, spec.image_size, generator=generator)
@@ -88,10 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--attention", default="fused")
+    parser.add_argument("--checkpointing", default="off")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (GPU benches)")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)  # random weights are fine for speed and memory
     spec = ModelSpec(args.model, args.image_size, args.num_classes, args.preset, args.rank)
-    print(json.dumps(measure(spec, args.batch_size, args.steps, pick_device(args.device), args.amp)))
+    print(json.dumps(measure(spec, args.batch_size, args.steps, pick_device(args.device), args.amp, args.attention,
+                             args.checkpointing, args.compile)))
     return 0
 
 

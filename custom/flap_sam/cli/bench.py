@@ -1,8 +1,10 @@
-"""``flap-sam bench``: one table of communication, speed, memory and aggregation time per preset.
+"""``flap-sam bench``: communication, transport error, training speed and memory, attention,
+checkpointing, validation inference, a site's memory and aggregation time, as Markdown tables
+(``--out``) and machine-readable figures (``--json PATH``).
 
 Everything is measured in this run, on this machine, for the given model (default ViT-B at
 224 px, 2 classes, rank 32, random weights: enough for sizes and speed). Ratios compare
-presets within the run. Speed is a benchmark, not a test: nothing here asserts.
+settings within the run. Speed is a benchmark, not a test: nothing here asserts.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 
 import torch
 
@@ -32,11 +35,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=int, default=2)
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--presets", nargs="+", default=PRESETS, help="presets to measure (fft first: ratios are to fft)")
-    parser.add_argument("--batch-size", type=int, default=2, help="2.5D stacks per training step (same batch for every preset)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="2.5D stacks per training step, the same for every preset (default: the paper's 24 on a GPU, 2 on CPU)")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per preset (after one warm-up step)")
+    parser.add_argument("--compile", action="store_true", help="also time flap with torch.compile (GPU)")
     parser.add_argument("--sites", type=int, default=6, help="sites for the aggregation timing")
     parser.add_argument("--no-speed", action="store_true", help="skip the training step measurements")
+    parser.add_argument("--no-validation", action="store_true", help="skip the validation inference modes")
+    parser.add_argument("--validation-train-steps", type=int, default=120, help="training steps before the modes' Dice is compared")
+    parser.add_argument("--no-site-memory", action="store_true", help="skip the site memory measurement")
+    parser.add_argument("--site-volumes", type=int, default=24, help="CT volumes of the synthetic site (Fed-KiTS site-6: 24)")
+    parser.add_argument("--site-shape", type=int, nargs=3, default=[512, 512, 200], metavar=("X", "Y", "Z"))
+    parser.add_argument("--site-dir", default=None, help="where the synthetic site is written (default: a temporary folder, removed)")
     parser.add_argument("--out", default=None, help="also write the tables to this Markdown file")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write every measured figure to this JSON file")
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -64,29 +76,79 @@ def communication(spec_for, presets: list[str]) -> tuple[str, dict]:
     return _table(header, rows), measured
 
 
-def _step(args, preset: str, device: str, amp: bool) -> dict:
+def _step(args, preset: str, device: str, amp: bool, attention: str = "fused", checkpointing: str = "off",
+          compile_model: bool = False) -> dict:
     cmd = [sys.executable, "-m", "flap_sam.benchmark.step", preset, "--model", args.model, "--image-size", str(args.image_size),
            "--num-classes", str(args.num_classes), "--rank", str(args.rank), "--batch-size", str(args.batch_size),
-           "--steps", str(args.steps), "--device", device] + (["--amp"] if amp else [])
+           "--steps", str(args.steps), "--device", device, "--attention", attention, "--checkpointing", checkpointing]
+    cmd += (["--amp"] if amp else []) + (["--compile"] if compile_model else [])
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"step benchmark of {preset} failed: {done.stderr.strip().splitlines()[-1:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def speed(args, presets: list[str], device: str, amp: bool) -> tuple[str, dict]:
-    measured = {p: _step(args, p, device, amp) for p in presets}
+def speed(args, device: str, amp: bool) -> tuple[str, dict]:
+    """Every preset as a site runs it by default (fused attention, no checkpointing), then flap's variants."""
+    runs = {p: (p, "fused", "off", False) for p in args.presets}
+    if "flap" in args.presets:
+        runs["flap, checkpointing encoder"] = ("flap", "fused", "encoder", False)
+        runs["flap, reference attention"] = ("flap", "reference", "off", False)
+        if args.compile:
+            runs["flap, torch.compile"] = ("flap", "fused", "off", True)
+    measured = {name: _step(args, preset, device, amp, attention, ckpt, comp) for name, (preset, attention, ckpt, comp) in runs.items()}
     fft = measured.get("fft")
     rows = []
-    for preset, m in measured.items():
-        rows.append([preset, f"{m['seconds_per_step']:.2f}", f"{m['slices_per_second']:.1f}", f"{m['peak_mib']:,.0f}",
+    for name, m in measured.items():
+        rows.append([name, f"{m['seconds_per_step']:.2f}", f"{m['slices_per_second']:.1f}", f"{m['peak_mib']:,.0f}",
                      f"{m['seconds_per_step'] / fft['seconds_per_step']:.2f}" if fft else "-",
                      f"{m['peak_mib'] / fft['peak_mib']:.2f}" if fft else "-"])
     header = ["preset", "s / step", "slices / s", "peak memory MiB", "step time / fft", "peak memory / fft"]
     return _table(header, rows), measured
 
 
-def targets(comm: dict, steps: dict | None, aggregation: dict, errors: dict) -> str:
+def attention_section(steps: dict) -> tuple[str, dict]:
+    fused, reference = steps["flap"], steps["flap, reference attention"]
+    figures = {"reference_step_s": reference["seconds_per_step"], "fused_step_s": fused["seconds_per_step"],
+               "reference_peak_bytes": int(reference["peak_mib"] * 2**20), "fused_peak_bytes": int(fused["peak_mib"] * 2**20)}
+    table = _table(["flap training step", "reference (segment-anything)", "fused (SDPA)", "fused / reference"], [
+        ["s / step", f"{reference['seconds_per_step']:.2f}", f"{fused['seconds_per_step']:.2f}", f"{fused['seconds_per_step'] / reference['seconds_per_step']:.2f}"],
+        ["peak memory MiB", f"{reference['peak_mib']:,.0f}", f"{fused['peak_mib']:,.0f}", f"{fused['peak_mib'] / reference['peak_mib']:.2f}"]])
+    return table, figures
+
+
+def validation_section(args) -> tuple[str, dict]:
+    from flap_sam.benchmark.validation import dice_agreement, mode_timing
+
+    timing = mode_timing(ModelSpec(args.model, args.image_size, 2, "flap", args.rank))
+    dice = dice_agreement(args.validation_train_steps)
+    figures = {**timing, "dice_overlap": dice["dice_overlap"], "dice_single": dice["dice_single"],
+               "dice_max_volume_abs_diff": dice["max_volume_abs_diff"], "dice_model": dice["model"], "dice_volumes": dice["volumes"]}
+    table = _table(["mode", f"s / volume ({timing['model']}, {timing['slices_per_volume']} slices)", f"mean Dice ({dice['model']}, "
+                    f"{dice['train_steps']} steps, {dice['volumes']} demo volumes)"], [
+        ["overlap (5 windows per slice)", f"{timing['overlap_s_per_volume']:.2f}", f"{dice['dice_overlap']:.4f}"],
+        ["centre (one forward per slice)", f"{timing['single_s_per_volume']:.2f}", f"{dice['dice_single']:.4f}"]])
+    return table, figures
+
+
+def site_memory_section(args) -> tuple[str, dict]:
+    from flap_sam.benchmark.site_memory import make_site, run_in_fresh_process
+
+    shape = tuple(args.site_shape)
+    validation = max(1, round(args.site_volumes * 0.2))
+    with tempfile.TemporaryDirectory(prefix="flap-sam-site-") as tmp:
+        root = make_site(args.site_dir or tmp, args.site_volumes, shape, validation)
+        figures = run_in_fresh_process(root, args.model, args.image_size, "centre")
+    figures["shape"] = list(shape)
+    table = _table(["volumes (training + validation)", "voxels each", "prepared stacks MB", "runtime RSS MB", "peak RSS MB",
+                    "load s", "validate s"], [[
+        f"{figures['volumes']} ({figures['volumes'] - figures['validation_volumes']} + {figures['validation_volumes']})",
+        "x".join(map(str, shape)), f"{figures['prepared_bytes'] / MB:,.0f}", f"{figures['runtime_rss_bytes'] / MB:,.0f}",
+        f"{figures['peak_rss_bytes'] / MB:,.0f}", f"{figures['load_s']:.0f}", f"{figures['validate_s']:.0f}"]])
+    return table, figures
+
+
+def targets(comm: dict, steps: dict | None, aggregation: dict, errors: dict, validation: dict | None, site: dict | None) -> tuple[str, list]:
     rows = []
     rows.append(["int8 transport: relative RMS error <= 1 % of the fp32 adapter", f"{100 * errors['int8']['rel_rms']:.2f} %", errors["int8"]["rel_rms"] <= 0.01])
     worst = max(m["fp32"] / m["raw"] for m in comm.values())
@@ -96,12 +158,25 @@ def targets(comm: dict, steps: dict | None, aggregation: dict, errors: dict) -> 
             value = comm["fft"]["fp32"] / comm["flap"][mode]
             rows.append([f"fft fp32 / flap {mode} wire >= {goal}", f"{value:.1f}", value >= goal])
     if steps and "fft" in steps and "flap" in steps:
-        time_ratio = steps["flap"]["seconds_per_step"] / steps["fft"]["seconds_per_step"]
-        mem_ratio = steps["flap"]["peak_mib"] / steps["fft"]["peak_mib"]
+        fft, flap = steps["fft"], steps["flap"]
+        time_ratio = flap["seconds_per_step"] / fft["seconds_per_step"]
         rows.append(["flap step time <= 0.7 x fft", f"{time_ratio:.2f}", time_ratio <= 0.7])
-        rows.append(["flap peak memory <= 0.6 x fft", f"{mem_ratio:.2f}", mem_ratio <= 0.6])
+        rows.append(["flap peak memory <= 0.6 x fft", f"{flap['peak_mib'] / fft['peak_mib']:.2f}", flap["peak_mib"] / fft["peak_mib"] <= 0.6])
+        ckpt = steps["flap, checkpointing encoder"]
+        ratio = ckpt["peak_mib"] / fft["peak_mib"]
+        rows.append([f"flap with checkpointing peak memory <= 0.5 x fft (its step time: {ckpt['seconds_per_step'] / flap['seconds_per_step']:.2f} x flap's)",
+                     f"{ratio:.2f}", ratio <= 0.5])
+    if validation:
+        speedup = validation["overlap_s_per_volume"] / validation["single_s_per_volume"]
+        rows.append(["per-round validation (centre) >= 4 x faster than overlap", f"{speedup:.1f} x", speedup >= 4])
+        diff = abs(validation["dice_overlap"] - validation["dice_single"])
+        rows.append(["centre Dice within 0.01 of overlap", f"{diff:.4f}", diff <= 0.01])
+    if site:
+        rows.append([f"site of {site['volumes']} volumes of {'x'.join(map(str, site['shape']))}: peak RSS < 3 GB",
+                     f"{site['peak_rss_bytes'] / 2**30:.2f} GiB", site["peak_rss_bytes"] < 3 * 2**30])
     rows.append([f"exact LoRA aggregation, {aggregation['sites']} sites < 1 s", f"{aggregation['lora_exact']:.2f} s", aggregation["lora_exact"] < 1.0])
-    return _table(["target", "measured", "met"], [[t, v, "yes" if ok else "NO"] for t, v, ok in rows])
+    table = _table(["target", "measured", "met"], [[t, v, "yes" if ok else "NO"] for t, v, ok in rows])
+    return table, [{"target": t, "measured": v, "met": bool(ok)} for t, v, ok in rows]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,41 +189,77 @@ def run(args: argparse.Namespace) -> int:
         return ModelSpec(args.model, args.image_size, args.num_classes, preset, args.rank)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.batch_size is None:
+        args.batch_size = 24 if device == "cuda" else 2
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                + (torch.cuda.get_device_name(0) if device == "cuda" else "no GPU"))
     sections = [f"# flap-sam bench: {args.model} at {args.image_size} px, {args.num_classes} classes, rank {args.rank}\n\nMachine: {machine}"]
+    report: dict = {"machine": machine, "model": {"model_type": args.model, "image_size": args.image_size,
+                                                  "num_classes": args.num_classes, "rank": args.rank}}
+
+    def emit(title: str, table: str) -> None:
+        sections.append(f"## {title}\n\n{table}")
+        print(sections[-1] + "\n", flush=True)
 
     comm_table, comm = communication(spec_for, args.presets)
-    sections.append("## Communication: one site's train result per round (FOBS-serialised, as FLARE sends it)\n\n" + comm_table)
-    print(sections[-1] + "\n", flush=True)
+    emit("Communication: one site's train result per round (FOBS-serialised, as FLARE sends it)", comm_table)
+    report["presets"] = {p: {"params": m["params"], "wire_bytes": m["fp32"], "wire_bytes_by_transport": {k: m[k] for k in ("fp32", "fp16", "int8")},
+                             "step_s": None, "peak_bytes": None} for p, m in comm.items()}
 
     errors = round_trip_errors(built_adapter(spec_for("flap")))
-    sections.append(f"## Transport error against fp32: the flap adapter as every party builds it (LoRA B = 0 excluded from the worst tensor)\n\n" + _table(
+    emit("Transport error against fp32: the flap adapter as every party builds it (LoRA B = 0 excluded from the worst tensor)", _table(
         ["mode", "relative RMS error", "worst tensor, relative RMS", "max abs error"],
         [[mode, f"{e['rel_rms']:.2e}", f"{e['worst_tensor_rel_rms']:.2e}", f"{e['max_abs']:.2e}"] for mode, e in errors.items()]))
-    print(sections[-1] + "\n", flush=True)
+    report["transport_error"] = errors
 
     steps = None
     if not args.no_speed:
-        table, steps = speed(args, args.presets, device, amp=False)
-        sections.append(f"## Training step on {device}, fp32, batch {args.batch_size} stacks ({args.batch_size * 5} slices), "
-                        f"mean of {args.steps} steps\n\n" + table)
-        print(sections[-1] + "\n", flush=True)
-        if device == "cuda":
-            table, _ = speed(args, args.presets, device, amp=True)
-            sections.append("## Training step on cuda with bf16 mixed precision\n\n" + table)
-            print(sections[-1] + "\n", flush=True)
+        amp = device == "cuda"  # a GPU site trains in bf16 autocast (setting amp); CPU in fp32
+        table, steps = speed(args, device, amp)
+        emit(f"Training step on {device}, {'bf16 autocast' if amp else 'fp32'}, batch {args.batch_size} stacks "
+             f"({args.batch_size * 5} slices), mean of {args.steps} steps", table)
+        report["training_step"] = {"device": device, "amp": amp, "batch_size": args.batch_size, "runs": steps}
+        for preset in args.presets:
+            report["presets"][preset].update(step_s=steps[preset]["seconds_per_step"], peak_bytes=int(steps[preset]["peak_mib"] * 2**20))
+        if "flap" in steps:
+            table, report["attention"] = attention_section(steps)
+            emit("Attention: segment-anything's explicit softmax against fused SDPA (flap, same batch)", table)
+            ckpt = steps["flap, checkpointing encoder"]
+            report["checkpointing"] = {"off_step_s": steps["flap"]["seconds_per_step"], "encoder_step_s": ckpt["seconds_per_step"],
+                                       "off_peak_bytes": int(steps["flap"]["peak_mib"] * 2**20), "encoder_peak_bytes": int(ckpt["peak_mib"] * 2**20)}
+
+    validation = None
+    if not args.no_validation:
+        table, validation = validation_section(args)
+        emit("Validation inference: one forward per slice (centre) against 5 overlapping windows (overlap)", table)
+        report["validation"] = validation
+
+    site = None
+    if not args.no_site_memory:
+        table, site = site_memory_section(args)
+        emit(f"Site memory: a synthetic CT site loaded, prepared and validated ({site['model']}, {site['inference']} inference, "
+             f"on {site['device']})", table)
+        report["site_memory"] = site
 
     payloads = [random_payload(spec_for("flap"), seed=i) for i in range(args.sites)]
     aggregation = {"sites": args.sites, "average": time_averaging(payloads), "lora_exact": time_exact_lora(payloads)}
-    sections.append(f"## Server aggregation of {args.sites} flap results\n\n" + _table(
+    emit(f"Server aggregation of {args.sites} flap results", _table(
         ["method", "seconds"], [["average (NVFlare WeightedAggregationHelper)", f"{aggregation['average']:.3f}"],
                                 ["lora_exact (rank-r SVD of sum of B·A)", f"{aggregation['lora_exact']:.3f}"]]))
-    print(sections[-1] + "\n", flush=True)
+    report["aggregation"] = aggregation
 
-    sections.append("## Targets\n\n" + targets(comm, steps, aggregation, errors))
-    print(sections[-1], flush=True)
+    table, report["targets"] = targets(comm, steps, aggregation, errors, validation, site)
+    emit("Targets", table)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write("\n\n".join(sections) + "\n")
+        _write(args.out, "\n\n".join(sections) + "\n")
+    if args.json:
+        _write(args.json, json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def _write(path: str, text: str) -> None:
+    """Atomically: a reader never sees half a report."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -56,7 +56,7 @@ def foreground_sample(volume: Volume, max_samples: int, rng: np.random.Generator
     """At most ``max_samples`` intensities of the volume's voxels with label > 0 (float32, 1D); none if unlabelled."""
     if volume.label is None:
         return np.empty(0, np.float32)
-    fg = volume.image[volume.label > 0]
+    fg = volume.image[volume.label > 0].astype(np.float32)
     return rng.choice(fg, max_samples, replace=False) if fg.size > max_samples else fg
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.transforms import (
     Compose,
     RandAdjustContrastd,
@@ -23,7 +24,6 @@ from monai.transforms import (
     RandRotate90d,
     RandRotated,
     RandScaleIntensityd,
-    Resize,
     ScaleIntensity,
     SomeOf,
 )
@@ -55,16 +55,25 @@ class PreparedVolume:
     source: VolumeSource
 
 
+RESIZE_SLICES = 32  # slices resized at a time: a float32 copy of only this many full-resolution slices exists
+
+
 def resize_volume(volume: Volume, image_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """In-plane resize to ``image_size``: image (Z, S, S) float32 (bilinear), label (Z, S, S) uint8 (nearest) or None."""
-    depth = volume.image.shape[2]
-    resize_image = Resize((image_size, image_size, depth), mode="bilinear", anti_aliasing=False)
-    image = torch.as_tensor(np.asarray(resize_image(volume.image[None])))[0].permute(2, 0, 1).contiguous().float()
-    label = None
-    if volume.label is not None:
-        resize_label = Resize((image_size, image_size, depth), mode="nearest")
-        label = torch.as_tensor(np.asarray(resize_label(volume.label[None])))[0]
-        label = label.permute(2, 0, 1).round().to(torch.uint8).contiguous()
+    """In-plane resize to ``image_size``: image (Z, S, S) float32 (bilinear), label (Z, S, S) uint8 (nearest) or None.
+
+    torch's interpolation, as MONAI's ``Resize(mode="bilinear" / "nearest", anti_aliasing=False)`` calls
+    it (the same numbers), a few slices at a time, so a volume stored as int16 is never held as float32 whole.
+    """
+    x, y, depth = volume.image.shape
+    image = torch.empty(depth, image_size, image_size)
+    label = None if volume.label is None else torch.empty(depth, image_size, image_size, dtype=torch.uint8)
+    for z0 in range(0, depth, RESIZE_SLICES):
+        z1 = min(depth, z0 + RESIZE_SLICES)
+        chunk = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume.image[:, :, z0:z1], 2, 0), dtype=np.float32))
+        image[z0:z1] = F.interpolate(chunk[:, None], size=(image_size, image_size), mode="bilinear", align_corners=False)[:, 0]
+        if label is not None:
+            chunk = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume.label[:, :, z0:z1], 2, 0)))
+            label[z0:z1] = F.interpolate(chunk[:, None], size=(image_size, image_size), mode="nearest")[:, 0]
     return image, label
 
 

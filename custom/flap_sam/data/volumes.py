@@ -60,7 +60,8 @@ class Volume:
     """One case in canonical orientation, with its voxels.
 
     Attributes:
-        image: (X, Y, Z) float32 intensities (HU for CT).
+        image: (X, Y, Z) intensities (HU for CT): float32, or the file's integer type (half the memory of
+            float32 for int16 CT); ``resize_volume`` converts a few slices at a time.
         label: (X, Y, Z) uint8 class indices, or None.
         source: files and grid (affine, original shape, spacing, name).
     """
@@ -134,9 +135,11 @@ def load_volume(image_path: str, label_path: str | None, num_classes: int, label
     values that are not integers in ``0..num_classes``.
     """
     image_img = _read(image_path, "image", channel)
-    image = _canonical(image_img).astype(np.float32)
-    if not np.isfinite(image).all():
-        raise DataError(f"image {image_path}: contains NaN or infinite values")
+    image = _canonical(image_img)
+    if not np.issubdtype(image.dtype, np.integer):  # integer voxels (e.g. CT in int16) stay as stored: always finite
+        image = image.astype(np.float32)
+        if not np.isfinite(image).all():
+            raise DataError(f"image {image_path}: contains NaN or infinite values")
     label = None
     if label_path is not None:
         label_img = _read(label_path, "label")

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -56,19 +58,30 @@ def predict_probabilities(model: SemanticSam, volume: PreparedVolume, device: to
     return probs[0, :, HALF:-HALF]
 
 
-def _centre_probabilities(model: SemanticSam, volume: PreparedVolume, device: torch.device, slices_per_batch: int,
-                          amp: bool) -> torch.Tensor:
-    """``centre`` mode: each slice from the min-max scaled stack centred on it, one forward per slice."""
+@torch.no_grad()
+def _centre_chunks(model: SemanticSam, volume: PreparedVolume, device: torch.device, slices_per_batch: int,
+                   amp: bool) -> Iterator[tuple[int, torch.Tensor]]:
+    """``centre`` mode, batch by batch: (first slice, (n, K+1, S, S) probabilities on CPU), each slice from the
+    min-max scaled stack centred on it, one forward per slice."""
     model.eval()
     depth = volume.image.shape[0]
-    out = []
     for start in range(0, depth, slices_per_batch):
         centres = range(start, min(depth, start + slices_per_batch))
         stacks = scale_stack(torch.stack([volume.image[stack_indices(z, depth)].float() for z in centres]))  # (n, 5, S, S)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(stacks_to_images(stacks[:, HALF:HALF + 1].to(device)))  # the centre slice only: (n, K+1, S, S)
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(out).transpose(0, 1)  # (K+1, Z, S, S)
+        yield start, torch.softmax(logits.float(), dim=1).cpu()
+
+
+def _centre_probabilities(model: SemanticSam, volume: PreparedVolume, device: torch.device, slices_per_batch: int,
+                          amp: bool) -> torch.Tensor:
+    return torch.cat([probs for _, probs in _centre_chunks(model, volume, device, slices_per_batch, amp)]).transpose(0, 1)
+
+
+def _slices_to_mask(probs: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(n, K+1, S, S) probabilities of n slices -> (X, Y, n) uint8 classes at the original in-plane size."""
+    resized = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)  # (n, K+1, X, Y)
+    return resized.argmax(dim=1).permute(1, 2, 0).to(torch.uint8).numpy()
 
 
 def probabilities_to_mask(probs: torch.Tensor, volume: PreparedVolume, slices_per_chunk: int = 16) -> np.ndarray:
@@ -80,12 +93,21 @@ def probabilities_to_mask(probs: torch.Tensor, volume: PreparedVolume, slices_pe
     mask = np.empty((x, y, depth), np.uint8)
     for start in range(0, depth, slices_per_chunk):
         chunk = probs[:, start:start + slices_per_chunk].transpose(0, 1)  # (n, K+1, S, S)
-        resized = F.interpolate(chunk, size=(x, y), mode="bilinear", align_corners=False)  # (n, K+1, X, Y)
-        mask[:, :, start:start + chunk.shape[0]] = resized.argmax(dim=1).permute(1, 2, 0).to(torch.uint8).numpy()
+        mask[:, :, start:start + chunk.shape[0]] = _slices_to_mask(chunk, (x, y))
     return mask
 
 
+@torch.no_grad()
 def segment_volume(model: SemanticSam, volume: PreparedVolume, device: torch.device, amp: bool = False,
-                   mode: str = "overlap") -> np.ndarray:
-    """Class-index mask (X, Y, Z) of one volume, canonical orientation, original in-plane size (``mode``: see above)."""
-    return probabilities_to_mask(predict_probabilities(model, volume, device, amp=amp, mode=mode), volume)
+                   mode: str = "overlap", windows_per_batch: int = 4) -> np.ndarray:
+    """Class-index mask (X, Y, Z) of one volume, canonical orientation, original in-plane size (``mode``: see above).
+
+    ``centre`` writes each batch of slices into the mask as it comes: the volume's probabilities are never held whole.
+    """
+    if mode != "centre":
+        return probabilities_to_mask(predict_probabilities(model, volume, device, windows_per_batch, amp=amp, mode=mode), volume)
+    x, y, depth = volume.source.shape
+    mask = np.empty((x, y, depth), np.uint8)
+    for start, probs in _centre_chunks(model, volume, device, windows_per_batch * STACK_DEPTH, amp):
+        mask[:, :, start:start + probs.shape[0]] = _slices_to_mask(probs, (x, y))
+    return mask

@@ -31,6 +31,6 @@ def dice_per_class(prediction: np.ndarray | torch.Tensor, label: np.ndarray | to
     scores = np.zeros(num_classes)
     for c in range(1, num_classes + 1):
         p, t = pred == c, true == c
-        total = int(p.sum()) + int(t.sum())
-        scores[c - 1] = 1.0 if total == 0 else 2.0 * int((p & t).sum()) / total
+        total = int(torch.count_nonzero(p)) + int(torch.count_nonzero(t))  # not .sum(): that makes an int64 copy
+        scores[c - 1] = 1.0 if total == 0 else 2.0 * int(torch.count_nonzero(p & t)) / total
     return scores

@@ -1,0 +1,43 @@
+"""The cross-site evaluation's results as the admin console prints them (``show_stats JOB server``).
+
+FLARE's ``CrossSiteModelEval`` hands its formatter the paths of the metric DXOs it has
+received so far, one per (site, model). Each holds only aggregate numbers (Dice per class,
+number of volumes), so the text names sites and models, never a file of a site.
+"""
+
+from __future__ import annotations
+
+from nvflare.apis.dxo import DataKind, from_file
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.abstract.formatter import Formatter
+from nvflare.app_common.app_constant import AppConstants
+
+
+def format_scores(scores: dict[str, dict[str, dict]]) -> str:
+    """``{site: {model: metrics}}`` -> one line per site and model, e.g. ``site-1 | SRV_FL_global_model | dice 0.812 | ...``."""
+    if not scores:
+        return "no cross-site results yet"
+    lines = []
+    for site in sorted(scores):
+        for model in sorted(scores[site]):
+            metrics = scores[site][model]
+            cells = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(metrics.items())]
+            lines.append(" | ".join([site, model, *cells]))
+    return "\n".join(lines)
+
+
+class CrossSiteDiceFormatter(Formatter):
+    """``Formatter`` for ``CrossSiteModelEval``: each site's Dice of each global model, one line each."""
+
+    def format(self, fl_ctx: FLContext) -> str:
+        received = fl_ctx.get_prop(AppConstants.VALIDATION_RESULT, {}) or {}
+        scores: dict[str, dict[str, dict]] = {}
+        for site, models in received.items():
+            for model, path in (models or {}).items():
+                try:
+                    dxo = from_file(path)
+                except Exception:  # a result still being written: shown on the next call
+                    continue
+                if dxo.data_kind == DataKind.METRICS:
+                    scores.setdefault(site, {})[model] = dict(dxo.data)
+        return format_scores(scores)

@@ -2,9 +2,9 @@
 
 Works the same against a POC federation and a provisioned deployment: it only uses the
 admin's startup kit and FLARE's admin API (``submit_job``, ``get_job_meta``, ``show_stats``,
-``show_errors``, ``download_job_result``). Prints one line whenever the progress changes:
-round, sites that reported, their validation Dice, bytes received from each, and sites
-missing from the last aggregation; site errors as they appear. At the end it downloads the
+``show_errors``, ``download_job_result``). Prints one line for every aggregated round, once,
+however fast rounds finish: the sites aggregated, their validation Dice, bytes received from
+each, and sites missing; site errors as they appear. At the end it downloads the
 job result and prints the cross-site Dice and the traffic totals. It waits through a server
 outage; for a job the restarted server abandoned it prints the ``resume_from`` to use.
 """
@@ -44,22 +44,39 @@ def server_progress(session, job_id: str) -> dict | None:
     return (stats.get("server") or {}).get(STATS_GROUP) if isinstance(stats, dict) else None
 
 
-def progress_line(progress: dict | None) -> str | None:
-    """One line from the server's progress, or None before the first round."""
-    if not progress or progress.get("round") is None:
-        return None
-    sites = ", ".join(
-        f"{site} Dice {v['val_dice']:.3f}" + (f" {v['bytes_received']:,} B" if v.get("bytes_received") else "")
-        if v.get("val_dice") is not None else site
-        for site, v in sorted(progress.get("reported", {}).items())
-    )
-    line = f"round {progress['round']}/{progress.get('num_rounds')}: {len(progress.get('reported', {}))} site(s) reported"
-    line += f" [{sites}]" if sites else ""
-    if progress.get("missing_last_round"):
-        line += f"; missing from the last aggregation: {', '.join(progress['missing_last_round'])}"
+def _site_cell(site: str, figures: dict) -> str:
+    cell = site
+    if figures.get("val_dice") is not None:
+        cell += f" Dice {figures['val_dice']:.3f}"
+    if figures.get("bytes_received"):
+        cell += f" {figures['bytes_received']:,} B"
+    return cell
+
+
+def progress_lines(progress: dict | None, shown_rounds: set, shown_failures: set) -> list[str]:
+    """New lines from the server's progress: one per aggregated round not shown yet (however many finished
+    since the last poll), with its sites' Dice and bytes and the sites missing, then new site failures.
+
+    ``shown_rounds`` / ``shown_failures`` are updated with what the lines report.
+    """
+    if not progress:
+        return []
+    lines = []
+    for record in progress.get("rounds", []):
+        if record["round"] in shown_rounds:
+            continue
+        shown_rounds.add(record["round"])
+        sites = ", ".join(_site_cell(site, figures) for site, figures in sorted(record["sites"].items()))
+        line = f"round {record['round']}/{progress.get('num_rounds')}: aggregated {len(record['sites'])} site(s)"
+        line += f" [{sites}]" if sites else ""
+        if record.get("missing"):
+            line += f"; missing: {', '.join(record['missing'])}"
+        lines.append(line)
     for site, reason in sorted(progress.get("failed", {}).items()):
-        line += f"; {site} failed: {reason}"
-    return line
+        if (site, reason) not in shown_failures:
+            shown_failures.add((site, reason))
+            lines.append(f"{site} failed: {reason}")
+    return lines
 
 
 def summarize_result(folder: str) -> list[str]:
@@ -108,7 +125,8 @@ def follow(session, job_id: str, download: str, poll: float, timeout: float, say
     While the server is unreachable (e.g. restarting) it waits and says so once. A job the
     server abandoned when it restarted has no result to download; it says how to resume it.
     """
-    started, last_line, seen_errors, status, server_down = time.monotonic(), None, set(), "?", False
+    started, seen_errors, status, server_down = time.monotonic(), set(), "?", False
+    shown_rounds, shown_failures = set(), set()
     while True:
         current, unreachable = _job_status(session, job_id)
         if current is None:
@@ -120,10 +138,8 @@ def follow(session, job_id: str, download: str, poll: float, timeout: float, say
             if server_down:
                 say(f"server reachable again; job {job_id} is {status}")
                 server_down = False
-            line = progress_line(server_progress(session, job_id))
-            if line and line != last_line:
+            for line in progress_lines(server_progress(session, job_id), shown_rounds, shown_failures):
                 say(line)
-                last_line = line
             for text in _site_errors(session, job_id):
                 if text not in seen_errors:
                     seen_errors.add(text)

@@ -18,6 +18,7 @@ import threading
 import numpy as np
 import torch
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
@@ -96,12 +97,16 @@ def aggregate_exact(contributions: list[tuple[float, dict[str, np.ndarray]]]) ->
 
 
 class ExactLoRAAggregator(Aggregator):
-    """Collects the round's WEIGHTS results (weighted by local steps) and aggregates them with ``aggregate_exact``."""
+    """Collects the round's WEIGHTS results and aggregates them with ``aggregate_exact``.
 
-    def __init__(self) -> None:
+    A site's weight is its local steps times its entry in ``aggregation_weights`` (1.0 if absent).
+    """
+
+    def __init__(self, aggregation_weights: dict[str, float] | None = None) -> None:
         super().__init__()
         self._lock = threading.Lock()
         self._contributions: dict[str, tuple[float, dict]] = {}
+        self.aggregation_weights = aggregation_weights if aggregation_weights is not None else {}
 
     def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
         contributor = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
@@ -126,7 +131,7 @@ class ExactLoRAAggregator(Aggregator):
             if contributor in self._contributions:
                 self.log_warning(fl_ctx, f"discarding a second result of {contributor} this round")
                 return False
-            self._contributions[contributor] = (float(steps), dict(dxo.data))
+            self._contributions[contributor] = (float(steps) * float(self.aggregation_weights.get(contributor, 1.0)), dict(dxo.data))
         return True
 
     def aggregate(self, fl_ctx: FLContext) -> Shareable:
@@ -146,6 +151,24 @@ class ExactLoRAAggregator(Aggregator):
 AGGREGATIONS = ("average", "lora_exact")
 
 
+def check_aggregation_weights(weights) -> dict[str, float]:
+    """``{site: weight}`` with positive finite weights (a copy); None / {} -> {}; one-line ValueError otherwise."""
+    if not weights:
+        return {}
+    if not isinstance(weights, dict):
+        raise ValueError(f"aggregation_weights: expected a mapping site -> weight, got {weights!r}")
+    checked = {}
+    for site, weight in weights.items():
+        try:
+            value = float(weight)
+        except (TypeError, ValueError):
+            raise ValueError(f"aggregation_weights: the weight of {site} is not a number ({weight!r})") from None
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"aggregation_weights: the weight of {site} must be positive and finite, got {weight!r}")
+        checked[str(site)] = value
+    return checked
+
+
 class FlapSamAggregator(Aggregator):
     """The job's aggregator, chosen by the ``aggregation`` setting, behind a check of every update.
 
@@ -158,21 +181,30 @@ class FlapSamAggregator(Aggregator):
     a round is usable, the global model stays as it was (and the log says so).
     """
 
-    def __init__(self, aggregation: str = "lora_exact") -> None:
+    def __init__(self, aggregation: str = "lora_exact", aggregation_weights: dict | None = None) -> None:
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation '{aggregation}' is unknown; choose one of {AGGREGATIONS}")
         from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
 
         self.aggregation = aggregation
+        # One dict, shared with the aggregator that uses it and completed with 1.0 for every site of the
+        # run at its start: each site's weight is explicit (FLARE warns about every site it has to guess).
+        self.weights = check_aggregation_weights(aggregation_weights)
         if aggregation == "average":
             self.impl = InTimeAccumulateWeightedAggregator(expected_data_kind="WEIGHTS", weigh_by_local_iter=True)
         else:
-            self.impl = ExactLoRAAggregator()
+            self.impl = ExactLoRAAggregator(self.weights)
         self._lock = threading.Lock()
         self._accepted = 0  # updates accepted this round
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == EventType.START_RUN:
+            for client in fl_ctx.get_engine().get_clients():
+                self.weights.setdefault(client.name, 1.0)
+            self.log_info(fl_ctx, f"aggregation {self.aggregation}, site weights (x local steps): {self.weights}")
+            if self.aggregation == "average":
+                self.impl.aggregation_weights = self.weights  # read by NVFlare's aggregator when it sets up, below
         self.impl.handle_event(event_type, fl_ctx)  # NVFlare's aggregator sets itself up at START_RUN
 
     @staticmethod
@@ -211,6 +243,8 @@ class FlapSamAggregator(Aggregator):
             if problem:
                 self.log_error(fl_ctx, f"round {current_round}: leaving out the update of {contributor}: {problem}")
                 return False
+        with self._lock:
+            self.weights.setdefault(contributor, 1.0)  # a site that joined after the start
         accepted = self.impl.accept(shareable, fl_ctx)
         if accepted:
             with self._lock:

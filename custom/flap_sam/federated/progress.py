@@ -1,6 +1,6 @@
 """Server widget: the federation's progress, for the admin console and ``flap-sam monitor``.
 
-Keeps, for the current round, which sites returned a result, their validation Dice of the
+Keeps, for the current round and for every aggregated round before it, which sites returned a result, their validation Dice of the
 global model they received (the number the Learner reports for model selection) and the
 bytes received from them (from ``traffic_summary.json``), which sites did not report when
 the round was aggregated, and which sites returned an error (with what failed, for a site
@@ -35,7 +35,10 @@ class FederationProgress(FLComponent):
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
-        self.state = {"round": None, "num_rounds": None, "reported": {}, "missing_last_round": [], "finished_rounds": 0, "failed": {}}
+        # "rounds": every aggregated round, in order: {"round", "sites": {site: {"val_dice", "bytes_received"}}, "missing"},
+        # so a reader that polls less often than rounds finish still sees each round once.
+        self.state = {"round": None, "num_rounds": None, "reported": {}, "missing_last_round": [], "finished_rounds": 0,
+                      "failed": {}, "rounds": []}
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == AppEventType.ROUND_STARTED:
@@ -91,7 +94,9 @@ class FederationProgress(FLComponent):
             self.state["missing_last_round"] = missing
             self.state["finished_rounds"] += 1
             round_ = self.state["round"]
-        dice = {s: self.state["reported"][s]["val_dice"] for s in reported}
+            sites = {s: dict(self.state["reported"][s]) for s in reported}
+            self.state["rounds"].append({"round": round_, "sites": sites, "missing": missing})
+        dice = {s: v["val_dice"] for s, v in sites.items()}
         self.log_info(fl_ctx, f"round {round_}: aggregating {len(reported)} site(s) {reported}; validation Dice {dice}")
         if missing:
             self.log_warning(fl_ctx, f"round {round_}: no result from {missing} (dropped out or too late); the round goes on without them")

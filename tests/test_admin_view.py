@@ -1,0 +1,54 @@
+"""What the admin console shows: every finished round once, the cross-site Dice, explicit aggregation weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from nvflare.apis.dxo import DXO, DataKind
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.app_constant import AppConstants
+
+from flap_sam.cli.monitor import progress_lines
+from flap_sam.federated.cross_site_formatter import CrossSiteDiceFormatter
+from flap_sam.federated.lora_aggregation import check_aggregation_weights
+
+
+def _round(r: int, missing=()) -> dict:
+    return {"round": r, "sites": {"site-1": {"val_dice": 0.5 + r / 100, "bytes_received": 1000}, "site-2": {"val_dice": 0.4}},
+            "missing": list(missing)}
+
+
+def test_rounds_that_finish_between_two_polls_are_each_reported_once():
+    shown_rounds, shown_failures = set(), set()
+    progress = {"round": 8, "num_rounds": 10, "rounds": [_round(r) for r in range(8)], "failed": {}}
+    lines = progress_lines(progress, shown_rounds, shown_failures)
+    assert [line.split(":")[0] for line in lines] == [f"round {r}/10" for r in range(8)]
+    assert lines[1] == "round 1/10: aggregated 2 site(s) [site-1 Dice 0.510 1,000 B, site-2 Dice 0.400]"
+    assert progress_lines(progress, shown_rounds, shown_failures) == []  # nothing new, nothing printed
+    progress["rounds"].append(_round(8, missing=["site-3"]))
+    progress["failed"] = {"site-3": "it could not start"}
+    assert progress_lines(progress, shown_rounds, shown_failures) == [
+        "round 8/10: aggregated 2 site(s) [site-1 Dice 0.580 1,000 B, site-2 Dice 0.400]; missing: site-3",
+        "site-3 failed: it could not start"]
+
+
+def test_cross_site_formatter_prints_each_sites_dice_of_each_model(tmp_path):
+    paths = {}
+    for site, dice in (("site-1", 0.8125), ("site-2", 0.5)):
+        path = str(tmp_path / f"{site}.dxo")
+        DXO(DataKind.METRICS, data={"dice": dice, "dice_kidney": dice, "volumes": 3}).to_file(path)
+        paths[site] = {"SRV_FL_global_model.pt": path}
+    fl_ctx = FLContext()
+    fl_ctx.set_prop(AppConstants.VALIDATION_RESULT, paths, private=True, sticky=False)
+    text = CrossSiteDiceFormatter().format(fl_ctx)
+    assert text.splitlines() == ["site-1 | SRV_FL_global_model.pt | dice 0.8125 | dice_kidney 0.8125 | volumes 3",
+                                 "site-2 | SRV_FL_global_model.pt | dice 0.5000 | dice_kidney 0.5000 | volumes 3"]
+
+
+def test_aggregation_weights_are_checked_at_start_up():
+    assert check_aggregation_weights({}) == {} and check_aggregation_weights({"site-1": "2"}) == {"site-1": 2.0}
+    with pytest.raises(ValueError, match=r"^aggregation_weights: the weight of site-2 must be positive and finite, got -1$"):
+        check_aggregation_weights({"site-2": -1})
+    with pytest.raises(ValueError, match="not a number"):
+        check_aggregation_weights({"site-2": "heavy"})
+    assert not np.isnan(check_aggregation_weights({"a": 1e-3})["a"])

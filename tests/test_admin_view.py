@@ -9,7 +9,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_constant import AppConstants
 
 from flap_sam.cli.monitor import progress_lines
-from flap_sam.federated.cross_site_formatter import CrossSiteDiceFormatter
+from flap_sam.federated.cross_site import CrossSiteDiceFormatter
 from flap_sam.federated.lora_aggregation import check_aggregation_weights
 
 

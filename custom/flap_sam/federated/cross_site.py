@@ -1,4 +1,4 @@
-"""The cross-site evaluation's results as the admin console prints them (``show_stats JOB server``).
+"""The final cross-site evaluation, with its results printed in the admin console (``show_stats JOB server``).
 
 FLARE's ``CrossSiteModelEval`` hands its formatter the paths of the metric DXOs it has
 received so far, one per (site, model). Each holds only aggregate numbers (Dice per class,
@@ -8,9 +8,11 @@ number of volumes), so the text names sites and models, never a file of a site.
 from __future__ import annotations
 
 from nvflare.apis.dxo import DataKind, from_file
+from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.formatter import Formatter
 from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
 
 
 def format_scores(scores: dict[str, dict[str, dict]]) -> str:
@@ -41,3 +43,20 @@ class CrossSiteDiceFormatter(Formatter):
                 if dxo.data_kind == DataKind.METRICS:
                     scores.setdefault(site, {})[model] = dict(dxo.data)
         return format_scores(scores)
+
+
+class CrossSiteEvaluation(CrossSiteModelEval):
+    """FLARE's ``CrossSiteModelEval`` with its formatter in place from the start of the run.
+
+    ``CrossSiteModelEval`` looks its formatter up only when its own workflow starts, after the
+    training rounds; every ``show_stats`` during those rounds then logs "No formatter
+    provided", and ``show_errors`` fills with that warning. Looking it up at the start of the
+    run keeps ``show_errors`` for real problems.
+    """
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == EventType.START_RUN and self._formatter_id and self._formatter is None:
+            formatter = fl_ctx.get_engine().get_component(self._formatter_id)
+            if isinstance(formatter, Formatter):
+                self._formatter = formatter
+        super().handle_event(event_type, fl_ctx)

@@ -1,11 +1,13 @@
-"""What each transport mode does to Dice: the demo federation, once per mode, in the real simulator.
+"""What a transport mode (or a privacy filter) does to Dice: the demo federation, once per value, in the real simulator.
 
     python -m flap_sam.benchmark.transport_dice --out /tmp/transport_dice
+    python -m flap_sam.benchmark.transport_dice --out /tmp/privacy_dice --setting privacy --values none percentile svt
 
 Runs ``jobs/kits_lora`` on its demo data with the test-size model (the settings the tests
-use, so it finishes in minutes on a CPU) and prints, per mode: wire bytes per site and round,
-the validation Dice every site reported for the last round's global model, and the cross-site
-test Dice of the final adapter. Same seeds in every run: differences come from the transport.
+use, so it finishes in minutes on a CPU) and prints, per value of the setting: wire bytes per
+site and round, the validation Dice every site reported for the last round's global model, and
+the cross-site test Dice of the final adapter. Same seeds in every run: differences come from
+the setting.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ SETTINGS = {"model_type": "vit_test", "image_size": 64, "rank": 4, "batch_size":
             "max_steps_per_round": 60, "lr": 0.01, "poly_power": 1.0, "augment": False, "num_rounds": 3}
 
 
-def run_mode(mode: str, out: str) -> dict:
-    job = write_job(os.path.join(jobs_folder(), "kits_lora"), os.path.join(out, f"job_{mode}"), {**SETTINGS, "transport": mode})
+def run_mode(mode: str, out: str, setting: str = "transport") -> dict:
+    job = write_job(os.path.join(jobs_folder(), "kits_lora"), os.path.join(out, f"job_{mode}"), {**SETTINGS, setting: mode})
     workspace = os.path.join(out, f"ws_{mode}")
     env = {**os.environ, "FLAP_SAM_DEMO_ROOT": os.path.join(out, "demo")}
     subprocess.run([sys.executable, "-m", "nvflare.cli", "simulator", job, "-w", workspace, "-n", "2", "-t", "2"],
@@ -51,10 +53,11 @@ def run_mode(mode: str, out: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--modes", nargs="+", default=["fp32", "fp16", "bf16", "int8"])
+    parser.add_argument("--setting", default="transport", help="the setting to vary (transport, privacy, ...)")
+    parser.add_argument("--values", "--modes", nargs="+", default=["fp32", "fp16", "bf16", "int8"])
     args = parser.parse_args(argv)
-    rows = {mode: run_mode(mode, args.out) for mode in args.modes}
-    print("| transport | bytes per site and round (site -> server) | val Dice, last round | cross-site test Dice |")
+    rows = {mode: run_mode(mode, args.out, args.setting) for mode in args.values}
+    print(f"| {args.setting} | bytes per site and round (site -> server) | val Dice, last round | cross-site test Dice |")
     print("|---|---|---|---|")
     for mode, r in rows.items():
         print(f"| {mode} | {r['sent_per_site_round']:,} | {r['val_dice_last_round']:.4f} | {r['cross_site_dice']:.4f} |")

@@ -18,6 +18,7 @@ from nvflare.app_common.app_constant import AppConstants, ValidateType
 
 from flap_sam.data.site import DEMO as DEMO_DATA_ROOT, SiteData
 from flap_sam.data.stacks import SliceStackDataset, build_augmentation
+from flap_sam.federated.privacy import PRIVACY_MODES
 from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS, BaseMismatchError, site_error_kind
 from flap_sam.federated.weights import export_weights, import_weights
 from flap_sam.jobs.spec import JobSpec
@@ -95,6 +96,7 @@ class FlapSamLearner(Learner):
         demo_budget: bool = False,
         round_inference: str = "centre",
         final_inference: str = "overlap",
+        privacy: str = "none",
         analytic_sender_id: str = "analytic_sender",
     ) -> None:
         super().__init__()
@@ -111,6 +113,10 @@ class FlapSamLearner(Learner):
             if mode not in INFERENCE_MODES:
                 raise ValueError(f"{name}: {mode!r} is not one of {list(INFERENCE_MODES)}")
         self.round_inference, self.final_inference = round_inference, final_inference
+        if privacy not in PRIVACY_MODES:
+            raise ValueError(f"privacy: {privacy!r} is not one of {list(PRIVACY_MODES)}")
+        # FLARE's privacy filters work on a difference: with privacy on, the update travels as a WEIGHT_DIFF.
+        self.send_difference = privacy != "none"
         self.train_settings = TrainSettings(lr, weight_decay, batch_size, warmup_steps, poly_power, foreground_fraction, amp, seed, fedprox_mu)
         self.analytic_sender_id = analytic_sender_id
         self.model = None
@@ -256,6 +262,7 @@ class FlapSamLearner(Learner):
         current_round = self._receive(shareable, fl_ctx, require_base=True)
         if isinstance(current_round, Shareable):
             return current_round
+        received = export_weights(self.model, self.exchanged) if self.send_difference else None
         num_rounds = int(shareable.get_header(AppConstants.NUM_ROUNDS, 1) or 1)
         steps = self._steps_this_round()
         first_step, total_steps = federation_steps(current_round, num_rounds, steps)
@@ -282,6 +289,9 @@ class FlapSamLearner(Learner):
         self.local_weights = weights
         # The round travels in the meta (LearnerExecutor rebuilds the Shareable, dropping headers).
         meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: done, AppConstants.CURRENT_ROUND: current_round}
+        if self.send_difference:
+            difference = {name: (value - received[name]).astype(np.float32) for name, value in weights.items()}
+            return DXO(DataKind.WEIGHT_DIFF, data=difference, meta=meta).to_shareable()
         return DXO(DataKind.WEIGHTS, data=self.local_weights, meta=meta).to_shareable()
 
     def get_model_for_validation(self, model_name: str, fl_ctx: FLContext) -> Shareable:

@@ -236,13 +236,17 @@ class FlapSamAggregator(Aggregator):
             else:
                 if reference is None:
                     problem = "the server has no global model to check it against"
-                elif dxo.data_kind != DataKind.WEIGHTS:
-                    problem = f"it is {dxo.data_kind}, not WEIGHTS"
+                elif dxo.data_kind not in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF):
+                    problem = f"it is {dxo.data_kind}, not WEIGHTS or WEIGHT_DIFF"
                 else:
                     problem = contribution_problem(dxo.data, dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND), reference)
             if problem:
                 self.log_error(fl_ctx, f"round {current_round}: leaving out the update of {contributor}: {problem}")
                 return False
+            if dxo.data_kind == DataKind.WEIGHT_DIFF:  # a privacy-filtered update: applied to the global model it came from
+                dxo.data = {name: (np.asarray(reference[name], dtype=np.float32) + diff).astype(np.float32) for name, diff in dxo.data.items()}
+                dxo.data_kind = DataKind.WEIGHTS
+                shareable = dxo.update_shareable(shareable)
         with self._lock:
             self.weights.setdefault(contributor, 1.0)  # a site that joined after the start
         accepted = self.impl.accept(shareable, fl_ctx)

@@ -1,0 +1,78 @@
+"""Privacy on the update (setting ``privacy``), with FLARE's own filters, before transport encoding.
+
+FLARE's ``PercentilePrivacy`` and ``SVTPrivacy`` work on a model difference. With ``privacy``
+set, the Learner sends its update as a WEIGHT_DIFF (its trained tensors minus the global ones
+it received), this filter passes it through FLARE's filter, and the server adds it back to the
+global model before aggregation (``FlapSamAggregator``). The filter runs after the preset
+filter (only the preset's tensors reach it) and before the transport codec.
+
+* ``percentile`` (Shokri & Shmatikov, CCS '15): sends only the differences whose magnitude per
+  local step is above the ``privacy_percentile``-th percentile, each clipped to
+  ``percentile_gamma`` per step. It hides small changes; it gives no formal guarantee.
+* ``svt`` (sparse vector technique, Lyu et al.): sends a ``svt_fraction`` of the differences,
+  chosen and released with Laplace noise; ``svt_epsilon`` is the budget of the selection,
+  spent again every round (the release noise is set by ``svt_noise_var``). The guarantee is
+  per round and per site; over R rounds the budgets add up.
+
+Neither protects the data against a site's own operators, nor the global model against what
+it memorised: they limit what one update tells the server and whoever sees the traffic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from nvflare.apis.dxo import DataKind, from_shareable
+from nvflare.apis.filter import Filter
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
+
+PRIVACY_MODES = ("none", "percentile", "svt")
+
+
+class UpdatePrivacyFilter(Filter):
+    """Site result filter: FLARE's privacy filter of the chosen ``privacy`` mode on WEIGHT_DIFF updates.
+
+    Every other result (validation metrics) passes unchanged. The filtered differences are float32 again.
+    """
+
+    def __init__(self, privacy: str = "none", privacy_percentile: float = 10, percentile_gamma: float = 0.01,
+                 svt_fraction: float = 0.1, svt_epsilon: float = 0.1, svt_noise_var: float = 0.1, svt_gamma: float = 1e-5,
+                 svt_tau: float = 1e-6) -> None:
+        super().__init__()
+        if privacy not in PRIVACY_MODES:
+            raise ValueError(f"privacy: {privacy!r} is not one of {list(PRIVACY_MODES)}")
+        self.privacy = privacy
+        self.impl = None
+        if privacy == "percentile":
+            from nvflare.app_common.filters.percentile_privacy import PercentilePrivacy
+
+            if not 0 <= float(privacy_percentile) <= 100 or float(percentile_gamma) <= 0:
+                raise ValueError(f"privacy = percentile: privacy_percentile must be in 0..100 and percentile_gamma > 0, "
+                                 f"got {privacy_percentile} and {percentile_gamma}")
+            self.impl = PercentilePrivacy(percentile=float(privacy_percentile), gamma=float(percentile_gamma),
+                                          data_kinds=[DataKind.WEIGHT_DIFF])
+        elif privacy == "svt":
+            from nvflare.app_common.filters.svt_privacy import SVTPrivacy
+
+            if not 0 < float(svt_fraction) <= 1 or float(svt_epsilon) <= 0:
+                raise ValueError(f"privacy = svt: svt_fraction must be in (0, 1] and svt_epsilon > 0, got {svt_fraction} and {svt_epsilon}")
+            self.impl = SVTPrivacy(fraction=float(svt_fraction), epsilon=float(svt_epsilon), noise_var=float(svt_noise_var),
+                                   gamma=float(svt_gamma), tau=float(svt_tau), data_kinds=[DataKind.WEIGHT_DIFF])
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if self.impl is not None:
+            self.impl.handle_event(event_type, fl_ctx)  # SVT resets its privacy accountant at the start of a run
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        if self.impl is None:
+            return shareable
+        try:
+            dxo = from_shareable(shareable)
+        except Exception:
+            return shareable
+        if dxo.data_kind != DataKind.WEIGHT_DIFF:
+            return shareable
+        filtered = self.impl.process(shareable, fl_ctx)
+        out = from_shareable(filtered)
+        out.data = {name: np.asarray(value, dtype=np.float32) for name, value in out.data.items()}
+        return out.update_shareable(filtered)

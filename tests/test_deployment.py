@@ -136,7 +136,7 @@ def test_a_site_killed_mid_job_is_reported_and_the_job_goes_on(tmp_path, poc):
     assert any(line.startswith("round 3/4: aggregated 2 site(s)") for line in lines)  # later rounds ran with the two remaining sites
     server_log = _server_job_log(tmp_path)
     assert "No formatter provided" not in server_log and "Aggregation_weight missing" not in server_log
-    assert "site weights (x local steps)" in server_log
+    assert "site weights (x training steps)" in server_log
 
 
 @pytest.mark.slow

@@ -52,8 +52,11 @@ def test_a_federation_with_percentile_privacy_trains_through_differences(tmp_pat
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     assert "cutoff" in log  # FLARE's PercentilePrivacy ran on the sites' updates
+    assert "Max abs delta_w: 0.0," not in log  # on real differences
     assert "leaving out the update" not in log
     job_dir = tmp_path / "ws" / "server" / "simulate_job"
     state = torch.load(job_dir / "app_server" / "FL_global_model.pt", weights_only=True)["model"]
     assert any(".lora_B." in k and state[k].abs().sum() > 0 for k in state), "the filtered differences reached the global model"
+    dice = scalars(job_dir / "tb_events" / "site-1", "val_dice")
+    assert dice[1] != dice[0]  # the global model of round 1 is not the initial one
     assert len(scalars(job_dir / "tb_events" / "site-1", "val_dice")) == 2

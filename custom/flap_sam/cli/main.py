@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from flap_sam.cli import bench, demo_data, evaluate, infer, job, monitor, params, prepare
+from flap_sam.cli import bench, demo_data, evaluate, infer, job, monitor, params, prepare, report, sweep, train
 from flap_sam.data.errors import DataError
 from flap_sam.model.sam_builder import CheckpointError
 
@@ -19,6 +19,9 @@ COMMANDS = {
     "monitor": (monitor, "submit and follow a job with an admin startup kit (POC or provisioned)"),
     "bench": (bench, "measure wire bytes, step time, memory and aggregation time per preset (prints a table)"),
     "infer": (infer, "segment a NIfTI volume with SAM + a persisted adapter"),
+    "train": (train, "local or pooled baseline: the job's recipe on one or several sites' data, without FLARE"),
+    "sweep": (sweep, "one simulator run per preset (and transport) of a job, resumable, then the report"),
+    "report": (report, "report.md and figures (Dice per round, bytes, Dice against bytes) from runs and baselines"),
 }
 
 

@@ -202,7 +202,7 @@ class FlapSamAggregator(Aggregator):
         if event_type == EventType.START_RUN:
             for client in fl_ctx.get_engine().get_clients():
                 self.weights.setdefault(client.name, 1.0)
-            self.log_info(fl_ctx, f"aggregation {self.aggregation}, site weights (x local steps): {self.weights}")
+            self.log_info(fl_ctx, f"aggregation {self.aggregation}, site weights (x training steps): {self.weights}")
             if self.aggregation == "average":
                 self.impl.aggregation_weights = self.weights  # read by NVFlare's aggregator when it sets up, below
         self.impl.handle_event(event_type, fl_ctx)  # NVFlare's aggregator sets itself up at START_RUN

@@ -8,9 +8,13 @@ from torch import nn
 
 
 def export_weights(model: nn.Module, names: list[str]) -> dict[str, np.ndarray]:
-    """The named parameters as float32 numpy arrays (what a site sends)."""
+    """The named parameters as float32 numpy arrays (what a site sends): copies, which later training does not change.
+
+    (On CPU ``tensor.numpy()`` shares the parameter's memory: without the copy, a kept "received"
+    model or a result still being sent would follow the optimiser's in-place updates.)
+    """
     params = dict(model.named_parameters())
-    return {name: params[name].detach().float().cpu().numpy() for name in names}
+    return {name: params[name].detach().float().cpu().numpy().copy() for name in names}
 
 
 def import_weights(model: nn.Module, weights: dict, names: list[str], source: str) -> None:

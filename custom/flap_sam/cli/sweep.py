@@ -1,0 +1,83 @@
+"""``flap-sam sweep JOB --presets flap lora_dec ... --out DIR``: the paper's preset table as one command.
+
+Writes one job per preset (and per transport, with ``--transports``) into ``DIR/jobs/`` and runs
+each in FLARE's simulator, one after another, into ``DIR/runs/<preset>-<transport>/``. A run
+that finished (its ``DONE`` file) is not run again, so a sweep that stopped goes on where it
+stopped. Then it writes the report of all runs (and of ``--baselines`` folders) to ``DIR/report/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+
+from flap_sam.evaluation.report import collect, write_report
+from flap_sam.jobs.recipe import source_job
+from flap_sam.jobs.writer import job_settings, parse_value, write_job
+
+DONE = "DONE"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="a job folder or the name of a shipped job")
+    parser.add_argument("--presets", nargs="+", required=True)
+    parser.add_argument("--transports", nargs="+", default=None, help="transport modes to sweep too (default: the job's)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="settings for every run, as flap-sam job")
+    parser.add_argument("--sites", type=int, default=None, help="simulated sites (default: the job's min_clients)")
+    parser.add_argument("--baselines", nargs="*", default=[], help="baseline folders (flap-sam train) to put in the report")
+    parser.add_argument("--run-timeout", type=float, default=0, help="seconds a run may take before it is stopped and tried "
+                        "once more (0: no limit)")
+
+
+def _simulate(job: str, workspace: str, sites: int, timeout: float) -> tuple[bool, str]:
+    """One simulator run; (finished, last lines of its output)."""
+    shutil.rmtree(workspace, ignore_errors=True)
+    try:
+        done = subprocess.run([sys.executable, "-m", "nvflare.cli", "simulator", job, "-w", workspace, "-n", str(sites),
+                               "-t", str(sites)], capture_output=True, text=True, check=False, timeout=timeout or None)
+    except subprocess.TimeoutExpired:
+        return False, f"no result after {timeout:.0f} s"
+    return done.returncode == 0, " | ".join((done.stdout + done.stderr).strip().splitlines()[-5:])
+
+
+def run(args: argparse.Namespace) -> int:
+    source = source_job(args.job)
+    common = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item}: expected KEY=VALUE")
+        common[key] = parse_value(value)
+    transports = args.transports or [None]
+    sites = args.sites or int(common.get("min_clients", job_settings(source)["min_clients"]))
+    os.makedirs(os.path.join(args.out, "runs"), exist_ok=True)
+    for preset in args.presets:
+        for transport in transports:
+            settings = {**common, "preset": preset, **({"transport": transport} if transport else {})}
+            name = f"{preset}-{transport or job_settings(source)['transport']}"
+            workspace = os.path.join(args.out, "runs", name)
+            if os.path.isfile(os.path.join(workspace, DONE)):
+                print(f"{name}: finished before, not run again", flush=True)
+                continue
+            job = os.path.join(args.out, "jobs", name)
+            shutil.rmtree(job, ignore_errors=True)  # a run that stopped midway starts again from its job
+            write_job(source, job, settings)
+            print(f"{name}: running in the simulator ({sites} sites) ...", flush=True)
+            finished, tail = _simulate(job, workspace, sites, args.run_timeout)
+            if not finished:  # FLARE's simulator now and then loses a race for a local port: one more try
+                print(f"{name}: failed ({tail}); trying once more", flush=True)
+                finished, tail = _simulate(job, workspace, sites, args.run_timeout)
+            if not finished:
+                raise ValueError(f"sweep run {name} failed twice; its log is in {workspace}: {tail}")
+            with open(os.path.join(workspace, DONE), "w", encoding="utf-8") as f:
+                f.write("finished\n")
+    runs, baselines = collect([os.path.join(args.out, "runs"), *args.baselines])
+    path = write_report(runs, baselines, os.path.join(args.out, "report"))
+    print(f"wrote {path}")
+    for r in runs:
+        print(f"  {r.name}: {r.total_bytes:,} bytes, mean test Dice {r.test_dice:.4f}")
+    return 0

@@ -1,0 +1,66 @@
+"""``flap-sam train``: the local and pooled baselines, with the federation's own recipe, without FLARE.
+
+    flap-sam train --job JOB --sites site-3 --out baselines/local-site-3           # one site's data: "local"
+    flap-sam train --job JOB --sites site-1 site-2 site-3 --out baselines/pooled   # all in one place: "pooled"
+    flap-sam train --job JOB --datalist /data/kits/site-3.json --out ...           # datalist files instead
+
+Model, task, preset, training recipe, data root and checkpoint come from the job folder, so a
+baseline is trained exactly as the federation that ran the job, for rounds x local epochs epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from flap_sam.jobs.writer import job_settings, read_job_spec
+from flap_sam.model.factory import build_model, resolve_checkpoint
+from flap_sam.training.baseline import train_baseline
+from flap_sam.training.device import pick_device
+from flap_sam.training.loader import resolve_data_workers
+from flap_sam.training.local_trainer import TrainSettings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--job", required=True, help="the job folder whose recipe and settings to train with")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--sites", nargs="+", metavar="SITE", help="sites' datalists under the job's data_root (demo data too)")
+    source.add_argument("--datalist", nargs="+", metavar="FILE", help="datalist files (their folder is the data root)")
+    parser.add_argument("--out", required=True, help="folder for the adapters, train_log.json and baseline.json")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the job's num_rounds x local_epochs")
+    parser.add_argument("--checkpoint", default=None, help="SAM checkpoint (default: the job's checkpoint setting)")
+    parser.add_argument("--device", default=None, help="default: the job's device setting")
+
+
+def run(args: argparse.Namespace) -> int:
+    from flap_sam.data.site import SiteData
+
+    settings = job_settings(args.job)
+    job = read_job_spec(args.job)
+    spec, profile = job.model, job.task
+    device = pick_device(args.device or settings.get("device", "auto"))
+    torch.manual_seed(int(settings.get("seed", 0)))
+    if args.sites:
+        sources = {site: (str(settings.get("data_root", "demo")), site, str(settings.get("datalist") or "") or None) for site in args.sites}
+    else:
+        sources = {os.path.basename(path).removesuffix(".json"): (os.path.dirname(os.path.abspath(path)), "site", path)
+                   for path in args.datalist}
+    sites = {name: SiteData.load(profile, root, site, spec.image_size, spec.num_classes, datalist)
+             for name, (root, site, datalist) in sources.items()}
+    train_settings = TrainSettings(
+        lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"]), batch_size=int(settings["batch_size"]),
+        warmup_steps=int(settings["warmup_steps"]), poly_power=float(settings["poly_power"]),
+        data_workers=resolve_data_workers(settings.get("data_workers", "auto"), device))
+    epochs = args.epochs or max(1, round(int(settings["num_rounds"]) * float(settings["local_epochs"])))
+    checkpoint = resolve_checkpoint(args.checkpoint if args.checkpoint is not None else settings.get("checkpoint", ""))
+    model = build_model(spec, checkpoint, device, settings.get("attention", "fused"), settings.get("checkpointing", "off"))
+    kind = "local" if len(sites) == 1 else "pooled"
+    print(f"{kind} baseline: {spec.model_type}/{spec.image_size} preset {spec.preset} on {', '.join(sites)}, {epochs} epochs "
+          f"(job {args.job}), {device}", flush=True)
+    train_baseline(model, spec, sites, train_settings, epochs, args.out, device, kind, augment=bool(settings.get("augment", True)),
+                   round_inference=str(settings.get("round_inference", "centre")),
+                   final_inference=str(settings.get("final_inference", "overlap")),
+                   max_steps_per_epoch=int(settings.get("max_steps_per_round", 0)), say=lambda s: print(s, flush=True))
+    return 0

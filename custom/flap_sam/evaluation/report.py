@@ -1,0 +1,244 @@
+"""The researcher's evidence: runs and baselines read from their folders, tabulated and drawn.
+
+A federated run is any folder holding a server job folder (``app_server/traffic_summary.json``,
+``tb_events/``, ``cross_site_val/``): a simulator workspace, a POC or production job result, or
+a sweep's folder of several. A baseline is a folder with ``baseline.json`` (``flap-sam train``).
+The report's tables and figures show the same numbers, which come only from those files:
+
+* per run: each site's validation Dice and train loss per round (TensorBoard events), bytes
+  per round in each direction and the total (``traffic_summary.json``), the mean over sites of
+  the cross-site test Dice of the final adapter (``cross_val_results.json``);
+* over runs: mean test Dice against total bytes transmitted, one point per run labelled by
+  preset and transport (the paper's Figure 1), with the baselines as horizontal lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+SERVER_MARKER = os.path.join("app_server", "traffic_summary.json")
+FINAL_MODEL = "SRV_FL_global_model.pt"
+
+
+@dataclass
+class FederatedRun:
+    """One federated run, as its server's files record it."""
+
+    name: str
+    folder: str
+    preset: str
+    transport: str
+    num_rounds: int
+    val_dice: dict[str, dict[int, float]]  # site -> round -> Dice of the global model received
+    train_loss: dict[str, dict[int, float]]  # site -> round -> mean local loss
+    bytes_down: dict[int, int]  # round -> bytes the server sent to all sites (train task)
+    bytes_up: dict[int, int]  # round -> bytes the sites sent to the server (train task)
+    total_bytes: int  # everything, both directions, every task
+    test_dice: float  # mean over sites of the final adapter's cross-site Dice
+    test_dice_per_site: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.preset} / {self.transport}"
+
+
+@dataclass
+class BaselineRun:
+    name: str
+    folder: str
+    kind: str
+    sites: list[str]
+    epochs: int
+    test_dice: float
+    test_split: str
+
+
+def _scalars(folder: str, tag: str) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not os.path.isdir(folder):
+        return {}
+    acc = EventAccumulator(folder)
+    acc.Reload()
+    return {int(e.step): float(e.value) for e in acc.Scalars(tag)} if tag in acc.Tags().get("scalars", []) else {}
+
+
+def _settings(job_dir: str) -> dict:
+    from nvflare.fuel.utils.config_factory import ConfigFactory
+
+    for name in ("config_fed_server.conf", "config_fed_server.json"):
+        path = os.path.join(job_dir, "app_server", "config", name)
+        if os.path.isfile(path):
+            config = ConfigFactory.load_config(path)
+            if config is not None:
+                return config.to_dict()
+    return {}
+
+
+def _run_name(job_dir: str, root: str) -> str:
+    """A readable name: the simulator workspace's or the job result's folder name, relative to what was given."""
+    parts = os.path.relpath(job_dir, root).split(os.sep)
+    if parts[-2:] == ["server", "simulate_job"]:
+        parts = parts[:-2]
+    elif parts[-1:] == ["workspace"]:
+        parts = parts[:-1]
+    name = "/".join(p for p in parts if p not in (".", ""))
+    return name or os.path.basename(os.path.normpath(root))
+
+
+def read_run(job_dir: str, name: str) -> FederatedRun:
+    """The numbers of one server job folder (the folder holding ``app_server/``)."""
+    with open(os.path.join(job_dir, SERVER_MARKER), encoding="utf-8") as f:
+        traffic = json.load(f)
+    down: dict[int, int] = {}
+    up: dict[int, int] = {}
+    for site in traffic["sites"].values():
+        for r, entry in site.get("train", {}).items():
+            down[int(r)] = down.get(int(r), 0) + int(entry["sent"])
+            up[int(r)] = up.get(int(r), 0) + int(entry["received"])
+    cross_path = os.path.join(job_dir, "cross_site_val", "cross_val_results.json")
+    per_site = {}
+    if os.path.isfile(cross_path):
+        with open(cross_path, encoding="utf-8") as f:
+            per_site = {site: float(models[FINAL_MODEL]["dice"]) for site, models in json.load(f).items() if FINAL_MODEL in models}
+    tb = os.path.join(job_dir, "tb_events")
+    sites = sorted(os.listdir(tb)) if os.path.isdir(tb) else []
+    settings = _settings(job_dir)
+    return FederatedRun(
+        name=name, folder=job_dir, preset=str(settings.get("preset", "?")), transport=str(settings.get("transport", "?")),
+        num_rounds=int(settings.get("num_rounds", len(up))),
+        val_dice={s: _scalars(os.path.join(tb, s), "val_dice") for s in sites},
+        train_loss={s: _scalars(os.path.join(tb, s), "train_loss") for s in sites},
+        bytes_down=dict(sorted(down.items())), bytes_up=dict(sorted(up.items())),
+        total_bytes=int(traffic["totals"]["sent"]) + int(traffic["totals"]["received"]),
+        test_dice=sum(per_site.values()) / len(per_site) if per_site else float("nan"), test_dice_per_site=per_site)
+
+
+def read_baseline(folder: str) -> BaselineRun:
+    with open(os.path.join(folder, "baseline.json"), encoding="utf-8") as f:
+        b = json.load(f)
+    return BaselineRun(os.path.basename(os.path.normpath(folder)), folder, b["kind"], list(b["sites"]), int(b["epochs"]),
+                       float(b["test_dice"]), b["test_split"])
+
+
+def collect(paths: list[str]) -> tuple[list[FederatedRun], list[BaselineRun]]:
+    """Every run and baseline under ``paths`` (each a run, a baseline, or a folder of several, e.g. a sweep)."""
+    runs, baselines = [], []
+    for path in paths:
+        if not os.path.isdir(path):
+            raise ValueError(f"report: {path} is not a folder")
+        found = False
+        for folder, dirs, files in sorted(os.walk(path)):
+            dirs.sort()
+            if "baseline.json" in files:
+                baselines.append(read_baseline(folder))
+                found = True
+            if os.path.isfile(os.path.join(folder, SERVER_MARKER)):
+                runs.append(read_run(folder, _run_name(folder, path)))
+                found = True
+        if not found:
+            raise ValueError(f"report: {path} holds no federated run (app_server/traffic_summary.json) and no baseline (baseline.json)")
+    return runs, baselines
+
+
+def _plot_run(run: FederatedRun, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for site, values in sorted(run.val_dice.items()):
+        axes[0].plot(list(values), list(values.values()), marker="o", label=site)
+    axes[0].set(title="validation Dice of the received global model", xlabel="round", ylabel="Dice")
+    for site, values in sorted(run.train_loss.items()):
+        axes[1].plot(list(values), list(values.values()), marker="o", label=site)
+    axes[1].set(title="local train loss", xlabel="round", ylabel="loss")
+    rounds = sorted(set(run.bytes_up) | set(run.bytes_down))
+    width = 0.4
+    axes[2].bar([r - width / 2 for r in rounds], [run.bytes_down.get(r, 0) / 1e6 for r in rounds], width, label="server -> sites")
+    axes[2].bar([r + width / 2 for r in rounds], [run.bytes_up.get(r, 0) / 1e6 for r in rounds], width, label="sites -> server")
+    axes[2].set(title="bytes per round (train task)", xlabel="round", ylabel="MB")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{run.name}: {run.label}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_dice_vs_bytes(runs: list[FederatedRun], baselines: list[BaselineRun], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for run in runs:
+        ax.scatter(run.total_bytes / 1e6, run.test_dice, s=60)
+        ax.annotate(run.label, (run.total_bytes / 1e6, run.test_dice), textcoords="offset points", xytext=(6, 4), fontsize=9)
+    styles = {"local": ":", "pooled": "--"}
+    for b in baselines:
+        ax.axhline(b.test_dice, linestyle=styles.get(b.kind, "-."), color="grey",
+                   label=f"{b.kind} baseline ({', '.join(b.sites)}): {b.test_dice:.3f}")
+    ax.set_xscale("log")
+    ax.set(xlabel="total bytes transmitted (MB, both directions, log scale)", ylabel="mean test Dice over sites",
+           title="Dice against communication")
+    ax.grid(alpha=0.3, which="both")
+    if baselines:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "run"
+
+
+def write_report(runs: list[FederatedRun], baselines: list[BaselineRun], out: str) -> str:
+    """``report.md``, ``report.json`` and the PNG figures in ``out``; returns the path of ``report.md``."""
+    os.makedirs(out, exist_ok=True)
+    lines = ["# FLAP-SAM report", "",
+             "Every number below comes from the runs' own files (TensorBoard events, traffic_summary.json, "
+             "cross_val_results.json) and the baselines' baseline.json; the figures show the same numbers.", ""]
+    if runs:
+        _plot_dice_vs_bytes(runs, baselines, os.path.join(out, "dice_vs_bytes.png"))
+        lines += ["## Dice against bytes transmitted", "", "![Dice against bytes](dice_vs_bytes.png)", "",
+                  "| run | preset | transport | rounds | total bytes (both directions) | mean test Dice | test Dice per site |",
+                  "|---|---|---|---|---|---|---|"]
+        for run in runs:
+            per_site = ", ".join(f"{s} {d:.4f}" for s, d in sorted(run.test_dice_per_site.items()))
+            lines.append(f"| {run.name} | {run.preset} | {run.transport} | {run.num_rounds} | {run.total_bytes:,} | "
+                         f"{run.test_dice:.4f} | {per_site} |")
+        lines.append("")
+    if baselines:
+        lines += ["## Baselines (flap-sam train: the same recipe without FLARE)", "",
+                  "| baseline | kind | sites | epochs | test Dice | split |", "|---|---|---|---|---|---|"]
+        lines += [f"| {b.name} | {b.kind} | {', '.join(b.sites)} | {b.epochs} | {b.test_dice:.4f} | {b.test_split} |" for b in baselines]
+        lines.append("")
+    for run in runs:
+        figure = f"run_{_slug(run.name)}.png"
+        _plot_run(run, os.path.join(out, figure))
+        sites = sorted(run.val_dice)
+        lines += [f"## Run {run.name} ({run.label})", "", f"![{run.name}]({figure})", "",
+                  "| round | " + " | ".join(f"{s} val Dice | {s} train loss" for s in sites) + " | bytes server -> sites | bytes sites -> server |",
+                  "|" + "---|" * (1 + 2 * len(sites) + 2)]
+        rounds = sorted(set(run.bytes_up) | {r for v in run.val_dice.values() for r in v})
+        for r in rounds:
+            cells = []
+            for s in sites:
+                dice, loss = run.val_dice[s].get(r), run.train_loss[s].get(r)
+                cells += [f"{dice:.4f}" if dice is not None else "-", f"{loss:.4f}" if loss is not None else "-"]
+            lines.append(f"| {r} | " + " | ".join(cells) + f" | {run.bytes_down.get(r, 0):,} | {run.bytes_up.get(r, 0):,} |")
+        lines.append("")
+    path = os.path.join(out, "report.md")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    os.replace(path + ".tmp", path)
+    with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as f:
+        json.dump({"runs": [asdict(r) for r in runs], "baselines": [asdict(b) for b in baselines]}, f, indent=2)
+    return path

@@ -1,0 +1,108 @@
+"""Baselines without FLARE: the federation's local trainer, recipe and preset on one site's data
+(the "local" baseline) or on several sites' data at once (the "pooled" baseline).
+
+Each site's volumes are prepared as that site prepares them (its own CT statistics), then the
+training volumes of all given sites form one dataset. Training runs ``epochs`` epochs (default:
+the federation's rounds x local epochs) with the same schedule over all steps; after every
+epoch the adapter is scored on the validation volumes, as the Learner scores each round. The
+adapter is written in the server's format (``{"model": {name: tensor}, "meta_props": {...}}``),
+so ``flap-sam evaluate`` / ``infer`` read it; ``train_log.json`` holds one entry per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from flap_sam.data.site import SiteData
+from flap_sam.data.stacks import SliceStackDataset, build_augmentation
+from flap_sam.model.factory import ModelSpec, exchanged_state
+from flap_sam.model.semantic_sam import SemanticSam
+from flap_sam.training.local_trainer import LocalTrainer, TrainSettings, evaluate_volumes
+
+BASELINE_FILE = "baseline.json"
+LOG_FILE = "train_log.json"
+ADAPTER_FILE = "FL_global_model.pt"  # the server's name, so tools that read a run's adapter read a baseline's
+BEST_ADAPTER_FILE = "best_FL_global_model.pt"
+
+
+@dataclass
+class BaselineResult:
+    """What ``train_baseline`` measured: per-epoch log, best validation Dice and the final test Dice."""
+
+    log: list[dict]
+    best_val_dice: float
+    test_dice: float
+    test_split: str
+
+
+def _save_adapter(model: SemanticSam, spec: ModelSpec, path: str, meta: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save({"model": exchanged_state(model, spec.preset_obj), "meta_props": meta}, tmp)
+    os.replace(tmp, path)
+
+
+def _progress(epoch: int, epochs: int, loss: float, lr: float, dice: float, seconds: float) -> str:
+    done = int(20 * epoch / epochs)
+    return (f"epoch {epoch}/{epochs} [{'#' * done}{'.' * (20 - done)}] loss {loss:.4f} lr {lr:.2e} "
+            f"val Dice {dice:.4f} ({seconds:.0f} s)")
+
+
+def train_baseline(model: SemanticSam, spec: ModelSpec, sites: dict[str, SiteData], settings: TrainSettings, epochs: int,
+                   out: str, device: torch.device, kind: str, augment: bool = True, round_inference: str = "centre",
+                   final_inference: str = "overlap", max_steps_per_epoch: int = 0, say=print) -> BaselineResult:
+    """Train on the union of ``sites``' training volumes for ``epochs`` epochs; write the adapters and logs into ``out``.
+
+    Args:
+        sites: site name -> its prepared data.
+        kind: ``local`` (one site) or ``pooled`` (several), recorded in ``baseline.json``.
+        max_steps_per_epoch: the job's ``max_steps_per_round`` (0: no cap), so an epoch is the work of one round.
+    """
+    os.makedirs(out, exist_ok=True)
+    train = [v for data in sites.values() for v in data.train]
+    validation = [v for data in sites.values() for v in data.validation]
+    has_test = all(data.test for data in sites.values())
+    test = [v for data in sites.values() for v in (data.test if has_test else data.validation)]
+    dataset = SliceStackDataset(train, build_augmentation(spec.image_size) if augment else None, seed=settings.seed)
+    trainer = LocalTrainer(model, dataset, settings, device)
+    steps = trainer.steps_per_epoch()
+    steps = min(steps, max_steps_per_epoch) if max_steps_per_epoch > 0 else steps
+    total = epochs * steps
+    log, best = [], -1.0
+    amp = settings.amp and device.type == "cuda"
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        done, loss = trainer.train(steps, first_step=epoch * steps, total_steps=total, round_seed=settings.seed * 100_003 + epoch)
+        dice = float(evaluate_volumes(model, validation, spec.num_classes, device, amp=amp, mode=round_inference).mean())
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        log.append({"epoch": epoch, "steps": done, "train_loss": loss, "lr": lr, "val_dice": dice})
+        say(_progress(epoch + 1, epochs, loss, lr, dice, time.perf_counter() - started))
+        if not math.isfinite(loss):
+            raise ValueError(f"epoch {epoch}: training diverged (loss {loss}); lower lr")
+        if dice > best:
+            best = dice
+            _save_adapter(model, spec, os.path.join(out, BEST_ADAPTER_FILE), {"baseline": kind, "epoch": epoch})
+        _write_json(os.path.join(out, LOG_FILE), log)
+    _save_adapter(model, spec, os.path.join(out, ADAPTER_FILE), {"baseline": kind, "epoch": epochs - 1})
+    test_dice = float(evaluate_volumes(model, test, spec.num_classes, device, amp=amp, mode=final_inference).mean())
+    split = "test" if has_test else "validation"
+    _write_json(os.path.join(out, BASELINE_FILE), {
+        "kind": kind, "sites": sorted(sites), "preset": spec.preset, "model": f"{spec.model_type}/{spec.image_size}",
+        "epochs": epochs, "steps_per_epoch": steps, "best_val_dice": best, "test_dice": test_dice, "test_split": split,
+        "test_volumes": len(test), "bytes_transmitted": 0})
+    say(f"{kind} baseline of {', '.join(sorted(sites))}: final {split} Dice {test_dice:.4f} ({len(test)} volumes), "
+        f"best validation Dice {best:.4f}; wrote {out}")
+    return BaselineResult(log, best, test_dice, split)
+
+
+def _write_json(path: str, content) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(content, f, indent=2, default=lambda v: float(v) if isinstance(v, np.floating) else str(v))
+    os.replace(tmp, path)

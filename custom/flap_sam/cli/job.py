@@ -6,7 +6,7 @@ import argparse
 import os
 
 from flap_sam.datasets.decathlon.task import read_task
-from flap_sam.jobs.writer import jobs_folder, parse_value, write_job
+from flap_sam.jobs.writer import jobs_folder, parse_settings, write_job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,12 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     source = args.job if os.path.isdir(args.job) else os.path.join(jobs_folder(), args.job)
-    settings = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item}: expected KEY=VALUE")
-        settings[key] = parse_value(value)
+    settings = parse_settings(args.set)
     if args.task:
         settings = {**read_task(args.task).settings(settings.get("channel")), **settings}
     print(f"wrote {write_job(source, args.out, settings)}")

@@ -11,17 +11,7 @@ from __future__ import annotations
 import argparse
 
 from flap_sam.jobs.recipe import ENVS, FlapSamRecipe, make_env
-from flap_sam.jobs.writer import parse_value
-
-
-def parse_settings(items: list[str]) -> dict:
-    settings = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item}: expected KEY=VALUE")
-        settings[key] = parse_value(value)
-    return settings
+from flap_sam.jobs.writer import parse_settings
 
 
 def main(job: str, argv: list[str] | None = None) -> int:

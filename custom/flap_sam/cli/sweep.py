@@ -16,7 +16,7 @@ import sys
 
 from flap_sam.evaluation.report import collect, write_report
 from flap_sam.jobs.recipe import source_job
-from flap_sam.jobs.writer import job_settings, parse_value, write_job
+from flap_sam.jobs.writer import job_settings, parse_settings, write_job
 
 DONE = "DONE"
 
@@ -46,12 +46,7 @@ def _simulate(job: str, workspace: str, sites: int, timeout: float) -> tuple[boo
 
 def run(args: argparse.Namespace) -> int:
     source = source_job(args.job)
-    common = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item}: expected KEY=VALUE")
-        common[key] = parse_value(value)
+    common = parse_settings(args.set)
     transports = args.transports or [None]
     sites = args.sites or int(common.get("min_clients", job_settings(source)["min_clients"]))
     os.makedirs(os.path.join(args.out, "runs"), exist_ok=True)

@@ -62,6 +62,17 @@ def parse_value(text: str):
         return text
 
 
+def parse_settings(items: list[str]) -> dict:
+    """``["preset=flap", "num_rounds=3"]`` (``--set`` of ``flap-sam job``, ``sweep`` and ``job.py``) -> settings."""
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item}: expected KEY=VALUE")
+        settings[key] = parse_value(value)
+    return settings
+
+
 def _drop_demo_budget(config_file: str) -> None:
     with open(config_file, encoding="utf-8") as f:
         lines = f.read().splitlines(keepends=True)

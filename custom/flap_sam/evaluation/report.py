@@ -184,12 +184,17 @@ def _plot_dice_vs_bytes(runs: list[FederatedRun], baselines: list[BaselineRun], 
     for b in baselines:
         ax.axhline(b.test_dice, linestyle=styles.get(b.kind, "-."), color="grey",
                    label=f"{b.kind} baseline ({', '.join(b.sites)}): {b.test_dice:.3f}")
+    from matplotlib.ticker import FuncFormatter
+
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.set(xlabel="total bytes transmitted (MB, both directions, log scale)", ylabel="mean test Dice over sites",
            title="Dice against communication")
+    ax.margins(x=0.15, y=0.15)
     ax.grid(alpha=0.3, which="both")
     if baselines:
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

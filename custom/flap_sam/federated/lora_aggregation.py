@@ -200,7 +200,8 @@ class FlapSamAggregator(Aggregator):
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == EventType.START_RUN:
-            for client in fl_ctx.get_engine().get_clients():
+            engine = fl_ctx.get_engine()
+            for client in engine.get_clients() if engine is not None else []:
                 self.weights.setdefault(client.name, 1.0)
             self.log_info(fl_ctx, f"aggregation {self.aggregation}, site weights (x training steps): {self.weights}")
             if self.aggregation == "average":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -42,6 +43,8 @@ def test_recipe_settings_equal_those_of_flap_sam_job(tmp_path):
         assert exported["batch_size"] == 24  # real data: the recipe's defaults, not the demo's budget
     with pytest.raises(ValueError, match="no setting presett"):
         FlapSamRecipe("kits_lora", presett="flap")
+    keywords = inspect.signature(FlapSamRecipe).parameters  # every setting, with the package default
+    assert keywords["batch_size"].default == 24 and keywords["privacy"].default == "none" and "data_workers" in keywords
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ sim|poc|prod``); ``nvflare simulator jobs/kits_lora`` keeps working as before.
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 
@@ -24,6 +25,13 @@ from nvflare.recipe.spec import Recipe
 from flap_sam.jobs.writer import SIDES, config_path, jobs_folder, write_job
 
 ENVS = ("sim", "poc", "prod")
+
+
+def package_defaults() -> dict:
+    """Every setting and its package default (``settings.conf``: the paper's recipe), plain values only."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "federated", "job_config", "settings.conf")
+    config = ConfigFactory.load_config(path).to_dict()
+    return {k: v for k, v in config.items() if not isinstance(v, (dict, list)) and k != "format_version"}
 
 
 def resolved_config(job: str, side: str) -> dict:
@@ -69,6 +77,18 @@ class FlapSamRecipe(Recipe):
         if os.path.isfile(readme):
             self.add_server_file(readme)
             self.add_client_file(readme)
+
+
+def _setting_keywords(init) -> inspect.Signature:
+    """``init``'s signature with every setting as a keyword and its package default, for ``help()`` and
+    ``inspect.signature`` (only the keywords given are applied: a shipped job on its demo data keeps the
+    demo's budget otherwise)."""
+    params = [p for p in inspect.signature(init).parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD and p.name != "self"]
+    params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in package_defaults().items()]
+    return inspect.Signature(params)
+
+
+FlapSamRecipe.__signature__ = _setting_keywords(FlapSamRecipe.__init__)
 
 
 def make_env(env: str, num_clients: int, workspace: str | None = None, startup_kit: str | None = None,

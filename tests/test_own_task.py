@@ -154,7 +154,7 @@ def test_params_and_bench_follow_a_jobs_own_task(tmp_path, capsys):
     assert main(["params", "--job", str(job)]) == 0
     out = capsys.readouterr().out
     assert "classes a, b, c (mri)" in out and "vit_test at 64 px, 3 classes, LoRA rank 4" in out
-    assert main(["bench", "--job", str(job), "--no-speed", "--presets", "fft", "flap", "--sites", "2", "--out", str(tmp_path / "b.md")]) == 0
+    assert main(["bench", "--job", str(job), "--no-speed", "--no-validation", "--no-site-memory", "--presets", "fft", "flap", "--sites", "2", "--out", str(tmp_path / "b.md")]) == 0
     assert (tmp_path / "b.md").read_text().startswith("# flap-sam bench: vit_test at 64 px, 3 classes, rank 4")
     assert main(["demo-data", "--job", str(job), "--out", str(tmp_path / "demo")]) == 2
     assert "its own task (a, b, c) has no built-in demo data" in capsys.readouterr().err

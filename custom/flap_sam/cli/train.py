@@ -3,6 +3,7 @@
     flap-sam train --job JOB --sites site-3 --out baselines/local-site-3           # one site's data: "local"
     flap-sam train --job JOB --sites site-1 site-2 site-3 --out baselines/pooled   # all in one place: "pooled"
     flap-sam train --job JOB --datalist /data/kits/site-3.json --out ...           # datalist files instead
+    flap-sam train --job JOB --datalist a=/data/a/datalist.json b=/data/b/datalist.json --out ...  # named explicitly
 
 Model, task, preset, training recipe, data root and checkpoint come from the job folder, so a
 baseline is trained exactly as the federation that ran the job, for rounds x local epochs epochs.
@@ -16,7 +17,8 @@ import os
 import torch
 
 from flap_sam.jobs.writer import job_settings, read_job_spec
-from flap_sam.model.factory import build_model, resolve_checkpoint
+from flap_sam.model.factory import build_model, random_base_refusal, resolve_checkpoint
+from flap_sam.model.sam_builder import CheckpointError
 from flap_sam.training.baseline import train_baseline
 from flap_sam.training.device import pick_device
 from flap_sam.training.loader import resolve_data_workers
@@ -27,15 +29,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job", required=True, help="the job folder whose recipe and settings to train with")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--sites", nargs="+", metavar="SITE", help="sites' datalists under the job's data_root (demo data too)")
-    source.add_argument("--datalist", nargs="+", metavar="FILE", help="datalist files (their folder is the data root)")
+    source.add_argument("--datalist", nargs="+", metavar="[NAME=]FILE",
+                        help="datalist files (their folder is the data root); each is a site named NAME, else the file's "
+                             "name (site-3.json: site-3), or its folder's for a file called datalist.json")
     parser.add_argument("--out", required=True, help="folder for the adapters, train_log.json and baseline.json")
     parser.add_argument("--epochs", type=int, default=None, help="default: the job's num_rounds x local_epochs")
     parser.add_argument("--checkpoint", default=None, help="SAM checkpoint (default: the job's checkpoint setting)")
     parser.add_argument("--device", default=None, help="default: the job's device setting")
 
 
+def datalist_sites(items: list[str]) -> dict[str, str]:
+    """``[NAME=]FILE`` arguments -> site name -> datalist file, in the order given.
+
+    Without a NAME the site is the file's name without ``.json``, or its folder's name for a file
+    called ``datalist.json`` (the layout ``flap-sam prepare`` and ``demo-data`` write).
+
+    Raises:
+        ValueError: two files would train as one site (one line naming both).
+    """
+    sites: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or os.sep in name:  # a folder may contain '='; a NAME may not contain a separator
+            path = item
+            stem = os.path.basename(path).removesuffix(".json")
+            name = os.path.basename(os.path.dirname(os.path.abspath(path))) if stem == "datalist" else stem
+        if not name:
+            raise ValueError(f"--datalist {item}: the site name before '=' is empty")
+        if name in sites:
+            raise ValueError(f"--datalist: {sites[name]} and {path} would both be site {name!r}; name them: NAME=FILE")
+        sites[name] = path
+    return sites
+
+
 def run(args: argparse.Namespace) -> int:
-    from flap_sam.data.site import SiteData
+    from flap_sam.data.site import DEMO, SiteData
 
     settings = job_settings(args.job)
     job = read_job_spec(args.job)
@@ -45,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.sites:
         sources = {site: (str(settings.get("data_root", "demo")), site, str(settings.get("datalist") or "") or None) for site in args.sites}
     else:
-        sources = {os.path.basename(path).removesuffix(".json"): (os.path.dirname(os.path.abspath(path)), "site", path)
-                   for path in args.datalist}
+        sources = {name: (os.path.dirname(os.path.abspath(path)), "site", path) for name, path in datalist_sites(args.datalist).items()}
     sites = {name: SiteData.load(profile, root, site, spec.image_size, spec.num_classes, datalist)
              for name, (root, site, datalist) in sources.items()}
     train_settings = TrainSettings(
@@ -54,7 +81,10 @@ def run(args: argparse.Namespace) -> int:
         warmup_steps=int(settings["warmup_steps"]), poly_power=float(settings["poly_power"]),
         data_workers=resolve_data_workers(settings.get("data_workers", "auto"), device))
     epochs = args.epochs or max(1, round(int(settings["num_rounds"]) * float(settings["local_epochs"])))
-    checkpoint = resolve_checkpoint(args.checkpoint if args.checkpoint is not None else settings.get("checkpoint", ""))
+    checkpoint = resolve_checkpoint(args.checkpoint if args.checkpoint is not None else settings.get("checkpoint", ""), spec.model_type)
+    on_demo = bool(args.sites) and str(settings.get("data_root", DEMO)) == DEMO
+    if not checkpoint and not on_demo and settings.get("random_weights") is not True:
+        raise CheckpointError(random_base_refusal(spec.model_type))
     model = build_model(spec, checkpoint, device, settings.get("attention", "fused"), settings.get("checkpointing", "off"))
     kind = "local" if len(sites) == 1 else "pooled"
     print(f"{kind} baseline: {spec.model_type}/{spec.image_size} preset {spec.preset} on {', '.join(sites)}, {epochs} epochs "

@@ -24,9 +24,10 @@ from flap_sam.federated.weights import export_weights, import_weights
 from flap_sam.jobs.spec import JobSpec
 from flap_sam.model.attention import ATTENTION_MODES
 from flap_sam.model.checkpointing import CHECKPOINTING_MODES
-from flap_sam.model.factory import build_model, resolve_checkpoint
+from flap_sam.model.factory import build_model, random_base_refusal, resolve_checkpoint
 from flap_sam.model.fingerprint import FINGERPRINT_KEY, base_fingerprint, base_mismatch
 from flap_sam.model.presets import exchanged_names
+from flap_sam.model.sam_builder import CheckpointError
 from flap_sam.training.device import pick_device
 from flap_sam.training.local_trainer import LocalTrainer, TrainSettings, evaluate_volumes
 from flap_sam.training.inference import INFERENCE_MODES
@@ -66,8 +67,9 @@ class FlapSamLearner(Learner):
     memory settings ``attention``, ``checkpointing``, ``data_workers``) may be overridden by the site in ``<workspace>/local/flap_sam_site.json``, so one job serves every site.
 
     Before it trains, the site checks that the server built the same SAM base (the fingerprint
-    in the global model's meta) and that a job on the demo's short budget (``demo_budget``)
-    only runs on the demo data. It never sends non-finite weights. Messages that name files
+    in the global model's meta), that a job on the demo's short budget (``demo_budget``)
+    only runs on the demo data, and that real data never trains a random base (a ViT without
+    checkpoint) unless the job says ``random_weights = true``. It never sends non-finite weights. Messages that name files
     stay in the site's own log; the server only learns a fixed error kind.
     """
 
@@ -94,6 +96,7 @@ class FlapSamLearner(Learner):
         seed: int = 0,
         fedprox_mu: float = 0.0,
         demo_budget: bool = False,
+        random_weights: bool = False,
         round_inference: str = "centre",
         final_inference: str = "overlap",
         privacy: str = "none",
@@ -109,6 +112,7 @@ class FlapSamLearner(Learner):
         self.max_steps_per_round = max_steps_per_round
         self.augment = augment
         self.demo_budget = bool(demo_budget)
+        self.random_weights = bool(random_weights)
         for name, mode in (("round_inference", round_inference), ("final_inference", final_inference)):
             if mode not in INFERENCE_MODES:
                 raise ValueError(f"{name}: {mode!r} is not one of {list(INFERENCE_MODES)}")
@@ -202,7 +206,9 @@ class FlapSamLearner(Learner):
         self.data = SiteData.load(
             self.profile, settings["data_root"], self.site_name, self.spec.image_size, self.spec.num_classes, settings["datalist"] or None
         )
-        checkpoint = resolve_checkpoint(settings["checkpoint"])
+        checkpoint = resolve_checkpoint(settings["checkpoint"], self.spec.model_type)
+        if not checkpoint and str(settings["data_root"]) != DEMO_DATA_ROOT and not self.random_weights:
+            raise CheckpointError(random_base_refusal(self.spec.model_type))
         self.model = build_model(self.spec, checkpoint, self.device, settings["attention"], settings["checkpointing"])
         self.exchanged = exchanged_names(self.model, self.spec.preset_obj)
         self.base = base_fingerprint(self.model, self.exchanged, from_checkpoint=bool(checkpoint))

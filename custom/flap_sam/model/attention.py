@@ -16,7 +16,7 @@ import types
 
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling.image_encoder import Attention as EncoderAttention, get_rel_pos
+from segment_anything.modeling.image_encoder import Attention as EncoderAttention, ImageEncoderViT, get_rel_pos
 from segment_anything.modeling.transformer import Attention as DecoderAttention
 from torch import nn
 
@@ -64,8 +64,17 @@ def use_fused_attention(model: nn.Module) -> int:
     """Route every SAM attention module of ``model`` through SDPA in place; returns how many.
 
     Works on the modules as built or after ``inject_lora`` (the projections are called as modules).
+    LiteMedSAM's TinyViT attentions take their learned biases as the additive mask
+    (``flap_sam.model.lite_medsam.fused_forward``).
     """
     count = 0
+    encoder = getattr(model, "image_encoder", None)
+    if encoder is not None and not isinstance(encoder, ImageEncoderViT):
+        from flap_sam.model import lite_medsam  # imported only for a LiteMedSAM encoder
+
+        for module in lite_medsam.attention_modules(encoder):
+            module.forward = types.MethodType(lite_medsam.fused_forward, module)
+            count += 1
     for module in model.modules():
         if isinstance(module, EncoderAttention):
             module.forward = types.MethodType(_encoder_forward, module)

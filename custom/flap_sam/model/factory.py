@@ -12,7 +12,7 @@ from flap_sam.model.attention import set_attention
 from flap_sam.model.checkpointing import set_checkpointing
 from flap_sam.model.lora import inject_lora
 from flap_sam.model.presets import Preset, apply_trainable, exchanged_names, get_preset
-from flap_sam.model.sam_builder import get_architecture, build_sam, load_sam_checkpoint
+from flap_sam.model.sam_builder import LITE_MEDSAM, build_sam, check_image_size, default_checkpoint, get_architecture, load_sam_checkpoint
 from flap_sam.model.semantic_sam import SemanticSam
 
 logger = logging.getLogger(__name__)
@@ -27,8 +27,9 @@ class ModelSpec:
     """The settings that define the adapted model; identical at the server and every site.
 
     Attributes:
-        model_type: ``vit_b`` | ``vit_l`` | ``vit_h`` | ``vit_test`` (tiny, tests only).
-        image_size: model input size in pixels (paper: 224).
+        model_type: ``vit_b`` | ``vit_l`` | ``vit_h`` | ``lite_medsam`` (pretrained weights bundled) |
+            ``vit_test`` (tiny, tests only).
+        image_size: model input size in pixels (paper: 224 for ViT-B; LiteMedSAM's native size is 256).
         num_classes: foreground classes (KiTS: 2, IXI and prostate: 1).
         preset: what trains and is exchanged (see ``flap_sam.model.presets``).
         rank: LoRA rank (ignored by presets without LoRA; ``samed`` fixes 4).
@@ -43,7 +44,7 @@ class ModelSpec:
     lora_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        get_architecture(self.model_type)
+        check_image_size(self.model_type, self.image_size)
         get_preset(self.preset)
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
@@ -59,20 +60,18 @@ def build_model(spec: ModelSpec, checkpoint: str | None = None, device: str | to
 
     Args:
         spec: the model settings.
-        checkpoint: path to an official SAM checkpoint of ``spec.model_type``; ``None`` or "" means
-            random initialisation (a loud warning is logged: only useful for demos and tests).
+        checkpoint: path to a SAM checkpoint of ``spec.model_type``; ``None`` or "" means the model type's
+            default (``resolve_checkpoint``): LiteMedSAM's bundled weights, or random initialisation for a ViT
+            (a loud warning is logged: only useful for tests).
         device: where the model lives.
         attention: ``fused`` (SDPA, ``flap_sam.model.attention``) | ``reference`` (segment-anything's own).
         checkpointing: ``off`` | ``encoder`` (recompute encoder blocks in backward, ``flap_sam.model.checkpointing``).
             Neither changes parameters or results; each party may choose its own.
     """
+    checkpoint = resolve_checkpoint(checkpoint, spec.model_type)
     if not checkpoint:
-        arch = get_architecture(spec.model_type)
-        where = f" (e.g. {arch.official_checkpoint} from the segment-anything release)" if arch.official_checkpoint else ""
-        logger.warning(
-            "NO SAM CHECKPOINT configured: %s starts from RANDOM weights. Set 'checkpoint' to a site-local "
-            "path of the official file%s for real use.", spec.model_type, where
-        )
+        logger.warning("NO SAM CHECKPOINT configured: %s starts from RANDOM weights. %s", spec.model_type,
+                       random_base_remedy(spec.model_type))
     model = assemble_model(spec, checkpoint)
     set_attention(model, attention)
     set_checkpointing(model, checkpointing)
@@ -101,11 +100,26 @@ def exchange_schema(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     return {name: tuple(params[name].shape) for name in exchanged_names(model, spec.preset_obj)}
 
 
-def resolve_checkpoint(path: str | None) -> str | None:
-    """Expand ``~`` and environment variables; "" / None stay None."""
+def resolve_checkpoint(path: str | None, model_type: str | None = None) -> str | None:
+    """The weights file a party builds ``model_type`` from: ``path`` with ``~`` and variables expanded, or,
+    when ``path`` is "" / None, the model type's default (``lite_medsam``: its bundled weights, checked; a ViT: None)."""
     if not path:
-        return None
+        return default_checkpoint(model_type) if model_type else None
     return os.path.expandvars(os.path.expanduser(path))
+
+
+def random_base_refusal(model_type: str) -> str:
+    """The one line that stops real data from training a random base."""
+    return (f"checkpoint is not set: {model_type} would train this site's data from RANDOM weights. "
+            f"{random_base_remedy(model_type)}; or set random_weights=true if random weights are meant (tests only)")
+
+
+def random_base_remedy(model_type: str) -> str:
+    """One sentence with both ways to a pretrained base, for the messages about a random one."""
+    arch = get_architecture(model_type)
+    official = f" ({arch.official_checkpoint} from the segment-anything release)" if arch.official_checkpoint else ""
+    return (f"Set 'checkpoint' (sites) and 'server_checkpoint' (server) to the official SAM file{official}, "
+            f"or use model_type={LITE_MEDSAM} (LiteMedSAM, pretrained weights bundled with flap-sam)")
 
 
 def exchanged_state(model: SemanticSam, preset: Preset) -> dict[str, torch.Tensor]:

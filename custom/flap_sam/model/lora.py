@@ -7,8 +7,10 @@ keys as the official model) plus rank-r updates on chosen slices of its output:
 
 SAM's image encoder fuses q, k and v into one ``qkv`` linear, so the encoder adapts the
 q and v slices of that output (ΔWq = Bq·Aq, ΔWv = Bv·Av); the mask decoder has separate
-``q_proj``/``v_proj`` linears, adapted whole. B starts at zero, so an adapted model
-computes exactly what the base model computes until it is trained.
+``q_proj``/``v_proj`` linears, adapted whole. A slice may be several column ranges: LiteMedSAM's
+TinyViT lays ``qkv`` out per head (``[q_h | k_h | v_h]``), so its q is one range per head, adapted
+by one rank-r pair as in the ViT. B starts at zero, so an adapted model computes exactly what
+the base model computes until it is trained.
 
 Why not ``peft``: its LoRA adapts whole linear layers; a fused ``qkv`` would get one
 update for q, k and v together, which is not the paper's parameterisation.
@@ -20,8 +22,16 @@ import math
 
 import torch
 import torch.nn.functional as F
+from segment_anything.modeling.image_encoder import ImageEncoderViT
 from segment_anything.modeling.transformer import Attention as DecoderAttention
 from torch import nn
+
+Columns = tuple[int, int] | tuple[tuple[int, int], ...]
+
+
+def _ranges(columns: Columns) -> tuple[tuple[int, int], ...]:
+    """``(lo, hi)`` or ``((lo, hi), ...)`` -> ``((lo, hi), ...)``."""
+    return (tuple(columns),) if isinstance(columns[0], int) else tuple(tuple(c) for c in columns)
 
 
 class LoRALinear(nn.Linear):
@@ -31,9 +41,10 @@ class LoRALinear(nn.Linear):
         in_features / out_features / bias: as ``nn.Linear``.
         rank: LoRA rank r (>= 1).
         scale: multiplier of the low-rank update.
-        segments: name -> (start, stop) output columns adapted, e.g. ``{"q": (0, 768), "v": (1536, 2304)}``.
+        segments: name -> the output columns adapted: ``(start, stop)``, e.g. ``{"q": (0, 768), "v": (1536, 2304)}``,
+            or several ranges ``((start, stop), ...)`` whose columns B's rows fill in order.
 
-    State-dict keys: ``weight``, ``bias``, ``lora_A.<name>`` (r, in), ``lora_B.<name>`` (stop - start, r).
+    State-dict keys: ``weight``, ``bias``, ``lora_A.<name>`` (r, in), ``lora_B.<name>`` (columns, r).
     """
 
     def __init__(
@@ -43,27 +54,35 @@ class LoRALinear(nn.Linear):
         bias: bool,
         rank: int,
         scale: float,
-        segments: dict[str, tuple[int, int]],
+        segments: dict[str, Columns],
         device=None,
         dtype=None,
     ) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         if rank < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {rank}")
-        for name, (lo, hi) in segments.items():
-            if not 0 <= lo < hi <= out_features:
-                raise ValueError(f"LoRA segment {name}={lo}:{hi} is outside 0:{out_features}")
+        ranges = {name: _ranges(columns) for name, columns in segments.items()}
+        for name, parts in ranges.items():
+            for lo, hi in parts:
+                if not 0 <= lo < hi <= out_features:
+                    raise ValueError(f"LoRA segment {name}={lo}:{hi} is outside 0:{out_features}")
         self.rank = rank
         self.scale = scale
-        self.segments = dict(segments)
+        self.segments = ranges
         factory = {"device": device, "dtype": dtype}
-        self.lora_A = nn.ParameterDict({n: nn.Parameter(torch.empty(rank, in_features, **factory)) for n in segments})
-        self.lora_B = nn.ParameterDict({n: nn.Parameter(torch.zeros(hi - lo, rank, **factory)) for n, (lo, hi) in segments.items()})
+        self.lora_A = nn.ParameterDict({n: nn.Parameter(torch.empty(rank, in_features, **factory)) for n in ranges})
+        self.lora_B = nn.ParameterDict({n: nn.Parameter(torch.zeros(sum(hi - lo for lo, hi in parts), rank, **factory))
+                                        for n, parts in ranges.items()})
         for a in self.lora_A.values():
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        # One range per segment: the update is concatenated in; several: added at its columns (index_add).
+        self._contiguous = all(len(parts) == 1 for parts in ranges.values())
+        for name, parts in ranges.items():
+            columns = torch.cat([torch.arange(lo, hi, device=device) for lo, hi in parts])
+            self.register_buffer(f"_columns_{name}", columns, persistent=False)
 
     @classmethod
-    def wrap(cls, linear: nn.Linear, rank: int, scale: float, segments: dict[str, tuple[int, int]]) -> "LoRALinear":
+    def wrap(cls, linear: nn.Linear, rank: int, scale: float, segments: dict[str, Columns]) -> "LoRALinear":
         """Adapt an existing linear layer; its weight and bias parameters are shared, not copied."""
         lora = cls(
             linear.in_features,
@@ -80,15 +99,24 @@ class LoRALinear(nn.Linear):
         return lora
 
     def delta_weight(self, name: str) -> torch.Tensor:
-        """scale * B·A for one segment, shape (stop - start, in_features)."""
+        """scale * B·A for one segment, shape (columns, in_features)."""
         return self.scale * self.lora_B[name] @ self.lora_A[name]
+
+    def columns(self, name: str) -> torch.Tensor:
+        """The output columns of a segment, in the order of B's rows: (columns,) int64."""
+        return getattr(self, f"_columns_{name}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
         if not self.segments:
             return y
+        if not self._contiguous:
+            for name in self.segments:
+                update = F.linear(F.linear(x, self.lora_A[name]), self.lora_B[name])
+                y = y.index_add(-1, self.columns(name), update, alpha=self.scale)
+            return y
         pieces, cursor = [], 0
-        for name, (lo, hi) in sorted(self.segments.items(), key=lambda item: item[1][0]):
+        for name, ((lo, hi),) in sorted(self.segments.items(), key=lambda item: item[1][0][0]):
             if lo > cursor:
                 pieces.append(y[..., cursor:lo])
             update = F.linear(F.linear(x, self.lora_A[name]), self.lora_B[name])
@@ -104,8 +132,8 @@ class LoRALinear(nn.Linear):
                            device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad():
             weight = self.weight.detach().clone()
-            for name, (lo, hi) in self.segments.items():
-                weight[lo:hi] += self.delta_weight(name).to(weight.dtype)
+            for name in self.segments:
+                weight[self.columns(name)] += self.delta_weight(name).to(weight.dtype)
             merged.weight.copy_(weight)
             if self.bias is not None:
                 merged.bias.copy_(self.bias)
@@ -115,14 +143,14 @@ class LoRALinear(nn.Linear):
 def inject_lora(sam: nn.Module, rank: int, scale: float = 1.0, encoder: bool = True, decoder: bool = True) -> int:
     """Replace SAM's attention projections by ``LoRALinear`` in place; returns the number adapted.
 
-    Encoder: q and v slices of every block's fused ``attn.qkv``.
+    Encoder: q and v slices of every attention's fused ``qkv`` (ViT: every block; LiteMedSAM's TinyViT:
+    the 10 blocks of its attention stages, q and v taken head by head).
     Decoder: ``q_proj`` and ``v_proj`` of all attention layers of the two-way transformer.
     """
     count = 0
     if encoder:
-        for block in sam.image_encoder.blocks:
-            dim = block.attn.qkv.in_features
-            block.attn.qkv = LoRALinear.wrap(block.attn.qkv, rank, scale, {"q": (0, dim), "v": (2 * dim, 3 * dim)})
+        for attn, columns in _encoder_qv_columns(sam.image_encoder):
+            attn.qkv = LoRALinear.wrap(attn.qkv, rank, scale, columns)
             count += 1
     if decoder:
         for module in sam.mask_decoder.transformer.modules():
@@ -131,6 +159,16 @@ def inject_lora(sam: nn.Module, rank: int, scale: float = 1.0, encoder: bool = T
                 module.v_proj = LoRALinear.wrap(module.v_proj, rank, scale, {"v": (0, module.v_proj.out_features)})
                 count += 2
     return count
+
+
+def _encoder_qv_columns(encoder: nn.Module) -> list[tuple[nn.Module, dict[str, Columns]]]:
+    """(attention module, its q and v columns of ``qkv``) for every attention of SAM's image encoder."""
+    if isinstance(encoder, ImageEncoderViT):
+        return [(block.attn, {"q": (0, block.attn.qkv.in_features), "v": (2 * block.attn.qkv.in_features, 3 * block.attn.qkv.in_features)})
+                for block in encoder.blocks]
+    from flap_sam.model import lite_medsam  # imported only for a LiteMedSAM encoder
+
+    return [(attn, lite_medsam.qv_columns(attn)) for attn in lite_medsam.attention_modules(encoder)]
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

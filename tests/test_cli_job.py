@@ -38,12 +38,17 @@ def test_a_job_on_real_data_runs_the_papers_recipe_without_retyping_it(tmp_path,
 
 def test_the_shipped_demo_keeps_its_short_budget_and_explicit_settings_win(tmp_path, capsys):
     shipped = job_settings(str(REPO / "jobs" / "kits_lora"))
-    assert (shipped["num_rounds"], shipped["batch_size"], shipped["max_steps_per_round"], shipped["warmup_steps"]) == (2, 2, 4, 2)
+    assert (shipped["num_rounds"], shipped["batch_size"], shipped["max_steps_per_round"], shipped["warmup_steps"]) == (8, 2, 10, 2)
+    assert (shipped["model_type"], shipped["image_size"], shipped["checkpoint"]) == ("lite_medsam", 64, "")  # a pretrained base
     assert shipped["demo_budget"] is True and shipped["aggregation"] == "lora_exact"
     out = tmp_path / "real_short"
     assert main(["job", "ixi_lora", "--out", str(out), "--set", "data_root=/data/ixi", "num_rounds=3"]) == 0
     settings = job_settings(str(out))
     assert (settings["num_rounds"], settings["batch_size"], settings["demo_budget"]) == (3, 24, False)
+    assert (settings["model_type"], settings["image_size"]) == ("vit_b", 224)  # the paper's model, not the demo's
+    # ... which has no weights unless the job or each site names the official file: said when the job is written.
+    err = capsys.readouterr().err
+    assert "note: this job names no checkpoint for vit_b" in err and "model_type=lite_medsam" in err
 
 
 def test_a_job_for_sites_that_set_their_data_root_locally_drops_the_demo_budget(tmp_path, capsys):

@@ -27,7 +27,7 @@ def test_two_datalists_that_would_be_one_site_are_refused_in_one_line():
 def test_a_pooled_baseline_over_two_same_named_datalists_trains_on_both(tmp_path, capsys):
     assert main(["demo-data", "--dataset", "kits", "--sites", "2", "--out", str(tmp_path / "d")]) == 0
     files = [str(tmp_path / "d" / "kits-v3" / site / "datalist.json") for site in ("site-1", "site-2")]
-    settings = {**TEST_MODEL, **TEST_TRAINING, "max_steps_per_round": 1, "final_inference": "centre"}
+    settings = {**TEST_MODEL, **TEST_TRAINING, "max_steps_per_round": 1, "final_inference": "centre", "random_weights": False}
 
     # Real data and a ViT without checkpoint: refused before anything is trained.
     job = copy_job("kits_lora", tmp_path / "a", settings)
@@ -36,7 +36,7 @@ def test_a_pooled_baseline_over_two_same_named_datalists_trains_on_both(tmp_path
     assert "RANDOM weights" in err and "model_type=lite_medsam" in err and "random_weights=true" in err and "\n" not in err
     assert not (tmp_path / "none").exists()
 
-    job = copy_job("kits_lora", tmp_path / "b", {**settings, "random_weights": True})
+    job = copy_job("kits_lora", tmp_path / "b", {**settings, "random_weights": True})  # as a test means it
     assert main(["train", "--job", str(job), "--datalist", *files, "--epochs", "1", "--out", str(tmp_path / "pooled")]) == 0
     baseline = json.loads((tmp_path / "pooled" / "baseline.json").read_text())
     assert (baseline["kind"], baseline["sites"]) == ("pooled", ["site-1", "site-2"])

@@ -18,6 +18,7 @@ from flap_sam.model.fingerprint import base_fingerprint
 from flap_sam.model.lora import LoRALinear, merge_lora
 from flap_sam.model.presets import PRESETS, exchanged_names, get_preset
 from flap_sam.model.sam_builder import CheckpointError, read_checkpoint
+from modeltools import trained_looking
 
 SIZE = 64  # small enough for the fast tier; every stage and window path runs (padded windows included)
 SPEC = ModelSpec("lite_medsam", SIZE, 2, "flap", 4)
@@ -26,14 +27,6 @@ SPEC = ModelSpec("lite_medsam", SIZE, 2, "flap", 4)
 def _images(n: int = 2, size: int = SIZE, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
-
-def _trained_looking(model: torch.nn.Module) -> torch.nn.Module:
-    """LoRA B starts at 0; give it values so the LoRA path takes part in a comparison."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".lora_B." in name:
-                p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(len(name)))
-    return model
 
 
 def test_the_bundled_weights_are_the_default_base_and_are_checked():
@@ -109,7 +102,7 @@ def test_untrained_lora_computes_exactly_the_base_model():
 
 
 def test_encoder_lora_adapts_the_q_and_v_columns_of_every_head():
-    model = _trained_looking(build_model(SPEC, attention="reference"))
+    model = trained_looking(build_model(SPEC, attention="reference"))
     attention = next(m for m in model.image_encoder.modules() if isinstance(m, TinyViTAttention))  # 4 heads of 32
     qkv = attention.qkv
     q, v = qkv.columns("q").tolist(), qkv.columns("v").tolist()
@@ -123,7 +116,7 @@ def test_encoder_lora_adapts_the_q_and_v_columns_of_every_head():
 
 
 def test_merged_export_computes_what_the_adapted_model_computes():
-    model = _trained_looking(build_model(SPEC, attention="reference")).eval()
+    model = trained_looking(build_model(SPEC, attention="reference")).eval()
     images = _images()
     with torch.no_grad():
         adapted = model(images)
@@ -133,7 +126,7 @@ def test_merged_export_computes_what_the_adapted_model_computes():
 
 
 def test_fused_attention_matches_the_packages_attention_in_forward_and_gradients():
-    reference = _trained_looking(build_model(SPEC, attention="reference"))
+    reference = trained_looking(build_model(SPEC, attention="reference"))
     fused = build_model(SPEC, attention="fused")
     fused.load_state_dict(reference.state_dict())
     assert all("forward" in vars(m) for m in fused.modules() if isinstance(m, TinyViTAttention))
@@ -151,8 +144,21 @@ def test_fused_attention_matches_the_packages_attention_in_forward_and_gradients
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-3, atol=1e-5, msg=name)
 
 
+def test_the_gpu_path_of_fused_attention_computes_the_cpu_path():
+    """On a GPU the biases go through SDPA as its mask; the same call runs on the CPU here."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(6, 4, 49, 32, generator=g, requires_grad=True) for _ in range(3))
+    bias = torch.randn(4, 49, 49, generator=g)
+    sdpa = lite_medsam.attend(q, k, v, bias, 32 ** -0.5, sdpa=True)
+    explicit = lite_medsam.attend(q, k, v, bias, 32 ** -0.5, sdpa=False)
+    torch.testing.assert_close(sdpa, explicit, rtol=0, atol=1e-5)
+    grads = [torch.autograd.grad(out.square().sum(), (q, k, v)) for out in (sdpa, explicit)]
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_encoder_checkpointing_keeps_the_gradients():
-    plain = _trained_looking(build_model(SPEC, attention="reference"))
+    plain = trained_looking(build_model(SPEC, attention="reference"))
     checkpointed = build_model(SPEC, attention="reference", checkpointing="encoder")
     checkpointed.load_state_dict(plain.state_dict())
     images = _images(1)
@@ -197,3 +203,24 @@ def test_the_fingerprint_says_the_base_came_from_a_checkpoint():
 def test_an_image_size_it_cannot_take_is_refused_in_one_line():
     with pytest.raises(ValueError, match=r"^image_size 100 must be a positive multiple of 16 for lite_medsam$"):
         ModelSpec("lite_medsam", 100, 2, "flap", 4)
+
+
+@pytest.mark.slow  # a real simulator federation of LiteMedSAM: about a minute on 2 CPU cores
+def test_a_lite_medsam_federation_persists_only_the_preset_tensors_and_its_base(tmp_path):
+    from flap_sam.federated.resume import read_adapter_file
+    from flap_sam.model.fingerprint import FINGERPRINT_KEY
+    from jobtools import copy_job, run_simulator
+
+    settings = {"model_type": "lite_medsam", "image_size": 64, "rank": 4, "num_rounds": 2, "max_steps_per_round": 2,
+                "batch_size": 1, "round_inference": "centre", "final_inference": "centre"}
+    job = copy_job("kits_lora", tmp_path, settings)
+    result = run_simulator(job, tmp_path / "ws", 2, env={"FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")}, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    spec = ModelSpec("lite_medsam", 64, 2, "flap", 4)
+    state, meta = read_adapter_file(str(tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"))
+    expected = exchange_schema(spec)
+    assert {k: tuple(v.shape) for k, v in state.items()} == expected
+    assert any(".lora_B." in k and v.abs().sum() > 0 for k, v in state.items())
+    model = build_model(spec)
+    assert meta[FINGERPRINT_KEY] == base_fingerprint(model, exchanged_names(model, spec.preset_obj), from_checkpoint=True)
+    assert meta[FINGERPRINT_KEY]["source"] == "checkpoint"

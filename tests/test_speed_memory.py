@@ -21,21 +21,14 @@ from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.model.sam_builder import build_sam
 from flap_sam.training.loader import resolve_data_workers, round_batches
 from flap_sam.training.metrics import dice_per_class
+from modeltools import trained_looking
 
 SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)
 
 
-def _trained_looking(model: torch.nn.Module) -> torch.nn.Module:
-    """LoRA B starts at 0; give it values so the LoRA path takes part in the comparison."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".lora_B." in name:
-                p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(len(name)))
-    return model
-
 
 def _pair(**kwargs) -> tuple[torch.nn.Module, torch.nn.Module]:
-    reference = _trained_looking(build_model(SPEC, attention="reference"))
+    reference = trained_looking(build_model(SPEC, attention="reference"))
     other = build_model(SPEC, **kwargs)
     other.load_state_dict(reference.state_dict())
     return reference, other

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from flap_sam.datasets.decathlon.task import read_task
-from flap_sam.jobs.writer import jobs_folder, parse_settings, write_job
+from flap_sam.jobs.writer import job_settings, jobs_folder, parse_settings, write_job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,5 +26,22 @@ def run(args: argparse.Namespace) -> int:
     settings = parse_settings(args.set)
     if args.task:
         settings = {**read_task(args.task).settings(settings.get("channel")), **settings}
-    print(f"wrote {write_job(source, args.out, settings)}")
+    out = write_job(source, args.out, settings)
+    print(f"wrote {out}")
+    note = random_base_note(job_settings(out))
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def random_base_note(settings: dict) -> str | None:
+    """A line when the job would start a ViT from random weights on real data (sites may still set checkpoint locally)."""
+    from flap_sam.model.factory import random_base_remedy
+    from flap_sam.model.sam_builder import ARCHITECTURES
+
+    model_type = str(settings.get("model_type"))
+    if (model_type not in ARCHITECTURES or ARCHITECTURES[model_type].official_checkpoint is None
+            or settings.get("checkpoint") or str(settings.get("data_root")) == "demo" or settings.get("random_weights") is True):
+        return None
+    return (f"this job names no checkpoint for {model_type}: a site refuses to train its data from random weights "
+            f"unless it sets checkpoint in its local/flap_sam_site.json. {random_base_remedy(model_type)}")

@@ -34,7 +34,7 @@ class AdapterModel(nn.Module):
     def __init__(self, spec: dict, checkpoint: str = "") -> None:
         super().__init__()
         spec = JobSpec.from_settings(spec).model
-        checkpoint = resolve_checkpoint(checkpoint)
+        checkpoint = resolve_checkpoint(checkpoint, spec.model_type)
         full = build_model(spec, checkpoint)
         exchanged = exchanged_state(full, spec.preset_obj)
         for name, tensor in exchanged.items():

@@ -28,7 +28,7 @@ from flap_sam.model.factory import build_model, random_base_refusal, resolve_che
 from flap_sam.model.fingerprint import FINGERPRINT_KEY, base_fingerprint, base_mismatch
 from flap_sam.model.presets import exchanged_names
 from flap_sam.model.sam_builder import CheckpointError
-from flap_sam.training.device import pick_device
+from flap_sam.training.device import apply_cpu_threads, pick_device, resolve_cpu_threads
 from flap_sam.training.local_trainer import LocalTrainer, TrainSettings, evaluate_volumes
 from flap_sam.training.inference import INFERENCE_MODES
 from flap_sam.training.loader import resolve_data_workers
@@ -37,17 +37,18 @@ from flap_sam.training.schedule import federation_steps
 SITE_SETTINGS_FILE = "flap_sam_site.json"
 
 # What a site may set for itself: where its data and checkpoint are, and what fits its machine.
-SITE_SETTING_KEYS = ("data_root", "datalist", "checkpoint", "device", "attention", "checkpointing", "data_workers")
+SITE_SETTING_KEYS = ("data_root", "datalist", "checkpoint", "device", "attention", "checkpointing", "data_workers", "cpu_threads")
 
 
 def check_runtime_settings(settings: dict, where: str = "") -> None:
-    """Refuse an unknown ``attention`` / ``checkpointing`` mode or a bad ``data_workers`` at start-up, in one line."""
+    """Refuse an unknown ``attention`` / ``checkpointing`` mode or a bad ``data_workers`` / ``cpu_threads`` at start-up, in one line."""
     if settings["attention"] not in ATTENTION_MODES:
         raise ValueError(f"{where}attention: {settings['attention']!r} is not one of {list(ATTENTION_MODES)}")
     if settings["checkpointing"] not in CHECKPOINTING_MODES:
         raise ValueError(f"{where}checkpointing: {settings['checkpointing']!r} is not one of {list(CHECKPOINTING_MODES)}")
     try:
         resolve_data_workers(settings["data_workers"], torch.device("cpu"))
+        resolve_cpu_threads(settings["cpu_threads"])
     except ValueError as e:
         raise ValueError(f"{where}{e}") from None
 
@@ -64,7 +65,7 @@ class FlapSamLearner(Learner):
     validated as a ``JobSpec``): the same block the result filter and the server's adapter model get.
 
     Site-specific settings (``SITE_SETTING_KEYS``: data, checkpoint, device, and the speed and
-    memory settings ``attention``, ``checkpointing``, ``data_workers``) may be overridden by the site in ``<workspace>/local/flap_sam_site.json``, so one job serves every site.
+    memory settings ``attention``, ``checkpointing``, ``data_workers``, ``cpu_threads``) may be overridden by the site in ``<workspace>/local/flap_sam_site.json``, so one job serves every site.
 
     Before it trains, the site checks that the server built the same SAM base (the fingerprint
     in the global model's meta), that a job on the demo's short budget (``demo_budget``)
@@ -83,6 +84,7 @@ class FlapSamLearner(Learner):
         attention: str = "fused",
         checkpointing: str = "off",
         data_workers: str | int = "auto",
+        cpu_threads: str | int = "auto",
         local_epochs: float = 1.0,
         max_steps_per_round: int = 0,
         batch_size: int = 24,
@@ -106,7 +108,8 @@ class FlapSamLearner(Learner):
         job = JobSpec.from_settings(spec)
         self.profile, self.spec = job.task, job.model
         self.site_settings = {"data_root": data_root, "datalist": datalist, "checkpoint": checkpoint, "device": device,
-                              "attention": attention, "checkpointing": checkpointing, "data_workers": data_workers}
+                              "attention": attention, "checkpointing": checkpointing, "data_workers": data_workers,
+                              "cpu_threads": cpu_threads}
         check_runtime_settings(self.site_settings)
         self.local_epochs = local_epochs
         self.max_steps_per_round = max_steps_per_round
@@ -201,6 +204,8 @@ class FlapSamLearner(Learner):
                 "not train real data with the paper's recipe; make the job with `flap-sam job JOB --out DIR --set "
                 "data_root=DIR` or, when sites set data_root locally, `--set demo_budget=false` (either runs the recipe)")
         self.device = pick_device(settings["device"])
+        if self.device.type == "cpu":
+            apply_cpu_threads(settings["cpu_threads"])
         self.train_settings.data_workers = resolve_data_workers(settings["data_workers"], self.device)
         torch.manual_seed(self.train_settings.seed)
         self.data = SiteData.load(
@@ -220,7 +225,7 @@ class FlapSamLearner(Learner):
             f"{self.spec.model_type} preset={self.spec.preset} on {self.device}: {len(self.exchanged)} tensors, "
             f"{sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} parameters train and are exchanged; "
             f"attention {settings['attention']}, checkpointing {settings['checkpointing']}, "
-            f"{self.train_settings.data_workers} data worker(s)",
+            f"{self.train_settings.data_workers} data worker(s), {torch.get_num_threads()} CPU thread(s)",
         )
 
     # ---- rounds ---------------------------------------------------------------------------

@@ -84,6 +84,7 @@ def assemble_model(spec: ModelSpec, checkpoint: str | None) -> SemanticSam:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
         model = build_sam(spec.model_type, spec.image_size, spec.num_classes, sam_class=SemanticSam)
+        model.whole_image_box = spec.model_type == LITE_MEDSAM  # its weights only ever saw box prompts
         if checkpoint:
             load_sam_checkpoint(model, checkpoint)
         if preset.uses_lora:

@@ -127,16 +127,26 @@ def attention_bias(attention: TinyViTAttention) -> torch.Tensor:
 
 
 def fused_forward(self: TinyViTAttention, x: torch.Tensor) -> torch.Tensor:
-    """``TinyViTAttention.forward`` through SDPA, the attention biases as the additive mask: (B, N, C) -> (B, N, C).
+    """``TinyViTAttention.forward`` with the attention biases as an additive mask: (B, N, C) -> (B, N, C).
 
-    The bias is gathered from ``attention_biases`` on every call (the package caches it at ``eval()``).
+    On a GPU through SDPA (memory-efficient kernels take the mask); on a CPU as the explicit
+    softmax, because SDPA's CPU path validates the broadcast float mask on every call and is
+    slower for these small windows (``flap-sam bench``). The bias is gathered from
+    ``attention_biases`` on every call (the package caches it at ``eval()``, stale after training).
     """
     b, n, _ = x.shape
     qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, -1)
     q, k, v = qkv.split([self.key_dim, self.key_dim, self.d], dim=3)
     q, k, v = (t.permute(0, 2, 1, 3) for t in (q, k, v))  # (B, heads, N, d)
-    out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attention_bias(self).to(q.dtype), scale=self.scale)
+    out = attend(q, k, v, attention_bias(self).to(q.dtype), self.scale, sdpa=q.is_cuda)
     return self.proj(out.transpose(1, 2).reshape(b, n, self.dh))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float, sdpa: bool) -> torch.Tensor:
+    """softmax(q kᵀ · scale + bias) v: q, k (B, heads, N, d), v (B, heads, N, dv), bias (heads, N, N) -> (B, heads, N, dv)."""
+    if sdpa:
+        return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    return ((q @ k.transpose(-2, -1)) * scale + bias).softmax(dim=-1) @ v
 
 
 def bundled_checkpoint_path() -> str:

@@ -1,4 +1,4 @@
-"""Choosing the torch device from a setting."""
+"""Choosing the torch device and the CPU threads from settings."""
 
 from __future__ import annotations
 
@@ -10,3 +10,27 @@ def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def resolve_cpu_threads(setting: str | int) -> int | None:
+    """``auto`` -> None (torch's default: every core, right for one site per machine); else a thread count >= 1.
+
+    Several sites on one machine (the simulator, POC) each using every core oversubscribe it: the
+    shipped demo's two sites run faster with one thread each.
+    """
+    if str(setting) == "auto":
+        return None
+    try:
+        threads = int(setting)
+    except (TypeError, ValueError):
+        raise ValueError(f"cpu_threads: {setting!r} is not 'auto' or a number of threads") from None
+    if threads < 1:
+        raise ValueError(f"cpu_threads: {threads} must be at least 1")
+    return threads
+
+
+def apply_cpu_threads(setting: str | int) -> None:
+    """Set torch's intra-op threads of this process from the ``cpu_threads`` setting (``auto``: leave them)."""
+    threads = resolve_cpu_threads(setting)
+    if threads is not None:
+        torch.set_num_threads(threads)

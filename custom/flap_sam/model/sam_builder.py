@@ -55,7 +55,6 @@ class CheckpointError(ValueError):
 
 LITE_MEDSAM = "lite_medsam"  # LiteMedSAM: TinyViT encoder + bundled pretrained weights (flap_sam.model.lite_medsam)
 MODEL_TYPES = (*ARCHITECTURES, LITE_MEDSAM)
-LITE_MEDSAM_SIZE_MULTIPLE = 16
 # LiteMedSAM's prompt encoder and mask decoder have the ViT models' sizes.
 LITE_MEDSAM_DECODER = SamArchitecture(0, 0, 0, (), prompt_dim=256, decoder_mlp_dim=2048, decoder_heads=8)
 
@@ -72,10 +71,10 @@ def get_architecture(model_type: str) -> SamArchitecture:
 def check_image_size(model_type: str, image_size: int) -> None:
     """Refuse an input size the model type cannot take, in one line naming both."""
     get_architecture(model_type)
-    # ViT: whole 16 px patches. LiteMedSAM: a stride-1 stem and two halvings (its windows fit best at 112 and 224).
-    multiple = LITE_MEDSAM_SIZE_MULTIPLE if model_type == LITE_MEDSAM else PATCH_SIZE
-    if image_size % multiple or image_size <= 0:
-        raise ValueError(f"image_size {image_size} must be a positive multiple of {multiple} for {model_type}")
+    # ViT: whole 16 px patches. LiteMedSAM: its stride-1 stem and two halvings need a multiple of 4; 16 keeps
+    # one rule for every model (its windows of 7 and 14 tile 112 and 224 px exactly, others are padded).
+    if image_size % PATCH_SIZE or image_size <= 0:
+        raise ValueError(f"image_size {image_size} must be a positive multiple of {PATCH_SIZE} for {model_type}")
 
 
 def _vit_encoder(arch: SamArchitecture, image_size: int) -> ImageEncoderViT:
@@ -100,7 +99,7 @@ def build_sam(model_type: str = "vit_b", image_size: int = 224, num_classes: int
 
     Args:
         model_type: ``vit_b``, ``vit_l``, ``vit_h``, ``lite_medsam`` or the test-only ``vit_test``.
-        image_size: square input size in pixels (ViT: a multiple of 16; lite_medsam: of 32).
+        image_size: square input size in pixels, a multiple of 16.
         num_classes: foreground classes; the decoder predicts ``num_classes + 1`` masks.
         sam_class: ``Sam`` or a subclass such as ``SemanticSam``.
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from flap_sam.model.factory import ModelSpec, build_model
-from flap_sam.training.local_trainer import LocalTrainer, TrainSettings
+from flap_sam.training.local_trainer import LocalTrainer
+from flap_sam.jobs.settings import training_settings
 
 SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)
 
@@ -13,7 +14,7 @@ SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)
 def _distance_after_training(mu: float) -> float:
     torch.manual_seed(0)
     model = build_model(SPEC)
-    trainer = LocalTrainer(model, [], TrainSettings(lr=0.05, batch_size=2, warmup_steps=0, fedprox_mu=mu), torch.device("cpu"))
+    trainer = LocalTrainer(model, [], training_settings(lr=0.05, batch_size=2, warmup_steps=0, fedprox_mu=mu), torch.device("cpu"))
     start = [p.detach().clone() for p in model.parameters() if p.requires_grad]
     trainer.start_round()
     g = torch.Generator().manual_seed(1)

@@ -7,7 +7,9 @@ import numpy as np
 import torch
 
 from flap_sam.model.factory import ModelSpec, build_model
-from flap_sam.training.local_trainer import LocalTrainer, TrainSettings
+from flap_sam.training.local_trainer import LocalTrainer
+from flap_sam.jobs.settings import training_settings
+from flap_sam.training.settings import TrainingSettings
 from flap_sam.training.schedule import federation_steps, warmup_poly_factor
 
 SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)
@@ -20,7 +22,7 @@ def test_the_curve_has_no_jump_where_warm_up_ends():
     assert np.all(np.diff(factors[250:]) <= 0) and 0 <= factors[-1] < 1e-10
 
 
-def _trainer(settings: TrainSettings) -> tuple[LocalTrainer, list[float]]:
+def _trainer(settings: TrainingSettings) -> tuple[LocalTrainer, list[float]]:
     """A real trainer whose batches are synthetic and whose steps only record the lr they would use."""
     trainer = LocalTrainer(build_model(SPEC), [], settings, torch.device("cpu"))
     lrs: list[float] = []
@@ -42,7 +44,7 @@ def _run_rounds(trainer, rounds, num_rounds, steps):
 
 
 def test_the_lr_is_one_curve_over_the_rounds_and_through_a_restart():
-    settings = TrainSettings(lr=8e-4, warmup_steps=6, poly_power=7.0)
+    settings = training_settings(lr=8e-4, warmup_steps=6, poly_power=7.0)
     num_rounds, steps = 5, 4
     straight, lrs = _trainer(settings)
     _run_rounds(straight, range(num_rounds), num_rounds, steps)
@@ -58,7 +60,7 @@ def test_the_lr_is_one_curve_over_the_rounds_and_through_a_restart():
 
 def test_adamw_moments_start_afresh_each_round():
     torch.manual_seed(0)
-    trainer = LocalTrainer(build_model(SPEC), [], TrainSettings(lr=0.01, batch_size=2, warmup_steps=0), torch.device("cpu"))
+    trainer = LocalTrainer(build_model(SPEC), [], training_settings(lr=0.01, batch_size=2, warmup_steps=0), torch.device("cpu"))
     g = torch.Generator().manual_seed(1)
     stacks, labels = torch.rand(2, 5, 64, 64, generator=g), torch.randint(0, 3, (2, 5, 64, 64), generator=g)
     trainer.start_round()

@@ -22,7 +22,8 @@ from flap_sam.data.site import SiteData
 from flap_sam.data.stacks import SliceStackDataset
 from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.training.device import pick_device
-from flap_sam.training.local_trainer import LocalTrainer, TrainSettings, evaluate_volumes
+from flap_sam.training.local_trainer import LocalTrainer, evaluate_volumes
+from flap_sam.jobs.settings import training_settings
 
 MODES = ("overlap", "centre")
 
@@ -49,7 +50,7 @@ def dice_agreement(train_steps: int) -> dict:
     torch.manual_seed(0)
     model = build_model(DICE_MODEL)
     trainer = LocalTrainer(model, SliceStackDataset(sites[0].train, None, seed=0),
-                           TrainSettings(lr=2e-3, batch_size=2, warmup_steps=2, poly_power=1.0), torch.device("cpu"))
+                           training_settings(lr=2e-3, batch_size=2, warmup_steps=2, poly_power=1.0), torch.device("cpu"))
     trainer.train(train_steps, first_step=0, total_steps=train_steps, round_seed=0)
     result = compare_modes(model, volumes, profile.num_classes, torch.device("cpu"))
     diffs = np.abs(np.array(result["overlap"]["per_volume"]) - np.array(result["centre"]["per_volume"]))

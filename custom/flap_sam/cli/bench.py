@@ -23,6 +23,7 @@ import torch
 from flap_sam.benchmark.aggregation import time_averaging, time_exact_lora
 from flap_sam.benchmark.transport_error import built_adapter, round_trip_errors
 from flap_sam.benchmark.wire import random_payload, wire_bytes
+from flap_sam.files import write_text
 from flap_sam.model.factory import ModelSpec
 
 PRESETS = ["fft", "attn_ft", "lora_dec", "dec_ft", "flap", "lora_ft", "pdec_ft"]
@@ -254,15 +255,10 @@ def run(args: argparse.Namespace) -> int:
     table, report["targets"] = targets(comm, steps, aggregation, errors, validation, site, args.model)
     emit("Targets", table)
     if args.out:
-        _write(args.out, "\n\n".join(sections) + "\n")
+        write_text(args.out, "\n\n".join(sections) + "\n")
     if args.json:
-        _write(args.json, json.dumps(report, indent=2) + "\n")
+        write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0
 
 
-def _write(path: str, text: str) -> None:
-    """Atomically: a reader never sees half a report."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+

@@ -17,6 +17,7 @@ import sys
 from flap_sam.evaluation.report import collect, write_report
 from flap_sam.jobs.recipe import source_job
 from flap_sam.jobs.writer import job_settings, parse_settings, write_job
+from flap_sam.files import write_text
 
 DONE = "DONE"
 
@@ -68,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
                 finished, tail = _simulate(job, workspace, sites, args.run_timeout)
             if not finished:
                 raise ValueError(f"sweep run {name} failed twice; its log is in {workspace}: {tail}")
-            with open(os.path.join(workspace, DONE), "w", encoding="utf-8") as f:
-                f.write("finished\n")
+            write_text(os.path.join(workspace, DONE), "finished\n")
     runs, baselines = collect([os.path.join(args.out, "runs"), *args.baselines])
     path = write_report(runs, baselines, os.path.join(args.out, "report"))
     print(f"wrote {path}")

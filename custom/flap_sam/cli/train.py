@@ -5,8 +5,9 @@
     flap-sam train --job JOB --datalist /data/kits/site-3.json --out ...           # datalist files instead
     flap-sam train --job JOB --datalist a=/data/a/datalist.json b=/data/b/datalist.json --out ...  # named explicitly
 
-Model, task, preset, training recipe, data root and checkpoint come from the job folder, so a
-baseline is trained exactly as the federation that ran the job, for rounds x local epochs epochs.
+Model, task, preset, training recipe (the job's ``training`` block, FedProx and seed included),
+data root and checkpoint come from the job folder, so a baseline is trained exactly as the
+federation that ran the job, for rounds x local epochs epochs.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import os
 
 import torch
 
-from flap_sam.jobs.writer import job_settings, read_job_spec
+from flap_sam.jobs.writer import read_job
 from flap_sam.model.factory import build_model, random_base_refusal, resolve_checkpoint
 from flap_sam.model.sam_builder import CheckpointError
 from flap_sam.training.baseline import train_baseline
 from flap_sam.training.device import pick_device
 from flap_sam.training.loader import resolve_data_workers
-from flap_sam.training.local_trainer import TrainSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,32 +65,25 @@ def datalist_sites(items: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from flap_sam.data.site import DEMO, SiteData
 
-    settings = job_settings(args.job)
-    job = read_job_spec(args.job)
-    spec, profile = job.model, job.task
-    device = pick_device(args.device or settings.get("device", "auto"))
-    torch.manual_seed(int(settings.get("seed", 0)))
+    job = read_job(args.job)
+    spec, profile, site = job.spec.model, job.spec.task, job.site
+    device = pick_device(args.device or site.device)
+    torch.manual_seed(job.training.seed)
     if args.sites:
-        sources = {site: (str(settings.get("data_root", "demo")), site, str(settings.get("datalist") or "") or None) for site in args.sites}
+        sources = {name: (site.data_root, name, site.datalist or None) for name in args.sites}
     else:
         sources = {name: (os.path.dirname(os.path.abspath(path)), "site", path) for name, path in datalist_sites(args.datalist).items()}
-    sites = {name: SiteData.load(profile, root, site, spec.image_size, spec.num_classes, datalist)
-             for name, (root, site, datalist) in sources.items()}
-    train_settings = TrainSettings(
-        lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"]), batch_size=int(settings["batch_size"]),
-        warmup_steps=int(settings["warmup_steps"]), poly_power=float(settings["poly_power"]),
-        data_workers=resolve_data_workers(settings.get("data_workers", "auto"), device))
-    epochs = args.epochs or max(1, round(int(settings["num_rounds"]) * float(settings["local_epochs"])))
-    checkpoint = resolve_checkpoint(args.checkpoint if args.checkpoint is not None else settings.get("checkpoint", ""), spec.model_type)
-    on_demo = bool(args.sites) and str(settings.get("data_root", DEMO)) == DEMO
-    if not checkpoint and not on_demo and settings.get("random_weights") is not True:
+    sites = {name: SiteData.load(profile, root, site_name, spec.image_size, spec.num_classes, datalist)
+             for name, (root, site_name, datalist) in sources.items()}
+    epochs = args.epochs or max(1, round(job["num_rounds"] * job.training.local_epochs))
+    checkpoint = resolve_checkpoint(args.checkpoint if args.checkpoint is not None else site.checkpoint, spec.model_type)
+    on_demo = bool(args.sites) and site.data_root == DEMO
+    if not checkpoint and not on_demo and not site.random_weights:
         raise CheckpointError(random_base_refusal(spec.model_type))
-    model = build_model(spec, checkpoint, device, settings.get("attention", "fused"), settings.get("checkpointing", "off"))
+    model = build_model(spec, checkpoint, device, site.attention, site.checkpointing)
     kind = "local" if len(sites) == 1 else "pooled"
     print(f"{kind} baseline: {spec.model_type}/{spec.image_size} preset {spec.preset} on {', '.join(sites)}, {epochs} epochs "
           f"(job {args.job}), {device}", flush=True)
-    train_baseline(model, spec, sites, train_settings, epochs, args.out, device, kind, augment=bool(settings.get("augment", True)),
-                   round_inference=str(settings.get("round_inference", "centre")),
-                   final_inference=str(settings.get("final_inference", "overlap")),
-                   max_steps_per_epoch=int(settings.get("max_steps_per_round", 0)), say=lambda s: print(s, flush=True))
+    train_baseline(model, spec, sites, job.training, epochs, args.out, device, kind,
+                   data_workers=resolve_data_workers(site.data_workers, device), say=lambda s: print(s, flush=True))
     return 0

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 from flap_sam.data.errors import DataError
+from flap_sam.files import write_json
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,4 @@ def write_datalist(path: str, training: list[dict], validation: list[dict], test
     content = {"training": training, "validation": validation}
     if test is not None:
         content["test"] = test
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, content)

@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 
 from flap_sam.data.errors import DataError
+from flap_sam.files import write_atomically
 
 
 def _reorient_to_file(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -177,6 +178,4 @@ def save_mask(mask: np.ndarray, like: Volume, path: str) -> None:
     data = like.to_original_orientation(mask).astype(np.uint8)
     img = nib.Nifti1Image(data, like.affine)
     img.set_data_dtype(np.uint8)
-    tmp = f"{path}.tmp-{os.getpid()}.nii.gz"
-    nib.save(img, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: nib.save(img, tmp), suffix=".nii.gz")

@@ -17,7 +17,6 @@ The validation split is carved deterministically out of the published training s
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -30,6 +29,7 @@ from flap_sam.data.datalist import write_datalist
 from flap_sam.data.errors import DataError
 from flap_sam.data.profiles import DatasetProfile
 from flap_sam.data.volumes import load_volume
+from flap_sam.files import write_json
 
 
 class ConversionError(DataError):
@@ -191,8 +191,7 @@ def convert(
             "sites": {s: {"centre": v.centre, "cases": v.cases, "slices": v.slices, "foreground_slices": v.foreground_slices,
                           "spacing_mm_min": v.spacing_min, "spacing_mm_max": v.spacing_max} for s, v in summaries.items()},
         }
-        with open(os.path.join(tmp, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2)
+        write_json(os.path.join(tmp, "summary.json"), record)
         _move_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from flap_sam.files import write_json, write_text
 
 SERVER_MARKER = os.path.join("app_server", "traffic_summary.json")
 FINAL_MODEL = "SRV_FL_global_model.pt"
@@ -241,9 +242,6 @@ def write_report(runs: list[FederatedRun], baselines: list[BaselineRun], out: st
             lines.append(f"| {r} | " + " | ".join(cells) + f" | {run.bytes_down.get(r, 0):,} | {run.bytes_up.get(r, 0):,} |")
         lines.append("")
     path = os.path.join(out, "report.md")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    os.replace(path + ".tmp", path)
-    with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as f:
-        json.dump({"runs": [asdict(r) for r in runs], "baselines": [asdict(b) for b in baselines]}, f, indent=2)
+    write_text(path, "\n".join(lines))
+    write_json(os.path.join(out, "report.json"), {"runs": [asdict(r) for r in runs], "baselines": [asdict(b) for b in baselines]})
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from flap_sam.data.profiles import DatasetProfile
 from flap_sam.datasets.kits19.metric import flamby_kits_dice
 from flap_sam.training.metrics import dice_per_class
+from flap_sam.files import write_text
 
 # Dataset-specific metrics reported next to the per-class Dice: column name -> fn(prediction, label).
 DATASET_METRICS = {"kits": {"flamby_dice": flamby_kits_dice}}
@@ -78,14 +80,12 @@ def write_tables(rows: list[dict], out_dir: str, stem: str = "dice") -> tuple[st
     os.makedirs(out_dir, exist_ok=True)
     table = rows + [summarize(rows)]
     csv_path, md_path = os.path.join(out_dir, f"{stem}.csv"), os.path.join(out_dir, f"{stem}.md")
-    with open(csv_path + ".tmp", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in table)
-    os.replace(csv_path + ".tmp", csv_path)
-    with open(md_path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(markdown_table(table) + "\n")
-    os.replace(md_path + ".tmp", md_path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(table[0]))
+    writer.writeheader()
+    writer.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in table)
+    write_text(csv_path, text.getvalue(), newline="")
+    write_text(md_path, markdown_table(table) + "\n")
     return csv_path, md_path
 
 

@@ -18,39 +18,21 @@ from nvflare.app_common.app_constant import AppConstants, ValidateType
 
 from flap_sam.data.site import DEMO as DEMO_DATA_ROOT, SiteData
 from flap_sam.data.stacks import SliceStackDataset, build_augmentation
-from flap_sam.federated.privacy import PRIVACY_MODES
 from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS, BaseMismatchError, site_error_kind
 from flap_sam.federated.weights import export_weights, import_weights
+from flap_sam.jobs.settings import PRIVACY_MODES
 from flap_sam.jobs.spec import JobSpec
-from flap_sam.model.attention import ATTENTION_MODES
-from flap_sam.model.checkpointing import CHECKPOINTING_MODES
 from flap_sam.model.factory import build_model, random_base_refusal, resolve_checkpoint
 from flap_sam.model.fingerprint import FINGERPRINT_KEY, base_fingerprint, base_mismatch
 from flap_sam.model.presets import exchanged_names
 from flap_sam.model.sam_builder import CheckpointError
-from flap_sam.training.device import apply_cpu_threads, pick_device, resolve_cpu_threads
-from flap_sam.training.local_trainer import LocalTrainer, TrainSettings, evaluate_volumes
-from flap_sam.training.inference import INFERENCE_MODES
+from flap_sam.training.device import apply_cpu_threads, pick_device
+from flap_sam.training.local_trainer import LocalTrainer, evaluate_volumes
 from flap_sam.training.loader import resolve_data_workers
+from flap_sam.training.settings import SiteSettings, TrainingSettings, one_of
 from flap_sam.training.schedule import federation_steps
 
 SITE_SETTINGS_FILE = "flap_sam_site.json"
-
-# What a site may set for itself: where its data and checkpoint are, and what fits its machine.
-SITE_SETTING_KEYS = ("data_root", "datalist", "checkpoint", "device", "attention", "checkpointing", "data_workers", "cpu_threads")
-
-
-def check_runtime_settings(settings: dict, where: str = "") -> None:
-    """Refuse an unknown ``attention`` / ``checkpointing`` mode or a bad ``data_workers`` / ``cpu_threads`` at start-up, in one line."""
-    if settings["attention"] not in ATTENTION_MODES:
-        raise ValueError(f"{where}attention: {settings['attention']!r} is not one of {list(ATTENTION_MODES)}")
-    if settings["checkpointing"] not in CHECKPOINTING_MODES:
-        raise ValueError(f"{where}checkpointing: {settings['checkpointing']!r} is not one of {list(CHECKPOINTING_MODES)}")
-    try:
-        resolve_data_workers(settings["data_workers"], torch.device("cpu"))
-        resolve_cpu_threads(settings["cpu_threads"])
-    except ValueError as e:
-        raise ValueError(f"{where}{e}") from None
 
 
 class FlapSamLearner(Learner):
@@ -64,8 +46,9 @@ class FlapSamLearner(Learner):
     ``spec`` is the job's model and task settings (the ``job_spec`` block of ``settings.conf``,
     validated as a ``JobSpec``): the same block the result filter and the server's adapter model get.
 
-    Site-specific settings (``SITE_SETTING_KEYS``: data, checkpoint, device, and the speed and
-    memory settings ``attention``, ``checkpointing``, ``data_workers``, ``cpu_threads``) may be overridden by the site in ``<workspace>/local/flap_sam_site.json``, so one job serves every site.
+    A site may override its own settings (``SiteSettings.OVERRIDABLE``: data, checkpoint, device,
+    and the speed and memory settings ``attention``, ``checkpointing``, ``data_workers``,
+    ``cpu_threads``) in ``<workspace>/local/flap_sam_site.json``, so one job serves every site.
 
     Before it trains, the site checks that the server built the same SAM base (the fingerprint
     in the global model's meta), that a job on the demo's short budget (``demo_budget``)
@@ -74,57 +57,22 @@ class FlapSamLearner(Learner):
     stay in the site's own log; the server only learns a fixed error kind.
     """
 
-    def __init__(
-        self,
-        spec: dict,
-        checkpoint: str = "",
-        data_root: str = "demo",
-        datalist: str = "",
-        device: str = "auto",
-        attention: str = "fused",
-        checkpointing: str = "off",
-        data_workers: str | int = "auto",
-        cpu_threads: str | int = "auto",
-        local_epochs: float = 1.0,
-        max_steps_per_round: int = 0,
-        batch_size: int = 24,
-        lr: float = 8e-4,
-        weight_decay: float = 0.1,
-        warmup_steps: int = 250,
-        poly_power: float = 7.0,
-        foreground_fraction: float = 0.5,
-        augment: bool = True,
-        amp: bool = True,
-        seed: int = 0,
-        fedprox_mu: float = 0.0,
-        demo_budget: bool = False,
-        random_weights: bool = False,
-        round_inference: str = "centre",
-        final_inference: str = "overlap",
-        privacy: str = "none",
-        analytic_sender_id: str = "analytic_sender",
-    ) -> None:
+    def __init__(self, spec: dict, training: dict, site: dict, privacy: str = "none",
+                 analytic_sender_id: str = "analytic_sender") -> None:
+        """
+        Args:
+            spec: the ``job_spec`` block (``JobSpec``); training: the ``training`` block (``TrainingSettings``);
+            site: the ``site`` block (``SiteSettings``); privacy: the ``privacy`` setting (the update then
+                travels as a difference, which FLARE's privacy filters work on).
+        """
         super().__init__()
         job = JobSpec.from_settings(spec)
         self.profile, self.spec = job.task, job.model
-        self.site_settings = {"data_root": data_root, "datalist": datalist, "checkpoint": checkpoint, "device": device,
-                              "attention": attention, "checkpointing": checkpointing, "data_workers": data_workers,
-                              "cpu_threads": cpu_threads}
-        check_runtime_settings(self.site_settings)
-        self.local_epochs = local_epochs
-        self.max_steps_per_round = max_steps_per_round
-        self.augment = augment
-        self.demo_budget = bool(demo_budget)
-        self.random_weights = bool(random_weights)
-        for name, mode in (("round_inference", round_inference), ("final_inference", final_inference)):
-            if mode not in INFERENCE_MODES:
-                raise ValueError(f"{name}: {mode!r} is not one of {list(INFERENCE_MODES)}")
-        self.round_inference, self.final_inference = round_inference, final_inference
-        if privacy not in PRIVACY_MODES:
-            raise ValueError(f"privacy: {privacy!r} is not one of {list(PRIVACY_MODES)}")
+        self.training = TrainingSettings.from_settings(training, where="training: ")
+        self.site_settings = SiteSettings.from_settings(site, where="site: ")
+        one_of("privacy", privacy, PRIVACY_MODES)
         # FLARE's privacy filters work on a difference: with privacy on, the update travels as a WEIGHT_DIFF.
         self.send_difference = privacy != "none"
-        self.train_settings = TrainSettings(lr, weight_decay, batch_size, warmup_steps, poly_power, foreground_fraction, amp, seed, fedprox_mu)
         self.analytic_sender_id = analytic_sender_id
         self.model = None
         self.local_weights: dict[str, np.ndarray] | None = None
@@ -145,11 +93,7 @@ class FlapSamLearner(Learner):
                 overrides = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"site settings {path}: not valid JSON ({e})") from None
-        unknown = set(overrides) - set(SITE_SETTING_KEYS)
-        if unknown:
-            raise ValueError(f"site settings {path}: unknown keys {sorted(unknown)}; allowed: {list(SITE_SETTING_KEYS)}")
-        self.site_settings.update(overrides)
-        check_runtime_settings(self.site_settings, where=f"site settings {path}: ")
+        self.site_settings = self.site_settings.with_overrides(overrides, where=f"site settings {path}: ")
         self.log_info(fl_ctx, f"site settings from {path}: {sorted(overrides)}")
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
@@ -197,35 +141,34 @@ class FlapSamLearner(Learner):
     def _setup(self, fl_ctx: FLContext) -> None:
         self.site_name = fl_ctx.get_identity_name()
         self._apply_site_overrides(fl_ctx)
-        settings = self.site_settings
-        if self.demo_budget and str(settings["data_root"]) != DEMO_DATA_ROOT:
+        site = self.site_settings
+        if site.demo_budget and site.data_root != DEMO_DATA_ROOT:
             raise ValueError(
-                f"data_root {settings['data_root']}: this job runs the demo's short budget (demo_budget = true) and would "
+                f"data_root {site.data_root}: this job runs the demo's short budget (demo_budget = true) and would "
                 "not train real data with the paper's recipe; make the job with `flap-sam job JOB --out DIR --set "
                 "data_root=DIR` or, when sites set data_root locally, `--set demo_budget=false` (either runs the recipe)")
-        self.device = pick_device(settings["device"])
+        self.device = pick_device(site.device)
         if self.device.type == "cpu":
-            apply_cpu_threads(settings["cpu_threads"])
-        self.train_settings.data_workers = resolve_data_workers(settings["data_workers"], self.device)
-        torch.manual_seed(self.train_settings.seed)
-        self.data = SiteData.load(
-            self.profile, settings["data_root"], self.site_name, self.spec.image_size, self.spec.num_classes, settings["datalist"] or None
-        )
-        checkpoint = resolve_checkpoint(settings["checkpoint"], self.spec.model_type)
-        if not checkpoint and str(settings["data_root"]) != DEMO_DATA_ROOT and not self.random_weights:
+            apply_cpu_threads(site.cpu_threads)
+        data_workers = resolve_data_workers(site.data_workers, self.device)
+        torch.manual_seed(self.training.seed)
+        self.data = SiteData.load(self.profile, site.data_root, self.site_name, self.spec.image_size, self.spec.num_classes,
+                                  site.datalist or None)
+        checkpoint = resolve_checkpoint(site.checkpoint, self.spec.model_type)
+        if not checkpoint and site.data_root != DEMO_DATA_ROOT and not site.random_weights:
             raise CheckpointError(random_base_refusal(self.spec.model_type))
-        self.model = build_model(self.spec, checkpoint, self.device, settings["attention"], settings["checkpointing"])
+        self.model = build_model(self.spec, checkpoint, self.device, site.attention, site.checkpointing)
         self.exchanged = exchanged_names(self.model, self.spec.preset_obj)
         self.base = base_fingerprint(self.model, self.exchanged, from_checkpoint=bool(checkpoint))
-        augment = build_augmentation(self.spec.image_size) if self.augment else None
-        dataset = SliceStackDataset(self.data.train, augment, seed=self.train_settings.seed)
-        self.trainer = LocalTrainer(self.model, dataset, self.train_settings, self.device)
+        augment = build_augmentation(self.spec.image_size) if self.training.augment else None
+        dataset = SliceStackDataset(self.data.train, augment, seed=self.training.seed)
+        self.trainer = LocalTrainer(self.model, dataset, self.training, self.device, data_workers)
         self.log_info(
             fl_ctx,
             f"{self.spec.model_type} preset={self.spec.preset} on {self.device}: {len(self.exchanged)} tensors, "
             f"{sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} parameters train and are exchanged; "
-            f"attention {settings['attention']}, checkpointing {settings['checkpointing']}, "
-            f"{self.train_settings.data_workers} data worker(s), {torch.get_num_threads()} CPU thread(s)",
+            f"attention {site.attention}, checkpointing {site.checkpointing}, "
+            f"{data_workers} data worker(s), {torch.get_num_threads()} CPU thread(s)",
         )
 
     # ---- rounds ---------------------------------------------------------------------------
@@ -259,10 +202,6 @@ class FlapSamLearner(Learner):
             self.log_error(fl_ctx, str(e))
             return make_reply(ReturnCode.BAD_TASK_DATA)
 
-    def _steps_this_round(self) -> int:
-        steps = max(1, round(self.local_epochs * self.trainer.steps_per_epoch()))
-        return min(steps, self.max_steps_per_round) if self.max_steps_per_round > 0 else steps
-
     def _log(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:
             self.writer.add_scalar(tag, float(value), global_step=step)
@@ -275,14 +214,14 @@ class FlapSamLearner(Learner):
             return current_round
         received = export_weights(self.model, self.exchanged) if self.send_difference else None
         num_rounds = int(shareable.get_header(AppConstants.NUM_ROUNDS, 1) or 1)
-        steps = self._steps_this_round()
+        steps = self.training.steps_per_round(self.trainer.steps_per_epoch())
         first_step, total_steps = federation_steps(current_round, num_rounds, steps)
         self._aborted = False
         done, loss = self.trainer.train(
             steps,
             first_step=first_step,
             total_steps=total_steps,
-            round_seed=self.train_settings.seed * 100_003 + current_round,
+            round_seed=self.training.round_seed(current_round),
             should_stop=lambda: abort_signal.triggered or self._aborted,
         )
         if abort_signal.triggered or self._aborted:
@@ -326,9 +265,8 @@ class FlapSamLearner(Learner):
         if isinstance(current_round, Shareable):
             return current_round
         volumes = self.data.validation if before_train or not self.data.test else self.data.test
-        amp = self.train_settings.amp and self.device.type == "cuda"
-        mode = self.round_inference if before_train else self.final_inference
-        scores = evaluate_volumes(self.model, volumes, self.spec.num_classes, self.device, amp=amp, mode=mode)
+        mode = self.training.round_inference if before_train else self.training.final_inference
+        scores = evaluate_volumes(self.model, volumes, self.spec.num_classes, self.device, amp=self.training.uses_amp(self.device), mode=mode)
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         per_class = scores.mean(axis=0)

@@ -27,6 +27,7 @@ from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
 from flap_sam.federated.contributions import contribution_problem
+from flap_sam.jobs.settings import AGGREGATIONS, check_aggregation_weights
 from flap_sam.model.fingerprint import FINGERPRINT_KEY
 
 A_TAG, B_TAG = ".lora_A.", ".lora_B."
@@ -146,27 +147,6 @@ class ExactLoRAAggregator(Aggregator):
     def reset(self, fl_ctx: FLContext) -> None:
         with self._lock:
             self._contributions = {}
-
-
-AGGREGATIONS = ("average", "lora_exact")
-
-
-def check_aggregation_weights(weights) -> dict[str, float]:
-    """``{site: weight}`` with positive finite weights (a copy); None / {} -> {}; one-line ValueError otherwise."""
-    if not weights:
-        return {}
-    if not isinstance(weights, dict):
-        raise ValueError(f"aggregation_weights: expected a mapping site -> weight, got {weights!r}")
-    checked = {}
-    for site, weight in weights.items():
-        try:
-            value = float(weight)
-        except (TypeError, ValueError):
-            raise ValueError(f"aggregation_weights: the weight of {site} is not a number ({weight!r})") from None
-        if not np.isfinite(value) or value <= 0:
-            raise ValueError(f"aggregation_weights: the weight of {site} must be positive and finite, got {weight!r}")
-        checked[str(site)] = value
-    return checked
 
 
 class FlapSamAggregator(Aggregator):

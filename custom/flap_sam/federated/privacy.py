@@ -26,7 +26,7 @@ from nvflare.apis.filter import Filter
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
-PRIVACY_MODES = ("none", "percentile", "svt")
+from flap_sam.jobs.settings import check_privacy_parameters
 
 
 class UpdatePrivacyFilter(Filter):
@@ -39,23 +39,17 @@ class UpdatePrivacyFilter(Filter):
                  svt_fraction: float = 0.1, svt_epsilon: float = 0.1, svt_noise_var: float = 0.1, svt_gamma: float = 1e-5,
                  svt_tau: float = 1e-6) -> None:
         super().__init__()
-        if privacy not in PRIVACY_MODES:
-            raise ValueError(f"privacy: {privacy!r} is not one of {list(PRIVACY_MODES)}")
+        check_privacy_parameters(privacy, privacy_percentile, percentile_gamma, svt_fraction, svt_epsilon)
         self.privacy = privacy
         self.impl = None
         if privacy == "percentile":
             from nvflare.app_common.filters.percentile_privacy import PercentilePrivacy
 
-            if not 0 <= float(privacy_percentile) <= 100 or float(percentile_gamma) <= 0:
-                raise ValueError(f"privacy = percentile: privacy_percentile must be in 0..100 and percentile_gamma > 0, "
-                                 f"got {privacy_percentile} and {percentile_gamma}")
             self.impl = PercentilePrivacy(percentile=float(privacy_percentile), gamma=float(percentile_gamma),
                                           data_kinds=[DataKind.WEIGHT_DIFF])
         elif privacy == "svt":
             from nvflare.app_common.filters.svt_privacy import SVTPrivacy
 
-            if not 0 < float(svt_fraction) <= 1 or float(svt_epsilon) <= 0:
-                raise ValueError(f"privacy = svt: svt_fraction must be in (0, 1] and svt_epsilon > 0, got {svt_fraction} and {svt_epsilon}")
             self.impl = SVTPrivacy(fraction=float(svt_fraction), epsilon=float(svt_epsilon), noise_var=float(svt_noise_var),
                                    gamma=float(svt_gamma), tau=float(svt_tau), data_kinds=[DataKind.WEIGHT_DIFF])
 

@@ -24,6 +24,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.job_def import RunStatus
 
 from flap_sam.federated.resume import read_adapter, run_adapter_path
+from flap_sam.files import write_json
 
 INTERRUPTED = [RunStatus.RUNNING, RunStatus.DISPATCHED]
 COMPONENT = {"id": "interrupted_jobs", "path": "flap_sam.federated.restart.InterruptedJobs", "args": {}}
@@ -34,9 +35,7 @@ def add_to_server_resources(resources_json: str) -> None:
     with open(resources_json, encoding="utf-8") as f:
         config = json.load(f)
     config["components"] = [c for c in config.get("components", []) if c.get("id") != COMPONENT["id"]] + [COMPONENT]
-    with open(resources_json + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-    os.replace(resources_json + ".tmp", resources_json)
+    write_json(resources_json, config)
 
 
 def persisted_rounds(workspace_root: str, job_id: str) -> int:

@@ -27,7 +27,8 @@ from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_context import FLContext
 
-TRACKERS = ("tensorboard", "mlflow", "wandb")
+from flap_sam.jobs.settings import TRACKERS
+
 FED_EVENTS = ["fed." + ANALYTIC_EVENT_TYPE]  # the sites' analytics, as ConvertToFedEvent forwards them
 
 

@@ -28,6 +28,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.fuel.utils import fobs
+from flap_sam.files import write_json
 
 SUMMARY_FILE = "traffic_summary.json"
 
@@ -123,7 +124,4 @@ def add_to_summary(path: str, site: str, task: str, round_: int, direction: str,
             if totals.get(name):
                 totals[f"compression_{name}"] = round(totals[f"raw_float32_{name}"] / totals[name], 4)
         summary["totals"] = dict(totals)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        write_json(path, summary, sort_keys=True)

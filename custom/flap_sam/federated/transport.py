@@ -31,7 +31,9 @@ from nvflare.apis.filter import Filter
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
-MODES = ("fp32", "fp16", "bf16", "int8")
+from flap_sam.jobs.settings import TRANSPORT_MODES
+
+MODES = TRANSPORT_MODES
 CODEC_META_KEY = "flap_sam_transport"  # DXO meta: {"mode": str, "scales": {name: float}} while encoded
 _FP16_MAX = float(np.finfo(np.float16).max)
 

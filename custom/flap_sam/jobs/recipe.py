@@ -22,16 +22,10 @@ from nvflare.fuel.utils.config_factory import ConfigFactory
 from nvflare.job_config.api import FedJob
 from nvflare.recipe.spec import Recipe
 
+from flap_sam.jobs.settings import package_defaults
 from flap_sam.jobs.writer import SIDES, config_path, jobs_folder, write_job
 
 ENVS = ("sim", "poc", "prod")
-
-
-def package_defaults() -> dict:
-    """Every setting and its package default (``settings.conf``: the paper's recipe), plain values only."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "federated", "job_config", "settings.conf")
-    config = ConfigFactory.load_config(path).to_dict()
-    return {k: v for k, v in config.items() if not isinstance(v, (dict, list)) and k != "format_version"}
 
 
 def resolved_config(job: str, side: str) -> dict:

@@ -4,11 +4,13 @@ The copy's two config files get the new values appended after the shared include
 job stays declarative and diffable; every name must already be a setting, so a typo stops
 here and not in the middle of a federation.
 
+Every value is checked (``flap_sam.jobs.settings.check_settings``) before anything is written.
+
 The shipped jobs run a short demo on their built-in data: each includes ``demo.conf`` (the
-demo's budget) after the package's shared configuration. A copy whose ``data_root`` is real
-data, or that sets ``demo_budget = false`` (sites that set their ``data_root`` locally),
-leaves that include out, so it runs the paper's recipe (``settings.conf``) unless the user
-sets a value of the budget explicitly.
+demo's budget) after the package's shared configuration. A copy that does not run the demo
+(``runs_demo_budget``: real ``data_root``, or ``demo_budget = false`` for sites that set their
+``data_root`` locally) leaves that include out, so it runs the paper's recipe
+(``settings.conf``) unless the user sets a value of the budget explicitly.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import shutil
 
 from nvflare.fuel.utils.config_factory import ConfigFactory
 
-from flap_sam.data.site import DEMO as DEMO_DATA_ROOT
-from flap_sam.jobs.spec import SETTINGS as SPEC_SETTINGS
+from flap_sam.jobs.settings import JobSettings, check_settings, package_defaults, runs_demo_budget
 from flap_sam.jobs.spec import JobSpec
+from flap_sam.files import write_json
 
 SIDES = ("server", "client")
-DEMO_BUDGET_INCLUDE = 'include required(package("flap_sam:federated/job_config/demo.conf"))'
+DEMO_CONF = "demo.conf"  # the demo's budget, in the package's job_config/ beside settings.conf
 
 
 def jobs_folder() -> str:
@@ -38,20 +40,25 @@ def config_path(job: str, side: str) -> str:
 
 
 def job_settings(job: str) -> dict:
-    """The resolved top-level settings of a job folder (both sides; plain values only)."""
+    """The resolved value of every setting in a job folder (both sides)."""
+    names = package_defaults()
     settings = {}
     for side in SIDES:
         config = ConfigFactory.load_config(config_path(job, side))
         if config is None:
             raise ValueError(f"job {job}: no app/config/config_fed_{side}.conf")
-        settings.update({k: v for k, v in config.to_dict().items() if not isinstance(v, (list, dict))})
+        settings.update({k: v for k, v in config.to_dict().items() if k in names})
     return settings
 
 
+def read_job(job: str) -> JobSettings:
+    """A job folder's settings, typed and checked: what the federation that ran it used."""
+    return check_settings(job_settings(job), where=f"job {job}: ")
+
+
 def read_job_spec(job: str) -> JobSpec:
-    """The model and task settings of a job folder (what the federation that ran it used)."""
-    settings = job_settings(job)
-    return JobSpec.from_settings({k: settings[k] for k in SPEC_SETTINGS if k in settings})
+    """The model and task settings of a job folder."""
+    return read_job(job).spec
 
 
 def parse_value(text: str):
@@ -74,10 +81,11 @@ def parse_settings(items: list[str]) -> dict:
 
 
 def _drop_demo_budget(config_file: str) -> None:
+    """Leave out the config's include of the package's ``demo.conf`` (its only line that names it outside a comment)."""
     with open(config_file, encoding="utf-8") as f:
         lines = f.read().splitlines(keepends=True)
     with open(config_file, "w", encoding="utf-8") as f:
-        f.writelines(line for line in lines if line.strip() != DEMO_BUDGET_INCLUDE)
+        f.writelines(line for line in lines if not (line.lstrip().startswith("include") and f"/{DEMO_CONF}\"" in line))
 
 
 def write_job(source: str, out: str, settings: dict) -> str:
@@ -91,11 +99,8 @@ def write_job(source: str, out: str, settings: dict) -> str:
     if os.path.exists(out):
         raise ValueError(f"--out {out}: already exists")
     known = job_settings(source)
-    unknown = sorted(set(settings) - set(known))
-    if unknown:
-        raise ValueError(f"job {source}: no setting {', '.join(unknown)} (settings: {', '.join(sorted(known))})")
-    drop_demo_budget = (str(settings.get("data_root", known.get("data_root"))) != DEMO_DATA_ROOT
-                        or settings.get("demo_budget") is False)
+    check_settings({**known, **settings}, where=f"job {source}: ")
+    drop_demo_budget = not runs_demo_budget({**known, **settings})
     tmp = f"{out}.partial"
     shutil.copytree(source, tmp)
     for side in SIDES:
@@ -109,7 +114,6 @@ def write_job(source: str, out: str, settings: dict) -> str:
         meta = json.load(f)
     meta["name"] = os.path.basename(os.path.normpath(out))
     meta["min_clients"] = int(settings.get("min_clients", meta.get("min_clients", 1)))
-    with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2)
+    write_json(os.path.join(tmp, "meta.json"), meta)
     os.rename(tmp, out)
     return out

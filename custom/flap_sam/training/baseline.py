@@ -11,20 +11,20 @@ so ``flap-sam evaluate`` / ``infer`` read it; ``train_log.json`` holds one entry
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from flap_sam.data.site import SiteData
 from flap_sam.data.stacks import SliceStackDataset, build_augmentation
 from flap_sam.model.factory import ModelSpec, exchanged_state
 from flap_sam.model.semantic_sam import SemanticSam
-from flap_sam.training.local_trainer import LocalTrainer, TrainSettings, evaluate_volumes
+from flap_sam.training.local_trainer import LocalTrainer, evaluate_volumes
+from flap_sam.training.settings import TrainingSettings
+from flap_sam.files import save_torch, write_json
 
 BASELINE_FILE = "baseline.json"
 LOG_FILE = "train_log.json"
@@ -43,9 +43,7 @@ class BaselineResult:
 
 
 def _save_adapter(model: SemanticSam, spec: ModelSpec, path: str, meta: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save({"model": exchanged_state(model, spec.preset_obj), "meta_props": meta}, tmp)
-    os.replace(tmp, path)
+    save_torch({"model": exchanged_state(model, spec.preset_obj), "meta_props": meta}, path)
 
 
 def _progress(epoch: int, epochs: int, loss: float, lr: float, dice: float, seconds: float) -> str:
@@ -54,32 +52,31 @@ def _progress(epoch: int, epochs: int, loss: float, lr: float, dice: float, seco
             f"val Dice {dice:.4f} ({seconds:.0f} s)")
 
 
-def train_baseline(model: SemanticSam, spec: ModelSpec, sites: dict[str, SiteData], settings: TrainSettings, epochs: int,
-                   out: str, device: torch.device, kind: str, augment: bool = True, round_inference: str = "centre",
-                   final_inference: str = "overlap", max_steps_per_epoch: int = 0, say=print) -> BaselineResult:
+def train_baseline(model: SemanticSam, spec: ModelSpec, sites: dict[str, SiteData], settings: TrainingSettings, epochs: int,
+                   out: str, device: torch.device, kind: str, data_workers: int = 0, say=print) -> BaselineResult:
     """Train on the union of ``sites``' training volumes for ``epochs`` epochs; write the adapters and logs into ``out``.
+
+    An epoch is capped by ``max_steps_per_round``, as a round of the federation is.
 
     Args:
         sites: site name -> its prepared data.
         kind: ``local`` (one site) or ``pooled`` (several), recorded in ``baseline.json``.
-        max_steps_per_epoch: the job's ``max_steps_per_round`` (0: no cap), so an epoch is the work of one round.
     """
     os.makedirs(out, exist_ok=True)
     train = [v for data in sites.values() for v in data.train]
     validation = [v for data in sites.values() for v in data.validation]
     has_test = all(data.test for data in sites.values())
     test = [v for data in sites.values() for v in (data.test if has_test else data.validation)]
-    dataset = SliceStackDataset(train, build_augmentation(spec.image_size) if augment else None, seed=settings.seed)
-    trainer = LocalTrainer(model, dataset, settings, device)
-    steps = trainer.steps_per_epoch()
-    steps = min(steps, max_steps_per_epoch) if max_steps_per_epoch > 0 else steps
+    dataset = SliceStackDataset(train, build_augmentation(spec.image_size) if settings.augment else None, seed=settings.seed)
+    trainer = LocalTrainer(model, dataset, settings, device, data_workers)
+    steps = settings.capped(trainer.steps_per_epoch())
     total = epochs * steps
     log, best = [], -1.0
-    amp = settings.amp and device.type == "cuda"
+    amp = settings.uses_amp(device)
     for epoch in range(epochs):
         started = time.perf_counter()
-        done, loss = trainer.train(steps, first_step=epoch * steps, total_steps=total, round_seed=settings.seed * 100_003 + epoch)
-        dice = float(evaluate_volumes(model, validation, spec.num_classes, device, amp=amp, mode=round_inference).mean())
+        done, loss = trainer.train(steps, first_step=epoch * steps, total_steps=total, round_seed=settings.round_seed(epoch))
+        dice = float(evaluate_volumes(model, validation, spec.num_classes, device, amp=amp, mode=settings.round_inference).mean())
         lr = trainer.optimizer.param_groups[0]["lr"]
         log.append({"epoch": epoch, "steps": done, "train_loss": loss, "lr": lr, "val_dice": dice})
         say(_progress(epoch + 1, epochs, loss, lr, dice, time.perf_counter() - started))
@@ -88,21 +85,14 @@ def train_baseline(model: SemanticSam, spec: ModelSpec, sites: dict[str, SiteDat
         if dice > best:
             best = dice
             _save_adapter(model, spec, os.path.join(out, BEST_ADAPTER_FILE), {"baseline": kind, "epoch": epoch})
-        _write_json(os.path.join(out, LOG_FILE), log)
+        write_json(os.path.join(out, LOG_FILE), log)
     _save_adapter(model, spec, os.path.join(out, ADAPTER_FILE), {"baseline": kind, "epoch": epochs - 1})
-    test_dice = float(evaluate_volumes(model, test, spec.num_classes, device, amp=amp, mode=final_inference).mean())
+    test_dice = float(evaluate_volumes(model, test, spec.num_classes, device, amp=amp, mode=settings.final_inference).mean())
     split = "test" if has_test else "validation"
-    _write_json(os.path.join(out, BASELINE_FILE), {
+    write_json(os.path.join(out, BASELINE_FILE), {
         "kind": kind, "sites": sorted(sites), "preset": spec.preset, "model": f"{spec.model_type}/{spec.image_size}",
         "epochs": epochs, "steps_per_epoch": steps, "best_val_dice": best, "test_dice": test_dice, "test_split": split,
         "test_volumes": len(test), "bytes_transmitted": 0})
     say(f"{kind} baseline of {', '.join(sorted(sites))}: final {split} Dice {test_dice:.4f} ({len(test)} volumes), "
         f"best validation Dice {best:.4f}; wrote {out}")
     return BaselineResult(log, best, test_dice, split)
-
-
-def _write_json(path: str, content) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=2, default=lambda v: float(v) if isinstance(v, np.floating) else str(v))
-    os.replace(tmp, path)

@@ -12,6 +12,16 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def resolve_device(setting: str) -> str:
+    """Check a ``device`` setting (``auto``, ``cpu``, ``cuda``, ``cuda:N``, any torch device name) without using it."""
+    if setting != "auto":
+        try:
+            torch.device(setting)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"device: {setting!r} is not auto, cpu, cuda or cuda:N") from None
+    return setting
+
+
 def resolve_cpu_threads(setting: str | int) -> int | None:
     """``auto`` -> None (torch's default: every core, right for one site per machine); else a thread count >= 1.
 

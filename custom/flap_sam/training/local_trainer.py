@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,43 +15,21 @@ from flap_sam.model.semantic_sam import SemanticSam
 from flap_sam.training.inference import segment_volume
 from flap_sam.training.metrics import dice_per_class
 from flap_sam.training.schedule import warmup_poly_factor
-
-
-@dataclass
-class TrainSettings:
-    """Optimisation settings of the reference recipe (AdamW, warm-up + poly, 0.2 CE + 0.8 Dice).
-
-    Attributes:
-        lr: base learning rate (recipe: 8e-4).
-        weight_decay: AdamW weight decay (recipe: 0.1).
-        batch_size: stacks per step (each stack = 5 images; recipe: 24).
-        warmup_steps: linear warm-up steps (recipe: 250).
-        poly_power: exponent of the poly decay (recipe: 7).
-        foreground_fraction: share of sampled stacks centred on a slice with foreground.
-        amp: bf16 autocast (used on CUDA only).
-        seed: sampling and augmentation seed.
-        fedprox_mu: FedProx proximal weight mu; 0 turns it off. Adds mu/2 * ||w - w_global||^2
-            over the trainable tensors to the loss, w_global being the weights at the round's start.
-        data_workers: processes that build the batches beside training (0: in the training process).
-    """
-
-    lr: float = 8e-4
-    weight_decay: float = 0.1
-    batch_size: int = 24
-    warmup_steps: int = 250
-    poly_power: float = 7.0
-    foreground_fraction: float = 0.5
-    amp: bool = True
-    seed: int = 0
-    fedprox_mu: float = 0.0
-    data_workers: int = 0
+from flap_sam.training.settings import TrainingSettings
 
 
 class LocalTrainer:
-    """Owns the optimiser and the loss for one site's model; trains a number of steps per round."""
+    """Owns the optimiser and the loss for one site's model; trains a number of steps per round.
 
-    def __init__(self, model: SemanticSam, dataset: SliceStackDataset, settings: TrainSettings, device: torch.device) -> None:
+    Args:
+        settings: the recipe (lr, weight decay, batch size, schedule, sampling, amp, FedProx mu).
+        data_workers: processes that build the batches beside training (0: in the training process).
+    """
+
+    def __init__(self, model: SemanticSam, dataset: SliceStackDataset, settings: TrainingSettings, device: torch.device,
+                 data_workers: int = 0) -> None:
         self.model = model
+        self.data_workers = data_workers
         self.dataset = dataset
         self.settings = settings
         self.device = device
@@ -68,7 +45,7 @@ class LocalTrainer:
     def _batches(self, num_steps: int, round_seed: int) -> Iterator[dict[str, torch.Tensor]]:
         s = self.settings
         return iter(round_batches(self.dataset, s.batch_size, num_steps, s.foreground_fraction, round_seed,
-                                  workers=s.data_workers, pin_memory=self.device.type == "cuda"))
+                                  workers=self.data_workers, pin_memory=self.device.type == "cuda"))
 
     def start_round(self) -> None:
         """Start local training from the just received global tensors.
@@ -88,7 +65,7 @@ class LocalTrainer:
         Args:
             stacks: (B, 5, S, S) float images in [0, 1]; labels: (B, 5, S, S) class indices.
         """
-        amp = self.settings.amp and self.device.type == "cuda"
+        amp = self.settings.uses_amp(self.device)
         images = stacks_to_images(stacks.to(self.device, non_blocking=True))  # (B*5, 3, S, S)
         labels = labels.to(self.device, non_blocking=True).reshape(-1, 1, *labels.shape[-2:])  # (B*5, 1, S, S)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=amp):

@@ -1,0 +1,143 @@
+"""Every setting of a FLAP-SAM job, checked in one place: when a job is written and when it starts.
+
+``federated/job_config/settings.conf`` declares each setting once, with its default (the paper's
+recipe) and a comment saying what it does (``docs/settings.md`` is generated from it). Here each
+setting gets its type (that of its default) and, where it has them, its allowed values and its
+minimum; the three blocks of settings.conf (``job_spec``, ``training``, ``site``) are built into
+their typed objects (``JobSpec``, ``TrainingSettings``, ``SiteSettings``), which check the rest.
+``flap-sam job``, ``FlapSamRecipe`` and ``job.py`` refuse a bad value with one line before they
+write a job; the components refuse the same values again at start-up.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from nvflare.fuel.utils.config_factory import ConfigFactory
+
+from flap_sam.data.profiles import PROFILES
+from flap_sam.data.site import DEMO as DEMO_DATA_ROOT
+from flap_sam.jobs.spec import JobSpec
+from flap_sam.model.presets import PRESETS
+from flap_sam.model.sam_builder import MODEL_TYPES
+from flap_sam.training.settings import SiteSettings, TrainingSettings, at_least, one_of, typed_value
+
+SETTINGS_CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "federated", "job_config", "settings.conf")
+BLOCKS = ("job_spec", "training", "site")  # settings.conf's blocks of "{setting}" references, each handed whole to a component
+
+# The values of the settings that the federated components implement (they import these names).
+AGGREGATIONS = ("average", "lora_exact")
+TRANSPORT_MODES = ("fp32", "fp16", "bf16", "int8")
+PRIVACY_MODES = ("none", "percentile", "svt")
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+
+CHOICES = {"model_type": MODEL_TYPES, "preset": tuple(PRESETS), "dataset": tuple(PROFILES), "aggregation": AGGREGATIONS,
+           "transport": TRANSPORT_MODES, "privacy": PRIVACY_MODES, "tracking": TRACKERS}
+MINIMUM = {"image_size": 16, "rank": 1, "num_rounds": 1, "min_clients": 1, "train_timeout": 0, "cross_site_timeout": 0,
+           "get_task_timeout": 0, "submit_task_result_timeout": 0, "svt_noise_var": 0, "svt_gamma": 0, "svt_tau": 0}
+KIND = {"privacy_percentile": float}  # a number whose default happens to be whole
+
+
+@functools.cache
+def _settings_conf() -> dict:
+    return ConfigFactory.load_config(SETTINGS_CONF).to_dict()
+
+
+def package_defaults() -> dict:
+    """Every setting and its package default (``settings.conf``: the paper's recipe); a fresh copy."""
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in _settings_conf().items()
+            if k not in BLOCKS and k != "format_version"}
+
+
+def block_keys(block: str) -> tuple[str, ...]:
+    """The settings one block of ``settings.conf`` hands to its component, in order."""
+    return tuple(_settings_conf()[block])
+
+
+def _kind(name: str, default) -> type:
+    return KIND.get(name, dict if isinstance(default, dict) else type(default))
+
+
+def check_aggregation_weights(weights) -> dict[str, float]:
+    """``{site: weight}`` with positive finite weights (a copy); None / {} -> {}; one-line ValueError otherwise."""
+    if not weights:
+        return {}
+    if not isinstance(weights, Mapping):
+        raise ValueError(f"aggregation_weights: expected a mapping site -> weight, got {weights!r}")
+    checked = {}
+    for site, weight in weights.items():
+        try:
+            value = float(weight)
+        except (TypeError, ValueError):
+            raise ValueError(f"aggregation_weights: the weight of {site} is not a number ({weight!r})") from None
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"aggregation_weights: the weight of {site} must be positive and finite, got {weight!r}")
+        checked[str(site)] = value
+    return checked
+
+
+def check_privacy_parameters(privacy: str, privacy_percentile, percentile_gamma, svt_fraction, svt_epsilon) -> None:
+    """The parameters the chosen ``privacy`` mode uses must make sense (one-line ValueError)."""
+    one_of("privacy", privacy, PRIVACY_MODES)
+    if privacy == "percentile" and (not 0 <= float(privacy_percentile) <= 100 or float(percentile_gamma) <= 0):
+        raise ValueError(f"privacy = percentile: privacy_percentile must be in 0..100 and percentile_gamma > 0, "
+                         f"got {privacy_percentile} and {percentile_gamma}")
+    if privacy == "svt" and (not 0 < float(svt_fraction) <= 1 or float(svt_epsilon) <= 0):
+        raise ValueError(f"privacy = svt: svt_fraction must be in (0, 1] and svt_epsilon > 0, got {svt_fraction} and {svt_epsilon}")
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """A job's settings, typed and checked: the three blocks and every value by name."""
+
+    spec: JobSpec
+    training: TrainingSettings
+    site: SiteSettings
+    values: dict
+
+    def __getitem__(self, name: str):
+        return self.values[name]
+
+
+def check_settings(settings: Mapping, where: str = "") -> JobSettings:
+    """``settings`` over the package defaults, every value typed and checked.
+
+    Args:
+        settings: any settings of ``settings.conf`` by name (a job's, ``--set``'s, a recipe's keywords).
+        where: prefix of an error (e.g. the job folder).
+
+    Raises:
+        ValueError: one line naming the first setting that is unknown or invalid.
+    """
+    defaults = package_defaults()
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise ValueError(f"{where}no setting {', '.join(unknown)} (settings: {', '.join(sorted(defaults))})")
+    try:
+        values = {name: typed_value(name, settings.get(name, default), _kind(name, default)) for name, default in defaults.items()}
+        for name, choices in CHOICES.items():
+            one_of(name, values[name], choices)
+        for name, minimum in MINIMUM.items():
+            at_least(name, values[name], minimum)
+        check_aggregation_weights(values["aggregation_weights"])
+        check_privacy_parameters(*(values[k] for k in ("privacy", "privacy_percentile", "percentile_gamma", "svt_fraction", "svt_epsilon")))
+        block = {name: {k: values[k] for k in block_keys(name)} for name in BLOCKS}
+        return JobSettings(JobSpec.from_settings(block["job_spec"]), TrainingSettings.from_settings(block["training"]),
+                           SiteSettings.from_settings(block["site"]), values)
+    except ValueError as e:
+        raise ValueError(f"{where}{e}") from None
+
+
+def training_settings(**changes) -> TrainingSettings:
+    """The package's training recipe with some values changed (``training_settings(lr=0.01, batch_size=2)``)."""
+    return check_settings(changes).training
+
+
+def runs_demo_budget(settings: Mapping) -> bool:
+    """Whether a job with ``settings`` (a job's own, over its shipped configuration) keeps the demo's short budget:
+    only on the built-in demo data, and not when it says ``demo_budget = false``."""
+    return str(settings.get("data_root", DEMO_DATA_ROOT)) == DEMO_DATA_ROOT and settings.get("demo_budget") is not False

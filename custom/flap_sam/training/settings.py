@@ -1,0 +1,198 @@
+"""The training recipe and a site's own settings as two typed blocks, checked once.
+
+A job hands each block whole to the Learner (``training`` and ``site`` in ``settings.conf``);
+``flap-sam train`` and the bench build the same blocks from a job folder, so a baseline trains
+exactly as the federation does. Every field is a setting of ``settings.conf``, where its default
+(the paper's recipe) and its meaning are declared; ``flap_sam.jobs.settings`` fills what a caller
+leaves out from there. Values from a config or a JSON file are coerced to the field's type; a
+value that does not fit raises ``ValueError`` with one line naming the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from flap_sam.model.attention import ATTENTION_MODES
+from flap_sam.model.checkpointing import CHECKPOINTING_MODES
+from flap_sam.training.device import resolve_cpu_threads, resolve_device
+from flap_sam.training.inference import INFERENCE_MODES
+from flap_sam.training.loader import resolve_data_workers
+
+
+def typed_value(name: str, value, kind: type):
+    """``value`` as ``kind`` (bool, int, float, str, dict); ``"24"`` -> 24, ``"true"`` -> True.
+
+    Raises:
+        ValueError: ``<name>: <value> is not <a kind>`` (a bool is never taken for a number).
+    """
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif kind in (int, float):
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+            if number is not None and (kind is float or number.is_integer()):
+                return kind(number)
+    elif kind is dict:
+        if isinstance(value, Mapping):
+            return dict(value)
+    elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    article = {bool: "true or false", int: "a whole number", float: "a number", dict: "a mapping", str: "a text"}[kind]
+    raise ValueError(f"{name}: {value!r} is not {article}")
+
+
+def at_least(name: str, value, minimum) -> None:
+    if value < minimum:
+        raise ValueError(f"{name}: {value} must be at least {minimum}")
+
+
+def one_of(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: {value!r} is not one of {list(choices)}")
+
+
+def _typed_fields(cls, settings: Mapping, where: str) -> dict:
+    """The dataclass's fields from ``settings``, each coerced to its annotated type; missing or unknown keys refused."""
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    unknown = sorted(set(settings) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}unknown setting(s) {unknown}; known: {list(fields)}")
+    missing = [name for name in fields if name not in settings]
+    if missing:
+        raise ValueError(f"{where}missing setting(s) {missing}")
+    kinds = {"bool": bool, "int": int, "float": float, "str": str}
+    try:
+        return {name: typed_value(name, settings[name], kinds[kind]) for name, kind in fields.items()}
+    except ValueError as e:
+        raise ValueError(f"{where}{e}") from None
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The local training recipe (AdamW, warm-up + poly, 0.2 CE + 0.8 Dice) and how a site validates.
+
+    Attributes:
+        local_epochs: local epochs per round (the paper: 1).
+        max_steps_per_round: cap on local steps per round (0: no cap).
+        batch_size: 2.5D stacks per step (each stack = 5 slices).
+        lr: base learning rate; weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up over the first global steps; poly_power: exponent of the poly decay.
+        foreground_fraction: share of sampled stacks centred on a slice with foreground.
+        augment: random flips, rotations, intensity changes of the training stacks.
+        amp: bf16 autocast (used on CUDA only).
+        seed: sampling and augmentation seed (each round draws from ``round_seed``).
+        fedprox_mu: FedProx proximal weight mu (0: plain FedAvg); adds mu/2 * ||w - w_global||^2 over
+            the trainable tensors, w_global being the weights at the round's start.
+        round_inference / final_inference: how a volume is segmented in the per-round validation and
+            in the final cross-site evaluation (``flap_sam.training.inference``).
+    """
+
+    local_epochs: float
+    max_steps_per_round: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    poly_power: float
+    foreground_fraction: float
+    augment: bool
+    amp: bool
+    seed: int
+    fedprox_mu: float
+    round_inference: str
+    final_inference: str
+
+    @classmethod
+    def from_settings(cls, settings: Mapping, where: str = "") -> "TrainingSettings":
+        """Build and check the block from a mapping with exactly its keys (``where`` prefixes an error)."""
+        values = _typed_fields(cls, settings, where)
+        try:
+            for name, minimum in (("local_epochs", 1e-9), ("max_steps_per_round", 0), ("batch_size", 1), ("lr", 0.0),
+                                  ("weight_decay", 0.0), ("warmup_steps", 0), ("poly_power", 0.0), ("foreground_fraction", 0.0),
+                                  ("fedprox_mu", 0.0)):
+                at_least(name, values[name], minimum)
+            if values["foreground_fraction"] > 1:
+                raise ValueError(f"foreground_fraction: {values['foreground_fraction']} must be at most 1")
+            one_of("round_inference", values["round_inference"], INFERENCE_MODES)
+            one_of("final_inference", values["final_inference"], INFERENCE_MODES)
+        except ValueError as e:
+            raise ValueError(f"{where}{e}") from None
+        return cls(**values)
+
+    def steps_per_round(self, steps_per_epoch: int) -> int:
+        """Local steps of one round: ``local_epochs`` epochs, capped by ``max_steps_per_round`` (0: no cap)."""
+        return self.capped(max(1, round(self.local_epochs * steps_per_epoch)))
+
+    def capped(self, steps: int) -> int:
+        """``steps`` under the ``max_steps_per_round`` cap (0: no cap)."""
+        return min(steps, self.max_steps_per_round) if self.max_steps_per_round > 0 else steps
+
+    def round_seed(self, round_number: int) -> int:
+        """The sampling seed of one round (or one baseline epoch): differs per round, reproducible per seed."""
+        return self.seed * 100_003 + round_number
+
+    def uses_amp(self, device: torch.device) -> bool:
+        """bf16 autocast runs on CUDA only."""
+        return self.amp and device.type == "cuda"
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """Where a site's data and checkpoint are, what fits its machine, and what the job lets it train.
+
+    A site may override the fields of ``OVERRIDABLE`` in ``<workspace>/local/flap_sam_site.json``.
+
+    Attributes:
+        data_root: folder with the site's datalist (``demo``: the built-in synthetic data).
+        datalist: the datalist file ("" = ``<data_root>/<site>.json`` or ``<data_root>/datalist.json``).
+        checkpoint: SAM checkpoint at the site ("" = lite_medsam's bundled weights; none for a ViT).
+        device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
+        attention: ``fused`` | ``reference``; checkpointing: ``off`` | ``encoder``.
+        data_workers: batch-building processes (``auto`` or a count); cpu_threads: torch threads (``auto`` or a count).
+        random_weights: the job means a ViT without checkpoint to train real data (tests only).
+        demo_budget: the job runs the demo's short budget, on the demo data only.
+    """
+
+    data_root: str
+    datalist: str
+    checkpoint: str
+    device: str
+    attention: str
+    checkpointing: str
+    data_workers: str
+    cpu_threads: str
+    random_weights: bool
+    demo_budget: bool
+
+    OVERRIDABLE = ("data_root", "datalist", "checkpoint", "device", "attention", "checkpointing", "data_workers", "cpu_threads")
+
+    @classmethod
+    def from_settings(cls, settings: Mapping, where: str = "") -> "SiteSettings":
+        """Build and check the block from a mapping with exactly its keys (``where`` prefixes an error)."""
+        values = _typed_fields(cls, settings, where)
+        try:
+            one_of("attention", values["attention"], ATTENTION_MODES)
+            one_of("checkpointing", values["checkpointing"], CHECKPOINTING_MODES)
+            resolve_device(values["device"])
+            resolve_data_workers(values["data_workers"], torch.device("cpu"))
+            resolve_cpu_threads(values["cpu_threads"])
+        except ValueError as e:
+            raise ValueError(f"{where}{e}") from None
+        return cls(**values)
+
+    def with_overrides(self, overrides: Mapping, where: str) -> "SiteSettings":
+        """This block with a site's own values (only ``OVERRIDABLE`` keys), checked again."""
+        unknown = sorted(set(overrides) - set(self.OVERRIDABLE))
+        if unknown:
+            raise ValueError(f"{where}unknown keys {unknown}; allowed: {list(self.OVERRIDABLE)}")
+        return SiteSettings.from_settings({**dataclasses.asdict(self), **overrides}, where)

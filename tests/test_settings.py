@@ -1,0 +1,93 @@
+"""Every setting is declared once (settings.conf), reachable from a job, and checked when the job is written."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+
+from flap_sam.cli.main import main
+from flap_sam.jobs.recipe import FlapSamRecipe
+from flap_sam.jobs.settings import BLOCKS, SETTINGS_CONF, block_keys, check_settings, package_defaults, training_settings
+from flap_sam.jobs.spec import SETTINGS as SPEC_SETTINGS
+from flap_sam.jobs.writer import job_settings, read_job
+from flap_sam.training.settings import SiteSettings, TrainingSettings
+from jobtools import REPO
+
+CONFIGS = REPO / "custom" / "flap_sam" / "federated" / "job_config"
+
+
+@pytest.mark.parametrize("item, error", [
+    ("batch_size=abc", "batch_size: 'abc' is not a whole number"),
+    ("classes=liver,liver", "classes: a name appears twice"),
+    ("modality=pet", "modality: 'pet' is not one of ['ct', 'mri']"),
+    ("transport=fp8", "transport: 'fp8' is not one of"),
+    ("lr=-1", "lr: -1.0 must be at least 0.0"),
+    ("num_rounds=0", "num_rounds: 0 must be at least 1"),
+    ("device=gpu0", "device: 'gpu0' is not auto, cpu, cuda or cuda:N"),
+    ("round_inference=fast", "round_inference: 'fast' is not one of"),
+    ("augment=3", "augment: 3 is not true or false"),
+    ('aggregation_weights={"site-1":0}', "aggregation_weights: the weight of site-1 must be positive"),
+    ("privacy=svt svt_fraction=2", "privacy = svt: svt_fraction must be in (0, 1]"),
+])
+def test_a_bad_value_is_refused_in_one_line_before_the_job_is_written(tmp_path, capsys, item, error):
+    out = tmp_path / "job"
+    assert main(["job", "kits_lora", "--out", str(out), "--set", *item.split()]) == 2
+    err = capsys.readouterr().err.strip()
+    assert error in err and "\n" not in err and "kits_lora" in err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_every_setting_reaches_a_component():
+    """Each setting is used by name in client.conf, server.conf or one of settings.conf's blocks (so a job can set it)."""
+    text = "\n".join((CONFIGS / name).read_text() for name in ("client.conf", "server.conf"))
+    used = set(re.findall(r'"\{(\w+)\}"', text)) | {k for block in BLOCKS for k in block_keys(block)}
+    used |= {"get_task_timeout", "submit_task_result_timeout"}  # read by FLARE's client itself from the app config
+    assert set(package_defaults()) - used == set()
+    assert set(block_keys("job_spec")) == set(SPEC_SETTINGS)
+
+
+def test_the_blocks_are_exactly_their_typed_settings():
+    assert block_keys("training") == tuple(f.name for f in dataclasses.fields(TrainingSettings))
+    assert block_keys("site") == tuple(f.name for f in dataclasses.fields(SiteSettings))
+    for block in BLOCKS:
+        assert {k: v for k, v in check_settings({}).values.items() if k in block_keys(block)}  # every key has a default
+
+
+def test_the_package_defaults_are_the_papers_recipe():
+    recipe = training_settings()
+    assert (recipe.lr, recipe.batch_size, recipe.warmup_steps, recipe.poly_power, recipe.weight_decay) == (8e-4, 24, 250, 7.0, 0.1)
+    assert (recipe.seed, recipe.amp, recipe.foreground_fraction, recipe.fedprox_mu) == (0, True, 0.5, 0.0)
+    assert check_settings({}).spec.model.model_type == "vit_b" and check_settings({})["num_rounds"] == 25
+
+
+def test_settings_no_job_could_set_before_now_reach_the_learner_and_flap_sam_train(tmp_path, capsys):
+    out = tmp_path / "job"
+    assert main(["job", "kits_lora", "--out", str(out), "--set", "seed=7", "amp=false", "foreground_fraction=0.75",
+                 "fedprox_mu=0.01", 'aggregation_weights={"site-1": 2.0, "site-2": 0.5}']) == 0
+    job = read_job(str(out))
+    assert (job.training.seed, job.training.amp, job.training.foreground_fraction, job.training.fedprox_mu) == (7, False, 0.75, 0.01)
+    assert job_settings(str(out))["aggregation_weights"] == {"site-1": 2.0, "site-2": 0.5}
+
+
+def test_a_recipe_takes_a_dict_valued_setting_and_refuses_a_bad_value():
+    recipe = FlapSamRecipe("kits_lora", aggregation_weights={"site-1": 2.0})
+    assert recipe.configs["server"]["aggregation_weights"] == {"site-1": 2.0}
+    with pytest.raises(ValueError, match=r"batch_size: 'many' is not a whole number$"):
+        FlapSamRecipe("kits_lora", batch_size="many")
+
+
+def test_typed_blocks_coerce_config_text_and_refuse_unknown_keys():
+    values = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in dataclasses.asdict(training_settings()).items()}
+    assert TrainingSettings.from_settings(values) == training_settings()
+    with pytest.raises(ValueError, match=r"^training: unknown setting\(s\) \['lrr'\]"):
+        TrainingSettings.from_settings({**values, "lrr": 1}, where="training: ")
+    site = check_settings({}).site
+    with pytest.raises(ValueError, match=r"^x: unknown keys \['lr'\]; allowed: \['data_root'"):
+        site.with_overrides({"lr": 1}, where="x: ")
+    assert site.with_overrides({"cpu_threads": 2}, where="x: ").cpu_threads == "2"
+
+
+def test_settings_conf_is_where_the_defaults_live():
+    assert SETTINGS_CONF.endswith("settings.conf") and (CONFIGS / "settings.conf").samefile(SETTINGS_CONF)

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
+from flap_sam.jobs.simulator import run_simulator  # noqa: F401 (the tests import it from here)
 from flap_sam.jobs.writer import write_job
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -25,45 +19,6 @@ TEST_TRAINING = {"batch_size": 4, "local_epochs": 3.0, "max_steps_per_round": 60
 def copy_job(name: str, dest: Path, settings: dict | None = None) -> Path:
     """``flap-sam job jobs/<name> --out dest/<name> --set ...``: a copy with settings changed, as a user makes it."""
     return Path(write_job(str(REPO / "jobs" / name), str(dest / name), settings or {}))
-
-
-PORT_RACE = "Address already in use"
-
-
-def _lost_port_race(workspace: Path) -> bool:
-    return any(PORT_RACE in log.read_text(errors="replace") for log in Path(workspace).glob("*/log.txt"))
-
-
-def run_simulator(job: Path, workspace: Path, n_clients: int, env: dict | None = None, timeout: int = 900,
-                  attempts: int = 2) -> subprocess.CompletedProcess:
-    """``nvflare simulator JOB -w WS -n N -t N`` in a subprocess; returns the completed process.
-
-    FLARE 2.9's simulator now and then loses a race for a local port when it starts a site's
-    worker process ("Address already in use" in that site's log.txt) and then waits for the
-    worker for ever. Such a run is stopped and started once more in a clean workspace.
-    """
-    cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(workspace), "-n", str(n_clients), "-t", str(n_clients)]
-    full_env = {**os.environ, **(env or {})}
-    for attempt in range(1, attempts + 1):
-        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=full_env, start_new_session=True)
-            deadline, raced = time.monotonic() + timeout, False
-            while proc.poll() is None:
-                raced = attempt < attempts and _lost_port_race(workspace)
-                if raced or time.monotonic() > deadline:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    if not raced:
-                        raise subprocess.TimeoutExpired(cmd, timeout)
-                    break
-                time.sleep(2)
-            out.seek(0)
-            err.seek(0)
-            result = subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
-        if not raced:
-            return result
-        shutil.rmtree(workspace, ignore_errors=True)
-    return result
 
 
 def scalars(tb_dir: Path, tag: str) -> dict[int, float]:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
 from nvflare.apis.dxo import DXO, DataKind
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_constant import AppConstants
 
 from flap_sam.cli.monitor import progress_lines
 from flap_sam.federated.cross_site import CrossSiteDiceFormatter
-from flap_sam.federated.lora_aggregation import check_aggregation_weights
 
 
 def _round(r: int, missing=()) -> dict:
@@ -43,12 +40,3 @@ def test_cross_site_formatter_prints_each_sites_dice_of_each_model(tmp_path):
     text = CrossSiteDiceFormatter().format(fl_ctx)
     assert text.splitlines() == ["site-1 | SRV_FL_global_model.pt | dice 0.8125 | dice_kidney 0.8125 | volumes 3",
                                  "site-2 | SRV_FL_global_model.pt | dice 0.5000 | dice_kidney 0.5000 | volumes 3"]
-
-
-def test_aggregation_weights_are_checked_at_start_up():
-    assert check_aggregation_weights({}) == {} and check_aggregation_weights({"site-1": "2"}) == {"site-1": 2.0}
-    with pytest.raises(ValueError, match=r"^aggregation_weights: the weight of site-2 must be positive and finite, got -1$"):
-        check_aggregation_weights({"site-2": -1})
-    with pytest.raises(ValueError, match="not a number"):
-        check_aggregation_weights({"site-2": "heavy"})
-    assert not np.isnan(check_aggregation_weights({"a": 1e-3})["a"])

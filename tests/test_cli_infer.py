@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 
 import nibabel as nib
 import numpy as np
-import pytest
 import torch
 
 from flap_sam.cli.main import main
@@ -26,8 +26,10 @@ def test_infer_writes_mask_on_input_grid(tmp_path, capsys):
     source, mask = nib.load(f"{site}/{image}"), nib.load(str(out))
     assert mask.shape == source.shape
     np.testing.assert_allclose(mask.affine, source.affine)
-    assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
-    assert "wrote" in capsys.readouterr().out
+    labels = np.asarray(mask.dataobj)
+    assert set(np.unique(labels)) <= {0, 1, 2}
+    counts = {"kidney": int((labels == 1).sum()), "tumour": int((labels == 2).sum())}
+    assert capsys.readouterr().out.strip() == f"wrote {out}: voxels per class {counts}"  # what it says is what it wrote
 
 
 def test_infer_with_mismatched_preset_says_what_to_check(tmp_path, capsys):
@@ -36,5 +38,7 @@ def test_infer_with_mismatched_preset_says_what_to_check(tmp_path, capsys):
     torch.save({"model": AdapterModel(dict(model_type="vit_test", image_size=64, dataset="kits", preset="flap", rank=4)).state_dict()}, adapter)
     args = ["infer", "--image", f"{site}/imagesTr/demo_000.nii.gz", "--out", str(tmp_path / "m.nii.gz"),
             "--adapter", str(adapter), "--model", "vit_test", "--image-size", "64", "--rank", "8"]
-    with pytest.raises(SystemExit, match=r"a\.pt: tensor image_encoder\.blocks\.0\.attn\.qkv\.lora_A\.q has shape \(4, 64\), expected \(8, 64\); check .*--rank"):
-        main(args)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"flap-sam infer: adapter \S*a\.pt: tensor image_encoder\.blocks\.0\.attn\.qkv\.lora_A\.q has shape \(4, 64\), "
+                        r"expected \(8, 64\); check .*--rank.*", err), err

@@ -17,7 +17,10 @@ FORBIDDEN = {
     "jobs": {"federated", "cli", "benchmark"},
     "federated": {"cli", "benchmark"},
     "benchmark": {"cli"},
+    "datasets": {"federated", "jobs", "cli", "benchmark", "evaluation"},
+    "evaluation": {"federated", "jobs", "cli", "benchmark"},
 }
+LAYERS = {p.name for p in PACKAGE.iterdir() if p.is_dir() and not p.name.startswith("__")}
 
 
 def _imported_layers(path: Path) -> set[str]:
@@ -34,4 +37,14 @@ def _imported_layers(path: Path) -> set[str]:
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_a_layer_imports_no_higher_layer(layer):
     wrong = {f"{p.relative_to(PACKAGE)} imports flap_sam.{l}" for p in (PACKAGE / layer).rglob("*.py") for l in _imported_layers(p) & FORBIDDEN[layer]}
+    assert not wrong, sorted(wrong)
+
+
+def test_every_layer_has_its_rule():
+    assert LAYERS - set(FORBIDDEN) == {"cli"}  # the top: it may import every layer
+
+
+def test_the_packages_own_helpers_import_no_layer():
+    """``flap_sam/*.py`` (atomic files, Markdown tables, run-folder names) sit below every layer."""
+    wrong = {f"{p.name} imports flap_sam.{l}" for p in PACKAGE.glob("*.py") for l in _imported_layers(p) & LAYERS}
     assert not wrong, sorted(wrong)

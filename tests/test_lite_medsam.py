@@ -209,7 +209,7 @@ def test_an_image_size_it_cannot_take_is_refused_in_one_line():
 
 @pytest.mark.slow  # a real simulator federation of LiteMedSAM: about a minute on 2 CPU cores
 def test_a_lite_medsam_federation_persists_only_the_preset_tensors_and_its_base(tmp_path):
-    from flap_sam.federated.resume import read_adapter_file
+    from flap_sam.model.adapter_file import read_adapter_file
     from flap_sam.model.fingerprint import FINGERPRINT_KEY
     from jobtools import copy_job, run_simulator
 

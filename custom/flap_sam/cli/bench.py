@@ -23,19 +23,25 @@ import torch
 from flap_sam.benchmark.aggregation import time_averaging, time_exact_lora
 from flap_sam.benchmark.transport_error import built_adapter, round_trip_errors
 from flap_sam.benchmark.wire import random_payload, wire_bytes
+from flap_sam.cli.adapted_model import DEFAULT
 from flap_sam.files import write_text
+from flap_sam.jobs.defaults import package_defaults
+from flap_sam.markdown import markdown_table
 from flap_sam.model.factory import ModelSpec
 
 PRESETS = ["fft", "attn_ft", "lora_dec", "dec_ft", "flap", "lora_ft", "pdec_ft"]
 MB = 1e6
 
+DEFAULTS = package_defaults()
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job", default=None, help="a job folder: model, image size, class count and rank are read from it")
-    parser.add_argument("--model", default="vit_b")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--num-classes", type=int, default=2)
-    parser.add_argument("--rank", type=int, default=32)
+    model = DEFAULT.model
+    parser.add_argument("--model", default=model.model_type)
+    parser.add_argument("--image-size", type=int, default=model.image_size)
+    parser.add_argument("--num-classes", type=int, default=model.num_classes)
+    parser.add_argument("--rank", type=int, default=model.rank)
     parser.add_argument("--presets", nargs="+", default=PRESETS, help="presets to measure (fft first: ratios are to fft)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="2.5D stacks per training step, the same for every preset (default: the paper's 24 on a GPU, 2 on CPU)")
@@ -54,10 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, metavar="PATH", help="also write every measured figure to this JSON file")
 
 
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+
 
 
 def communication(spec_for, presets: list[str]) -> tuple[str, dict]:
@@ -76,7 +79,7 @@ def communication(spec_for, presets: list[str]) -> tuple[str, dict]:
                      f"{m['int8'] / MB:.2f}", ratio("fp32"), ratio("fp16"), ratio("int8"), f"{m['fp32'] / m['raw']:.4f}"])
     header = ["preset", "exchanged parameters", "raw fp32 MB", "wire fp32 MB", "wire fp16 MB", "wire int8 MB",
               "fft fp32 / wire fp32", "fft fp32 / wire fp16", "fft fp32 / wire int8", "wire / raw (fp32)"]
-    return _table(header, rows), measured
+    return markdown_table(header, rows), measured
 
 
 def _step(args, preset: str, device: str, amp: bool, attention: str = "fused", checkpointing: str = "off",
@@ -107,14 +110,14 @@ def speed(args, device: str, amp: bool) -> tuple[str, dict]:
                      f"{m['seconds_per_step'] / fft['seconds_per_step']:.2f}" if fft else "-",
                      f"{m['peak_mib'] / fft['peak_mib']:.2f}" if fft else "-"])
     header = ["preset", "s / step", "slices / s", "peak memory MiB", "step time / fft", "peak memory / fft"]
-    return _table(header, rows), measured
+    return markdown_table(header, rows), measured
 
 
 def attention_section(steps: dict) -> tuple[str, dict]:
     fused, reference = steps["flap"], steps["flap, reference attention"]
     figures = {"reference_step_s": reference["seconds_per_step"], "fused_step_s": fused["seconds_per_step"],
                "reference_peak_bytes": int(reference["peak_mib"] * 2**20), "fused_peak_bytes": int(fused["peak_mib"] * 2**20)}
-    table = _table(["flap training step", "reference (segment-anything)", "fused (SDPA)", "fused / reference"], [
+    table = markdown_table(["flap training step", "reference (segment-anything)", "fused (SDPA)", "fused / reference"], [
         ["s / step", f"{reference['seconds_per_step']:.2f}", f"{fused['seconds_per_step']:.2f}", f"{fused['seconds_per_step'] / reference['seconds_per_step']:.2f}"],
         ["peak memory MiB", f"{reference['peak_mib']:,.0f}", f"{fused['peak_mib']:,.0f}", f"{fused['peak_mib'] / reference['peak_mib']:.2f}"]])
     return table, figures
@@ -123,11 +126,11 @@ def attention_section(steps: dict) -> tuple[str, dict]:
 def validation_section(args) -> tuple[str, dict]:
     from flap_sam.benchmark.validation import dice_agreement, mode_timing
 
-    timing = mode_timing(ModelSpec(args.model, args.image_size, 2, "flap", args.rank))
+    timing = mode_timing(ModelSpec(args.model, args.image_size, args.num_classes, "flap", args.rank))
     dice = dice_agreement(args.validation_train_steps)
     figures = {**timing, "dice_overlap": dice["dice_overlap"], "dice_single": dice["dice_single"],
                "dice_max_volume_abs_diff": dice["max_volume_abs_diff"], "dice_model": dice["model"], "dice_volumes": dice["volumes"]}
-    table = _table(["mode", f"s / volume ({timing['model']}, {timing['slices_per_volume']} slices)", f"mean Dice ({dice['model']} "
+    table = markdown_table(["mode", f"s / volume ({timing['model']}, {timing['slices_per_volume']} slices)", f"mean Dice ({dice['model']} "
                     f"pretrained, {dice['train_steps']} steps, {dice['volumes']} held-out demo volumes)"], [
         ["overlap (5 windows per slice)", f"{timing['overlap_s_per_volume']:.2f}", f"{dice['dice_overlap']:.4f}"],
         ["centre (one forward per slice)", f"{timing['single_s_per_volume']:.2f}", f"{dice['dice_single']:.4f}"]])
@@ -143,7 +146,7 @@ def site_memory_section(args) -> tuple[str, dict]:
         root = make_site(args.site_dir or tmp, args.site_volumes, shape, validation)
         figures = run_in_fresh_process(root, args.model, args.image_size, "centre")
     figures["shape"] = list(shape)
-    table = _table(["volumes (training + validation)", "voxels each", "prepared stacks MB", "runtime RSS MB", "peak RSS MB",
+    table = markdown_table(["volumes (training + validation)", "voxels each", "prepared stacks MB", "runtime RSS MB", "peak RSS MB",
                     "load s", "validate s"], [[
         f"{figures['volumes']} ({figures['volumes'] - figures['validation_volumes']} + {figures['validation_volumes']})",
         "x".join(map(str, shape)), f"{figures['prepared_bytes'] / MB:,.0f}", f"{figures['runtime_rss_bytes'] / MB:,.0f}",
@@ -179,7 +182,7 @@ def targets(comm: dict, steps: dict | None, aggregation: dict, errors: dict, val
         rows.append([f"site of {site['volumes']} volumes of {'x'.join(map(str, site['shape']))}: peak RSS < 3 GB",
                      f"{site['peak_rss_bytes'] / 2**30:.2f} GiB", site["peak_rss_bytes"] < 3 * 2**30])
     rows.append([f"exact LoRA aggregation, {aggregation['sites']} sites < 1 s", f"{aggregation['lora_exact']:.2f} s", aggregation["lora_exact"] < 1.0])
-    table = _table(["target", "measured", "met"], [[t, v, "yes" if ok else "NO"] for t, v, ok in rows])
+    table = markdown_table(["target", "measured", "met"], [[t, v, "yes" if ok else "NO"] for t, v, ok in rows])
     return table, [{"target": t, "measured": v, "met": bool(ok)} for t, v, ok in rows]
 
 
@@ -194,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.batch_size is None:
-        args.batch_size = 24 if device == "cuda" else 2
+        args.batch_size = DEFAULTS["batch_size"] if device == "cuda" else 2
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                + (torch.cuda.get_device_name(0) if device == "cuda" else "no GPU"))
     sections = [f"# flap-sam bench: {args.model} at {args.image_size} px, {args.num_classes} classes, rank {args.rank}\n\nMachine: {machine}"]
@@ -211,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
                              "step_s": None, "peak_bytes": None} for p, m in comm.items()}
 
     errors = round_trip_errors(built_adapter(spec_for("flap")))
-    emit("Transport error against fp32: the flap adapter as every party builds it (LoRA B = 0 excluded from the worst tensor)", _table(
+    emit("Transport error against fp32: the flap adapter as every party builds it (LoRA B = 0 excluded from the worst tensor)", markdown_table(
         ["mode", "relative RMS error", "worst tensor, relative RMS", "max abs error"],
         [[mode, f"{e['rel_rms']:.2e}", f"{e['worst_tensor_rel_rms']:.2e}", f"{e['max_abs']:.2e}"] for mode, e in errors.items()]))
     report["transport_error"] = errors
@@ -247,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
 
     payloads = [random_payload(spec_for("flap"), seed=i) for i in range(args.sites)]
     aggregation = {"sites": args.sites, "average": time_averaging(payloads), "lora_exact": time_exact_lora(payloads)}
-    emit(f"Server aggregation of {args.sites} flap results", _table(
+    emit(f"Server aggregation of {args.sites} flap results", markdown_table(
         ["method", "seconds"], [["average (NVFlare WeightedAggregationHelper)", f"{aggregation['average']:.3f}"],
                                 ["lora_exact (rank-r SVD of sum of B·A)", f"{aggregation['lora_exact']:.3f}"]]))
     report["aggregation"] = aggregation

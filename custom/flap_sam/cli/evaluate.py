@@ -11,16 +11,16 @@ from __future__ import annotations
 import argparse
 import os
 
-import numpy as np
 
-from flap_sam.cli.infer import add_model_arguments, job_spec_of, load_adapted_model
+from flap_sam.cli.adapted_model import add_model_arguments, job_spec_of, load_adapted_model
 from flap_sam.data.datalist import load_datalist
 from flap_sam.data.errors import DataError
-from flap_sam.data.intensity import CTStatistics, IntensityNormalizer, foreground_sample, samples_per_volume
+from flap_sam.data.intensity import CTStatistics, ForegroundSamples, IntensityNormalizer
 from flap_sam.data.stacks import prepare_volume
 from flap_sam.data.volumes import load_volume
 from flap_sam.evaluation.overlays import write_overlays
-from flap_sam.evaluation.scores import markdown_table, score_volume, summarize, write_tables
+from flap_sam.evaluation.scores import score_volume, summarize, write_tables
+from flap_sam.markdown import records_table
 from flap_sam.training.inference import segment_volume
 
 SPLITS = ("test", "validation", "training")
@@ -45,10 +45,10 @@ def _normalizer(profile, cases, ct_window) -> IntensityNormalizer:
         return IntensityNormalizer(profile.modality)
     if ct_window:
         return IntensityNormalizer("ct", CTStatistics.from_window(*ct_window))
-    rng, per_volume = np.random.default_rng(0), samples_per_volume(len(cases["training"]))
-    samples = [foreground_sample(load_volume(c.image, c.label, profile.num_classes, profile.label_map, profile.channel), per_volume, rng)
-               for c in cases["training"]]  # one volume in memory at a time, as the Learner does
-    return IntensityNormalizer("ct", CTStatistics.from_samples(samples))
+    samples = ForegroundSamples(len(cases["training"]))
+    for case in cases["training"]:  # one volume in memory at a time, as the Learner does
+        samples.add(load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel))
+    return IntensityNormalizer("ct", samples.statistics())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,6 +79,6 @@ def run(args: argparse.Namespace) -> int:
             write_overlays(volume.image, volume.label, prediction, os.path.join(args.out, "overlays"), name, args.overlays)
         print(f"  [{i}/{len(selected)}] {name}: mean Dice {rows[-1]['mean_dice']:.4f}", flush=True)
     csv_path, md_path = write_tables(rows, args.out)
-    print(markdown_table(rows + [summarize(rows)]))
+    print(records_table(rows + [summarize(rows)]))
     print(f"wrote {csv_path} and {md_path}" + (f" and overlays in {os.path.join(args.out, 'overlays')}" if args.overlays else ""))
     return 0

@@ -8,73 +8,11 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
+from flap_sam.cli.adapted_model import add_model_arguments, load_adapted_model
 from flap_sam.data.intensity import CTStatistics, IntensityNormalizer
-from flap_sam.data.profiles import PROFILES
 from flap_sam.data.stacks import prepare_volume
 from flap_sam.data.volumes import load_volume, save_mask
-from flap_sam.jobs.spec import JobSpec
-from flap_sam.model.factory import build_model, resolve_checkpoint
-from flap_sam.model.presets import PRESETS
-from flap_sam.training.device import pick_device
-from flap_sam.training.inference import INFERENCE_MODES, segment_volume
-
-
-def read_adapter(path: str) -> dict:
-    """The exchanged tensors of a persisted global model (``FL_global_model.pt`` format or a plain state dict)."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise SystemExit(f"adapter {path}: file not found") from None
-    except Exception as e:
-        raise SystemExit(f"adapter {path}: cannot be read ({type(e).__name__})") from None
-    state = data.get("model", data) if isinstance(data, dict) else None
-    if not isinstance(state, dict):
-        raise SystemExit(f"adapter {path}: not a state dict")
-    return state
-
-
-def add_model_arguments(parser: argparse.ArgumentParser, adapter_required: bool = True) -> None:
-    parser.add_argument("--adapter", required=adapter_required, help="persisted adapter, e.g. .../app_server/FL_global_model.pt")
-    parser.add_argument("--job", default=None, help="the job folder the federation ran: every model and task setting is read "
-                                                     "from it (then --model ... --dataset are not used)")
-    parser.add_argument("--checkpoint", default="", help="official SAM checkpoint the federation used ('' = random demo weights)")
-    parser.add_argument("--model", default="vit_b")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--preset", default="flap", choices=list(PRESETS))
-    parser.add_argument("--rank", type=int, default=32)
-    parser.add_argument("--lora-scale", type=float, default=1.0)
-    parser.add_argument("--dataset", default="kits", choices=sorted(PROFILES))
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--inference", default="overlap", choices=list(INFERENCE_MODES),
-                        help="overlap: 5 windows per slice averaged (the paper's); centre: one forward per slice, 5x faster")
-
-
-def job_spec_of(args: argparse.Namespace) -> JobSpec:
-    """The model and task settings: from ``--job`` (the job folder's resolved settings) or from the flags."""
-    if args.job:
-        from flap_sam.jobs.writer import read_job_spec
-
-        return read_job_spec(args.job)
-    return JobSpec.from_settings(dict(model_type=args.model, image_size=args.image_size, dataset=args.dataset,
-                                      preset=args.preset, rank=args.rank, lora_scale=args.lora_scale))
-
-
-def load_adapted_model(args: argparse.Namespace):
-    """Build the base model and load the adapter; returns (model, task profile, device)."""
-    from flap_sam.federated.weights import import_weights
-    from flap_sam.model.presets import exchanged_names
-
-    job = job_spec_of(args)
-    profile, spec = job.task, job.model
-    device = pick_device(args.device)
-    model = build_model(spec, resolve_checkpoint(args.checkpoint), device)
-    try:
-        import_weights(model, read_adapter(args.adapter), exchanged_names(model, spec.preset_obj), f"adapter {args.adapter}")
-    except ValueError as e:
-        raise SystemExit(f"{e}; " + ("is it this job's adapter?" if args.job else "check --model/--image-size/--preset/--rank/--dataset, or give --job")) from None
-    return model.eval(), profile, device
+from flap_sam.training.inference import segment_volume
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

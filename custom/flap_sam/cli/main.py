@@ -1,4 +1,9 @@
-"""``flap-sam``: dataset preparation, demo data, evaluation, inference, parameter counts."""
+"""``flap-sam``: dataset preparation, demo data, jobs, baselines, evaluation, inference, reports, benchmarks.
+
+One error rule for every command: a bad input raises ``ValueError`` (or the project's
+subclasses ``DataError``, ``CheckpointError``) with one line naming the file or setting and
+what is wrong; ``main`` prints it after the command's name and exits with status 2.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,6 @@ import logging
 import sys
 
 from flap_sam.cli import bench, demo_data, evaluate, infer, job, monitor, params, prepare, report, sweep, train
-from flap_sam.data.errors import DataError
-from flap_sam.model.sam_builder import CheckpointError
 
 COMMANDS = {
     "prepare": (prepare, "turn a public dataset (KiTS19, IXI-Tiny, prostate MRI) into per-site datalists"),
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command][0].run(args)
-    except (DataError, CheckpointError, ValueError) as e:
+    except ValueError as e:  # DataError, CheckpointError and every setting check are ValueErrors
         print(f"flap-sam {args.command}: {e}", file=sys.stderr)
         return 2
 

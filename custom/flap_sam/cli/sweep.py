@@ -12,10 +12,10 @@ import argparse
 import os
 import shutil
 import subprocess
-import sys
 
 from flap_sam.evaluation.report import collect, write_report
 from flap_sam.jobs.recipe import source_job
+from flap_sam.jobs.simulator import output_tail, run_simulator
 from flap_sam.jobs.writer import job_settings, parse_settings, write_job
 from flap_sam.files import write_text
 
@@ -30,19 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="settings for every run, as flap-sam job")
     parser.add_argument("--sites", type=int, default=None, help="simulated sites (default: the job's min_clients)")
     parser.add_argument("--baselines", nargs="*", default=[], help="baseline folders (flap-sam train) to put in the report")
-    parser.add_argument("--run-timeout", type=float, default=0, help="seconds a run may take before it is stopped and tried "
-                        "once more (0: no limit)")
-
-
-def _simulate(job: str, workspace: str, sites: int, timeout: float) -> tuple[bool, str]:
-    """One simulator run; (finished, last lines of its output)."""
-    shutil.rmtree(workspace, ignore_errors=True)
-    try:
-        done = subprocess.run([sys.executable, "-m", "nvflare.cli", "simulator", job, "-w", workspace, "-n", str(sites),
-                               "-t", str(sites)], capture_output=True, text=True, check=False, timeout=timeout or None)
-    except subprocess.TimeoutExpired:
-        return False, f"no result after {timeout:.0f} s"
-    return done.returncode == 0, " | ".join((done.stdout + done.stderr).strip().splitlines()[-5:])
+    parser.add_argument("--run-timeout", type=float, default=0, help="seconds a run may take before it is stopped (0: no limit)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,12 +51,13 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(job, ignore_errors=True)  # a run that stopped midway starts again from its job
             write_job(source, job, settings)
             print(f"{name}: running in the simulator ({sites} sites) ...", flush=True)
-            finished, tail = _simulate(job, workspace, sites, args.run_timeout)
-            if not finished:  # FLARE's simulator now and then loses a race for a local port: one more try
-                print(f"{name}: failed ({tail}); trying once more", flush=True)
-                finished, tail = _simulate(job, workspace, sites, args.run_timeout)
-            if not finished:
-                raise ValueError(f"sweep run {name} failed twice; its log is in {workspace}: {tail}")
+            shutil.rmtree(workspace, ignore_errors=True)
+            try:
+                result = run_simulator(job, workspace, sites, timeout=args.run_timeout or None)
+            except subprocess.TimeoutExpired:
+                raise ValueError(f"sweep run {name}: no result after {args.run_timeout:.0f} s; its log is in {workspace}") from None
+            if result.returncode != 0:
+                raise ValueError(f"sweep run {name} failed; its log is in {workspace}: {output_tail(result)}")
             write_text(os.path.join(workspace, DONE), "finished\n")
     runs, baselines = collect([os.path.join(args.out, "runs"), *args.baselines])
     path = write_report(runs, baselines, os.path.join(args.out, "report"))

@@ -27,14 +27,8 @@ class CTStatistics:
     std: float
 
     @classmethod
-    def from_volumes(cls, volumes: list[Volume], seed: int = 0) -> "CTStatistics":
-        """Percentiles/mean/std of voxels with label > 0 (a random subsample of at most 2M voxels)."""
-        rng = np.random.default_rng(seed)
-        return cls.from_samples([foreground_sample(v, samples_per_volume(len(volumes)), rng) for v in volumes])
-
-    @classmethod
     def from_samples(cls, samples: list[np.ndarray]) -> "CTStatistics":
-        """Statistics from each training volume's ``foreground_sample`` (collected while loading them one by one)."""
+        """Percentiles/mean/std of foreground intensities sampled from the training volumes (``ForegroundSamples``)."""
         values = np.concatenate(samples) if samples else np.empty(0, np.float32)
         if values.size < 10:
             raise ValueError("CT statistics need labelled foreground voxels in the training volumes")
@@ -47,17 +41,27 @@ class CTStatistics:
         return cls(low, high, (low + high) / 2.0, max((high - low) / 4.0, 1e-6))
 
 
-def samples_per_volume(num_volumes: int) -> int:
-    """Foreground voxels drawn per training volume, so a site's sample stays at most 2M voxels."""
-    return _MAX_SAMPLES // max(1, num_volumes)
+class ForegroundSamples:
+    """A site's CT statistics from its training volumes, loaded one at a time.
 
+    ``add`` keeps a random sample of each volume's voxels with label > 0 (at most 2M voxels over
+    all ``num_volumes``); ``statistics`` turns them into the site's ``CTStatistics``. The Learner
+    (``SiteData.load``) and ``flap-sam evaluate`` use the same seed, so both normalise alike.
+    """
 
-def foreground_sample(volume: Volume, max_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """At most ``max_samples`` intensities of the volume's voxels with label > 0 (float32, 1D); none if unlabelled."""
-    if volume.label is None:
-        return np.empty(0, np.float32)
-    fg = volume.image[volume.label > 0].astype(np.float32)
-    return rng.choice(fg, max_samples, replace=False) if fg.size > max_samples else fg
+    def __init__(self, num_volumes: int, seed: int = 0) -> None:
+        self.per_volume = _MAX_SAMPLES // max(1, num_volumes)
+        self.rng = np.random.default_rng(seed)
+        self.samples: list[np.ndarray] = []
+
+    def add(self, volume: Volume) -> None:
+        if volume.label is None:
+            return
+        fg = volume.image[volume.label > 0].astype(np.float32)
+        self.samples.append(self.rng.choice(fg, self.per_volume, replace=False) if fg.size > self.per_volume else fg)
+
+    def statistics(self) -> CTStatistics:
+        return CTStatistics.from_samples(self.samples)
 
 
 def normalize_ct(image: np.ndarray, stats: CTStatistics) -> np.ndarray:
@@ -75,7 +79,7 @@ def normalize_mri(image: np.ndarray) -> np.ndarray:
 
 
 class IntensityNormalizer:
-    """Normalise volumes of one modality; CT needs ``fit`` on the site's training volumes first."""
+    """Normalise volumes of one modality; CT needs the site's statistics (``ForegroundSamples``) or a window."""
 
     def __init__(self, modality: str, ct_stats: CTStatistics | None = None) -> None:
         if modality not in ("ct", "mri"):
@@ -83,14 +87,9 @@ class IntensityNormalizer:
         self.modality = modality
         self.ct_stats = ct_stats
 
-    def fit(self, volumes: list[Volume]) -> "IntensityNormalizer":
-        if self.modality == "ct":
-            self.ct_stats = CTStatistics.from_volumes(volumes)
-        return self
-
     def __call__(self, image: np.ndarray) -> np.ndarray:
         if self.modality == "mri":
             return normalize_mri(image)
         if self.ct_stats is None:
-            raise RuntimeError("CT normalisation needs statistics: call fit() or pass ct_stats")
+            raise RuntimeError("CT normalisation needs statistics: pass ct_stats")
         return normalize_ct(image, self.ct_stats)

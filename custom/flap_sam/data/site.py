@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
 
 from flap_sam.data.datalist import find_datalist, load_datalist
 from flap_sam.data.demo import DEMO_GENERATORS, ensure_demo_site
 from flap_sam.data.errors import DataError
 
-from flap_sam.data.intensity import CTStatistics, IntensityNormalizer, foreground_sample, samples_per_volume
+from flap_sam.data.intensity import ForegroundSamples, IntensityNormalizer
 from flap_sam.data.profiles import DatasetProfile
 from flap_sam.data.stacks import PreparedVolume, normalize_resized, resize_volume
 from flap_sam.data.volumes import load_volume
@@ -60,9 +59,7 @@ class SiteData:
         CT statistics come from foreground samples taken while each training volume is loaded,
         and are applied to the resized volumes once all of them are in.
         """
-        rng = np.random.default_rng(0)
-        per_volume = samples_per_volume(len(cases["training"]))
-        samples, foreground, resized = [], False, {}
+        samples, foreground, resized = ForegroundSamples(len(cases["training"])), False, {}
         for section in ("training", "validation", "test"):
             resized[section] = []
             for case in cases[section]:
@@ -70,14 +67,14 @@ class SiteData:
                 if section == "training":
                     foreground = foreground or bool(volume.label.any())
                     if profile.modality == "ct":
-                        samples.append(foreground_sample(volume, per_volume, rng))
+                        samples.add(volume)
                 resized[section].append((*resize_volume(volume, image_size), volume.source))
                 del volume
         if not foreground:
             raise DataError(f"datalist {path}: no training volume has any foreground label")
         normalizer = IntensityNormalizer(profile.modality)
         if profile.modality == "ct":
-            normalizer.ct_stats = CTStatistics.from_samples(samples)
+            normalizer.ct_stats = samples.statistics()
         prepared = {section: [PreparedVolume(normalize_resized(image, normalizer), label, source) for image, label, source in items]
                     for section, items in resized.items()}
         logger.info("Site data: %d training, %d validation and %d test volumes from %s",

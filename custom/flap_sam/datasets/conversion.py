@@ -30,6 +30,7 @@ from flap_sam.data.errors import DataError
 from flap_sam.data.profiles import DatasetProfile
 from flap_sam.data.volumes import load_volume
 from flap_sam.files import write_json
+from flap_sam.markdown import markdown_table
 
 
 class ConversionError(DataError):
@@ -210,12 +211,6 @@ def _move_into_place(tmp: str, out: str) -> None:
 
 def format_summary(summaries: dict[str, SiteSummary]) -> str:
     """A Markdown table: site, centre, train/val/test cases, slices with foreground, voxel spacing range."""
-    lines = [
-        "| site | centre | train | val | test | slices with foreground | spacing (mm, x*y*z) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for s in summaries.values():
-        c = s.cases
-        lines.append(f"| {s.site} | {s.centre} | {c['training']} | {c['validation']} | {c['test']} | "
-                     f"{s.foreground_slices}/{s.slices} | {s.spacing_range()} |")
-    return "\n".join(lines)
+    return markdown_table(["site", "centre", "train", "val", "test", "slices with foreground", "spacing (mm, x*y*z)"],
+                          [[s.site, s.centre, s.cases["training"], s.cases["validation"], s.cases["test"],
+                            f"{s.foreground_slices}/{s.slices}", s.spacing_range()] for s in summaries.values()])

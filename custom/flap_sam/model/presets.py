@@ -94,8 +94,6 @@ PRESETS: dict[str, Preset] = {
     )
 }
 
-DEFAULT_PRESET = "flap"
-
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:

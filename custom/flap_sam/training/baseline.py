@@ -20,16 +20,17 @@ import torch
 
 from flap_sam.data.site import SiteData
 from flap_sam.data.stacks import SliceStackDataset, build_augmentation
+from flap_sam.files import save_torch, write_json
 from flap_sam.model.factory import ModelSpec, exchanged_state
 from flap_sam.model.semantic_sam import SemanticSam
+from flap_sam.run_files import BEST_MODEL_FILE, GLOBAL_MODEL_FILE
 from flap_sam.training.local_trainer import LocalTrainer, evaluate_volumes
 from flap_sam.training.settings import TrainingSettings
-from flap_sam.files import save_torch, write_json
 
 BASELINE_FILE = "baseline.json"
 LOG_FILE = "train_log.json"
-ADAPTER_FILE = "FL_global_model.pt"  # the server's name, so tools that read a run's adapter read a baseline's
-BEST_ADAPTER_FILE = "best_FL_global_model.pt"
+ADAPTER_FILE = GLOBAL_MODEL_FILE  # the server's names, so tools that read a run's adapter read a baseline's
+BEST_ADAPTER_FILE = BEST_MODEL_FILE
 
 
 @dataclass

@@ -1,0 +1,68 @@
+"""Running a job folder in FLARE's simulator from Python (``flap-sam sweep``, benchmarks, tests)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+PORT_RACE = "Address already in use"
+
+
+def _lost_port_race(workspace: str) -> bool:
+    for log in glob.glob(os.path.join(workspace, "*", "log.txt")):
+        with open(log, encoding="utf-8", errors="replace") as f:
+            if PORT_RACE in f.read():
+                return True
+    return False
+
+
+def run_simulator(job: str, workspace: str, n_clients: int, env: dict | None = None, timeout: float | None = None,
+                  attempts: int = 2) -> subprocess.CompletedProcess:
+    """``nvflare simulator JOB -w WORKSPACE -n N -t N`` in a subprocess; returns the completed process.
+
+    FLARE 2.9's simulator now and then loses a race for a local port when it starts a site's
+    worker process ("Address already in use" in that site's log.txt) and then waits for the
+    worker for ever. Such a run is stopped and started again in a clean workspace, up to
+    ``attempts`` times in all.
+
+    Args:
+        env: variables added to this process's environment.
+        timeout: seconds before the run is stopped (None: no limit).
+
+    Raises:
+        subprocess.TimeoutExpired: the run took longer than ``timeout``.
+    """
+    cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(workspace), "-n", str(n_clients), "-t", str(n_clients)]
+    full_env = {**os.environ, **(env or {})}
+    for attempt in range(1, attempts + 1):
+        if attempt > 1:
+            shutil.rmtree(workspace, ignore_errors=True)
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=full_env, start_new_session=True)
+            deadline, raced = time.monotonic() + timeout if timeout else float("inf"), False
+            while proc.poll() is None:
+                raced = attempt < attempts and _lost_port_race(str(workspace))
+                if raced or time.monotonic() > deadline:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    if not raced:
+                        raise subprocess.TimeoutExpired(cmd, timeout)
+                    break
+                time.sleep(2)
+            out.seek(0)
+            err.seek(0)
+            result = subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+        if not raced:
+            return result
+    return result
+
+
+def output_tail(result: subprocess.CompletedProcess, lines: int = 5) -> str:
+    """The last lines of a run's output, on one line."""
+    return " | ".join((result.stdout + result.stderr).strip().splitlines()[-lines:])

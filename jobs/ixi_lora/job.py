@@ -6,7 +6,7 @@
     python jobs/ixi_lora/job.py --env prod --startup-kit ADMIN_KIT --username ADMIN   # a provisioned one (ProdEnv)
     python jobs/ixi_lora/job.py --export --export-dir DIR       # only write the job folder FLARE would run
 
-The job is the one this folder's config files define (settings: README, Settings).
+The job is the one this folder's config files define (settings: docs/settings.md).
 """
 
 import os

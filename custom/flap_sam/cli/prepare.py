@@ -25,7 +25,7 @@ CONVERTERS = {"kits19": (kits19, "kits"), "ixi": (ixi, "ixi"), "prostate": (pros
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", choices=[*CONVERTERS, "decathlon"],
                         help="which dataset --raw holds (decathlon: a task folder with dataset.json)")
-    parser.add_argument("--raw", required=True, help="the dataset as downloaded (see README: Datasets)")
+    parser.add_argument("--raw", required=True, help="the dataset as downloaded (see docs/paper.md)")
     parser.add_argument("--out", required=True, help="new folder for <site>.json datalists and summary.json")
     parser.add_argument("--sites", nargs="+", default=None, metavar="SITE",
                         help="only these sites (a hospital prepares its own), e.g. site-3; default: all")

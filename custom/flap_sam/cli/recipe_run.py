@@ -14,7 +14,10 @@ from flap_sam.jobs.recipe import ENVS, FlapSamRecipe, make_env
 from flap_sam.jobs.writer import parse_settings
 
 
-def main(job: str, argv: list[str] | None = None) -> int:
+FLARE_RECIPE_FLAGS = ("--export", "--export-dir")  # FLARE takes these off sys.argv before this parser runs
+
+
+def build_parser(job: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python {job}/job.py", description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="sim", choices=ENVS, help="sim: FLARE's simulator (default); poc: a local POC; "
                         "prod: a provisioned deployment")
@@ -23,6 +26,11 @@ def main(job: str, argv: list[str] | None = None) -> int:
     parser.add_argument("--sites", type=int, default=None, help="sim / poc: number of sites (default: the job's min_clients)")
     parser.add_argument("--startup-kit", default=None, help="prod: the admin's startup kit folder")
     parser.add_argument("--username", default="admin@nvidia.com", help="poc / prod: the admin user of the kit")
+    return parser
+
+
+def main(job: str, argv: list[str] | None = None) -> int:
+    parser = build_parser(job)
     args = parser.parse_args(argv)
     recipe = FlapSamRecipe(job, **parse_settings(args.set))
     sites = args.sites or int(recipe.configs["server"]["min_clients"])

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-
+from flap_sam.jobs.settings import training_settings
 from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.training.local_trainer import LocalTrainer
-from flap_sam.jobs.settings import training_settings
 
 SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)
 

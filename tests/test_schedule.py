@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
+from flap_sam.jobs.settings import training_settings
 from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.training.local_trainer import LocalTrainer
-from flap_sam.jobs.settings import training_settings
-from flap_sam.training.settings import TrainingSettings
 from flap_sam.training.schedule import federation_steps, warmup_poly_factor
+from flap_sam.training.settings import TrainingSettings
 
 SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)
 

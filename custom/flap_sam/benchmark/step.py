@@ -16,13 +16,12 @@ import threading
 import time
 
 import psutil
-
 import torch
 
+from flap_sam.jobs.settings import training_settings
 from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.training.device import pick_device
 from flap_sam.training.local_trainer import LocalTrainer
-from flap_sam.jobs.settings import training_settings
 
 
 class RssPeak:

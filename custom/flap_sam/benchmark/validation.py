@@ -20,10 +20,10 @@ import torch
 from flap_sam.data.profiles import get_profile
 from flap_sam.data.site import SiteData
 from flap_sam.data.stacks import SliceStackDataset
+from flap_sam.jobs.settings import training_settings
 from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.training.device import pick_device
 from flap_sam.training.local_trainer import LocalTrainer, evaluate_volumes
-from flap_sam.jobs.settings import training_settings
 
 MODES = ("overlap", "centre")
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from flap_sam.datasets.decathlon.task import read_task
-from flap_sam.jobs.writer import job_settings, jobs_folder, parse_settings, write_job
+from flap_sam.jobs.writer import job_settings, parse_settings, source_job, write_job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    source = args.job if os.path.isdir(args.job) else os.path.join(jobs_folder(), args.job)
+    source = source_job(args.job)
     settings = parse_settings(args.set)
     if args.task:
         settings = {**read_task(args.task).settings(settings.get("channel")), **settings}

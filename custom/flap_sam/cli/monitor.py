@@ -19,9 +19,12 @@ import time
 from nvflare.apis.job_def import RunStatus
 
 from flap_sam.federated.progress import STATS_GROUP
+from flap_sam.run_files import CROSS_SITE_FILE, TRAFFIC_FILE
 
 ENDED = ("FINISHED", "FAILED", "ABORTED")  # FLARE job status prefixes of a job that will not run again
 ABANDONED = RunStatus.ABANDONED.value  # what InterruptedJobs marks a job that a server restart cut off
+
+CROSS_SITE_NAME = os.path.basename(CROSS_SITE_FILE)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,13 +91,13 @@ def summarize_result(folder: str) -> list[str]:
                 for line in f:
                     if "FederationProgress - ERROR" in line:
                         lines.append("site error: " + line.split("] - ", 1)[-1].strip())
-        if "cross_val_results.json" in files:
-            with open(os.path.join(root, "cross_val_results.json"), encoding="utf-8") as f:
+        if CROSS_SITE_NAME in files:
+            with open(os.path.join(root, CROSS_SITE_NAME), encoding="utf-8") as f:
                 for site, models in sorted(json.load(f).items()):
                     scores = ", ".join(f"{m}: Dice {v.get('dice', float('nan')):.3f}" for m, v in sorted(models.items()))
                     lines.append(f"cross-site {site}: {scores}")
-        if "traffic_summary.json" in files:
-            with open(os.path.join(root, "traffic_summary.json"), encoding="utf-8") as f:
+        if TRAFFIC_FILE in files:
+            with open(os.path.join(root, TRAFFIC_FILE), encoding="utf-8") as f:
                 totals = json.load(f)["totals"]
             lines.append("traffic: " + ", ".join(f"{k} {v:,}" for k, v in sorted(totals.items())))
     return lines

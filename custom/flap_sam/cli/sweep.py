@@ -14,10 +14,9 @@ import shutil
 import subprocess
 
 from flap_sam.evaluation.report import collect, write_report
-from flap_sam.jobs.recipe import source_job
-from flap_sam.jobs.simulator import output_tail, run_simulator
-from flap_sam.jobs.writer import job_settings, parse_settings, write_job
 from flap_sam.files import write_text
+from flap_sam.jobs.simulator import output_tail, run_simulator
+from flap_sam.jobs.writer import job_settings, parse_settings, source_job, write_job
 
 DONE = "DONE"
 

@@ -16,7 +16,8 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ValidateType
 
-from flap_sam.data.site import DEMO as DEMO_DATA_ROOT, SiteData
+from flap_sam.data.site import DEMO as DEMO_DATA_ROOT
+from flap_sam.data.site import SiteData
 from flap_sam.data.stacks import SliceStackDataset, build_augmentation
 from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS, BaseMismatchError, site_error_kind
 from flap_sam.federated.weights import export_weights, import_weights
@@ -27,10 +28,10 @@ from flap_sam.model.fingerprint import FINGERPRINT_KEY, base_fingerprint, base_m
 from flap_sam.model.presets import exchanged_names
 from flap_sam.model.sam_builder import CheckpointError
 from flap_sam.training.device import apply_cpu_threads, pick_device
-from flap_sam.training.local_trainer import LocalTrainer, evaluate_volumes
 from flap_sam.training.loader import resolve_data_workers
-from flap_sam.training.settings import SiteSettings, TrainingSettings, one_of
+from flap_sam.training.local_trainer import LocalTrainer, evaluate_volumes
 from flap_sam.training.schedule import federation_steps
+from flap_sam.training.settings import SiteSettings, TrainingSettings, one_of
 
 SITE_SETTINGS_FILE = "flap_sam_site.json"
 

@@ -23,7 +23,7 @@ from nvflare.job_config.api import FedJob
 from nvflare.recipe.spec import Recipe
 
 from flap_sam.jobs.settings import package_defaults
-from flap_sam.jobs.writer import SIDES, config_path, jobs_folder, write_job
+from flap_sam.jobs.writer import SIDES, config_path, source_job, write_job  # noqa: F401 (source_job: part of the recipe API)
 
 ENVS = ("sim", "poc", "prod")
 
@@ -34,14 +34,6 @@ def resolved_config(job: str, side: str) -> dict:
     if config is None:
         raise ValueError(f"job {job}: no app/config/config_fed_{side}.conf")
     return config.to_dict()
-
-
-def source_job(job: str) -> str:
-    """A job folder, or the name of a shipped job (``kits_lora``, ``ixi_lora``, ``prostate_lora``)."""
-    folder = job if os.path.isdir(job) else os.path.join(jobs_folder(), job)
-    if not os.path.isdir(folder):
-        raise ValueError(f"job {job}: not a job folder nor a shipped job ({', '.join(sorted(os.listdir(jobs_folder())))})")
-    return folder
 
 
 class FlapSamRecipe(Recipe):

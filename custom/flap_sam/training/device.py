@@ -22,21 +22,26 @@ def resolve_device(setting: str) -> str:
     return setting
 
 
+def auto_or_count(name: str, setting: str | int, unit: str, minimum: int) -> int | None:
+    """A setting that is ``auto`` (-> None) or a count of ``unit`` of at least ``minimum``; one-line ValueError otherwise."""
+    if str(setting) == "auto":
+        return None
+    try:
+        count = int(setting)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {setting!r} is not 'auto' or a number of {unit}") from None
+    if count < minimum:
+        raise ValueError(f"{name}: {count} must be at least {minimum}")
+    return count
+
+
 def resolve_cpu_threads(setting: str | int) -> int | None:
     """``auto`` -> None (torch's default: every core, right for one site per machine); else a thread count >= 1.
 
     Several sites on one machine (the simulator, POC) each using every core oversubscribe it: the
     shipped demo's two sites run faster with one thread each.
     """
-    if str(setting) == "auto":
-        return None
-    try:
-        threads = int(setting)
-    except (TypeError, ValueError):
-        raise ValueError(f"cpu_threads: {setting!r} is not 'auto' or a number of threads") from None
-    if threads < 1:
-        raise ValueError(f"cpu_threads: {threads} must be at least 1")
-    return threads
+    return auto_or_count("cpu_threads", setting, "threads", minimum=1)
 
 
 def apply_cpu_threads(setting: str | int) -> None:

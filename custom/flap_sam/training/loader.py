@@ -17,21 +17,16 @@ import torch
 from monai.data import DataLoader
 
 from flap_sam.data.stacks import SliceStackDataset, foreground_sampler
+from flap_sam.training.device import auto_or_count
 
-AUTO = "auto"
 MAX_AUTO_WORKERS = 4
 
 
 def resolve_data_workers(setting: str | int, device: torch.device) -> int:
     """``auto`` -> 0 on CPU (its cores already run the model), else up to 4 workers, leaving a core for training."""
-    if str(setting) == AUTO:
+    workers = auto_or_count("data_workers", setting, "processes", minimum=0)
+    if workers is None:
         return 0 if device.type == "cpu" else max(0, min(MAX_AUTO_WORKERS, (os.cpu_count() or 1) - 1))
-    try:
-        workers = int(setting)
-    except (TypeError, ValueError):
-        raise ValueError(f"data_workers: {setting!r} is not 'auto' or a number of processes") from None
-    if workers < 0:
-        raise ValueError(f"data_workers: {workers} is negative")
     return workers
 
 

@@ -10,9 +10,9 @@ import torch
 from monai.losses import DiceCELoss
 
 from flap_sam.data.stacks import SliceStackDataset, stacks_to_images
-from flap_sam.training.loader import round_batches
 from flap_sam.model.semantic_sam import SemanticSam
 from flap_sam.training.inference import segment_volume
+from flap_sam.training.loader import round_batches
 from flap_sam.training.metrics import dice_per_class
 from flap_sam.training.schedule import warmup_poly_factor
 from flap_sam.training.settings import TrainingSettings

@@ -19,6 +19,7 @@ from nvflare.app_common.app_constant import AppConstants, ValidateType
 from flap_sam.data.site import DEMO as DEMO_DATA_ROOT
 from flap_sam.data.site import SiteData
 from flap_sam.data.stacks import SliceStackDataset, build_augmentation
+from flap_sam.federated.attacks import AttackSettings, attack_refusal, flipped_labels
 from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS, BaseMismatchError, site_error_kind
 from flap_sam.federated.weights import export_weights, import_weights
 from flap_sam.jobs.settings import PRIVACY_MODES
@@ -58,13 +59,15 @@ class FlapSamLearner(Learner):
     stay in the site's own log; the server only learns a fixed error kind.
     """
 
-    def __init__(self, spec: dict, training: dict, site: dict, privacy: str = "none",
+    def __init__(self, spec: dict, training: dict, site: dict, privacy: str = "none", attack: dict | None = None,
                  analytic_sender_id: str = "analytic_sender") -> None:
         """
         Args:
             spec: the ``job_spec`` block (``JobSpec``); training: the ``training`` block (``TrainingSettings``);
             site: the ``site`` block (``SiteSettings``); privacy: the ``privacy`` setting (the update then
                 travels as a difference, which FLARE's privacy filters work on).
+            attack: the ``attack_simulation`` block: a ``label_flip`` site trains on permuted classes
+                (simulator and POC only; ``flap_sam.federated.attacks``).
         """
         super().__init__()
         job = JobSpec.from_settings(spec)
@@ -72,6 +75,7 @@ class FlapSamLearner(Learner):
         self.training = TrainingSettings.from_settings(training, where="training: ")
         self.site_settings = SiteSettings.from_settings(site, where="site: ")
         one_of("privacy", privacy, PRIVACY_MODES)
+        self.attack = AttackSettings.from_settings(attack)
         # FLARE's privacy filters work on a difference: with privacy on, the update travels as a WEIGHT_DIFF.
         self.send_difference = privacy != "none"
         self.analytic_sender_id = analytic_sender_id
@@ -164,6 +168,12 @@ class FlapSamLearner(Learner):
         augment = build_augmentation(self.spec.image_size) if self.training.augment else None
         dataset = SliceStackDataset(self.data.train, augment, seed=self.training.seed)
         self.trainer = LocalTrainer(self.model, dataset, self.training, self.device, data_workers)
+        if self.attack.attack == "label_flip" and self.site_name in self.attack.sites:
+            refusal = attack_refusal(fl_ctx)
+            if refusal:
+                raise ValueError(refusal)
+            self.trainer.label_permutation = torch.as_tensor(flipped_labels(self.spec.num_classes))
+            self.log_warning(fl_ctx, f"{self.attack.describe()}: this site trains on permuted classes {self.trainer.label_permutation.tolist()}")
         self.log_info(
             fl_ctx,
             f"{self.spec.model_type} preset={self.spec.preset} on {self.device}: {len(self.exchanged)} tensors, "
@@ -235,6 +245,8 @@ class FlapSamLearner(Learner):
             return self._error_reply("diverged")
         self._log("train_loss", loss, current_round)
         self._log("lr", self.trainer.optimizer.param_groups[0]["lr"], current_round)
+        if self.trainer.label_permutation is not None:
+            self.log_warning(fl_ctx, f"round {current_round}: {self.attack.describe()}")
         self.log_info(fl_ctx, f"round {current_round}: {done} local steps (global steps {first_step}-{first_step + done - 1} "
                               f"of {total_steps}), mean loss {loss:.4f}")
         self.local_weights = weights

@@ -26,7 +26,9 @@ from nvflare.app_common.abstract.aggregator import Aggregator
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
+from flap_sam.federated.attacks import ATTACK_META_KEY, AttackSettings, attack_contributions, attack_refusal
 from flap_sam.federated.contributions import contribution_problem
+from flap_sam.federated.robust_aggregation import aggregate_robust
 from flap_sam.jobs.settings import AGGREGATIONS, check_aggregation_weights
 from flap_sam.model.fingerprint import FINGERPRINT_KEY
 
@@ -97,8 +99,14 @@ def aggregate_exact(contributions: list[tuple[float, dict[str, np.ndarray]]]) ->
     return result
 
 
-class ExactLoRAAggregator(Aggregator):
-    """Collects the round's WEIGHTS results and aggregates them with ``aggregate_exact``.
+def global_weights(fl_ctx: FLContext) -> dict | None:
+    """The server's current global model ``{name: array}`` (what the sites of this round started from)."""
+    model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
+    return model.get(ModelLearnableKey.WEIGHTS) if isinstance(model, dict) else None
+
+
+class CollectingAggregator(Aggregator):
+    """Collects the round's WEIGHTS results (one per site) and combines them all at ``aggregate``.
 
     A site's weight is its local steps times its entry in ``aggregation_weights`` (1.0 if absent).
     """
@@ -137,16 +145,41 @@ class ExactLoRAAggregator(Aggregator):
 
     def aggregate(self, fl_ctx: FLContext) -> Shareable:
         with self._lock:
-            contributions = list(self._contributions.values())
-            sites = sorted(self._contributions)
-            self._contributions = {}
-        result = aggregate_exact(contributions)
-        self.log_info(fl_ctx, f"exact LoRA aggregation of {len(sites)} sites: {', '.join(sites)}")
+            contributions, self._contributions = dict(sorted(self._contributions.items())), {}
+        result, account = self.combine(contributions, fl_ctx)
+        self.log_info(fl_ctx, f"{account} of {len(contributions)} sites: {', '.join(contributions)}")
         return DXO(DataKind.WEIGHTS, data=result).to_shareable()
+
+    def combine(self, contributions: dict[str, tuple[float, dict]], fl_ctx: FLContext) -> tuple[dict, str]:
+        """The new global model from ``{site: (weight, model)}``, and what was done, for the log."""
+        raise NotImplementedError
 
     def reset(self, fl_ctx: FLContext) -> None:
         with self._lock:
             self._contributions = {}
+
+
+class ExactLoRAAggregator(CollectingAggregator):
+    """``aggregate_exact`` of the round's results (the paper's aggregation)."""
+
+    def combine(self, contributions: dict[str, tuple[float, dict]], fl_ctx: FLContext) -> tuple[dict, str]:
+        return aggregate_exact(list(contributions.values())), "exact LoRA aggregation"
+
+
+class RobustAggregator(CollectingAggregator):
+    """``aggregate_robust`` (``median`` | ``trimmed_mean`` | ``fedseca``) of the round's results against the
+    global model they started from; one vote per site (``flap_sam.federated.robust_aggregation``)."""
+
+    def __init__(self, aggregation: str, trim_fraction: float = 0.25, fedseca_sparsity: float = 0.9) -> None:
+        super().__init__()
+        self.aggregation, self.trim_fraction, self.sparsity = aggregation, float(trim_fraction), float(fedseca_sparsity)
+
+    def combine(self, contributions: dict[str, tuple[float, dict]], fl_ctx: FLContext) -> tuple[dict, str]:
+        reference = global_weights(fl_ctx)
+        if reference is None:
+            raise RuntimeError("robust aggregation needs the global model the sites started from")
+        return aggregate_robust(self.aggregation, [model for _, model in contributions.values()], reference,
+                                self.trim_fraction, self.sparsity)
 
 
 class FlapSamAggregator(Aggregator):
@@ -154,14 +187,20 @@ class FlapSamAggregator(Aggregator):
 
     * ``lora_exact`` (the paper): ``ExactLoRAAggregator`` (LoRA pairs re-factorised exactly, the
       rest averaged; weighted by local steps, i.e. by the site's data share at one epoch per round);
-    * ``average``: NVFlare's ``InTimeAccumulateWeightedAggregator`` (WEIGHTS, same weights).
+    * ``average``: NVFlare's ``InTimeAccumulateWeightedAggregator`` (WEIGHTS, same weights);
+    * ``fedseca``, ``median``, ``trimmed_mean``: ``RobustAggregator`` (Byzantine-robust, on each site's change).
+
+    With an ``attack`` (simulator and POC only, ``flap_sam.federated.attacks``) every accepted update
+    is held until the round's last, the attacking sites' are replaced by crafted ones, and then all go
+    to the aggregation as if they had arrived so.
 
     Each update is first checked against the current global model (``contribution_problem``):
     a bad one is left out with an error that names the site and the reason. When no update of
     a round is usable, the global model stays as it was (and the log says so).
     """
 
-    def __init__(self, aggregation: str = "lora_exact", aggregation_weights: dict | None = None) -> None:
+    def __init__(self, aggregation: str = "lora_exact", aggregation_weights: dict | None = None, trim_fraction: float = 0.25,
+                 fedseca_sparsity: float = 0.9, attack: dict | None = None) -> None:
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation '{aggregation}' is unknown; choose one of {AGGREGATIONS}")
@@ -173,12 +212,22 @@ class FlapSamAggregator(Aggregator):
         self.weights = check_aggregation_weights(aggregation_weights)
         if aggregation == "average":
             self.impl = InTimeAccumulateWeightedAggregator(expected_data_kind="WEIGHTS", weigh_by_local_iter=True)
-        else:
+        elif aggregation == "lora_exact":
             self.impl = ExactLoRAAggregator(self.weights)
+        else:
+            self.impl = RobustAggregator(aggregation, trim_fraction, fedseca_sparsity)
+        self.attack = AttackSettings.from_settings(attack)
+        self._held: dict[str, Shareable] = {}  # an attacked round: the accepted updates, until the round's last
         self._lock = threading.Lock()
         self._accepted = 0  # updates accepted this round
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == EventType.START_RUN and self.attack.active:
+            refusal = attack_refusal(fl_ctx)
+            if refusal:
+                self.system_panic(refusal, fl_ctx)
+                return
+            self.log_warning(fl_ctx, f"{self.attack.describe()}: every round of this job is attacked (measuring only)")
         if event_type == EventType.START_RUN:
             engine = fl_ctx.get_engine()
             for client in engine.get_clients() if engine is not None else []:
@@ -187,11 +236,6 @@ class FlapSamAggregator(Aggregator):
             if self.aggregation == "average":
                 self.impl.aggregation_weights = self.weights  # read by NVFlare's aggregator when it sets up, below
         self.impl.handle_event(event_type, fl_ctx)  # NVFlare's aggregator sets itself up at START_RUN
-
-    @staticmethod
-    def _global_weights(fl_ctx: FLContext) -> dict | None:
-        model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
-        return model.get(ModelLearnableKey.WEIGHTS) if isinstance(model, dict) else None
 
     @staticmethod
     def _keep_base_fingerprint(result: Shareable, fl_ctx: FLContext) -> Shareable:
@@ -205,11 +249,28 @@ class FlapSamAggregator(Aggregator):
         dxo.set_meta_prop(FINGERPRINT_KEY, base)
         return dxo.update_shareable(result)
 
+    def _release_held(self, fl_ctx: FLContext) -> None:
+        """An attacked round: the attacking sites' updates replaced by crafted ones, then all handed to the aggregation."""
+        with self._lock:
+            held, self._held = self._held, {}
+        models = {site: from_shareable(s).data for site, s in held.items()}
+        attacked = attack_contributions(self.attack, models, global_weights(fl_ctx), seed=int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND) or 0))
+        for site, shareable in held.items():
+            if site in self.attack.sites:
+                dxo = from_shareable(shareable)
+                dxo.data = attacked[site]
+                shareable = dxo.update_shareable(shareable)
+            if self.impl.accept(shareable, fl_ctx):
+                with self._lock:
+                    self._accepted += 1
+        self.log_warning(fl_ctx, f"round {fl_ctx.get_prop(AppConstants.CURRENT_ROUND)}: {self.attack.describe()} "
+                                 f"(sites in this round: {', '.join(sorted(held))})")
+
     def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
         contributor = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
         current_round = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
         if shareable.get_return_code(ReturnCode.OK) == ReturnCode.OK:
-            reference = self._global_weights(fl_ctx)
+            reference = global_weights(fl_ctx)
             try:
                 dxo = from_shareable(shareable)
             except Exception:
@@ -230,6 +291,11 @@ class FlapSamAggregator(Aggregator):
                 shareable = dxo.update_shareable(shareable)
         with self._lock:
             self.weights.setdefault(contributor, 1.0)  # a site that joined after the start
+            if self.attack.on_server:
+                if contributor in self._held:
+                    return False
+                self._held[contributor] = shareable
+                return True
         accepted = self.impl.accept(shareable, fl_ctx)
         if accepted:
             with self._lock:
@@ -237,19 +303,26 @@ class FlapSamAggregator(Aggregator):
         return accepted
 
     def aggregate(self, fl_ctx: FLContext) -> Shareable:
+        if self.attack.on_server:
+            self._release_held(fl_ctx)
         with self._lock:
             accepted, self._accepted = self._accepted, 0
         if accepted == 0:
-            current = self._global_weights(fl_ctx)
+            current = global_weights(fl_ctx)
             self.log_warning(fl_ctx, f"round {fl_ctx.get_prop(AppConstants.CURRENT_ROUND)}: no usable update from any site; "
                                      "the global model stays as it was")
             self.impl.reset(fl_ctx)
             result = DXO(DataKind.WEIGHTS, data={k: np.array(v, copy=True) for k, v in (current or {}).items()}).to_shareable()
         else:
             result = self.impl.aggregate(fl_ctx)
+        if self.attack.active:
+            dxo = from_shareable(result)
+            dxo.set_meta_prop(ATTACK_META_KEY, self.attack.record())  # kept in the persisted adapter's meta
+            result = dxo.update_shareable(result)
         return self._keep_base_fingerprint(result, fl_ctx)
 
     def reset(self, fl_ctx: FLContext) -> None:
         with self._lock:
             self._accepted = 0
+            self._held = {}
         self.impl.reset(fl_ctx)

@@ -13,7 +13,7 @@ import os
 from nvflare.fuel.utils.config_factory import ConfigFactory
 
 SETTINGS_CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "federated", "job_config", "settings.conf")
-BLOCKS = ("job_spec", "training", "site")  # settings.conf's blocks of "{setting}" references, each handed whole to a component
+BLOCKS = ("job_spec", "training", "site", "attack_simulation")  # settings.conf's blocks of "{setting}" references, each handed whole to a component
 
 
 @functools.cache

@@ -25,15 +25,17 @@ from flap_sam.model.sam_builder import MODEL_TYPES
 from flap_sam.training.settings import SiteSettings, TrainingSettings, at_least, one_of, typed_value
 
 # The values of the settings that the federated components implement (they import these names).
-AGGREGATIONS = ("average", "lora_exact")
+AGGREGATIONS = ("average", "lora_exact", "fedseca", "median", "trimmed_mean")
+ATTACKS = ("none", "sign_flip", "scale", "gaussian", "label_flip", "alie", "ipm")
 TRANSPORT_MODES = ("fp32", "fp16", "bf16", "int8")
 PRIVACY_MODES = ("none", "percentile", "svt")
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 CHOICES = {"model_type": MODEL_TYPES, "preset": tuple(PRESETS), "dataset": tuple(PROFILES), "aggregation": AGGREGATIONS,
-           "transport": TRANSPORT_MODES, "privacy": PRIVACY_MODES, "tracking": TRACKERS}
+           "transport": TRANSPORT_MODES, "privacy": PRIVACY_MODES, "tracking": TRACKERS, "attack": ATTACKS}
 MINIMUM = {"image_size": 16, "rank": 1, "num_rounds": 1, "min_clients": 1, "train_timeout": 0, "cross_site_timeout": 0,
-           "get_task_timeout": 0, "submit_task_result_timeout": 0, "svt_noise_var": 0, "svt_gamma": 0, "svt_tau": 0}
+           "get_task_timeout": 0, "submit_task_result_timeout": 0, "svt_noise_var": 0, "svt_gamma": 0, "svt_tau": 0,
+           "trim_fraction": 0, "fedseca_sparsity": 0, "attack_strength": 0}
 KIND = {"privacy_percentile": float}  # a number whose default happens to be whole
 
 
@@ -104,6 +106,12 @@ def check_settings(settings: Mapping, where: str = "") -> JobSettings:
             at_least(name, values[name], minimum)
         check_aggregation_weights(values["aggregation_weights"])
         check_privacy_parameters(*(values[k] for k in ("privacy", "privacy_percentile", "percentile_gamma", "svt_fraction", "svt_epsilon")))
+        if values["trim_fraction"] >= 0.5:
+            raise ValueError(f"trim_fraction: {values['trim_fraction']} must be below 0.5 (it is cut at both ends)")
+        if values["fedseca_sparsity"] >= 1:
+            raise ValueError(f"fedseca_sparsity: {values['fedseca_sparsity']} must be below 1")
+        if values["attack"] != "none" and not values["attack_sites"]:
+            raise ValueError(f"attack = {values['attack']} needs attack_sites (e.g. \"site-4\")")
         block = {name: {k: values[k] for k in block_keys(name)} for name in BLOCKS}
         return JobSettings(JobSpec.from_settings(block["job_spec"]), TrainingSettings.from_settings(block["training"]),
                            SiteSettings.from_settings(block["site"]), values)

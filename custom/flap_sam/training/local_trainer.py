@@ -30,6 +30,7 @@ class LocalTrainer:
                  data_workers: int = 0) -> None:
         self.model = model
         self.data_workers = data_workers
+        self.label_permutation: torch.Tensor | None = None  # class c trains as label_permutation[c] (attack simulation only)
         self.dataset = dataset
         self.settings = settings
         self.device = device
@@ -67,6 +68,8 @@ class LocalTrainer:
         """
         amp = self.settings.uses_amp(self.device)
         images = stacks_to_images(stacks.to(self.device, non_blocking=True))  # (B*5, 3, S, S)
+        if self.label_permutation is not None:
+            labels = self.label_permutation[labels.long()]
         labels = labels.to(self.device, non_blocking=True).reshape(-1, 1, *labels.shape[-2:])  # (B*5, 1, S, S)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = self.model(images)

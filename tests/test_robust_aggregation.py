@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.fl_constant import FLContextKey, ReservedKey
 from nvflare.apis.fl_context import FLContext
 
 from flap_sam.federated.attacks import AttackSettings, attack_contributions, attack_refusal, crafted_change, flipped_labels
@@ -137,6 +137,12 @@ def test_an_attack_runs_only_in_the_simulator_or_poc(tmp_path):
     assert attack_refusal(ctx) is None
     sim = FLContext()
     sim.set_prop(FLContextKey.SIMULATE_MODE, True, private=True)
-    assert attack_refusal(sim) is None
+    assert attack_refusal(sim) is None  # a simulated site
+    server = FLContext()
+    server.set_prop(ReservedKey.IDENTITY_NAME, "simulator_server", private=False)
+    server.set_prop(ReservedKey.RUN_NUM, "simulate_job", private=False)
+    assert attack_refusal(server) is None  # the simulator's server
+    server.set_prop(ReservedKey.RUN_NUM, "4f6c2b0e-job", private=False)
+    assert attack_refusal(server) is not None  # a server of that name running a real job
     with pytest.raises(ValueError, match="needs attack_sites"):
         AttackSettings.from_settings({"attack": "ipm"})

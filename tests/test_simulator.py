@@ -226,7 +226,7 @@ def test_fp16_transport_halves_the_measured_bytes(tmp_path):
     for direction in ("sent", "received"):
         ratio = fp16["totals"][direction] / fp32["totals"][direction]
         assert 0.5 < ratio < 0.56, f"{direction}: fp16/fp32 = {ratio:.3f}"  # half, plus fixed message headers
-    assert "exact LoRA aggregation of 2 sites: site-1, site-2" in log
+    assert "round 0: exact LoRA aggregation; sites site-1, site-2" in log
     assert "round 0: train sent" in log and "round 0: train received" in log  # each site's round log
     assert list(scalars(job_dir / "tb_events" / "site-1", "bytes_sent")) == [0]
     state = torch.load(job_dir / "app_server" / "FL_global_model.pt", weights_only=True)["model"]

@@ -34,6 +34,7 @@ ATTACK_META_KEY = "flap_sam_attack"
 SITE_ATTACKS = ("label_flip",)
 DEFAULT_STRENGTH = {"sign_flip": 4.0, "scale": 10.0, "gaussian": 1.0, "alie": 1.0, "ipm": 4.0, "label_flip": 1.0}
 POC_PROJECT = "example_project"  # the project `nvflare poc prepare` provisions
+SIMULATOR_SERVER, SIMULATOR_JOB_ID = "simulator_server", "simulate_job"  # the simulator's server and its one job (no real job has this id)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,9 @@ class AttackSettings:
 
 def attack_refusal(fl_ctx: FLContext) -> str | None:
     """Why this process may not run an attack (None in FLARE's simulator or a POC deployment)."""
-    if fl_ctx.get_prop(FLContextKey.SIMULATE_MODE, False):
+    if fl_ctx.get_prop(FLContextKey.SIMULATE_MODE, False):  # a site in FLARE's simulator
+        return None
+    if fl_ctx.get_identity_name() == SIMULATOR_SERVER and fl_ctx.get_job_id() == SIMULATOR_JOB_ID:  # its server
         return None
     workspace = fl_ctx.get_prop(FLContextKey.WORKSPACE_OBJECT)
     root = os.path.abspath(workspace.get_root_dir()) if workspace is not None else ""

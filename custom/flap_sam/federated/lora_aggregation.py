@@ -147,7 +147,7 @@ class CollectingAggregator(Aggregator):
         with self._lock:
             contributions, self._contributions = dict(sorted(self._contributions.items())), {}
         result, account = self.combine(contributions, fl_ctx)
-        self.log_info(fl_ctx, f"{account} of {len(contributions)} sites: {', '.join(contributions)}")
+        self.log_info(fl_ctx, f"round {fl_ctx.get_prop(AppConstants.CURRENT_ROUND)}: {account}; sites {', '.join(contributions)}")
         return DXO(DataKind.WEIGHTS, data=result).to_shareable()
 
     def combine(self, contributions: dict[str, tuple[float, dict]], fl_ctx: FLContext) -> tuple[dict, str]:

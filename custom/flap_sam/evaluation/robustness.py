@@ -57,7 +57,7 @@ def fedseca_comparison(runs: list[RobustnessRun]) -> str:
     dice = {(r.aggregation, r.attack): r.test_dice for r in runs}
     attacks = list(dict.fromkeys(r.attack for r in runs))
     others = [a for a in dict.fromkeys(r.aggregation for r in runs) if a != "fedseca"]
-    if not any(a == "fedseca" for a, _ in dice):
+    if not others or not any(a == "fedseca" for a, _ in dice):
         return ""
     rows = [[a, *(f"{dice[(a, k)] - dice[('fedseca', k)]:+.3f}" if (a, k) in dice and ("fedseca", k) in dice else "-" for k in attacks)]
             for a in others]

@@ -146,3 +146,30 @@ def test_an_attack_runs_only_in_the_simulator_or_poc(tmp_path):
     assert attack_refusal(server) is not None  # a server of that name running a real job
     with pytest.raises(ValueError, match="needs attack_sites"):
         AttackSettings.from_settings({"attack": "ipm"})
+
+
+def test_a_server_outside_the_simulator_and_poc_stops_an_attacked_job_at_its_start(tmp_path):
+    from nvflare.apis.event_type import EventType
+
+    from flap_sam.federated.lora_aggregation import FlapSamAggregator
+
+    class Workspace:
+        def get_root_dir(self):
+            return str(tmp_path / "hospital-kits" / "server1")
+
+    class Engine:  # records what the aggregator fires (FLARE's engine ends the run on FATAL_SYSTEM_ERROR)
+        fired = []
+
+        def fire_event(self, event_type, fl_ctx):
+            self.fired.append((event_type, fl_ctx.get_prop(FLContextKey.EVENT_DATA)))
+
+        def get_clients(self):
+            return []
+
+    ctx = FLContext()
+    ctx.set_prop(FLContextKey.WORKSPACE_OBJECT, Workspace(), private=True)
+    ctx.set_prop(ReservedKey.ENGINE, Engine(), private=True)
+    aggregator = FlapSamAggregator("fedseca", attack={"attack": "ipm", "attack_sites": "site-2", "attack_strength": 0.0})
+    aggregator.handle_event(EventType.START_RUN, ctx)
+    assert [e for e, _ in Engine.fired] == [EventType.FATAL_SYSTEM_ERROR]
+    assert "attack simulation is for FLARE's simulator and POC deployments only" in Engine.fired[0][1]

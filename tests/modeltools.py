@@ -12,3 +12,17 @@ def trained_looking(model: torch.nn.Module) -> torch.nn.Module:
             if ".lora_B." in name:
                 p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(len(name)))
     return model
+
+
+def noisy_payload(spec, seed: int = 0) -> dict:
+    """The exchanged tensors of ``spec``'s freshly built model plus N(0, 0.05) noise: a site's update as the server receives it."""
+    import numpy as np
+
+    from flap_sam.federated.weights import export_weights
+    from flap_sam.model.factory import build_model
+    from flap_sam.model.presets import exchanged_names
+
+    model = build_model(spec)
+    weights = export_weights(model, exchanged_names(model, spec.preset_obj))
+    rng = np.random.default_rng(seed)
+    return {k: (v + rng.normal(0, 0.05, v.shape)).astype(np.float32) for k, v in weights.items()}

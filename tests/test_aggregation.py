@@ -6,18 +6,11 @@ import numpy as np
 import pytest
 
 from flap_sam.federated.lora_aggregation import aggregate_exact, check_aggregation_weights, refactorize
-from flap_sam.federated.weights import export_weights
-from flap_sam.model.factory import ModelSpec, build_model
-from flap_sam.model.presets import exchanged_names
+from flap_sam.model.factory import ModelSpec
+
+from modeltools import noisy_payload
 
 SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)
-
-
-def _payload():
-    model = build_model(SPEC)
-    weights = export_weights(model, exchanged_names(model, SPEC.preset_obj))
-    rng = np.random.default_rng(0)
-    return {k: v + rng.normal(0, 0.05, v.shape).astype(np.float32) for k, v in weights.items()}
 
 
 def _factors(rng, out, inn, r, n):
@@ -50,7 +43,7 @@ def test_a_transposed_factor_fails():
 
 
 def test_aggregate_exact_on_a_real_payload_weighs_by_steps_and_averages_the_rest():
-    site_1, site_2 = _payload(), {k: v * 0 + 1.0 for k, v in _payload().items()}
+    site_1, site_2 = noisy_payload(SPEC), {k: v * 0 + 1.0 for k, v in noisy_payload(SPEC).items()}
     result = aggregate_exact([(3.0, site_1), (1.0, site_2)])
     assert set(result) == set(site_1)
     np.testing.assert_allclose(result["mask_decoder.mask_tokens.weight"], 0.75 * site_1["mask_decoder.mask_tokens.weight"] + 0.25, rtol=1e-6)

@@ -10,9 +10,9 @@ from nvflare.apis.fl_context import FLContext
 from flap_sam.federated.attacks import AttackSettings, attack_contributions, attack_refusal, crafted_change, flipped_labels
 from flap_sam.federated.robust_aggregation import (ChangeLayout, aggregate_robust, concordance_ratios, coordinate_median, factorize,
                                                    fedseca, trimmed_mean)
-from flap_sam.federated.weights import export_weights
-from flap_sam.model.factory import ModelSpec, build_model
-from flap_sam.model.presets import exchanged_names
+from flap_sam.model.factory import ModelSpec
+
+from modeltools import noisy_payload
 
 SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)
 
@@ -56,16 +56,9 @@ def test_fedseca_sparsity_keeps_each_sites_largest_changes():
     np.testing.assert_array_equal(vote.elected_sign, [1, 0, 0, 1])
 
 
-def _payload(seed):
-    model = build_model(SPEC)
-    weights = export_weights(model, exchanged_names(model, SPEC.preset_obj))
-    rng = np.random.default_rng(seed)
-    return {k: (v + rng.normal(0, 0.05, v.shape)).astype(np.float32) for k, v in weights.items()}
-
-
 @pytest.mark.parametrize("aggregation", ["median", "trimmed_mean", "fedseca"])
 def test_identical_honest_updates_come_back_unchanged(aggregation):
-    reference, site = _payload(0), _payload(1)
+    reference, site = noisy_payload(SPEC, 0), noisy_payload(SPEC, 1)
     result, _ = aggregate_robust(aggregation, [site, site, site, site], reference, sparsity=0.0)
     layout = ChangeLayout.of(reference)
     # LoRA pairs compare as products (the factorisation is new), every other tensor as is.
@@ -102,7 +95,7 @@ def test_attacks_craft_their_change_from_their_own_or_the_honest_changes():
 
 
 def test_an_attacked_site_sends_what_a_site_could_send():
-    reference, models = _payload(0), {f"site-{i}": _payload(i) for i in range(1, 5)}
+    reference, models = noisy_payload(SPEC, 0), {f"site-{i}": noisy_payload(SPEC, i) for i in range(1, 5)}
     settings = AttackSettings.from_settings({"attack": "sign_flip", "attack_sites": "site-4", "attack_strength": 1.0})
     attacked = attack_contributions(settings, models, reference)
     layout = ChangeLayout.of(reference)

@@ -8,18 +8,11 @@ from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.fl_context import FLContext
 
 from flap_sam.federated.transport import MODES, TransportCodec, decode_tensor, encode_tensor
-from flap_sam.federated.weights import export_weights
-from flap_sam.model.factory import ModelSpec, build_model
-from flap_sam.model.presets import exchanged_names
+from flap_sam.model.factory import ModelSpec
+
+from modeltools import noisy_payload
 
 SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)
-
-
-def _payload():
-    model = build_model(SPEC)
-    weights = export_weights(model, exchanged_names(model, SPEC.preset_obj))
-    rng = np.random.default_rng(0)
-    return {k: v + rng.normal(0, 0.05, v.shape).astype(np.float32) for k, v in weights.items()}
 
 
 # Worst-case error of one value x after a round trip: relative for the float modes, absolute for int8.
@@ -33,7 +26,7 @@ def _tolerance(mode, value):
 
 @pytest.mark.parametrize("mode", ["fp16", "bf16", "int8"])
 def test_codec_round_trip_keeps_names_shapes_and_values_within_tolerance(mode):
-    weights = _payload()
+    weights = noisy_payload(SPEC)
     meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: 3}
     sent = TransportCodec(mode, "encode").process(DXO(DataKind.WEIGHTS, data=weights, meta=meta).to_shareable(), FLContext())
     wire = from_shareable(sent)
@@ -47,14 +40,14 @@ def test_codec_round_trip_keeps_names_shapes_and_values_within_tolerance(mode):
 
 
 def test_encoding_does_not_change_the_servers_shared_task_data():
-    weights = _payload()
+    weights = noisy_payload(SPEC)
     task = DXO(DataKind.WEIGHTS, data=weights).to_shareable()
     TransportCodec("fp16", "encode").process(task, FLContext())
     assert from_shareable(task).data["mask_decoder.mask_tokens.weight"].dtype == np.float32  # the next site gets fp32 to encode
 
 
 def test_mismatched_transport_settings_fail_with_a_clear_error():
-    sent = TransportCodec("fp16", "encode").process(DXO(DataKind.WEIGHTS, data=_payload()).to_shareable(), FLContext())
+    sent = TransportCodec("fp16", "encode").process(DXO(DataKind.WEIGHTS, data=noisy_payload(SPEC)).to_shareable(), FLContext())
     with pytest.raises(ValueError, match="set the same 'transport' on server and sites"):
         TransportCodec("int8", "decode").process(sent, FLContext())
 

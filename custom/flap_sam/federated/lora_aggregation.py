@@ -31,22 +31,7 @@ from flap_sam.federated.contributions import contribution_problem
 from flap_sam.federated.robust_aggregation import aggregate_robust
 from flap_sam.jobs.settings import AGGREGATIONS, check_aggregation_weights
 from flap_sam.model.fingerprint import FINGERPRINT_KEY
-
-A_TAG, B_TAG = ".lora_A.", ".lora_B."
-
-
-def lora_pairs(names) -> dict[str, tuple[str, str]]:
-    """``{pair id: (A name, B name)}`` for every ``<module>.lora_A.<segment>`` with its ``lora_B`` partner."""
-    names = set(names)
-    pairs = {}
-    for name in names:
-        if A_TAG in name:
-            partner = name.replace(A_TAG, B_TAG)
-            if partner not in names:
-                raise ValueError(f"LoRA tensor {name} arrived without its partner {partner}")
-            pairs[name.replace(A_TAG, ".lora_AB.")] = (name, partner)
-    return pairs
-
+from flap_sam.model.lora import lora_pairs  # noqa: F401 (imported from here by callers)
 
 def refactorize(b_factors: list[np.ndarray], a_factors: list[np.ndarray], weights: list[float], rank: int) -> tuple[np.ndarray, np.ndarray]:
     """Rank-``rank`` factors (B, A) of M = sum_i w_i B_i A_i.

@@ -35,8 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from flap_sam.model.lora import lora_pairs
+
 ROBUST_AGGREGATIONS = ("median", "trimmed_mean", "fedseca")
-A_TAG, B_TAG = ".lora_A.", ".lora_B."
 
 
 @dataclass(frozen=True)
@@ -51,13 +52,9 @@ class ChangeLayout:
 
     @classmethod
     def of(cls, names) -> "ChangeLayout":
-        names = sorted(names)
-        pairs = {n: n.replace(A_TAG, B_TAG) for n in names if A_TAG in n}
-        in_pairs = set(pairs) | set(pairs.values())
-        missing = [b for b in pairs.values() if b not in names]
-        if missing:
-            raise ValueError(f"LoRA tensor {missing[0].replace(B_TAG, A_TAG)} arrived without its partner {missing[0]}")
-        return cls(tuple([(n, None) for n in names if n not in in_pairs] + [((a, b), None) for a, b in sorted(pairs.items())]))
+        pairs = sorted(lora_pairs(names).values())
+        in_pairs = {n for pair in pairs for n in pair}
+        return cls(tuple([(n, None) for n in sorted(names) if n not in in_pairs] + [(pair, None) for pair in pairs]))
 
     @staticmethod
     def _value(weights: dict, key) -> np.ndarray:

@@ -186,3 +186,19 @@ def merge_lora(model: nn.Module) -> nn.Module:
 def is_lora_parameter(name: str) -> bool:
     """True for the state-dict key of a LoRA factor (``....lora_A.q`` etc.)."""
     return ".lora_A." in name or ".lora_B." in name
+
+
+A_TAG, B_TAG = ".lora_A.", ".lora_B."
+
+
+def lora_pairs(names) -> dict[str, tuple[str, str]]:
+    """``{pair id: (A name, B name)}`` for every ``<module>.lora_A.<segment>`` with its ``lora_B`` partner."""
+    names = set(names)
+    pairs = {}
+    for name in names:
+        if A_TAG in name:
+            partner = name.replace(A_TAG, B_TAG)
+            if partner not in names:
+                raise ValueError(f"LoRA tensor {name} arrived without its partner {partner}")
+            pairs[name.replace(A_TAG, ".lora_AB.")] = (name, partner)
+    return pairs

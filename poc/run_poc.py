@@ -4,8 +4,10 @@
     python poc/run_poc.py                                   # jobs/kits_lora, 2 sites, demo data
     python poc/run_poc.py --job jobs/ixi_lora --sites 3 --set num_rounds=3
 
-Starts the server and one client per site as separate processes (``nvflare poc start``),
-submits the job through the FLARE API as the POC project admin, prints progress (round,
+Prepares the kits from the shipped ``provisioning/project.yml`` (so every site carries the
+project's site policy: allow-list, no code from jobs, privacy scopes), starts the server and
+one client per site as separate processes (``nvflare poc start``), submits the job (written by
+``flap-sam job``: no code, its scope named) through the FLARE API as the project admin, prints progress (round,
 sites that reported, their Dice, bytes received) until the job ends, downloads the result
 and stops every process it started, also on Ctrl-C or an error.
 """
@@ -21,8 +23,31 @@ import time
 
 import psutil
 
-ADMIN = "admin@nvidia.com"  # the POC project admin (project_admin role: may submit jobs with custom code)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT = os.path.join(REPO, "provisioning", "project.yml")
+POC_PROJECT = "example_project"  # FLARE's POC project name (attack simulations recognise a POC kit by it)
+ADMIN = "admin@flap-sam.example.org"  # the project admin of provisioning/project.yml
+
+
+def lead(site: str) -> str:
+    """The admin user of the lead of ``site``'s hospital in the POC project."""
+    return f"lead@{site}.example.org"
+
+
+def poc_project(sites: list[str]) -> dict:
+    """The shipped ``provisioning/project.yml`` on one machine: the same builders (so the same site policies),
+    a server called ``server`` on localhost, and per site one client and one ``lead`` of its own org."""
+    import yaml
+
+    with open(PROJECT, encoding="utf-8") as f:
+        project = yaml.safe_load(f)
+    server = next(p for p in project["participants"] if p["type"] == "server")
+    admin = next(p for p in project["participants"] if p.get("role") == "project_admin")
+    server["name"] = "server"
+    clients = [{"name": site, "type": "client", "org": f"org_{site}".replace("-", "_")} for site in sites]
+    leads = [{"name": lead(c["name"]), "type": "admin", "org": c["org"], "role": "lead"} for c in clients]
+    project.update(name=POC_PROJECT, participants=[server, *clients, admin, *leads])
+    return project
 
 
 def _nvflare(workspace: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -33,14 +58,21 @@ def _nvflare(workspace: str, *args: str, check: bool = True) -> subprocess.Compl
 
 def kit(workspace: str, participant: str) -> str:
     """A POC participant's folder (``server``, ``site-1``, the admin ...)."""
-    return os.path.join(workspace, "example_project", "prod_00", participant)
+    return os.path.join(workspace, POC_PROJECT, "prod_00", participant)
 
 
 def prepare(workspace: str, sites: list[str]) -> None:
-    """``nvflare poc prepare``, then the server component that closes jobs a server restart cut off."""
+    """``nvflare poc prepare`` from ``poc_project(sites)`` (every kit carries its site policy), then the
+    server component that closes jobs a server restart cut off."""
+    import yaml
+
     from flap_sam.federated.restart import add_to_server_resources
 
-    _nvflare(workspace, "prepare", "-c", *sites, "--force")
+    os.makedirs(os.path.dirname(workspace) or ".", exist_ok=True)
+    project_file = workspace.rstrip(os.sep) + "_project.yml"
+    with open(project_file, "w", encoding="utf-8") as f:
+        yaml.safe_dump(poc_project(sites), f, sort_keys=False)
+    _nvflare(workspace, "prepare", "-i", project_file, "--force")
     add_to_server_resources(os.path.join(kit(workspace, "server"), "local", "resources.json"))
 
 
@@ -104,11 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     sites = [f"site-{i}" for i in range(1, args.sites + 1)]
     started = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    job = args.job
-    if args.set:
-        settings = dict(item.split("=", 1) for item in args.set)
-        job = write_job(args.job, os.path.join(workspace + "_jobs", f"{os.path.basename(args.job)}_{int(time.time())}"),
-                        {k: parse_value(v) for k, v in settings.items()})
+    # Submitted as a user makes a job: carrying no code and naming its privacy scope, as the sites' policies require.
+    settings = dict(item.split("=", 1) for item in args.set)
+    job = write_job(args.job, os.path.join(workspace + "_jobs", f"{os.path.basename(args.job)}_{int(time.time())}"),
+                    {k: parse_value(v) for k, v in settings.items()})
     print(f"POC workspace {workspace}: server + {', '.join(sites)}", flush=True)
     prepare(workspace, sites)
     status = "?"

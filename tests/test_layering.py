@@ -19,6 +19,7 @@ FORBIDDEN = {
     "benchmark": {"cli"},
     "datasets": {"federated", "jobs", "cli", "benchmark", "evaluation"},
     "evaluation": {"federated", "jobs", "cli", "benchmark"},
+    "provisioning": {"data", "training", "federated", "jobs", "cli", "benchmark", "datasets", "evaluation"},
 }
 LAYERS = {p.name for p in PACKAGE.iterdir() if p.is_dir() and not p.name.startswith("__")}
 

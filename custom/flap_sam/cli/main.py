@@ -11,13 +11,14 @@ import argparse
 import logging
 import sys
 
-from flap_sam.cli import bench, demo_data, evaluate, infer, job, monitor, params, prepare, report, robustness, sweep, train
+from flap_sam.cli import bench, demo_data, evaluate, infer, job, monitor, params, prepare, report, robustness, simulate, sweep, train
 
 COMMANDS = {
     "prepare": (prepare, "turn a public dataset (KiTS19, IXI-Tiny, prostate MRI) into per-site datalists"),
     "params": (params, "trainable and exchanged parameters and bytes per preset"),
     "demo-data": (demo_data, "write the built-in synthetic demo data"),
     "job": (job, "copy a job with settings changed (preset, data_root, rounds ...)"),
+    "simulate": (simulate, "run a job folder in FLARE's simulator with the sites' component allow-list"),
     "evaluate": (evaluate, "per-volume, per-class Dice of a site's test split (CSV + Markdown)"),
     "monitor": (monitor, "submit and follow a job with an admin startup kit (POC or provisioned)"),
     "bench": (bench, "measure wire bytes, step time, memory and aggregation time per preset (prints a table)"),

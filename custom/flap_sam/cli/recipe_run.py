@@ -32,7 +32,7 @@ def build_parser(job: str) -> argparse.ArgumentParser:
 def main(job: str, argv: list[str] | None = None) -> int:
     parser = build_parser(job)
     args = parser.parse_args(argv)
-    recipe = FlapSamRecipe(job, **parse_settings(args.set))
+    recipe = FlapSamRecipe(job, env=args.env, **parse_settings(args.set))
     sites = args.sites or int(recipe.configs["server"]["min_clients"])
     run = recipe.execute(make_env(args.env, sites, args.workspace, args.startup_kit, args.username))  # or --export
     print(f"job {run.get_job_id()}: {run.get_status()}; result: {run.get_result()}")

@@ -18,6 +18,10 @@ SITE_ERROR_KINDS = {
     "base": "it could not start: it built another SAM base than the server (checkpoint settings differ)",
     "internal": "it could not start: an unexpected error at start-up",
     "diverged": "its local training diverged (non-finite weights): it sent no update this round",
+    # A site's own policy (flap_sam.federated.site_policy) refused to let a result out.
+    "policy_tensors": "its site policy refused the result: it holds tensors the site's allowed presets do not exchange",
+    "policy_bytes": "its site policy refused the result: it is larger than the site's byte ceiling",
+    "policy_kind": "its site policy refused the result: a kind of result this scope does not send",
 }
 
 

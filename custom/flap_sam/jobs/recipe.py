@@ -44,23 +44,29 @@ class FlapSamRecipe(Recipe):
     Args:
         job: a job folder or the name of a shipped job.
         name: the FLARE job name (default: the job folder's name).
+        env: where it will run (``sim``, ``poc``: FLARE's default kits; ``prod``: provisioned sites, so the
+            job carries no ``custom/`` folder).
         settings: settings to change, as ``flap-sam job --set`` takes them.
     """
 
-    def __init__(self, job: str = "kits_lora", name: str | None = None, **settings) -> None:
+    def __init__(self, job: str = "kits_lora", name: str | None = None, env: str = "sim", **settings) -> None:
+        if env not in ENVS:
+            raise ValueError(f"env {env!r}: choose one of {list(ENVS)}")
         source = source_job(job)
         with tempfile.TemporaryDirectory(prefix="flap-sam-recipe-") as tmp:
             folder = write_job(source, os.path.join(tmp, "job"), settings)
             self.configs = {side: resolved_config(folder, side) for side in SIDES}
         self.settings = dict(settings)
-        fed_job = FedJob(name=name or os.path.basename(os.path.normpath(source)), min_clients=int(self.configs["server"]["min_clients"]))
+        fed_job = FedJob(name=name or os.path.basename(os.path.normpath(source)), min_clients=int(self.configs["server"]["min_clients"]),
+                         meta_props={"scope": self.configs["server"]["scope"]})
         fed_job.to_server(self.configs["server"])
         fed_job.to_clients(self.configs["client"])
         super().__init__(fed_job)
-        # The app needs a custom/ folder: FLARE checks the components of a job without one against its
-        # allow-list of FLARE's own classes. The code itself is the installed flap_sam package.
+        # FLARE's simulator and its default POC check a job without a custom/ folder against FLARE's own
+        # allow-list, which lacks flap_sam: there the shipped job's marker README goes along (the code is
+        # the installed package). Provisioned sites (env prod) refuse any job with a custom/ folder.
         readme = os.path.join(source, "app", "custom", "README.md")
-        if os.path.isfile(readme):
+        if env != "prod" and os.path.isfile(readme):
             self.add_server_file(readme)
             self.add_client_file(readme)
 

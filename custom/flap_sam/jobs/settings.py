@@ -11,6 +11,8 @@ write a job; the components refuse the same values again at start-up.
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -110,6 +112,8 @@ def check_settings(settings: Mapping, where: str = "") -> JobSettings:
             raise ValueError(f"trim_fraction: {values['trim_fraction']} must be below 0.5 (it is cut at both ends)")
         if values["fedseca_sparsity"] >= 1:
             raise ValueError(f"fedseca_sparsity: {values['fedseca_sparsity']} must be below 1")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", values["scope"]):
+            raise ValueError(f"scope: {values['scope']!r} is not a scope name (letters, digits, _ . -)")
         if values["attack"] != "none" and not values["attack_sites"]:
             raise ValueError(f"attack = {values['attack']} needs attack_sites (e.g. \"site-4\")")
         block = {name: {k: values[k] for k in block_keys(name)} for name in BLOCKS}

@@ -1,4 +1,10 @@
-"""Running a job folder in FLARE's simulator from Python (``flap-sam sweep``, benchmarks, tests)."""
+"""Running a job folder in FLARE's simulator from Python (``flap-sam simulate``, ``sweep``, benchmarks, tests).
+
+Jobs that ``flap-sam job`` writes carry no code, so FLARE checks their components against the
+site's ``class_allow_list``; ``prepare_workspace`` gives the simulator's sites and server the
+same allow-list the provisioned kits carry (``flap_sam.provisioning``), so a job that runs here
+uses only components a hospital's kit accepts.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,9 @@ import sys
 import tempfile
 import time
 
+from flap_sam.files import write_json
+from flap_sam.provisioning.policy_files import class_allow_list
+
 PORT_RACE = "Address already in use"
 
 
@@ -22,9 +31,22 @@ def _lost_port_race(workspace: str) -> bool:
     return False
 
 
+def prepare_workspace(workspace: str) -> None:
+    """``WORKSPACE/local/resources.json`` with the kits' ``class_allow_list`` (FLARE's simulator keeps ``local/`` between runs
+    and copies it to every participant)."""
+    os.makedirs(os.path.join(workspace, "local"), exist_ok=True)
+    write_json(os.path.join(workspace, "local", "resources.json"),
+               {"format_version": 2, "class_list_enforcement_mode": "enforce", "class_allow_list": class_allow_list()})
+
+
+def simulator_command(job: str, workspace: str, n_clients: int) -> list[str]:
+    """``nvflare simulator JOB -w WORKSPACE -n N -t N`` as an argument list (one thread per site: no swapping)."""
+    return [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(workspace), "-n", str(n_clients), "-t", str(n_clients)]
+
+
 def run_simulator(job: str, workspace: str, n_clients: int, env: dict | None = None, timeout: float | None = None,
                   attempts: int = 2) -> subprocess.CompletedProcess:
-    """``nvflare simulator JOB -w WORKSPACE -n N -t N`` in a subprocess; returns the completed process.
+    """``nvflare simulator JOB -w WORKSPACE -n N -t N`` in a subprocess, in a ``prepare_workspace``; returns the completed process.
 
     FLARE 2.9's simulator now and then loses a race for a local port when it starts a site's
     worker process ("Address already in use" in that site's log.txt) and then waits for the
@@ -38,11 +60,12 @@ def run_simulator(job: str, workspace: str, n_clients: int, env: dict | None = N
     Raises:
         subprocess.TimeoutExpired: the run took longer than ``timeout``.
     """
-    cmd = [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(workspace), "-n", str(n_clients), "-t", str(n_clients)]
+    cmd = simulator_command(job, workspace, n_clients)
     full_env = {**os.environ, **(env or {})}
     for attempt in range(1, attempts + 1):
         if attempt > 1:
             shutil.rmtree(workspace, ignore_errors=True)
+        prepare_workspace(str(workspace))
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=full_env, start_new_session=True)
             deadline, raced = time.monotonic() + timeout if timeout else float("inf"), False

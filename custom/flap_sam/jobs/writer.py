@@ -110,7 +110,10 @@ def write_job(source: str, out: str, settings: dict) -> str:
     """Copy job folder ``source`` to ``out`` and set ``settings`` in both of its config files; returns ``out``.
 
     A ``data_root`` other than ``demo``, or ``demo_budget = false``, drops the demo's short budget:
-    the copy runs the paper's recipe.
+    the copy runs the paper's recipe. The copy carries no code (no ``app/custom/``) and names its
+    privacy scope (setting ``scope``) in ``meta.json``, as provisioned sites require; to run it in
+    FLARE's simulator use ``run_simulator`` / ``flap-sam simulate``, which give the simulator the
+    sites' allow-list.
     """
     if not os.path.isdir(source):
         raise ValueError(f"job {source}: not a folder")
@@ -132,6 +135,10 @@ def write_job(source: str, out: str, settings: dict) -> str:
         meta = json.load(f)
     meta["name"] = os.path.basename(os.path.normpath(out))
     meta["min_clients"] = int(settings.get("min_clients", meta.get("min_clients", 1)))
+    meta["scope"] = str({**known, **settings}["scope"])  # the sites' privacy scope it asks for
     write_json(os.path.join(tmp, "meta.json"), meta)
+    # The job carries no code: its code is the installed flap_sam package. A shipped job's app/custom/
+    # marks it as bringing code, which provisioned sites refuse (docs/deployment.md#site-policies).
+    shutil.rmtree(os.path.join(tmp, "app", "custom"), ignore_errors=True)
     os.rename(tmp, out)
     return out

@@ -43,6 +43,7 @@ def test_every_setting_reaches_a_component():
     text = "\n".join((CONFIGS / name).read_text() for name in ("client.conf", "server.conf"))
     used = set(re.findall(r'"\{(\w+)\}"', text)) | {k for block in BLOCKS for k in block_keys(block)}
     used |= {"get_task_timeout", "submit_task_result_timeout"}  # read by FLARE's client itself from the app config
+    used |= {"scope"}  # goes into the job's meta.json (flap-sam job, the recipe), where FLARE reads it
     assert set(package_defaults()) - used == set()
 
 

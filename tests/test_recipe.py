@@ -34,6 +34,16 @@ def test_an_exported_recipe_holds_the_shipped_jobs_components_and_settings(job, 
         assert exported == resolved_config(shipped, side), side
 
 
+def test_a_recipe_for_provisioned_sites_carries_no_code_and_names_its_scope(tmp_path):
+    for env, has_marker in (("prod", False), ("sim", True)):
+        FlapSamRecipe("kits_lora", env=env, scope="flap_percentile", privacy="percentile").export(str(tmp_path / env))
+        [job] = os.listdir(tmp_path / env)
+        assert json.loads((tmp_path / env / job / "meta.json").read_text())["scope"] == "flap_percentile"
+        assert any((tmp_path / env / job).rglob("custom")) == has_marker, env  # the simulator's BYOC marker only outside prod
+    with pytest.raises(ValueError, match="env 'cloud': choose one of"):
+        FlapSamRecipe("kits_lora", env="cloud")
+
+
 def test_recipe_settings_equal_those_of_flap_sam_job(tmp_path):
     settings = {"preset": "lora_dec", "num_rounds": 7, "data_root": "/data/kits", "transport": "int8"}
     folder = write_job(os.path.join(jobs_folder(), "kits_lora"), str(tmp_path / "job"), settings)

@@ -232,7 +232,17 @@ def _run(session, job: str, timeout: float = 300) -> tuple[str, str]:
     return job_id, session.get_job_meta(job_id)["status"]
 
 
+def _download(session, job_id: str, root: Path) -> Path:
+    return Path(session.download_job_result(job_id, str(root / "results")))
+
+
+def _job_server_log(result: Path) -> str:
+    """The server's log of one job, from its downloaded result."""
+    return "".join(p.read_text(errors="replace") for p in result.rglob("log.txt") if "site-" not in str(p))
+
+
 def _server_log(workspace: str) -> str:
+    """The server parent process's log (deployment refusals are logged there)."""
     return (Path(run_poc.kit(workspace, "server")) / "log.txt").read_text(errors="replace")
 
 
@@ -241,9 +251,20 @@ def test_a_job_under_the_policy_trains_and_persists_its_adapter(federation):
     workspace, root, session = federation
     job_id, status = _run(session, _job(root, "normal"))
     assert status == "FINISHED:COMPLETED"
-    result = Path(session.download_job_result(job_id, str(root / "results")))
+    result = _download(session, job_id, root)
     state = torch.load(next(result.rglob("FL_global_model.pt")), weights_only=True)["model"]
     assert set(state) == set(exchange_schema(SPEC))
+
+
+@pytest.mark.slow
+def test_the_percentile_scope_runs_flares_percentile_privacy_at_the_site(federation):
+    workspace, root, session = federation
+    job_id, status = _run(session, _job(root, "percentile", scope="flap_percentile", privacy="percentile", num_rounds=1))
+    assert status == "FINISHED:COMPLETED"
+    # Under this scope a job that sends whole weights (privacy = none) is refused: the site's filter needs differences.
+    job_id, status = _run(session, _job(root, "weights", scope="flap_percentile", num_rounds=1))
+    assert status.startswith("FINISHED") and status != "FINISHED:COMPLETED"
+    assert SITE_ERROR_KINDS["policy_kind"] in _job_server_log(_download(session, job_id, root))
 
 
 @pytest.mark.slow
@@ -251,8 +272,8 @@ def test_a_job_asking_for_fft_sends_nothing_and_the_server_log_names_the_site_an
     workspace, root, session = federation
     job_id, status = _run(session, _job(root, "fft", preset="fft"))
     assert status.startswith("FINISHED") and status != "FINISHED:COMPLETED"
-    result = Path(session.download_job_result(job_id, str(root / "results")))
-    server_log = "".join(p.read_text(errors="replace") for p in result.rglob("log.txt") if "site-" not in str(p))
+    result = _download(session, job_id, root)
+    server_log = _job_server_log(result)
     reason = SITE_ERROR_KINDS["policy_tensors"]
     named = [s for s in ("site-1", "site-2") if f"site {s} failed task train: {reason} (details in the site's own log)" in server_log]
     assert named, server_log[-3000:]  # the first refusal stops the round (min_clients 2); the other site may not get that far

@@ -26,8 +26,10 @@ def run(args: argparse.Namespace) -> int:
     if args.task:
         settings = {**read_task(args.task).settings(settings.get("channel")), **settings}
     out = write_job(source, args.out, settings)
-    print(f"wrote {out}")
-    note = random_base_note(job_settings(out))
+    written = job_settings(out)
+    print(f"wrote {out} (privacy scope {written['scope']}, no code: what provisioned sites accept; "
+          f"in the simulator: flap-sam simulate {out} -w WORKSPACE)")
+    note = random_base_note(written)
     if note:
         print(f"note: {note}", file=sys.stderr)
     return 0

@@ -28,7 +28,7 @@ from flap_sam.federated.filters import PresetResultFilter
 from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS
 from flap_sam.federated.site_policy import SitePolicyFilter
 from flap_sam.jobs.recipe import resolved_config
-from flap_sam.jobs.simulator import run_simulator
+from flap_sam.jobs.simulator import prepare_workspace, simulator_command
 from flap_sam.jobs.writer import SIDES, write_job
 from flap_sam.model.factory import ModelSpec, exchange_schema
 from flap_sam.provisioning.builder import SitePolicyBuilder
@@ -188,19 +188,20 @@ def test_the_shipped_demo_job_still_runs_in_plain_nvflare_simulator(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_simulator_of_flap_sam_simulate_enforces_the_sites_allow_list(tmp_path):
+def test_the_simulator_workspace_enforces_the_sites_allow_list(tmp_path):
+    """Every simulator run of a job made by ``flap-sam job`` (all of this suite's) runs under the kits' allow-list;
+    the control: the same workspace without flap_sam on it refuses the job's components."""
     job = write_job(str(REPO / "jobs" / "kits_lora"), str(tmp_path / "job"), {**QUICK, "num_rounds": 1})
-    env = {"FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")}
-    assert run_simulator(job, str(tmp_path / "ws"), 2, env=env, timeout=600).returncode == 0
-    # The control: the same workspace without flap_sam on its allow-list refuses the job's components.
+    prepare_workspace(str(tmp_path / "ws"))
     resources = tmp_path / "ws" / "local" / "resources.json"
     policy = json.loads(resources.read_text())
+    assert policy["class_allow_list"] == class_allow_list() and policy["class_list_enforcement_mode"] == "enforce"
     policy["class_allow_list"].remove("flap_sam.")
     resources.write_text(json.dumps(policy))
-    cmd = [sys.executable, "-m", "nvflare.cli", "simulator", job, "-w", str(tmp_path / "ws"), "-n", "2", "-t", "2"]
-    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    refused = subprocess.run(simulator_command(job, str(tmp_path / "ws"), 2), capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")})
     assert refused.returncode != 0
-    assert "is not in allow_list" in refused.stdout + refused.stderr
+    assert "Component 'flap_sam.federated." in refused.stdout + refused.stderr and "is not in allow_list" in refused.stdout + refused.stderr
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +250,7 @@ def _server_log(workspace: str) -> str:
 @pytest.mark.slow
 def test_a_job_under_the_policy_trains_and_persists_its_adapter(federation):
     workspace, root, session = federation
-    job_id, status = _run(session, _job(root, "normal"))
+    job_id, status = _run(session, _job(root, "normal", num_rounds=1))
     assert status == "FINISHED:COMPLETED"
     result = _download(session, job_id, root)
     state = torch.load(next(result.rglob("FL_global_model.pt")), weights_only=True)["model"]

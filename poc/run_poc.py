@@ -81,17 +81,23 @@ def start(workspace: str, participant: str | None = None) -> None:
     _nvflare(workspace, "start", *(["-p", participant] if participant else []), "--no-wait")
 
 
-def stop(workspace: str) -> None:
-    """``nvflare poc stop``, then end any process still running from this workspace."""
-    _nvflare(workspace, "stop", "--no-wait", check=False)
-    deadline = time.monotonic() + 30
+def stop(workspace: str, grace: float = 30.0) -> None:
+    """``nvflare poc stop``, then, after ``grace`` seconds, end any process still running from this workspace.
+
+    ``grace = 0`` skips the orderly stop and kills them at once (tests, whose federations hold nothing to keep).
+    """
+    if grace > 0:
+        _nvflare(workspace, "stop", "--no-wait", check=False)
+    deadline = time.monotonic() + grace
     while time.monotonic() < deadline and _workspace_processes(workspace):
         time.sleep(1)
-    for proc in _workspace_processes(workspace):
+    remaining = _workspace_processes(workspace)
+    for proc in remaining:
         try:
             proc.kill()
         except psutil.Error:
             pass
+    psutil.wait_procs(remaining, timeout=10)
 
 
 def _workspace_processes(workspace: str) -> list[psutil.Process]:

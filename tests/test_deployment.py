@@ -53,7 +53,7 @@ def poc(tmp_path, monkeypatch):
     monkeypatch.setenv("FLAP_SAM_DEMO_ROOT", str(tmp_path / "demo"))
     workspace = str(tmp_path / "poc")
     yield workspace
-    run_poc.stop(workspace)
+    run_poc.stop(workspace, grace=0)  # nothing to keep: no orderly stop
     assert not run_poc._workspace_processes(workspace), "POC processes left running"
 
 

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--download", default=None, help="result folder (default: <workspace>/results)")
     args = parser.parse_args(argv)
 
-    from flap_sam.jobs.writer import parse_value, write_job
+    from flap_sam.jobs.writer import parse_settings, write_job
     from flap_sam.cli.monitor import follow
 
     workspace = os.path.abspath(args.workspace)
@@ -143,9 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     # Submitted as a user makes a job: carrying no code and naming its privacy scope, as the sites' policies require.
-    settings = dict(item.split("=", 1) for item in args.set)
     job = write_job(args.job, os.path.join(workspace + "_jobs", f"{os.path.basename(args.job)}_{int(time.time())}"),
-                    {k: parse_value(v) for k, v in settings.items()})
+                    parse_settings(args.set))
     print(f"POC workspace {workspace}: server + {', '.join(sites)}", flush=True)
     prepare(workspace, sites)
     status = "?"

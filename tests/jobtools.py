@@ -42,3 +42,8 @@ def save_tiny_checkpoint(path: Path, image_size: int = 256, num_classes: int = 3
         sam = build_sam("vit_test", image_size, num_classes)
     torch.save(sam.state_dict(), path)
     return path
+
+
+def server_job_log(folder) -> str:
+    """The server's logs under ``folder``: its kit's, and a downloaded job result's (the job's own server log)."""
+    return "".join(p.read_text(errors="replace") for p in Path(folder).rglob("log.txt") if "site-" not in str(p))

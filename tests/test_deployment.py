@@ -23,7 +23,7 @@ from flap_sam.jobs.writer import write_job
 from flap_sam.cli.monitor import follow, server_progress
 from flap_sam.federated.resume import read_adapter, run_adapter_path
 from flap_sam.model.factory import ModelSpec, exchange_schema
-from jobtools import REPO, TEST_MODEL, TEST_TRAINING
+from jobtools import REPO, TEST_MODEL, TEST_TRAINING, server_job_log
 
 sys.path.insert(0, str(REPO / "poc"))
 import run_poc  # noqa: E402  (the POC script is the code under test)
@@ -33,11 +33,6 @@ QUICK = {**TEST_MODEL, **TEST_TRAINING, "max_steps_per_round": 5, "cross_site_ti
 
 def _job(tmp_path: Path, **settings) -> str:
     return write_job(str(REPO / "jobs" / "kits_lora"), str(tmp_path / "job"), {**QUICK, **settings})
-
-
-def _server_job_log(folder) -> str:
-    """The server's logs under ``folder``: its kit's, and a downloaded job result's (the job's own server log)."""
-    return "".join(p.read_text(errors="replace") for p in Path(folder).rglob("log.txt") if "site-" not in str(p))
 
 
 def _processes_of(workspace: str, participant: str):
@@ -100,7 +95,7 @@ def test_poc_runs_a_federation_of_separate_processes_to_completion(tmp_path, poc
         content = path.read_bytes()
         assert not any(secret in content for secret in site_secrets), f"{path} holds site data information"
     # What the admin's show_errors lists comes from these logs: only real problems, none on a clean run.
-    server_log = _server_job_log(poc)
+    server_log = server_job_log(poc)
     assert "No formatter provided" not in server_log and "Aggregation_weight missing" not in server_log
     print(f"POC wall time {time.monotonic() - started:.0f} s")
 
@@ -134,7 +129,7 @@ def test_a_site_killed_mid_job_is_reported_and_the_job_goes_on(tmp_path, poc):
     assert status.startswith("FINISHED"), "\n".join(lines)
     assert any("missing: site-3" in line for line in lines), "\n".join(lines)
     assert any(line.startswith("round 3/4: aggregated 2 site(s)") for line in lines)  # later rounds ran with the two remaining sites
-    server_log = _server_job_log(tmp_path)
+    server_log = server_job_log(tmp_path)
     assert "No formatter provided" not in server_log and "Aggregation_weight missing" not in server_log
     assert "site weights (x training steps)" in server_log
 

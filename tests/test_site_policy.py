@@ -33,7 +33,7 @@ from flap_sam.jobs.writer import SIDES, write_job
 from flap_sam.model.factory import ModelSpec, exchange_schema
 from flap_sam.provisioning.builder import SitePolicyBuilder
 from flap_sam.provisioning.policy_files import AUTHORIZATION, SCOPES, class_allow_list
-from jobtools import REPO, TEST_MODEL, TEST_TRAINING
+from jobtools import REPO, TEST_MODEL, TEST_TRAINING, server_job_log
 
 sys.path.insert(0, str(REPO / "poc"))
 import run_poc  # noqa: E402  (the POC script prepares the federation from the shipped project file)
@@ -237,11 +237,6 @@ def _download(session, job_id: str, root: Path) -> Path:
     return Path(session.download_job_result(job_id, str(root / "results")))
 
 
-def _job_server_log(result: Path) -> str:
-    """The server's log of one job, from its downloaded result."""
-    return "".join(p.read_text(errors="replace") for p in result.rglob("log.txt") if "site-" not in str(p))
-
-
 def _server_log(workspace: str) -> str:
     """The server parent process's log (deployment refusals are logged there)."""
     return (Path(run_poc.kit(workspace, "server")) / "log.txt").read_text(errors="replace")
@@ -273,7 +268,7 @@ def test_a_job_asking_for_fft_sends_nothing_and_the_server_log_names_the_site_an
     job_id, status = _run(session, _job(root, "fft", preset="fft"))
     assert status.startswith("FINISHED") and status != "FINISHED:COMPLETED"
     result = _download(session, job_id, root)
-    server_log = _job_server_log(result)
+    server_log = server_job_log(result)
     reason = SITE_ERROR_KINDS["policy_tensors"]
     named = [s for s in ("site-1", "site-2") if f"site {s} failed task train: {reason} (details in the site's own log)" in server_log]
     assert named, server_log[-3000:]  # the first refusal stops the round (min_clients 2); the other site may not get that far

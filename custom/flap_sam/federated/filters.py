@@ -18,13 +18,14 @@ from flap_sam.model.factory import exchange_schema
 _WEIGHT_KINDS = (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF)
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
+    """A plain real number (Python or numpy), the only metric value that may leave a site."""
     return isinstance(value, (numbers.Real, np.integer, np.floating))
 
 
 def _plain(value) -> bool:
     """Plain metadata: numbers, strings, None, or lists/dicts of them (no arrays, no bytes)."""
-    if value is None or isinstance(value, str) or _is_number(value):
+    if value is None or isinstance(value, str) or is_number(value):
         return True
     if isinstance(value, (list, tuple)):
         return all(_plain(v) for v in value)
@@ -78,7 +79,7 @@ class PresetResultFilter(Filter):
         elif dxo.data_kind == DataKind.METRICS:
             data = {}
             for key, value in (dxo.data or {}).items():
-                if isinstance(key, str) and _is_number(value):
+                if isinstance(key, str) and is_number(value):
                     data[key] = value
                 else:
                     self.log_error(fl_ctx, f"blocked metric {key!r}: not a plain number")

@@ -22,8 +22,6 @@ refused the result: ...``); the full reason, naming the tensor, stays in the sit
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 from nvflare.apis.dxo import DataKind, from_shareable
 from nvflare.apis.filter import Filter
@@ -31,10 +29,10 @@ from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 
+from flap_sam.federated.filters import is_number
 from flap_sam.federated.site_errors import SITE_ERROR_HEADER
 from flap_sam.model.presets import get_preset
-
-_WEIGHT_KINDS = (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF)
+from flap_sam.provisioning.policy_files import UPDATE_KINDS, check_site_filter
 
 
 class PolicyRefusal(Exception):
@@ -60,17 +58,11 @@ class SitePolicyFilter(Filter):
     """
 
     def __init__(self, presets: list[str] = ("flap",), max_bytes_per_result: int = 0,
-                 update_kinds: list[str] = _WEIGHT_KINDS) -> None:
+                 update_kinds: list[str] = UPDATE_KINDS) -> None:
         super().__init__()
-        if isinstance(presets, str) or not presets:
-            raise ValueError(f"site policy: presets must be a non-empty list of preset names, got {presets!r}")
+        check_site_filter(presets, max_bytes_per_result, update_kinds)
         self.presets = [get_preset(name) for name in presets]
-        if not isinstance(max_bytes_per_result, int) or max_bytes_per_result < 0:
-            raise ValueError(f"site policy: max_bytes_per_result must be a whole number >= 0, got {max_bytes_per_result!r}")
         self.max_bytes = max_bytes_per_result
-        unknown = [k for k in update_kinds if k not in _WEIGHT_KINDS]
-        if unknown or not update_kinds:
-            raise ValueError(f"site policy: update_kinds must be some of {list(_WEIGHT_KINDS)}, got {list(update_kinds)!r}")
         self.update_kinds = tuple(update_kinds)
 
     @property
@@ -99,7 +91,7 @@ class SitePolicyFilter(Filter):
             raise PolicyRefusal("policy_kind", "the result is not a DXO") from None
         if dxo.data_kind == DataKind.METRICS:
             for key, value in (dxo.data or {}).items():
-                if not isinstance(value, numbers.Real):
+                if not is_number(value):
                     raise PolicyRefusal("policy_kind", f"metric {key!r} is not a plain number")
             return
         if dxo.data_kind not in self.update_kinds:

@@ -119,9 +119,9 @@ def write_job(source: str, out: str, settings: dict) -> str:
         raise ValueError(f"job {source}: not a folder")
     if os.path.exists(out):
         raise ValueError(f"--out {out}: already exists")
-    known = job_settings(source)
-    check_settings({**known, **settings}, where=f"job {source}: ")
-    drop_demo_budget = not runs_demo_budget({**known, **settings})
+    merged = {**job_settings(source), **settings}
+    check_settings(merged, where=f"job {source}: ")
+    drop_demo_budget = not runs_demo_budget(merged)
     tmp = f"{out}.partial"
     shutil.copytree(source, tmp)
     for side in SIDES:
@@ -135,7 +135,7 @@ def write_job(source: str, out: str, settings: dict) -> str:
         meta = json.load(f)
     meta["name"] = os.path.basename(os.path.normpath(out))
     meta["min_clients"] = int(settings.get("min_clients", meta.get("min_clients", 1)))
-    meta["scope"] = str({**known, **settings}["scope"])  # the sites' privacy scope it asks for
+    meta["scope"] = str(merged["scope"])  # the sites' privacy scope it asks for
     write_json(os.path.join(tmp, "meta.json"), meta)
     # The job carries no code: its code is the installed flap_sam package. A shipped job's app/custom/
     # marks it as bringing code, which provisioned sites refuse (docs/deployment.md#site-policies).

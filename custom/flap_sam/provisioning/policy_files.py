@@ -61,6 +61,25 @@ AUTHORIZATION = {
 }
 
 
+UPDATE_KINDS = ("WEIGHTS", "WEIGHT_DIFF")  # FLARE's DataKind values of a model result
+
+
+def check_site_filter(presets, max_bytes_per_result, update_kinds=UPDATE_KINDS) -> None:
+    """The arguments of a site's ``SitePolicyFilter``: known presets, a whole ceiling >= 0, model data kinds.
+
+    Raises:
+        ValueError: one line naming the argument at fault.
+    """
+    if isinstance(presets, str) or not presets:
+        raise ValueError(f"site policy: presets must be a non-empty list of preset names, got {presets!r}")
+    for name in presets:
+        get_preset(name)
+    if not isinstance(max_bytes_per_result, int) or max_bytes_per_result < 0:
+        raise ValueError(f"site policy: max_bytes_per_result must be a whole number >= 0, got {max_bytes_per_result!r}")
+    if not update_kinds or any(k not in UPDATE_KINDS for k in update_kinds):
+        raise ValueError(f"site policy: update_kinds must be some of {list(UPDATE_KINDS)}, got {list(update_kinds)!r}")
+
+
 def class_allow_list(kit_components: list[str] = ()) -> list[str]:
     """``resources.json``'s ``class_allow_list``: the package, the jobs' NVFlare classes, the kit's own ``kit_components``."""
     listed = [PACKAGE_PREFIX, *JOB_NVFLARE_CLASSES]
@@ -74,10 +93,7 @@ def privacy_policy(presets: list[str], max_bytes_per_result: int, percentile: fl
     Raises:
         ValueError: an unknown preset, a negative ceiling, a percentile outside (0, 100) or a gamma <= 0.
     """
-    for name in presets:
-        get_preset(name)
-    if not isinstance(max_bytes_per_result, int) or max_bytes_per_result < 0:
-        raise ValueError(f"site policy: max_bytes_per_result must be a whole number >= 0, got {max_bytes_per_result!r}")
+    check_site_filter(presets, max_bytes_per_result)
     if not 0 < percentile < 100 or percentile_gamma <= 0:
         raise ValueError(f"site policy: percentile must be in (0, 100) and percentile_gamma > 0, got {percentile}, {percentile_gamma}")
     site_filter = {"path": SITE_POLICY_FILTER, "args": {"presets": list(presets), "max_bytes_per_result": max_bytes_per_result}}

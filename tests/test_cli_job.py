@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from flap_sam.jobs.writer import job_settings
+from flap_sam.jobs.writer import job_settings, read_job
 from flap_sam.cli.main import main
 from jobtools import REPO
 
@@ -23,8 +23,14 @@ def test_job_copy_refuses_an_unknown_setting(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-RECIPE = {"num_rounds": 25, "batch_size": 24, "max_steps_per_round": 0, "warmup_steps": 250, "local_epochs": 1.0,
-          "lr": 0.0008, "weight_decay": 0.1, "poly_power": 7.0, "aggregation": "lora_exact", "demo_budget": False}
+RECIPE = {"num_rounds": 25, "batch_size": 24, "max_steps_per_round": 0, "local_epochs": 1.0, "weight_decay": 0.1,
+          "aggregation": "lora_exact", "demo_budget": False, "lr": "auto", "warmup_steps": "auto", "poly_power": "auto"}
+PAPER_SCHEDULE = (0.0008, 250, 7.0)  # what auto is for the paper's model (lr, warm-up steps, poly power)
+
+
+def _schedule(job) -> tuple:
+    training = read_job(str(job)).training
+    return training.lr, training.warmup_steps, training.poly_power
 
 
 def test_a_job_on_real_data_runs_the_papers_recipe_without_retyping_it(tmp_path, capsys):
@@ -33,6 +39,7 @@ def test_a_job_on_real_data_runs_the_papers_recipe_without_retyping_it(tmp_path,
                  "checkpoint=/models/sam_vit_b_01ec64.pth", "server_checkpoint=/models/sam_vit_b_01ec64.pth"]) == 0
     settings = job_settings(str(out))
     assert {k: settings[k] for k in RECIPE} == RECIPE
+    assert _schedule(out) == PAPER_SCHEDULE
     assert "demo.conf" not in (out / "app" / "config" / "config_fed_client.conf").read_text()
 
 
@@ -56,3 +63,4 @@ def test_a_job_for_sites_that_set_their_data_root_locally_drops_the_demo_budget(
     assert main(["job", "kits_lora", "--out", str(out), "--set", "demo_budget=false", "min_clients=6"]) == 0
     settings = job_settings(str(out))
     assert {k: settings[k] for k in RECIPE} == RECIPE and settings["data_root"] == "demo"
+    assert _schedule(out) == PAPER_SCHEDULE

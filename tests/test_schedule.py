@@ -4,12 +4,13 @@ through a restart; AdamW starts each round from the received global model withou
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
-from flap_sam.jobs.settings import training_settings
+from flap_sam.jobs.settings import check_settings, training_settings
 from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.training.local_trainer import LocalTrainer
-from flap_sam.training.schedule import federation_steps, warmup_poly_factor
-from flap_sam.training.settings import TrainingSettings
+from flap_sam.training.schedule import federation_steps, fitted_warmup, warmup_poly_factor
+from flap_sam.training.settings import PAPER_RECIPE, TrainingSettings, base_recipe
 
 SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)
 
@@ -67,3 +68,31 @@ def test_adamw_moments_start_afresh_each_round():
     assert len(trainer.optimizer.state) > 0
     trainer.start_round()  # the global model has replaced the local weights
     assert len(trainer.optimizer.state) == 0
+
+
+@pytest.mark.parametrize("warmup_steps", [0, 6, 250])
+@pytest.mark.parametrize("total_steps", [1, 7, 80, 200, 1000, 2500])
+def test_warm_up_and_decay_fit_any_federation(warmup_steps, total_steps):
+    factors = np.array([warmup_poly_factor(s, warmup_steps, total_steps, 7.0) for s in range(total_steps)])
+    top = int(np.argmax(factors))
+    assert factors[top] == 1.0 and top <= max(0, total_steps // 4 - 1)  # warm-up: at most a quarter of the steps
+    assert np.all(np.diff(factors[top:]) <= 0)  # then only decay ...
+    assert warmup_poly_factor(total_steps, warmup_steps, total_steps, 7.0) == 0.0  # ... which ends with the federation
+
+
+def test_the_papers_warm_up_stays_in_the_papers_federations_and_shrinks_in_a_short_one():
+    assert fitted_warmup(250, 25 * 40) == 250  # 25 rounds of a 40-step local epoch
+    assert fitted_warmup(250, 4 * 20) == 20  # 4 rounds of 20 steps
+    assert fitted_warmup(6, 4 * 20) == 6  # a shorter warm-up is kept
+
+
+def test_auto_recipe_settings_take_the_bases_values_and_a_set_value_wins():
+    paper = check_settings({}).training
+    assert (paper.lr, paper.warmup_steps, paper.poly_power) == (PAPER_RECIPE["lr"], PAPER_RECIPE["warmup_steps"], PAPER_RECIPE["poly_power"])
+    lite = check_settings({"model_type": "lite_medsam"}).training
+    assert (lite.lr, lite.warmup_steps, lite.poly_power) == tuple(base_recipe("lite_medsam")[k] for k in ("lr", "warmup_steps", "poly_power"))
+    assert base_recipe("lite_medsam") != PAPER_RECIPE  # LiteMedSAM declares a recipe of its own
+    mine = check_settings({"model_type": "lite_medsam", "lr": "0.0005", "poly_power": 7}).training
+    assert (mine.lr, mine.poly_power, mine.warmup_steps) == (0.0005, 7.0, base_recipe("lite_medsam")["warmup_steps"])
+    with pytest.raises(ValueError, match="^lr: 'fast' is not a number$"):
+        check_settings({"lr": "fast"})

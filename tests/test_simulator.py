@@ -7,12 +7,14 @@ jobs/ixi_lora (3 sites) and jobs/prostate_lora: one round each; a bad data root.
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
 import pytest
 import torch
 
+from flap_sam.data.demo import demo_site_dir
 from flap_sam.model.factory import ModelSpec, exchange_schema
 from flap_sam.federated.resume import read_adapter
 from jobtools import TEST_MODEL, TEST_TRAINING, copy_job, run_simulator, scalars
@@ -197,7 +199,7 @@ def test_mri_job_runs_a_round_on_its_demo_data(tmp_path, job, sites, class_names
     state = torch.load(job_dir / "app_server" / "FL_global_model.pt", weights_only=True)["model"]
     assert set(state) == set(exchange_schema(ModelSpec("vit_test", 64, 1, "flap", 4)))  # one foreground class
     dataset = job.split("_")[0]
-    assert (tmp_path / "demo" / f"{dataset}-v3" / "site-1" / "datalist.json").is_file()  # the job's own modality
+    assert os.path.isfile(os.path.join(demo_site_dir(dataset, "site-1", str(tmp_path / "demo")), "datalist.json"))  # the job's own data
     site_names = [f"site-{i}" for i in range(1, sites + 1)]
     for site in site_names:
         assert list(scalars(job_dir / "tb_events" / site, f"val_dice_{class_names[0]}")) == [0]

@@ -28,6 +28,7 @@ from flap_sam.files import write_text
 from flap_sam.jobs.defaults import package_defaults
 from flap_sam.markdown import markdown_table
 from flap_sam.model.factory import ModelSpec
+from flap_sam.training.device import autocast_bf16
 
 PRESETS = ["fft", "attn_ft", "lora_dec", "dec_ft", "flap", "lora_ft", "pdec_ft"]
 MB = 1e6
@@ -221,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
 
     steps = None
     if not args.no_speed:
-        amp = device == "cuda"  # a GPU site trains in bf16 autocast (setting amp); CPU in fp32
+        amp = autocast_bf16(True, torch.device(device))  # how a site trains with the default amp = true
         table, steps = speed(args, device, amp)
         emit(f"Training step on {device}, {'bf16 autocast' if amp else 'fp32'}, batch {args.batch_size} stacks "
              f"({args.batch_size * 5} slices), mean of {args.steps} steps", table)

@@ -1,18 +1,23 @@
-"""``flap-sam demo-data``: write the built-in synthetic demo data of some sites."""
+"""``flap-sam demo-data``: write the built-in demo data of some sites (ixi: real anatomy, kits/prostate: phantoms)."""
 
 from __future__ import annotations
 
 import argparse
 
-from flap_sam.data.demo import DEMO_GENERATORS, ensure_demo_site
+from flap_sam.data.anatomy import HELD_OUT_SITE
+from flap_sam.data.demo import DEMO_DATASETS, ensure_demo_site
+
+_KIND = {"ixi": "REAL ANATOMY (MNI152 template) with SIMULATED subjects and scanners, not patient data"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="root folder (default: $FLAP_SAM_DEMO_ROOT or ~/.cache/flap-sam/demo)")
-    parser.add_argument("--dataset", default="kits", choices=sorted(DEMO_GENERATORS))
+    parser.add_argument("--dataset", default="kits", choices=DEMO_DATASETS)
     parser.add_argument("--job", default=None, help="a job folder: its task's demo data (built-in tasks only)")
     parser.add_argument("--sites", type=int, default=2, help="make site-1 .. site-N")
     parser.add_argument("--site-names", nargs="*", default=None, help="explicit site names instead of --sites")
+    parser.add_argument("--held-out", action="store_true",
+                        help=f"also make the '{HELD_OUT_SITE}' site (ixi: an acquisition no training site has, test split only)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,11 +25,14 @@ def run(args: argparse.Namespace) -> int:
         from flap_sam.jobs.writer import read_job_spec
 
         task = read_job_spec(args.job).task
-        if task.name not in DEMO_GENERATORS:
+        if task.name not in DEMO_DATASETS:
             raise ValueError(f"job {args.job}: its own task ({', '.join(task.class_names)}) has no built-in demo data; "
-                             f"demo data exist for {', '.join(sorted(DEMO_GENERATORS))}")
+                             f"demo data exist for {', '.join(DEMO_DATASETS)}")
         args.dataset = task.name
     names = args.site_names or [f"site-{i}" for i in range(1, args.sites + 1)]
+    if args.held_out and HELD_OUT_SITE not in names:
+        names.append(HELD_OUT_SITE)
+    kind = _KIND.get(args.dataset, "SYNTHETIC, not patient data")
     for name in names:
-        print(f"{name}: {ensure_demo_site(args.dataset, name, args.out)}  (SYNTHETIC, not patient data)")
+        print(f"{name}: {ensure_demo_site(args.dataset, name, args.out)}  ({kind})")
     return 0

@@ -45,6 +45,8 @@ def _normalizer(profile, cases, ct_window) -> IntensityNormalizer:
         return IntensityNormalizer(profile.modality)
     if ct_window:
         return IntensityNormalizer("ct", CTStatistics.from_window(*ct_window))
+    if not cases["training"]:
+        raise DataError("a CT site's clip statistics come from its training volumes, and its datalist lists none: give --ct-window LOW HIGH")
     samples = ForegroundSamples(len(cases["training"]))
     for case in cases["training"]:  # one volume in memory at a time, as the Learner does
         samples.add(load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel))
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.adapter) == bool(args.predictions):
         raise ValueError("give exactly one of --adapter (run the model) or --predictions (score existing masks)")
     profile = job_spec_of(args).task
-    cases = load_datalist(args.datalist, args.data_root)
+    cases = load_datalist(args.datalist, args.data_root, require_training=args.split == "training")
     selected = cases[args.split]
     if not selected:
         raise DataError(f"datalist {args.datalist}: the '{args.split}' split is empty; choose another --split")

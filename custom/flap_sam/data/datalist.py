@@ -36,11 +36,13 @@ def find_datalist(data_root: str, site_name: str, datalist: str | None = None) -
     raise DataError(f"data_root {data_root}: no datalist found (looked for {site_name}.json and datalist.json)")
 
 
-def load_datalist(path: str, data_root: str | None = None, require_labels: bool = True) -> dict[str, list[Case]]:
-    """Read and check a datalist; returns ``{"training": [...], "validation": [...]}`` with absolute paths.
+def load_datalist(path: str, data_root: str | None = None, require_labels: bool = True,
+                  require_training: bool = True) -> dict[str, list[Case]]:
+    """Read and check a datalist; returns ``{"training": [...], "validation": [...], "test": [...]}`` with absolute paths.
 
     Paths inside the file are relative to ``data_root`` (default: the datalist's folder).
-    Raises ``DataError`` for a missing/invalid file, an empty ``training`` list or malformed entries.
+    Raises ``DataError`` for a missing/invalid file, malformed entries or, with ``require_training``
+    (a site that trains), an empty ``training`` list; a site that only scores (a held-out site) may have none.
     """
     root = data_root if data_root is not None else os.path.dirname(os.path.abspath(path))
     try:
@@ -66,7 +68,7 @@ def load_datalist(path: str, data_root: str | None = None, require_labels: bool 
                 raise DataError(f"datalist {path}: {section}[{i}] needs a 'label' path")
             cases.append(Case(_absolute(root, entry["image"]), _absolute(root, label) if label else None))
         result[section] = cases
-    if not result["training"]:
+    if require_training and not result["training"]:
         raise DataError(f"datalist {path}: the 'training' list is empty or absent")
     return result
 

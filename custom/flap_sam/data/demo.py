@@ -1,13 +1,14 @@
-"""Built-in demo data: small synthetic volumes that look like the paper's three datasets.
+"""Built-in demo data of the paper's three tasks, made on first use.
 
-* ``kits``: abdominal CT in HU, kidneys (label 1) and usually a tumour (label 2);
-* ``ixi``: T1 head MRI, brain mask (label 1);
-* ``prostate``: T2 pelvis MRI, prostate central gland (label 1) and peripheral zone
-  (label 2, which the prostate profile maps to 1, as in the real collection).
+* ``kits``: synthetic abdominal CT in HU (phantoms), kidneys (label 1) and usually a tumour (label 2);
+* ``ixi``: T1 head MRI on REAL brain anatomy (the MNI152 template nilearn ships) with simulated
+  subjects and scanners, brain mask (label 1): ``flap_sam.data.anatomy``;
+* ``prostate``: synthetic T2 pelvis MRI (phantoms), prostate central gland (label 1) and peripheral
+  zone (label 2, which the prostate profile maps to 1, as in the real collection).
 
-Every site gets its own scanner-like shift (intensity offset and gain, noise level, slice
+Every phantom site gets its own scanner-like shift (intensity offset and gain, noise level, slice
 thickness, field of view), derived deterministically from the site name, so ``site-1`` is
-the same data on every machine. THESE ARE NOT PATIENT DATA and say nothing about real accuracy.
+the same data on every machine. THESE ARE NOT PATIENT DATA.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 
+from flap_sam.data.anatomy import make_anatomy_site
 from flap_sam.data.datalist import write_datalist
 
 logger = logging.getLogger(__name__)
 
-DEMO_VERSION = "v3"
+# The folder version of each dataset's demo data: a change of what a generator writes bumps it.
+DEMO_VERSIONS = {"kits": "v3", "ixi": "mni152-v1", "prostate": "v3"}
+DEMO_DATASETS = tuple(sorted(DEMO_VERSIONS))
 DEMO_ROOT_ENV = "FLAP_SAM_DEMO_ROOT"
 
 
@@ -108,28 +112,6 @@ def _mri_scanner(image: np.ndarray, rng: np.random.Generator, shift: ScannerShif
     return np.sqrt((noisy + noise[0]) ** 2 + noise[1] ** 2).astype(np.float32)
 
 
-def brain_phantom(rng: np.random.Generator, shift: ScannerShift, size: int = 64, slices: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """One synthetic T1 head MRI: image (X, Y, Z) float32 (arbitrary MR units), label (X, Y, Z) uint8 brain mask.
-
-    Scalp (bright fat), dark skull, brain with white matter brighter than grey matter and dark
-    ventricles (inside the mask, as in IXI-Tiny's brain masks), background noise.
-    """
-    shape = (size, size, slices)
-    mm = shift.pixel_spacing_mm
-    c = (size / 2 + rng.uniform(-2, 2), size / 2 + rng.uniform(-2, 2), slices / 2)
-    head_r = np.array([rng.uniform(70, 80), rng.uniform(88, 98)]) / mm
-    depth = 0.55 * slices
-    image = np.zeros(shape, np.float32)
-    image[_ellipsoid(shape, c, (*head_r, depth))] = 700.0  # scalp
-    image[_ellipsoid(shape, c, (*(head_r - 6 / mm), depth))] = 80.0  # skull
-    brain = _ellipsoid(shape, c, (*(head_r - 12 / mm), depth * rng.uniform(0.75, 0.9)))
-    image[brain] = 420.0  # grey matter
-    image[_ellipsoid(shape, c, (*(head_r - 28 / mm), depth * 0.6)) & brain] = 560.0  # white matter
-    for side in (-1, 1):
-        image[_ellipsoid(shape, (c[0] + side * 7 / mm, c[1], c[2]), (4 / mm, 16 / mm, depth * 0.4)) & brain] = 150.0  # ventricles
-    return _mri_scanner(image, rng, shift), brain.astype(np.uint8)
-
-
 def prostate_phantom(rng: np.random.Generator, shift: ScannerShift, size: int = 64, slices: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic axial T2 pelvis MRI: image (X, Y, Z) float32, label (X, Y, Z) uint8.
 
@@ -162,20 +144,22 @@ def prostate_phantom(rng: np.random.Generator, shift: ScannerShift, size: int = 
     return _mri_scanner(image, rng, shift), label
 
 
-DEMO_GENERATORS = {"kits": kits_phantom, "ixi": brain_phantom, "prostate": prostate_phantom}
-# In-plane spacing ranges (mm): the 64-pixel field of view of each dataset's demo volumes.
-DEMO_PIXEL_SPACING = {"kits": (5.0, 6.5), "ixi": (3.0, 3.6), "prostate": (2.6, 3.2)}
+PHANTOMS = {"kits": kits_phantom, "prostate": prostate_phantom}
+# In-plane spacing ranges (mm): the 64-pixel field of view of each phantom dataset's demo volumes.
+PHANTOM_PIXEL_SPACING = {"kits": (5.0, 6.5), "prostate": (2.6, 3.2)}
 
 
 def make_demo_site(dataset: str, site_name: str, out_dir: str, n_train: int = 4, n_val: int = 1, n_test: int = 1) -> str:
-    """Write one site's synthetic volumes and ``datalist.json`` (training / validation / test) into ``out_dir``.
+    """Write one site's demo volumes and ``datalist.json`` (training / validation / test) into ``out_dir``.
 
-    Returns the datalist path.
+    Returns the datalist path. ``ixi`` writes real-anatomy volumes (``make_anatomy_site``, its own split sizes).
     """
-    if dataset not in DEMO_GENERATORS:
-        raise ValueError(f"no demo data for dataset '{dataset}'; choose one of {sorted(DEMO_GENERATORS)}")
-    generate = DEMO_GENERATORS[dataset]
-    shift = ScannerShift.for_site(site_name, DEMO_PIXEL_SPACING[dataset])
+    if dataset not in DEMO_DATASETS:
+        raise ValueError(f"no demo data for dataset '{dataset}'; choose one of {list(DEMO_DATASETS)}")
+    if dataset == "ixi":
+        return make_anatomy_site(site_name, out_dir)
+    generate = PHANTOMS[dataset]
+    shift = ScannerShift.for_site(site_name, PHANTOM_PIXEL_SPACING[dataset])
     affine = np.diag([shift.pixel_spacing_mm, shift.pixel_spacing_mm, shift.slice_thickness_mm, 1.0])
     os.makedirs(os.path.join(out_dir, "imagesTr"), exist_ok=True)
     os.makedirs(os.path.join(out_dir, "labelsTr"), exist_ok=True)
@@ -192,8 +176,17 @@ def make_demo_site(dataset: str, site_name: str, out_dir: str, n_train: int = 4,
     return path
 
 
+# What a site's log says its demo data are.
+_KIND = {"kits": "SYNTHETIC (phantom)", "prostate": "SYNTHETIC (phantom)", "ixi": "REAL-ANATOMY (MNI152, simulated subjects and scanners)"}
+
+
 def default_demo_root() -> str:
     return os.environ.get(DEMO_ROOT_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "flap-sam", "demo")
+
+
+def demo_site_dir(dataset: str, site_name: str, root: str | None = None) -> str:
+    """Where one site's demo data of ``dataset`` live (made or not)."""
+    return os.path.join(root or default_demo_root(), f"{dataset}-{DEMO_VERSIONS[dataset]}", site_name)
 
 
 def ensure_demo_site(dataset: str, site_name: str, root: str | None = None) -> str:
@@ -202,10 +195,9 @@ def ensure_demo_site(dataset: str, site_name: str, root: str | None = None) -> s
     Generation happens in a private temporary folder that is renamed into place, so
     clients started together on one machine never see (or write) half a dataset.
     """
-    root = root or default_demo_root()
-    target = os.path.join(root, f"{dataset}-{DEMO_VERSION}", site_name)
+    target = demo_site_dir(dataset, site_name, root)
     if os.path.isfile(os.path.join(target, "datalist.json")):
-        logger.warning("Using SYNTHETIC demo data for %s at %s (not patient data)", site_name, target)
+        logger.warning("Using %s demo data for %s at %s (not patient data)", _KIND[dataset], site_name, target)
         return target
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = f"{target}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -218,5 +210,5 @@ def ensure_demo_site(dataset: str, site_name: str, root: str | None = None) -> s
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    logger.warning("Generated SYNTHETIC demo data for %s at %s (not patient data)", site_name, target)
+    logger.warning("Generated %s demo data for %s at %s (not patient data)", _KIND[dataset], site_name, target)
     return target

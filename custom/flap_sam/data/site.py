@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 
 from flap_sam.data.datalist import find_datalist, load_datalist
-from flap_sam.data.demo import DEMO_GENERATORS, ensure_demo_site
+from flap_sam.data.demo import DEMO_DATASETS, ensure_demo_site
 from flap_sam.data.errors import DataError
 
 from flap_sam.data.intensity import ForegroundSamples, IntensityNormalizer
@@ -42,8 +42,8 @@ class SiteData:
         Raises ``DataError`` naming the first bad file; nothing is trained before all data passed.
         """
         if data_root == DEMO:
-            if profile.name not in DEMO_GENERATORS:
-                raise DataError(f"data_root demo: the built-in demo data are for the {', '.join(DEMO_GENERATORS)} tasks; this "
+            if profile.name not in DEMO_DATASETS:
+                raise DataError(f"data_root demo: the built-in demo data are for the {', '.join(DEMO_DATASETS)} tasks; this "
                                 f"job's own task ({', '.join(profile.class_names)}) needs its own data_root")
             data_root = ensure_demo_site(profile.name, site_name)
         path = find_datalist(data_root, site_name, datalist)

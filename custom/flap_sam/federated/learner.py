@@ -72,7 +72,7 @@ class FlapSamLearner(Learner):
         super().__init__()
         job = JobSpec.from_settings(spec)
         self.profile, self.spec = job.task, job.model
-        self.training = TrainingSettings.from_settings(training, where="training: ")
+        self.training = TrainingSettings.from_settings(training, where="training: ", model_type=self.spec.model_type)
         self.site_settings = SiteSettings.from_settings(site, where="site: ")
         one_of("privacy", privacy, PRIVACY_MODES)
         self.attack = AttackSettings.from_settings(attack)

@@ -117,7 +117,8 @@ def check_settings(settings: Mapping, where: str = "") -> JobSettings:
         if values["attack"] != "none" and not values["attack_sites"]:
             raise ValueError(f"attack = {values['attack']} needs attack_sites (e.g. \"site-4\")")
         block = {name: {k: values[k] for k in block_keys(name)} for name in BLOCKS}
-        return JobSettings(JobSpec.from_settings(block["job_spec"]), TrainingSettings.from_settings(block["training"]),
+        spec = JobSpec.from_settings(block["job_spec"])
+        return JobSettings(spec, TrainingSettings.from_settings(block["training"], model_type=spec.model.model_type),
                            SiteSettings.from_settings(block["site"]), values)
     except ValueError as e:
         raise ValueError(f"{where}{e}") from None

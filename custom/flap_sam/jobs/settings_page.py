@@ -79,7 +79,23 @@ def settings_page(conf_text: str, demo: dict) -> str:
     for title, rows, section_notes in sections:
         parts += [f"## {title[0].upper()}{title[1:]}", "", markdown_table(["setting", "default", "demo", "meaning"], rows), ""]
         parts += [f"{_escape(note)}\n" for note in section_notes]
+    parts += [_base_recipes_section()]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _base_recipes_section() -> str:
+    """The values ``auto`` takes per base (``flap_sam.training.settings.BASE_RECIPES``)."""
+    from flap_sam.model.sam_builder import MODEL_TYPES
+    from flap_sam.training.settings import PAPER_RECIPE, base_recipe
+
+    rows = [[f"`{base}`"] + [f"`{base_recipe(base)[name]:g}`" for name in PAPER_RECIPE] for base in MODEL_TYPES]
+    return "\n".join([
+        "## Each base's recipe (`auto`)", "",
+        "A recipe setting left at `auto` takes its base's value: the paper's recipe for the ViTs, and what a base "
+        "declares of its own in `flap_sam.training.settings.BASE_RECIPES` (LiteMedSAM: measured in "
+        "[the recipe on a pretrained base](real-data.md#the-recipe-on-a-pretrained-base)). A value set in a job wins "
+        "for any base. Warm-up is at most a quarter of the federation's steps, and the decay ends at its last step.", "",
+        markdown_table(["model_type"] + [f"`{name}`" for name in PAPER_RECIPE], rows), ""])
 
 
 def _escape(text: str) -> str:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bfloat16 arithmetic (x86)
 
 
 def pick_device(device: str) -> torch.device:
@@ -49,3 +53,31 @@ def apply_cpu_threads(setting: str | int) -> None:
     threads = resolve_cpu_threads(setting)
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (empty where there is no such file)."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): bf16 autocast is then faster than fp32.
+
+    Without it, oneDNN emulates bf16 in fp32 and autocast only costs time, so a site trains in fp32.
+    """
+    return bool(CPU_BF16_FLAGS and cpu_flags() & set(CPU_BF16_FLAGS))
+
+
+def autocast_bf16(amp: bool, device: torch.device) -> bool:
+    """Whether the ``amp`` setting means bf16 autocast on ``device``: on CUDA, and on a CPU with native bf16."""
+    if not amp:
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())

@@ -18,7 +18,7 @@ import torch
 
 from flap_sam.model.attention import ATTENTION_MODES
 from flap_sam.model.checkpointing import CHECKPOINTING_MODES
-from flap_sam.training.device import resolve_cpu_threads, resolve_device
+from flap_sam.training.device import autocast_bf16, resolve_cpu_threads, resolve_device
 from flap_sam.training.inference import INFERENCE_MODES
 from flap_sam.training.loader import resolve_data_workers
 
@@ -61,6 +61,19 @@ def one_of(name: str, value: str, choices) -> None:
         raise ValueError(f"{name}: {value!r} is not one of {list(choices)}")
 
 
+# The recipe settings whose package default is ``auto``: each takes its base's value. The paper's recipe
+# is that of ViT-B (and -L, -H, and the test size); a base that needs other values declares them here,
+# once (LiteMedSAM: measured on the real-anatomy and kits demos, docs/real-data.md#the-recipe-on-a-pretrained-base).
+PAPER_RECIPE = {"lr": 8e-4, "poly_power": 7.0, "warmup_steps": 250}
+BASE_RECIPES: dict[str, dict] = {"lite_medsam": {"lr": 2e-3, "poly_power": 1.0, "warmup_steps": 8}}
+AUTO = "auto"
+
+
+def base_recipe(model_type: str) -> dict:
+    """The values ``auto`` takes for ``model_type``: the paper's, with what the base declares of its own."""
+    return {**PAPER_RECIPE, **BASE_RECIPES.get(model_type, {})}
+
+
 def _typed_fields(cls, settings: Mapping, where: str) -> dict:
     """The dataclass's fields from ``settings``, each coerced to its annotated type; missing or unknown keys refused."""
     fields = {f.name: f.type for f in dataclasses.fields(cls)}
@@ -81,15 +94,19 @@ def _typed_fields(cls, settings: Mapping, where: str) -> dict:
 class TrainingSettings:
     """The local training recipe (AdamW, warm-up + poly, 0.2 CE + 0.8 Dice) and how a site validates.
 
+    ``lr``, ``warmup_steps`` and ``poly_power`` set to ``auto`` take the model's base recipe
+    (``base_recipe``): the built block always holds numbers.
+
     Attributes:
         local_epochs: local epochs per round (the paper: 1).
         max_steps_per_round: cap on local steps per round (0: no cap).
         batch_size: 2.5D stacks per step (each stack = 5 slices).
         lr: base learning rate; weight_decay: AdamW weight decay.
-        warmup_steps: linear warm-up over the first global steps; poly_power: exponent of the poly decay.
+        warmup_steps: linear warm-up over the first global steps (at most a quarter of the federation's:
+            ``flap_sam.training.schedule``); poly_power: exponent of the poly decay.
         foreground_fraction: share of sampled stacks centred on a slice with foreground.
         augment: random flips, rotations, intensity changes of the training stacks.
-        amp: bf16 autocast (used on CUDA only).
+        amp: bf16 autocast, on a GPU and on a CPU with native bf16 (``flap_sam.training.device.autocast_bf16``).
         seed: sampling and augmentation seed (each round draws from ``round_seed``).
         fedprox_mu: FedProx proximal weight mu (0: plain FedAvg); adds mu/2 * ||w - w_global||^2 over
             the trainable tensors, w_global being the weights at the round's start.
@@ -113,8 +130,11 @@ class TrainingSettings:
     final_inference: str
 
     @classmethod
-    def from_settings(cls, settings: Mapping, where: str = "") -> "TrainingSettings":
-        """Build and check the block from a mapping with exactly its keys (``where`` prefixes an error)."""
+    def from_settings(cls, settings: Mapping, where: str = "", model_type: str = "vit_b") -> "TrainingSettings":
+        """Build and check the block from a mapping with exactly its keys (``where`` prefixes an error);
+        ``auto`` values take ``model_type``'s base recipe."""
+        recipe = base_recipe(model_type)
+        settings = {k: (recipe[k] if k in recipe and v == AUTO else v) for k, v in settings.items()}
         values = _typed_fields(cls, settings, where)
         try:
             for name, minimum in (("local_epochs", 1e-9), ("max_steps_per_round", 0), ("batch_size", 1), ("lr", 0.0),
@@ -142,8 +162,8 @@ class TrainingSettings:
         return self.seed * 100_003 + round_number
 
     def uses_amp(self, device: torch.device) -> bool:
-        """bf16 autocast runs on CUDA only."""
-        return self.amp and device.type == "cuda"
+        """bf16 autocast runs on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX); elsewhere fp32."""
+        return autocast_bf16(self.amp, device)
 
 
 @dataclass(frozen=True)

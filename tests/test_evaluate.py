@@ -69,8 +69,8 @@ def test_evaluate_runs_the_adapted_model_and_writes_overlays(tmp_path, capsys):
             "--model", "vit_test", "--image-size", "64", "--rank", "4", "--device", "cpu", "--out", str(tmp_path / "e"), "--overlays", "2"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "| case | dice_brain | mean_dice |" in out and "| demo_005 |" in out  # the demo's test case
-    assert len(list((tmp_path / "e" / "overlays").glob("demo_005_z*.png"))) == 2
+    assert "| case | dice_brain | mean_dice |" in out and "| site-1_005 |" in out  # the demo's test case
+    assert len(list((tmp_path / "e" / "overlays").glob("site-1_005_z*.png"))) == 2
 
 
 def test_evaluate_names_a_missing_prediction(tmp_path, capsys):

@@ -90,3 +90,36 @@ def test_typed_blocks_coerce_config_text_and_refuse_unknown_keys():
 
 def test_settings_conf_is_where_the_defaults_live():
     assert SETTINGS_CONF.endswith("settings.conf") and (CONFIGS / "settings.conf").samefile(SETTINGS_CONF)
+
+
+def test_bf16_autocast_runs_on_a_cpu_only_where_the_site_asks_and_the_cpu_computes_bf16_natively(tmp_path, monkeypatch):
+    import torch
+
+    from flap_sam.training import device as devices
+
+    listed = tmp_path / "cpuinfo"
+    listed.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert devices.cpu_flags(str(listed)) == {"fpu", "sse2", "avx2", "avx512f"}
+    assert devices.cpu_flags(str(tmp_path / "none")) == frozenset()  # no /proc/cpuinfo: no bf16 claimed
+    cpu, cuda, recipe = torch.device("cpu"), torch.device("cuda"), training_settings()
+    # The CPUs this machine cannot be: one without native bf16 (AVX-512 alone), and ones with AVX512-BF16 or AMX.
+    for flags, native in ((frozenset({"avx512f"}), False), (frozenset({"avx512f", "avx512_bf16"}), True),
+                          (frozenset({"amx_bf16"}), True)):
+        monkeypatch.setattr(devices, "cpu_flags", lambda flags=flags: flags)
+        devices.cpu_has_native_bf16.cache_clear()
+        assert recipe.uses_amp(cpu, cpu_bf16=True) is native
+        assert not recipe.uses_amp(cpu)  # the default: a CPU site trains in fp32
+        assert recipe.uses_amp(cuda) and not training_settings(amp=False).uses_amp(cpu, cpu_bf16=True)
+    devices.cpu_has_native_bf16.cache_clear()
+    monkeypatch.undo()
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        here = bool(set(f.read().split()) & {"avx512_bf16", "amx_bf16"})
+    assert devices.cpu_has_native_bf16() is here  # this machine, read as it is
+
+
+def test_a_site_turns_on_cpu_bf16_in_its_own_settings(tmp_path, capsys):
+    site = check_settings({}).site
+    assert site.cpu_bf16 is False and site.with_overrides({"cpu_bf16": True}, where="x: ").cpu_bf16 is True
+    out = tmp_path / "job"
+    assert main(["job", "ixi_lora", "--out", str(out), "--set", "cpu_bf16=true"]) == 0
+    assert read_job(str(out)).site.cpu_bf16 is True

@@ -59,7 +59,7 @@ def measure(spec: ModelSpec, batch_size: int, steps: int, device: torch.device, 
         model = build_model(spec, None, device, attention=attention, checkpointing=checkpointing)
         if compile_model:
             model = torch.compile(model)
-        trainer = LocalTrainer(model, [], training_settings(batch_size=batch_size, amp=amp), device)
+        trainer = LocalTrainer(model, [], training_settings(batch_size=batch_size, amp=amp), device, cpu_bf16=amp)
         generator = torch.Generator().manual_seed(0)
         stacks = torch.rand(batch_size, 5, spec.image_size, spec.image_size, generator=generator)
         labels = torch.randint(0, spec.num_classes + 1, (batch_size, 5, spec.image_size, spec.image_size), generator=generator)

@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
 
     steps = None
     if not args.no_speed:
-        amp = autocast_bf16(True, torch.device(device))  # how a site trains with the default amp = true
+        amp = autocast_bf16(True, torch.device(device))  # how a site trains by default: bf16 on a GPU, fp32 on a CPU
         table, steps = speed(args, device, amp)
         emit(f"Training step on {device}, {'bf16 autocast' if amp else 'fp32'}, batch {args.batch_size} stacks "
              f"({args.batch_size * 5} slices), mean of {args.steps} steps", table)

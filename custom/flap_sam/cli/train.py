@@ -85,5 +85,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{kind} baseline: {spec.model_type}/{spec.image_size} preset {spec.preset} on {', '.join(sites)}, {epochs} epochs "
           f"(job {args.job}), {device}", flush=True)
     train_baseline(model, spec, sites, job.training, epochs, args.out, device, kind,
-                   data_workers=resolve_data_workers(site.data_workers, device), say=lambda s: print(s, flush=True))
+                   data_workers=resolve_data_workers(site.data_workers, device), say=lambda s: print(s, flush=True),
+                   cpu_bf16=site.cpu_bf16)
     return 0

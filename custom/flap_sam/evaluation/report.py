@@ -99,8 +99,8 @@ def read_run(job_dir: str, name: str) -> FederatedRun:
     up: dict[int, int] = {}
     for site in traffic["sites"].values():
         for r, entry in site.get("train", {}).items():
-            down[int(r)] = down.get(int(r), 0) + int(entry["sent"])
-            up[int(r)] = up.get(int(r), 0) + int(entry["received"])
+            down[int(r)] = down.get(int(r), 0) + int(entry.get("sent", 0))
+            up[int(r)] = up.get(int(r), 0) + int(entry.get("received", 0))  # 0: the site's result did not count (dropped or late)
     cross_path = os.path.join(job_dir, CROSS_SITE_FILE)
     per_site = {}
     if os.path.isfile(cross_path):

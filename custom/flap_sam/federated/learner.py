@@ -50,7 +50,7 @@ class FlapSamLearner(Learner):
 
     A site may override its own settings (``SiteSettings.OVERRIDABLE``: data, checkpoint, device,
     and the speed and memory settings ``attention``, ``checkpointing``, ``data_workers``,
-    ``cpu_threads``) in ``<workspace>/local/flap_sam_site.json``, so one job serves every site.
+    ``cpu_threads``, ``cpu_bf16``) in ``<workspace>/local/flap_sam_site.json``, so one job serves every site.
 
     Before it trains, the site checks that the server built the same SAM base (the fingerprint
     in the global model's meta), that a job on the demo's short budget (``demo_budget``)
@@ -167,7 +167,7 @@ class FlapSamLearner(Learner):
         self.base = base_fingerprint(self.model, self.exchanged, from_checkpoint=bool(checkpoint))
         augment = build_augmentation(self.spec.image_size) if self.training.augment else None
         dataset = SliceStackDataset(self.data.train, augment, seed=self.training.seed)
-        self.trainer = LocalTrainer(self.model, dataset, self.training, self.device, data_workers)
+        self.trainer = LocalTrainer(self.model, dataset, self.training, self.device, data_workers, self.site_settings.cpu_bf16)
         if self.attack.attack == "label_flip" and self.site_name in self.attack.sites:
             refusal = attack_refusal(fl_ctx)
             if refusal:
@@ -279,7 +279,7 @@ class FlapSamLearner(Learner):
             return current_round
         volumes = self.data.validation if before_train or not self.data.test else self.data.test
         mode = self.training.round_inference if before_train else self.training.final_inference
-        scores = evaluate_volumes(self.model, volumes, self.spec.num_classes, self.device, amp=self.training.uses_amp(self.device), mode=mode)
+        scores = evaluate_volumes(self.model, volumes, self.spec.num_classes, self.device, amp=self.training.uses_amp(self.device, self.site_settings.cpu_bf16), mode=mode)
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         per_class = scores.mean(axis=0)

@@ -36,7 +36,7 @@ A job sets any of them after its include of the shared configuration: `flap-sam 
 every value is checked when the job is written. The shipped jobs also include `demo.conf`, the
 demo's short budget (the "demo" column), which a job on real data leaves out. A site may override its own settings
 (`data_root`, `datalist`, `checkpoint`, `device`, `attention`, `checkpointing`, `data_workers`,
-`cpu_threads`) in `<site workspace>/local/flap_sam_site.json`.
+`cpu_threads`, `cpu_bf16`) in `<site workspace>/local/flap_sam_site.json`.
 """
 
 
@@ -93,7 +93,7 @@ def _base_recipes_section() -> str:
         "## Each base's recipe (`auto`)", "",
         "A recipe setting left at `auto` takes its base's value: the paper's recipe for the ViTs, and what a base "
         "declares of its own in `flap_sam.training.settings.BASE_RECIPES` (LiteMedSAM: measured in "
-        "[the recipe on a pretrained base](real-data.md#the-recipe-on-a-pretrained-base)). A value set in a job wins "
+        "[the recipe on a pretrained base](real-anatomy.md#the-recipe-on-a-pretrained-base)). A value set in a job wins "
         "for any base. Warm-up is at most a quarter of the federation's steps, and the decay ends at its last step.", "",
         markdown_table(["model_type"] + [f"`{name}`" for name in PAPER_RECIPE], rows), ""])
 

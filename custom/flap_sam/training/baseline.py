@@ -54,7 +54,8 @@ def _progress(epoch: int, epochs: int, loss: float, lr: float, dice: float, seco
 
 
 def train_baseline(model: SemanticSam, spec: ModelSpec, sites: dict[str, SiteData], settings: TrainingSettings, epochs: int,
-                   out: str, device: torch.device, kind: str, data_workers: int = 0, say=print) -> BaselineResult:
+                   out: str, device: torch.device, kind: str, data_workers: int = 0, say=print,
+                   cpu_bf16: bool = False) -> BaselineResult:
     """Train on the union of ``sites``' training volumes for ``epochs`` epochs; write the adapters and logs into ``out``.
 
     An epoch is capped by ``max_steps_per_round``, as a round of the federation is.
@@ -69,11 +70,11 @@ def train_baseline(model: SemanticSam, spec: ModelSpec, sites: dict[str, SiteDat
     has_test = all(data.test for data in sites.values())
     test = [v for data in sites.values() for v in (data.test if has_test else data.validation)]
     dataset = SliceStackDataset(train, build_augmentation(spec.image_size) if settings.augment else None, seed=settings.seed)
-    trainer = LocalTrainer(model, dataset, settings, device, data_workers)
+    trainer = LocalTrainer(model, dataset, settings, device, data_workers, cpu_bf16)
     steps = settings.capped(trainer.steps_per_epoch())
     total = epochs * steps
     log, best = [], -1.0
-    amp = settings.uses_amp(device)
+    amp = trainer.amp
     for epoch in range(epochs):
         started = time.perf_counter()
         done, loss = trainer.train(steps, first_step=epoch * steps, total_steps=total, round_seed=settings.round_seed(epoch))

@@ -76,8 +76,9 @@ def cpu_has_native_bf16() -> bool:
     return bool(CPU_BF16_FLAGS and cpu_flags() & set(CPU_BF16_FLAGS))
 
 
-def autocast_bf16(amp: bool, device: torch.device) -> bool:
-    """Whether the ``amp`` setting means bf16 autocast on ``device``: on CUDA, and on a CPU with native bf16."""
+def autocast_bf16(amp: bool, device: torch.device, cpu_bf16: bool = False) -> bool:
+    """Whether a site computes in bf16 autocast on ``device``: ``amp`` on CUDA; on a CPU only where the site
+    asks for it (``cpu_bf16``) and the CPU computes bf16 natively (elsewhere fp32)."""
     if not amp:
         return False
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    return device.type == "cuda" or (device.type == "cpu" and cpu_bf16 and cpu_has_native_bf16())

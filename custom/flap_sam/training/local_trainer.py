@@ -24,11 +24,13 @@ class LocalTrainer:
     Args:
         settings: the recipe (lr, weight decay, batch size, schedule, sampling, amp, FedProx mu).
         data_workers: processes that build the batches beside training (0: in the training process).
+        cpu_bf16: the site's ``cpu_bf16`` setting (bf16 autocast on a CPU with native bf16, with ``amp``).
     """
 
     def __init__(self, model: SemanticSam, dataset: SliceStackDataset, settings: TrainingSettings, device: torch.device,
-                 data_workers: int = 0) -> None:
+                 data_workers: int = 0, cpu_bf16: bool = False) -> None:
         self.model = model
+        self.amp = settings.uses_amp(device, cpu_bf16)
         self.data_workers = data_workers
         self.label_permutation: torch.Tensor | None = None  # class c trains as label_permutation[c] (attack simulation only)
         self.dataset = dataset
@@ -66,7 +68,7 @@ class LocalTrainer:
         Args:
             stacks: (B, 5, S, S) float images in [0, 1]; labels: (B, 5, S, S) class indices.
         """
-        amp = self.settings.uses_amp(self.device)
+        amp = self.amp
         images = stacks_to_images(stacks.to(self.device, non_blocking=True))  # (B*5, 3, S, S)
         if self.label_permutation is not None:
             labels = self.label_permutation[labels.long()]

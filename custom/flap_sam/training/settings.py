@@ -63,7 +63,7 @@ def one_of(name: str, value: str, choices) -> None:
 
 # The recipe settings whose package default is ``auto``: each takes its base's value. The paper's recipe
 # is that of ViT-B (and -L, -H, and the test size); a base that needs other values declares them here,
-# once (LiteMedSAM: measured on the real-anatomy and kits demos, docs/real-data.md#the-recipe-on-a-pretrained-base).
+# once (LiteMedSAM: measured on the real-anatomy and kits demos, docs/real-anatomy.md#the-recipe-on-a-pretrained-base).
 PAPER_RECIPE = {"lr": 8e-4, "poly_power": 7.0, "warmup_steps": 250}
 BASE_RECIPES: dict[str, dict] = {"lite_medsam": {"lr": 2e-3, "poly_power": 1.0, "warmup_steps": 8}}
 AUTO = "auto"
@@ -106,7 +106,7 @@ class TrainingSettings:
             ``flap_sam.training.schedule``); poly_power: exponent of the poly decay.
         foreground_fraction: share of sampled stacks centred on a slice with foreground.
         augment: random flips, rotations, intensity changes of the training stacks.
-        amp: bf16 autocast, on a GPU and on a CPU with native bf16 (``flap_sam.training.device.autocast_bf16``).
+        amp: bf16 autocast on a GPU (and on a CPU whose site sets ``cpu_bf16``: ``flap_sam.training.device.autocast_bf16``).
         seed: sampling and augmentation seed (each round draws from ``round_seed``).
         fedprox_mu: FedProx proximal weight mu (0: plain FedAvg); adds mu/2 * ||w - w_global||^2 over
             the trainable tensors, w_global being the weights at the round's start.
@@ -161,9 +161,9 @@ class TrainingSettings:
         """The sampling seed of one round (or one baseline epoch): differs per round, reproducible per seed."""
         return self.seed * 100_003 + round_number
 
-    def uses_amp(self, device: torch.device) -> bool:
-        """bf16 autocast runs on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX); elsewhere fp32."""
-        return autocast_bf16(self.amp, device)
+    def uses_amp(self, device: torch.device, cpu_bf16: bool = False) -> bool:
+        """bf16 autocast runs on CUDA, and on a CPU with native bf16 (AVX512-BF16, AMX) whose site sets ``cpu_bf16``."""
+        return autocast_bf16(self.amp, device, cpu_bf16)
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,7 @@ class SiteSettings:
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
         attention: ``fused`` | ``reference``; checkpointing: ``off`` | ``encoder``.
         data_workers: batch-building processes (``auto`` or a count); cpu_threads: torch threads (``auto`` or a count).
+        cpu_bf16: with ``amp``, bf16 autocast on this site's CPU where it computes bf16 natively.
         random_weights: the job means a ViT without checkpoint to train real data (tests only).
         demo_budget: the job runs the demo's short budget, on the demo data only.
     """
@@ -191,10 +192,11 @@ class SiteSettings:
     checkpointing: str
     data_workers: str
     cpu_threads: str
+    cpu_bf16: bool
     random_weights: bool
     demo_budget: bool
 
-    OVERRIDABLE = ("data_root", "datalist", "checkpoint", "device", "attention", "checkpointing", "data_workers", "cpu_threads")
+    OVERRIDABLE = ("data_root", "datalist", "checkpoint", "device", "attention", "checkpointing", "data_workers", "cpu_threads", "cpu_bf16")
 
     @classmethod
     def from_settings(cls, settings: Mapping, where: str = "") -> "SiteSettings":

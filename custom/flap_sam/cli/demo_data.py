@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 
 from flap_sam.data.anatomy import HELD_OUT_SITE
-from flap_sam.data.demo import DEMO_DATASETS, ensure_demo_site
-
-_KIND = {"ixi": "REAL ANATOMY (MNI152 template) with SIMULATED subjects and scanners, not patient data"}
+from flap_sam.data.demo import DEMO_DATASETS, DEMO_KINDS, ensure_demo_site
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +30,6 @@ def run(args: argparse.Namespace) -> int:
     names = args.site_names or [f"site-{i}" for i in range(1, args.sites + 1)]
     if args.held_out and HELD_OUT_SITE not in names:
         names.append(HELD_OUT_SITE)
-    kind = _KIND.get(args.dataset, "SYNTHETIC, not patient data")
     for name in names:
-        print(f"{name}: {ensure_demo_site(args.dataset, name, args.out)}  ({kind})")
+        print(f"{name}: {ensure_demo_site(args.dataset, name, args.out)}  ({DEMO_KINDS[args.dataset]}, not patient data)")
     return 0

@@ -176,8 +176,9 @@ def make_demo_site(dataset: str, site_name: str, out_dir: str, n_train: int = 4,
     return path
 
 
-# What a site's log says its demo data are.
-_KIND = {"kits": "SYNTHETIC (phantom)", "prostate": "SYNTHETIC (phantom)", "ixi": "REAL-ANATOMY (MNI152, simulated subjects and scanners)"}
+# What each dataset's demo data are, as a site's log and `flap-sam demo-data` say it.
+DEMO_KINDS = {"kits": "SYNTHETIC phantoms", "prostate": "SYNTHETIC phantoms",
+              "ixi": "REAL ANATOMY (MNI152 template) with SIMULATED subjects and scanners"}
 
 
 def default_demo_root() -> str:
@@ -197,7 +198,7 @@ def ensure_demo_site(dataset: str, site_name: str, root: str | None = None) -> s
     """
     target = demo_site_dir(dataset, site_name, root)
     if os.path.isfile(os.path.join(target, "datalist.json")):
-        logger.warning("Using %s demo data for %s at %s (not patient data)", _KIND[dataset], site_name, target)
+        logger.warning("Using %s demo data for %s at %s (not patient data)", DEMO_KINDS[dataset], site_name, target)
         return target
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = f"{target}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -210,5 +211,5 @@ def ensure_demo_site(dataset: str, site_name: str, root: str | None = None) -> s
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    logger.warning("Generated %s demo data for %s at %s (not patient data)", _KIND[dataset], site_name, target)
+    logger.warning("Generated %s demo data for %s at %s (not patient data)", DEMO_KINDS[dataset], site_name, target)
     return target

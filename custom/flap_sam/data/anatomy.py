@@ -149,7 +149,7 @@ def _head(template: Template, rng: np.random.Generator) -> tuple[np.ndarray, np.
             third = (outer - inner) / 3
             head[(outside > inner + third) & (outside <= outer - third)] = _MARROW
         inner = outer
-    head = ndimage.gaussian_filter(head, sigma=0.6 / res * 2)
+    head = ndimage.gaussian_filter(head, sigma=1.2 / res)  # 1.2 mm
     image = np.where(anatomy > 0, t1, head).astype(np.float32)
     affine = template.affine.copy()
     affine[:3, 3] -= affine[:3, :3] @ np.full(3, pad)

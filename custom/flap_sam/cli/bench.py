@@ -28,7 +28,6 @@ from flap_sam.files import write_text
 from flap_sam.jobs.defaults import package_defaults
 from flap_sam.markdown import markdown_table
 from flap_sam.model.factory import ModelSpec
-from flap_sam.training.device import autocast_bf16
 
 PRESETS = ["fft", "attn_ft", "lora_dec", "dec_ft", "flap", "lora_ft", "pdec_ft"]
 MB = 1e6
@@ -222,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
 
     steps = None
     if not args.no_speed:
-        amp = autocast_bf16(True, torch.device(device))  # how a site trains by default: bf16 on a GPU, fp32 on a CPU
+        amp = device == "cuda"  # a GPU site trains in bf16 autocast (setting amp); a CPU site in fp32 unless it sets cpu_bf16
         table, steps = speed(args, device, amp)
         emit(f"Training step on {device}, {'bf16 autocast' if amp else 'fp32'}, batch {args.batch_size} stacks "
              f"({args.batch_size * 5} slices), mean of {args.steps} steps", table)

@@ -48,9 +48,8 @@ class FlapSamLearner(Learner):
     ``spec`` is the job's model and task settings (the ``job_spec`` block of ``settings.conf``,
     validated as a ``JobSpec``): the same block the result filter and the server's adapter model get.
 
-    A site may override its own settings (``SiteSettings.OVERRIDABLE``: data, checkpoint, device,
-    and the speed and memory settings ``attention``, ``checkpointing``, ``data_workers``,
-    ``cpu_threads``, ``cpu_bf16``) in ``<workspace>/local/flap_sam_site.json``, so one job serves every site.
+    A site may override its own settings (``SiteSettings.OVERRIDABLE``: data, checkpoint, device and
+    the speed and memory settings) in ``<workspace>/local/flap_sam_site.json``, so one job serves every site.
 
     Before it trains, the site checks that the server built the same SAM base (the fingerprint
     in the global model's meta), that a job on the demo's short budget (``demo_budget``)
@@ -279,7 +278,7 @@ class FlapSamLearner(Learner):
             return current_round
         volumes = self.data.validation if before_train or not self.data.test else self.data.test
         mode = self.training.round_inference if before_train else self.training.final_inference
-        scores = evaluate_volumes(self.model, volumes, self.spec.num_classes, self.device, amp=self.training.uses_amp(self.device, self.site_settings.cpu_bf16), mode=mode)
+        scores = evaluate_volumes(self.model, volumes, self.spec.num_classes, self.device, amp=self.trainer.amp, mode=mode)
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         per_class = scores.mean(axis=0)

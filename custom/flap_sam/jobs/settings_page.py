@@ -35,8 +35,7 @@ A job sets any of them after its include of the shared configuration: `flap-sam 
 --set KEY=VALUE ...`, `python jobs/<job>/job.py --set KEY=VALUE ...` or `FlapSamRecipe(job, KEY=VALUE)`;
 every value is checked when the job is written. The shipped jobs also include `demo.conf`, the
 demo's short budget (the "demo" column), which a job on real data leaves out. A site may override its own settings
-(`data_root`, `datalist`, `checkpoint`, `device`, `attention`, `checkpointing`, `data_workers`,
-`cpu_threads`, `cpu_bf16`) in `<site workspace>/local/flap_sam_site.json`.
+({overridable}) in `<site workspace>/local/flap_sam_site.json`.
 """
 
 
@@ -75,7 +74,9 @@ def settings_page(conf_text: str, demo: dict) -> str:
             notes = []
         else:
             notes = []
-    parts = [HEADER]
+    from flap_sam.training.settings import SiteSettings
+
+    parts = [HEADER.format(overridable=", ".join(f"`{name}`" for name in SiteSettings.OVERRIDABLE))]
     for title, rows, section_notes in sections:
         parts += [f"## {title[0].upper()}{title[1:]}", "", markdown_table(["setting", "default", "demo", "meaning"], rows), ""]
         parts += [f"{_escape(note)}\n" for note in section_notes]

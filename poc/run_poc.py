@@ -111,19 +111,18 @@ def _workspace_processes(workspace: str) -> list[psutil.Process]:
     return found
 
 
-def connect(workspace: str, n_sites: int, timeout: float = 180.0):
-    """An admin session once the server answers and all sites are connected."""
-    from nvflare.fuel.flare_api.flare_api import new_secure_session
+def connect(workspace: str, sites: list[str], timeout: float = 180.0):
+    """An admin session once the server answers and every one of ``sites`` is connected.
 
-    session = new_secure_session(ADMIN, kit(workspace, ADMIN), timeout=timeout)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        clients = session.get_system_info().client_info
-        if len(clients) >= n_sites:
-            return session
-        time.sleep(2)
-    session.close()
-    raise TimeoutError(f"only {len(clients)} of {n_sites} sites connected within {timeout:.0f} s")
+    FLARE's own wait (``nvflare.tool.api_utils.wait_for_system_start``) polls the server with the
+    admin's kit; it raises ``SystemStartTimeout`` naming the sites still missing.
+    """
+    from nvflare.fuel.flare_api.flare_api import new_secure_session
+    from nvflare.tool.api_utils import wait_for_system_start
+
+    wait_for_system_start(len(sites), os.path.dirname(kit(workspace, ADMIN)), username=ADMIN, secure_mode=True,
+                          second_to_wait=0, timeout_in_sec=int(timeout), expected_clients=sites)
+    return new_secure_session(ADMIN, kit(workspace, ADMIN), timeout=timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     status = "?"
     try:
         start(workspace)
-        session = connect(workspace, len(sites))
+        session = connect(workspace, sites)
         try:
             job_id = session.submit_job(os.path.abspath(job))
             print(f"submitted {job} as job {job_id}", flush=True)

@@ -111,7 +111,7 @@ def test_a_site_killed_mid_job_is_reported_and_the_job_goes_on(tmp_path, poc):
     config["servers"][0]["heart_beat_timeout"] = 30
     server_config.write_text(json.dumps(config))
     run_poc.start(poc)
-    session = run_poc.connect(poc, 3)
+    session = run_poc.connect(poc, ["site-1", "site-2", "site-3"])
     lines = []
     try:
         job_id = session.submit_job(job)
@@ -141,7 +141,7 @@ def test_a_site_that_cannot_start_is_reported_and_does_not_hang_the_job(tmp_path
     local = Path(run_poc.kit(poc, "site-2"), "local")
     (local / "flap_sam_site.json").write_text(json.dumps({"data_root": str(tmp_path / "no_such_folder")}))
     run_poc.start(poc)
-    session = run_poc.connect(poc, 2)
+    session = run_poc.connect(poc, ["site-1", "site-2"])
     lines = []
     started = time.monotonic()
     try:
@@ -165,7 +165,7 @@ def test_a_server_restart_mid_job_loses_no_finished_round(tmp_path, poc):
     job = _job(tmp_path, num_rounds=rounds, max_steps_per_round=10)
     run_poc.prepare(poc, ["site-1", "site-2"])
     run_poc.start(poc)
-    session = run_poc.connect(poc, 2)
+    session = run_poc.connect(poc, ["site-1", "site-2"])
     lines = []
     try:
         job_id = session.submit_job(job)
@@ -186,7 +186,7 @@ def test_a_server_restart_mid_job_loses_no_finished_round(tmp_path, poc):
     finally:
         session.close()
 
-    session = run_poc.connect(poc, 2)
+    session = run_poc.connect(poc, ["site-1", "site-2"])
     try:
         resumed = write_job(job, str(tmp_path / "resumed"), {"resume_from": job_id})
         new_id = session.submit_job(resumed)

@@ -213,7 +213,7 @@ def federation(tmp_path_factory):
     workspace = str(root / "poc")
     run_poc.prepare(workspace, ["site-1", "site-2"])
     run_poc.start(workspace)
-    session = run_poc.connect(workspace, 2)
+    session = run_poc.connect(workspace, ["site-1", "site-2"])
     try:
         yield workspace, root, session
     finally:

@@ -4,6 +4,9 @@ round loader's determinism, Dice without a one-hot, and the compact site data.""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -146,3 +149,28 @@ def test_site_keeps_compact_model_resolution_stacks_and_reads_labels_when_scorin
         assert not any(isinstance(v, np.ndarray) and v.size > 16 for v in vars(volume.source).values())  # no voxels kept
     full = site.validation[0].source.load_label()
     assert full.shape == site.validation[0].source.shape and full.dtype == np.uint8 and full.max() > 0
+
+
+HEAP_PROBE = """
+import sys, psutil, torch
+from flap_sam.training.device import release_freed_tensors_on_cpu
+if sys.argv[1] == "fixed":
+    assert release_freed_tensors_on_cpu()
+big = torch.ones(4 * 2**20)  # 16 MiB: freeing it raises glibc's dynamic mmap threshold to 16 MiB
+del big
+base = psutil.Process().memory_info().rss
+blocks = [torch.ones(2 * 2**20) for _ in range(40)]  # 40 x 8 MiB, under that threshold: heap or mmap
+last = blocks.pop()
+del blocks
+print((psutil.Process().memory_info().rss - base) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mmap threshold exists on Linux only")
+def test_a_cpu_site_gives_freed_activations_back_to_the_os():
+    # The same allocations as a training step's activations (large, freed but one): with glibc's growing
+    # threshold the freed 312 MiB stay resident in the heap; with the fixed threshold they are returned.
+    held = {mode: float(subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], capture_output=True, text=True,
+                                       check=True).stdout) for mode in ("glibc", "fixed")}
+    assert held["glibc"] > 200, held
+    assert held["fixed"] < 40, held

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, MetaKey
+from nvflare.apis.fl_context import FLContext
 from nvflare.apis.utils.decomposers import flare_decomposers
 from nvflare.app_common.decomposers import common_decomposers
 
@@ -24,4 +25,4 @@ def random_payload(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
 def wire_bytes(payload: dict[str, np.ndarray], mode: str) -> int:
     """Bytes of the site's train result after the transport codec, as FOBS serialises it."""
     result = DXO(DataKind.WEIGHTS, data=payload, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 1}).to_shareable()
-    return serialized_size(TransportCodec(mode, "encode").process(result, None))
+    return serialized_size(TransportCodec(mode, "encode").process(result, FLContext()))

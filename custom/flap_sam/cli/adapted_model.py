@@ -9,37 +9,39 @@ from __future__ import annotations
 
 import argparse
 
-from flap_sam.data.profiles import PROFILES
-from flap_sam.jobs.spec import JobSpec
-from flap_sam.model.adapter_file import read_adapter_file
-from flap_sam.model.factory import build_model, resolve_checkpoint
-from flap_sam.model.presets import PRESETS, exchanged_names
-from flap_sam.training.device import pick_device
-from flap_sam.training.inference import INFERENCE_MODES
+from flap_sam.data.profiles import PROFILES, get_profile
+from flap_sam.jobs.defaults import package_defaults
+from flap_sam.model.presets import PRESETS
 
-DEFAULT = JobSpec.from_settings({})  # the package defaults' model and task
+
+def model_defaults() -> dict:
+    """The package defaults (settings.conf) of the model flags, with ``num_classes`` of the default dataset."""
+    defaults = package_defaults()
+    return {**defaults, "num_classes": get_profile(str(defaults["dataset"])).num_classes}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, adapter_required: bool = True) -> None:
-    model = DEFAULT.model
+    defaults = model_defaults()
     parser.add_argument("--adapter", required=adapter_required, help="persisted adapter, e.g. .../app_server/FL_global_model.pt")
     parser.add_argument("--job", default=None, help="the job folder the federation ran: every model and task setting is read "
                                                      "from it (then --model ... --dataset are not used)")
     parser.add_argument("--checkpoint", default="", help="the base SAM checkpoint the federation used "
                                                          "('' = lite_medsam's bundled weights; random for a ViT)")
-    parser.add_argument("--model", default=model.model_type)
-    parser.add_argument("--image-size", type=int, default=model.image_size)
-    parser.add_argument("--preset", default=model.preset, choices=list(PRESETS))
-    parser.add_argument("--rank", type=int, default=model.rank)
-    parser.add_argument("--lora-scale", type=float, default=model.lora_scale)
-    parser.add_argument("--dataset", default=DEFAULT.task.name, choices=sorted(PROFILES))
+    parser.add_argument("--model", default=defaults["model_type"])
+    parser.add_argument("--image-size", type=int, default=defaults["image_size"])
+    parser.add_argument("--preset", default=defaults["preset"], choices=list(PRESETS))
+    parser.add_argument("--rank", type=int, default=defaults["rank"])
+    parser.add_argument("--lora-scale", type=float, default=defaults["lora_scale"])
+    parser.add_argument("--dataset", default=defaults["dataset"], choices=sorted(PROFILES))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--inference", default="overlap", choices=list(INFERENCE_MODES),
+    parser.add_argument("--inference", default="overlap",
                         help="overlap: 5 windows per slice averaged (the paper's); centre: one forward per slice, 5x faster")
 
 
-def job_spec_of(args: argparse.Namespace) -> JobSpec:
+def job_spec_of(args: argparse.Namespace) -> "JobSpec":
     """The model and task settings: from ``--job`` (the job folder's resolved settings) or from the flags."""
+    from flap_sam.jobs.spec import JobSpec
+
     if args.job:
         from flap_sam.jobs.writer import read_job_spec
 
@@ -55,6 +57,14 @@ def load_adapted_model(args: argparse.Namespace):
         ValueError: one line naming the adapter file and what does not match.
     """
     from flap_sam.federated.weights import import_weights
+    from flap_sam.model.adapter_file import read_adapter_file
+    from flap_sam.model.factory import build_model, resolve_checkpoint
+    from flap_sam.model.presets import exchanged_names
+    from flap_sam.training.device import pick_device
+    from flap_sam.training.inference import INFERENCE_MODES
+
+    if args.inference not in INFERENCE_MODES:
+        raise ValueError(f"--inference {args.inference!r}: choose one of {', '.join(INFERENCE_MODES)}")
 
     job = job_spec_of(args)
     profile, spec = job.task, job.model

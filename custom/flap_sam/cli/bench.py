@@ -18,30 +18,20 @@ import subprocess
 import sys
 import tempfile
 
-import torch
-
-from flap_sam.benchmark.aggregation import time_averaging, time_exact_lora
-from flap_sam.benchmark.transport_error import built_adapter, round_trip_errors
-from flap_sam.benchmark.wire import random_payload, wire_bytes
-from flap_sam.cli.adapted_model import DEFAULT
-from flap_sam.files import write_text
-from flap_sam.jobs.defaults import package_defaults
+from flap_sam.cli.adapted_model import model_defaults
 from flap_sam.markdown import markdown_table
-from flap_sam.model.factory import ModelSpec
 
 PRESETS = ["fft", "attn_ft", "lora_dec", "dec_ft", "flap", "lora_ft", "pdec_ft"]
 MB = 1e6
 
-DEFAULTS = package_defaults()
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job", default=None, help="a job folder: model, image size, class count and rank are read from it")
-    model = DEFAULT.model
-    parser.add_argument("--model", default=model.model_type)
-    parser.add_argument("--image-size", type=int, default=model.image_size)
-    parser.add_argument("--num-classes", type=int, default=model.num_classes)
-    parser.add_argument("--rank", type=int, default=model.rank)
+    model = model_defaults()
+    parser.add_argument("--model", default=model["model_type"])
+    parser.add_argument("--image-size", type=int, default=model["image_size"])
+    parser.add_argument("--num-classes", type=int, default=model["num_classes"])
+    parser.add_argument("--rank", type=int, default=model["rank"])
     parser.add_argument("--presets", nargs="+", default=PRESETS, help="presets to measure (fft first: ratios are to fft)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="2.5D stacks per training step, the same for every preset (default: the paper's 24 on a GPU, 2 on CPU)")
@@ -60,10 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, metavar="PATH", help="also write every measured figure to this JSON file")
 
 
-
-
-
 def communication(spec_for, presets: list[str]) -> tuple[str, dict]:
+    from flap_sam.benchmark.wire import random_payload, wire_bytes
+
     rows, measured = [], {}
     for preset in presets:
         payload = random_payload(spec_for(preset))
@@ -124,6 +113,8 @@ def attention_section(steps: dict) -> tuple[str, dict]:
 
 
 def validation_section(args) -> tuple[str, dict]:
+    from flap_sam.model.factory import ModelSpec
+
     from flap_sam.benchmark.validation import dice_agreement, mode_timing
 
     timing = mode_timing(ModelSpec(args.model, args.image_size, args.num_classes, "flap", args.rank))
@@ -187,6 +178,14 @@ def targets(comm: dict, steps: dict | None, aggregation: dict, errors: dict, val
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from flap_sam.benchmark.aggregation import time_averaging, time_exact_lora
+    from flap_sam.benchmark.transport_error import built_adapter, round_trip_errors
+    from flap_sam.benchmark.wire import random_payload, wire_bytes
+    from flap_sam.files import write_text
+    from flap_sam.model.factory import ModelSpec
+
     if args.job:
         from flap_sam.jobs.writer import read_job_spec
 
@@ -197,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.batch_size is None:
-        args.batch_size = DEFAULTS["batch_size"] if device == "cuda" else 2
+        args.batch_size = model_defaults()["batch_size"] if device == "cuda" else 2
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                + (torch.cuda.get_device_name(0) if device == "cuda" else "no GPU"))
     sections = [f"# flap-sam bench: {args.model} at {args.image_size} px, {args.num_classes} classes, rank {args.rank}\n\nMachine: {machine}"]
@@ -262,6 +261,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_text(args.json, json.dumps(report, indent=2) + "\n")
     return 0
-
 
 

@@ -11,17 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 
-
 from flap_sam.cli.adapted_model import add_model_arguments, job_spec_of, load_adapted_model
-from flap_sam.data.datalist import load_datalist
-from flap_sam.data.errors import DataError
-from flap_sam.data.intensity import CTStatistics, ForegroundSamples, IntensityNormalizer
-from flap_sam.data.stacks import prepare_volume
-from flap_sam.data.volumes import load_volume
-from flap_sam.evaluation.overlays import write_overlays
-from flap_sam.evaluation.scores import score_volume, summarize, write_tables
 from flap_sam.markdown import records_table
-from flap_sam.training.inference import segment_volume
 
 SPLITS = ("test", "validation", "training")
 
@@ -41,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _normalizer(profile, cases, ct_window) -> IntensityNormalizer:
     """The site's intensity recipe: for CT, the clip statistics of its training volumes (as the Learner fits them)."""
+    from flap_sam.data.errors import DataError
+    from flap_sam.data.intensity import CTStatistics, ForegroundSamples, IntensityNormalizer
+    from flap_sam.data.volumes import load_volume
+
     if profile.modality != "ct":
         return IntensityNormalizer(profile.modality)
     if ct_window:
@@ -54,6 +49,14 @@ def _normalizer(profile, cases, ct_window) -> IntensityNormalizer:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flap_sam.data.datalist import load_datalist
+    from flap_sam.data.errors import DataError
+    from flap_sam.data.stacks import prepare_volume
+    from flap_sam.data.volumes import load_volume
+    from flap_sam.evaluation.overlays import write_overlays
+    from flap_sam.evaluation.scores import score_volume, summarize, write_tables
+    from flap_sam.training.inference import segment_volume
+
     if bool(args.adapter) == bool(args.predictions):
         raise ValueError("give exactly one of --adapter (run the model) or --predictions (score existing masks)")
     profile = job_spec_of(args).task

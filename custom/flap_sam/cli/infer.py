@@ -9,10 +9,6 @@ from __future__ import annotations
 import argparse
 
 from flap_sam.cli.adapted_model import add_model_arguments, load_adapted_model
-from flap_sam.data.intensity import CTStatistics, IntensityNormalizer
-from flap_sam.data.stacks import prepare_volume
-from flap_sam.data.volumes import load_volume, save_mask
-from flap_sam.training.inference import segment_volume
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flap_sam.data.intensity import CTStatistics, IntensityNormalizer
+    from flap_sam.data.stacks import prepare_volume
+    from flap_sam.data.volumes import load_volume, save_mask
+    from flap_sam.training.inference import segment_volume
+
     model, profile, device = load_adapted_model(args)
     volume = load_volume(args.image, None, profile.num_classes, channel=profile.channel)
     stats = None

@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from flap_sam.datasets.decathlon.task import read_task
-from flap_sam.jobs.writer import job_settings, parse_settings, source_job, write_job
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flap_sam.jobs.writer import job_settings, parse_settings, source_job, write_job
+
     source = source_job(args.job)
     settings = parse_settings(args.set)
     if args.task:

@@ -16,13 +16,8 @@ import json
 import os
 import time
 
-from nvflare.apis.job_def import RunStatus
-
-from flap_sam.federated.progress import STATS_GROUP
 from flap_sam.run_files import CROSS_SITE_FILE, TRAFFIC_FILE
 
-ENDED = ("FINISHED", "FAILED", "ABORTED")  # FLARE job status prefixes of a job that will not run again
-ABANDONED = RunStatus.ABANDONED.value  # what InterruptedJobs marks a job that a server restart cut off
 
 CROSS_SITE_NAME = os.path.basename(CROSS_SITE_FILE)
 
@@ -40,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def server_progress(session, job_id: str) -> dict | None:
     """The server's ``flap_sam`` stats group of a running job (None while its server process is not up)."""
+    from flap_sam.federated.progress import STATS_GROUP
+
     try:
         stats = session.show_stats(job_id, "server")
     except Exception:  # the job's server process is not up yet, or already gone
@@ -103,16 +100,6 @@ def summarize_result(folder: str) -> list[str]:
     return lines
 
 
-def _job_status(session, job_id: str) -> tuple[str | None, str]:
-    """(FLARE status of the job, "") or (None, why) while the server is unreachable."""
-    from nvflare.fuel.flare_api.api_spec import NoConnection
-
-    try:
-        return str(session.get_job_meta(job_id).get("status", "?")), ""
-    except NoConnection as error:
-        return None, str(error)
-
-
 def _site_errors(session, job_id: str) -> list[str]:
     """``site: report`` for every site that reported an error for the job."""
     try:
@@ -125,37 +112,50 @@ def _site_errors(session, job_id: str) -> list[str]:
 def follow(session, job_id: str, download: str, poll: float, timeout: float, say=print) -> str:
     """Print progress until the job ends; download its result; returns the final status.
 
-    While the server is unreachable (e.g. restarting) it waits and says so once. A job the
-    server abandoned when it restarted has no result to download; it says how to resume it.
+    FLARE's ``Session.monitor_job`` polls the job and decides when it has ended; each poll prints
+    the rounds and site errors not shown yet. While the server is unreachable (e.g. restarting)
+    it waits and says so once, then monitors again. A job the server abandoned when it restarted
+    has no result to download; it says how to resume it.
     """
-    started, seen_errors, status, server_down = time.monotonic(), set(), "?", False
-    shown_rounds, shown_failures = set(), set()
+    from nvflare.apis.job_def import RunStatus
+    from nvflare.fuel.flare_api.api_spec import MonitorReturnCode, NoConnection
+
+    started, seen_errors, shown_rounds, shown_failures = time.monotonic(), set(), set(), set()
+    state = {"status": "?", "server_down": False}
+
+    def on_poll(session, job_id: str, job_meta: dict) -> bool:
+        state["status"] = str(job_meta.get("status", "?"))
+        if state["server_down"]:
+            say(f"server reachable again; job {job_id} is {state['status']}")
+            state["server_down"] = False
+        for line in progress_lines(server_progress(session, job_id), shown_rounds, shown_failures):
+            say(line)
+        for text in _site_errors(session, job_id):
+            if text not in seen_errors:
+                seen_errors.add(text)
+                say(f"site error: {text}")
+        return True
+
     while True:
-        current, unreachable = _job_status(session, job_id)
-        if current is None:
-            if not server_down:
-                say(f"server not reachable ({unreachable}); waiting for it to come back")
-            server_down = True
-        else:
-            status = current
-            if server_down:
-                say(f"server reachable again; job {job_id} is {status}")
-                server_down = False
-            for line in progress_lines(server_progress(session, job_id), shown_rounds, shown_failures):
-                say(line)
-            for text in _site_errors(session, job_id):
-                if text not in seen_errors:
-                    seen_errors.add(text)
-                    say(f"site error: {text}")
-            if status.startswith(ENDED):
-                break
-        if timeout and time.monotonic() - started > timeout:
-            state = "the server is not reachable" if server_down else f"job {job_id} is {status}"
-            say(f"stopped following after {timeout:.0f} s; {state}")
-            return status
-        time.sleep(poll)
+        remaining = timeout - (time.monotonic() - started) if timeout else 0
+        if timeout and remaining <= 0:
+            outcome = MonitorReturnCode.TIMEOUT
+            break
+        try:
+            outcome = session.monitor_job(job_id, timeout=remaining, poll_interval=poll, cb=on_poll)
+            break
+        except NoConnection as error:
+            if not state["server_down"]:
+                say(f"server not reachable ({error}); waiting for it to come back")
+            state["server_down"] = True
+            time.sleep(poll)
+    status = state["status"]
+    if outcome == MonitorReturnCode.TIMEOUT:
+        where = "the server is not reachable" if state["server_down"] else f"job {job_id} is {status}"
+        say(f"stopped following after {timeout:.0f} s; {where}")
+        return status
     say(f"job {job_id}: {status}")
-    if status == ABANDONED:
+    if status == RunStatus.ABANDONED.value:  # what InterruptedJobs marks a job that a server restart cut off
         say(f"the server stopped while job {job_id} ran; to go on from its last finished round, submit the same job "
             f"with resume_from={job_id} (flap-sam job JOB --out DIR --set resume_from={job_id})")
         return status

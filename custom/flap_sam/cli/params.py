@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from flap_sam.cli.adapted_model import DEFAULT
-from flap_sam.model.factory import ModelSpec, assemble_model, exchange_schema
+from flap_sam.cli.adapted_model import model_defaults
 from flap_sam.model.presets import PRESETS
-from flap_sam.model.sam_builder import MODEL_TYPES
 
 
-def count_parameters(spec: ModelSpec) -> dict[str, int]:
+def count_parameters(spec: "ModelSpec") -> dict[str, int]:
     """Counts for one preset, built on the meta device (no weights are allocated).
 
     Returns ``{"trainable", "exchanged", "total"}`` parameter counts.
     """
+    import torch
+
+    from flap_sam.model.factory import assemble_model, exchange_schema
+
     with torch.device("meta"):
         model = assemble_model(spec, None)
     schema = exchange_schema(spec)
@@ -30,15 +30,17 @@ def count_parameters(spec: ModelSpec) -> dict[str, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job", default=None, help="a job folder: model, rank, class count and preset are read from it")
-    model = DEFAULT.model
-    parser.add_argument("--model", default=model.model_type, help=" | ".join(MODEL_TYPES))
-    parser.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)}, or 'all' (default: the job's, or {model.preset})")
-    parser.add_argument("--rank", type=int, default=model.rank)
-    parser.add_argument("--classes", type=int, default=model.num_classes, help="foreground classes")
-    parser.add_argument("--image-size", type=int, default=model.image_size)
+    model = model_defaults()
+    parser.add_argument("--model", default=model["model_type"], help="a model_type (docs/settings.md)")
+    parser.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)}, or 'all' (default: the job's, or {model['preset']})")
+    parser.add_argument("--rank", type=int, default=model["rank"])
+    parser.add_argument("--classes", type=int, default=model["num_classes"], help="foreground classes")
+    parser.add_argument("--image-size", type=int, default=model["image_size"])
 
 
 def run(args: argparse.Namespace) -> int:
+    from flap_sam.model.factory import ModelSpec
+
     if args.job:
         from flap_sam.jobs.writer import read_job_spec
 
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.image_size, args.rank, args.classes = job.model.model_type, job.model.image_size, job.model.rank, job.model.num_classes
         args.preset = args.preset or job.model.preset
         print(f"job {args.job}: classes {', '.join(job.task.class_names)} ({job.task.modality})")
-    args.preset = args.preset or DEFAULT.model.preset
+    args.preset = args.preset or model_defaults()["preset"]
     presets = list(PRESETS) if args.preset == "all" else [args.preset]
     rows = [(name, count_parameters(ModelSpec(args.model, args.image_size, args.classes, name, args.rank))) for name in presets]
     fft = count_parameters(ModelSpec(args.model, args.image_size, args.classes, "fft", args.rank))["exchanged"]

@@ -7,19 +7,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import time
 
 from flap_sam.data.profiles import DatasetProfile, get_profile
-from flap_sam.datasets.conversion import convert, format_summary
-from flap_sam.datasets.decathlon import prepare as decathlon
 from flap_sam.datasets.decathlon.task import read_task
-from flap_sam.datasets.ixi import prepare as ixi
-from flap_sam.datasets.kits19 import prepare as kits19
-from flap_sam.datasets.prostate import prepare as prostate
 
-# command name -> (converter module, dataset profile)
-CONVERTERS = {"kits19": (kits19, "kits"), "ixi": (ixi, "ixi"), "prostate": (prostate, "prostate")}
+# command name -> (converter module, imported when it runs; dataset profile)
+CONVERTERS = {"kits19": ("flap_sam.datasets.kits19.prepare", "kits"), "ixi": ("flap_sam.datasets.ixi.prepare", "ixi"),
+              "prostate": ("flap_sam.datasets.prostate.prepare", "prostate")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _decathlon(args: argparse.Namespace):
     """(cases, problems, centres, profile) of a Decathlon task folder; one site (--sites, default site-1)."""
+    from flap_sam.datasets.decathlon import prepare as decathlon
+
     if args.sites and len(args.sites) > 1:
         raise ValueError(f"--sites {' '.join(args.sites)}: a Decathlon folder is one hospital's data; name one site")
     site = (args.sites or ["site-1"])[0]
@@ -52,11 +51,14 @@ def _decathlon(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from flap_sam.datasets.conversion import convert, format_summary
+
     started = time.monotonic()
     if args.dataset == "decathlon":
         cases, problems, centres, profile = _decathlon(args)
     else:
-        module, profile_name = CONVERTERS[args.dataset]
+        module_name, profile_name = CONVERTERS[args.dataset]
+        module = importlib.import_module(module_name)
         profile = get_profile(profile_name)
         cases, problems, centres = module.find_cases(args.raw, args.sites)
     if args.sites:

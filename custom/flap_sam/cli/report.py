@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 
-from flap_sam.evaluation.report import collect, write_report
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="simulator workspaces, job results, sweep folders, baseline folders")
@@ -17,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flap_sam.evaluation.report import collect, write_report
+
     runs, baselines = collect(args.runs)
     path = write_report(runs, baselines, args.out)
     print(f"wrote {path}: {len(runs)} federated run(s), {len(baselines)} baseline(s)")

@@ -15,11 +15,6 @@ import shlex
 import shutil
 import subprocess
 
-from flap_sam.evaluation.robustness import read_robustness_run, write_robustness
-from flap_sam.files import write_text
-from flap_sam.jobs.settings import AGGREGATIONS, ATTACKS
-from flap_sam.jobs.simulator import output_tail, run_simulator
-from flap_sam.jobs.writer import parse_settings, source_job, write_job
 from flap_sam.run_files import simulator_job
 
 DONE = "DONE"
@@ -27,8 +22,8 @@ DONE = "DONE"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", help="a job folder or the name of a shipped job")
-    parser.add_argument("--aggregations", nargs="+", required=True, choices=AGGREGATIONS)
-    parser.add_argument("--attacks", nargs="+", required=True, choices=ATTACKS, help="none is always run too")
+    parser.add_argument("--aggregations", nargs="+", required=True, help="values of the aggregation setting (docs/settings.md)")
+    parser.add_argument("--attacks", nargs="+", required=True, help="values of the attack setting; none is always run too")
     parser.add_argument("--byzantine", type=int, default=1, help="Byzantine sites: the last N (default 1)")
     parser.add_argument("--sites", type=int, default=4, help="simulated sites (default 4)")
     parser.add_argument("--out", required=True)
@@ -37,6 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flap_sam.evaluation.robustness import read_robustness_run, write_robustness
+    from flap_sam.files import write_text
+    from flap_sam.jobs.simulator import output_tail, run_simulator
+    from flap_sam.jobs.settings import AGGREGATIONS, ATTACKS
+    from flap_sam.jobs.writer import parse_settings, source_job, write_job
+
+    for flag, given, known in (("--aggregations", args.aggregations, AGGREGATIONS), ("--attacks", args.attacks, ATTACKS)):
+        unknown = [v for v in given if v not in known]
+        if unknown:  # before the first run, not hours into the matrix
+            raise ValueError(f"{flag} {' '.join(unknown)}: not a value of the setting; choose from {', '.join(known)}")
     if not 0 < args.byzantine < args.sites:
         raise ValueError(f"--byzantine {args.byzantine}: needs at least one honest and one Byzantine site of --sites {args.sites}")
     source = source_job(args.job)

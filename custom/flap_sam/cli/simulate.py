@@ -13,9 +13,6 @@ import argparse
 import os
 import subprocess
 
-from flap_sam.jobs.simulator import prepare_workspace, simulator_command
-from flap_sam.jobs.writer import read_job
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", help="a job folder (flap-sam job --out)")
@@ -24,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flap_sam.jobs.simulator import prepare_workspace, simulator_command
+    from flap_sam.jobs.writer import read_job
+
     sites = args.sites or int(read_job(args.job).values["min_clients"])
     if sites < 1:
         raise ValueError(f"--sites {sites}: at least 1")

@@ -13,10 +13,6 @@ import os
 import shutil
 import subprocess
 
-from flap_sam.evaluation.report import collect, write_report
-from flap_sam.files import write_text
-from flap_sam.jobs.simulator import output_tail, run_simulator
-from flap_sam.jobs.writer import job_settings, parse_settings, source_job, write_job
 
 DONE = "DONE"
 
@@ -33,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flap_sam.evaluation.report import collect, write_report
+    from flap_sam.files import write_text
+    from flap_sam.jobs.simulator import output_tail, run_simulator
+    from flap_sam.jobs.writer import job_settings, parse_settings, source_job, write_job
+
     source = source_job(args.job)
     common = parse_settings(args.set)
     transports = args.transports or [None]

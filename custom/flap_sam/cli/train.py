@@ -15,15 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 
-import torch
-
-from flap_sam.jobs.writer import read_job
-from flap_sam.model.factory import build_model, random_base_refusal, resolve_checkpoint
-from flap_sam.model.sam_builder import CheckpointError
-from flap_sam.training.baseline import train_baseline
-from flap_sam.training.device import pick_device
-from flap_sam.training.loader import resolve_data_workers
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job", required=True, help="the job folder whose recipe and settings to train with")
@@ -63,7 +54,15 @@ def datalist_sites(items: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from flap_sam.data.site import DEMO, SiteData
+    from flap_sam.jobs.writer import read_job
+    from flap_sam.model.factory import build_model, random_base_refusal, resolve_checkpoint
+    from flap_sam.model.sam_builder import CheckpointError
+    from flap_sam.training.baseline import train_baseline
+    from flap_sam.training.device import pick_device
+    from flap_sam.training.loader import resolve_data_workers
 
     job = read_job(args.job)
     spec, profile, site = job.spec.model, job.spec.task, job.site

@@ -21,24 +21,25 @@ it memorised: they limit what one update tells the server and whoever sees the t
 from __future__ import annotations
 
 import numpy as np
-from nvflare.apis.dxo import DataKind, from_shareable
-from nvflare.apis.filter import Filter
+from nvflare.apis.dxo import DXO, DataKind
+from nvflare.apis.dxo_filter import DXOFilter
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
 from flap_sam.jobs.settings import check_privacy_parameters
 
 
-class UpdatePrivacyFilter(Filter):
+class UpdatePrivacyFilter(DXOFilter):
     """Site result filter: FLARE's privacy filter of the chosen ``privacy`` mode on WEIGHT_DIFF updates.
 
-    Every other result (validation metrics) passes unchanged. The filtered differences are float32 again.
+    Every other result (validation metrics) passes unchanged (``DXOFilter`` skips other data kinds).
+    The filtered differences are float32 again.
     """
 
     def __init__(self, privacy: str = "none", privacy_percentile: float = 10, percentile_gamma: float = 0.01,
                  svt_fraction: float = 0.1, svt_epsilon: float = 0.1, svt_noise_var: float = 0.1, svt_gamma: float = 1e-5,
                  svt_tau: float = 1e-6) -> None:
-        super().__init__()
+        super().__init__(supported_data_kinds=[DataKind.WEIGHT_DIFF], data_kinds_to_filter=None)
         check_privacy_parameters(privacy, privacy_percentile, percentile_gamma, svt_fraction, svt_epsilon)
         self.privacy = privacy
         self.impl = None
@@ -57,16 +58,9 @@ class UpdatePrivacyFilter(Filter):
         if self.impl is not None:
             self.impl.handle_event(event_type, fl_ctx)  # SVT resets its privacy accountant at the start of a run
 
-    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+    def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO | None:
         if self.impl is None:
-            return shareable
-        try:
-            dxo = from_shareable(shareable)
-        except Exception:
-            return shareable
-        if dxo.data_kind != DataKind.WEIGHT_DIFF:
-            return shareable
-        filtered = self.impl.process(shareable, fl_ctx)
-        out = from_shareable(filtered)
-        out.data = {name: np.asarray(value, dtype=np.float32) for name, value in out.data.items()}
-        return out.update_shareable(filtered)
+            return None  # privacy = none: not filtered
+        filtered = self.impl.process_dxo(dxo, shareable, fl_ctx) or dxo
+        filtered.data = {name: np.asarray(value, dtype=np.float32) for name, value in filtered.data.items()}
+        return filtered

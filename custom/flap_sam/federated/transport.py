@@ -26,8 +26,8 @@ NVFlare's own ``ModelQuantizer`` needs bitsandbytes and a GPU for 8-bit, hence t
 from __future__ import annotations
 
 import numpy as np
-from nvflare.apis.dxo import DataKind, from_shareable
-from nvflare.apis.filter import Filter
+from nvflare.apis.dxo import DXO, DataKind
+from nvflare.apis.dxo_filter import DXOFilter
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
@@ -119,8 +119,11 @@ def decode_weights(weights: dict[str, np.ndarray], meta: dict) -> dict[str, np.n
     return {name: decode_tensor(value, mode, scales.get(name)) for name, value in weights.items()}
 
 
-class TransportCodec(Filter):
-    """Encode or decode the WEIGHTS of a task payload; other payloads pass unchanged.
+class TransportCodec(DXOFilter):
+    """Encode or decode the WEIGHTS (or WEIGHT_DIFF) of a task payload; other payloads pass unchanged.
+
+    FLARE's ``DXOFilter`` unwraps the DXO, skips other data kinds and records the filter in the
+    DXO's filter history; this class only converts the tensors.
 
     Args:
         mode: ``fp32`` (pass-through), ``fp16``, ``bf16`` or ``int8`` (the job's ``transport`` setting).
@@ -128,7 +131,7 @@ class TransportCodec(Filter):
     """
 
     def __init__(self, mode: str = "fp32", action: str = "encode") -> None:
-        super().__init__()
+        super().__init__(supported_data_kinds=[DataKind.WEIGHTS, DataKind.WEIGHT_DIFF], data_kinds_to_filter=None)
         if mode not in MODES:
             raise ValueError(f"transport '{mode}' is unknown; choose one of {MODES}")
         if action not in ("encode", "decode"):
@@ -138,12 +141,13 @@ class TransportCodec(Filter):
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         if self.mode == "fp32":
             return shareable
-        try:
-            dxo = from_shareable(shareable)
-        except Exception:
-            return shareable  # not a DXO (an error reply): nothing to convert
-        if dxo.data_kind not in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF) or not dxo.data:
-            return shareable
+        # A new Shareable: DXOFilter writes its result into the one it is given, and on the server the
+        # same task data object goes to every site.
+        copy = Shareable()
+        copy.update(shareable)
+        return super().process(copy, fl_ctx)
+
+    def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO:
         meta = dict(dxo.meta or {})
         if self.action == "encode":
             dxo.data, meta[CODEC_META_KEY] = encode_weights(dxo.data, self.mode)
@@ -154,7 +158,4 @@ class TransportCodec(Filter):
                                  "set the same 'transport' on server and sites")
             dxo.data = decode_weights(dxo.data, codec)
         dxo.meta = meta
-        # A new Shareable: on the server the same task data object goes to every site.
-        out = Shareable()
-        out.update(shareable)
-        return dxo.update_shareable(out)
+        return dxo

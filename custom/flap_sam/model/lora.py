@@ -26,6 +26,8 @@ from segment_anything.modeling.image_encoder import ImageEncoderViT
 from segment_anything.modeling.transformer import Attention as DecoderAttention
 from torch import nn
 
+from flap_sam.model.presets import A_TAG, B_TAG
+
 Columns = tuple[int, int] | tuple[tuple[int, int], ...]
 
 
@@ -181,14 +183,6 @@ def merge_lora(model: nn.Module) -> nn.Module:
             if isinstance(child, LoRALinear):
                 setattr(parent, child_name, child.to_linear())
     return model
-
-
-def is_lora_parameter(name: str) -> bool:
-    """True for the state-dict key of a LoRA factor (``....lora_A.q`` etc.)."""
-    return ".lora_A." in name or ".lora_B." in name
-
-
-A_TAG, B_TAG = ".lora_A.", ".lora_B."
 
 
 def lora_pairs(names) -> dict[str, tuple[str, str]]:

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # the rule itself is names only: the command line reads it without importing torch
+    from torch import nn
 
-from flap_sam.model.lora import is_lora_parameter
+# The state-dict names of LoRA factors (``flap_sam.model.lora`` names its parameters so): ``....lora_A.q``.
+A_TAG, B_TAG = ".lora_A.", ".lora_B."
 
 _DEC = r"mask_decoder\."
 # ViT: image_encoder.blocks.N.attn.*; LiteMedSAM's TinyViT: image_encoder.layers.L.blocks.N.attn.* (biases included)
@@ -93,6 +96,11 @@ PRESETS: dict[str, Preset] = {
         ),
     )
 }
+
+
+def is_lora_parameter(name: str) -> bool:
+    """True for the state-dict key of a LoRA factor (``....lora_A.q`` etc.)."""
+    return A_TAG in name or B_TAG in name
 
 
 def get_preset(name: str) -> Preset:

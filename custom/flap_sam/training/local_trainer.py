@@ -11,6 +11,7 @@ from monai.losses import DiceCELoss
 
 from flap_sam.data.stacks import SliceStackDataset, stacks_to_images
 from flap_sam.model.semantic_sam import SemanticSam
+from flap_sam.training.device import release_freed_tensors_on_cpu
 from flap_sam.training.inference import segment_volume
 from flap_sam.training.loader import round_batches
 from flap_sam.training.metrics import dice_per_class
@@ -25,10 +26,14 @@ class LocalTrainer:
         settings: the recipe (lr, weight decay, batch size, schedule, sampling, amp, FedProx mu).
         data_workers: processes that build the batches beside training (0: in the training process).
         cpu_bf16: the site's ``cpu_bf16`` setting (bf16 autocast on a CPU with native bf16, with ``amp``).
+        release_cpu_memory: on a CPU, give freed activations back to the OS after each step
+            (``release_freed_tensors_on_cpu``); off only to measure what it saves.
     """
 
     def __init__(self, model: SemanticSam, dataset: SliceStackDataset, settings: TrainingSettings, device: torch.device,
-                 data_workers: int = 0, cpu_bf16: bool = False) -> None:
+                 data_workers: int = 0, cpu_bf16: bool = False, release_cpu_memory: bool = True) -> None:
+        if device.type == "cpu" and release_cpu_memory:
+            release_freed_tensors_on_cpu()
         self.model = model
         self.amp = settings.uses_amp(device, cpu_bf16)
         self.data_workers = data_workers

@@ -6,6 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from flap_sam.data.demo import ensure_demo_site
+from flap_sam.data.profiles import get_profile
+from flap_sam.data.site import SiteData
+from flap_sam.data.stacks import SliceStackDataset
 from flap_sam.jobs.settings import check_settings, training_settings
 from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.training.local_trainer import LocalTrainer
@@ -22,18 +26,20 @@ def test_the_curve_has_no_jump_where_warm_up_ends():
     assert np.all(np.diff(factors[250:]) <= 0) and 0 <= factors[-1] < 1e-10
 
 
-def _trainer(settings: TrainingSettings) -> tuple[LocalTrainer, list[float]]:
-    """A real trainer whose batches are synthetic and whose steps only record the lr they would use."""
-    trainer = LocalTrainer(build_model(SPEC), [], settings, torch.device("cpu"))
+@pytest.fixture(scope="module")
+def stacks(tmp_path_factory) -> SliceStackDataset:
+    """The training stacks of a demo site at the test model's 64 px."""
+    root = ensure_demo_site("kits", "site-1", str(tmp_path_factory.mktemp("demo")))
+    site = SiteData.load(get_profile("kits"), root, "site-1", SPEC.image_size, SPEC.num_classes)
+    return SliceStackDataset(site.train, None, seed=0)
+
+
+def _trainer(settings: TrainingSettings, stacks: SliceStackDataset) -> tuple[LocalTrainer, list[float]]:
+    """A real trainer on real stacks; torch's optimizer hook records the lr of every step it takes."""
+    torch.manual_seed(0)
+    trainer = LocalTrainer(build_model(SPEC), stacks, settings, torch.device("cpu"))
     lrs: list[float] = []
-    trainer._batches = lambda num_steps, seed: iter([{"image": None, "label": None}] * num_steps)
-
-    def record(stacks, labels):
-        lrs.append(trainer.optimizer.param_groups[0]["lr"])
-        trainer.global_step += 1
-        return 0.0
-
-    trainer.step = record
+    trainer.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: lrs.append(optimizer.param_groups[0]["lr"]))
     return trainer, lrs
 
 
@@ -43,17 +49,17 @@ def _run_rounds(trainer, rounds, num_rounds, steps):
         trainer.train(steps, first_step=first, total_steps=total, round_seed=r)
 
 
-def test_the_lr_is_one_curve_over_the_rounds_and_through_a_restart():
-    settings = training_settings(lr=8e-4, warmup_steps=6, poly_power=7.0)
-    num_rounds, steps = 5, 4
-    straight, lrs = _trainer(settings)
+def test_the_lr_is_one_curve_over_the_rounds_and_through_a_restart(stacks):
+    settings = training_settings(lr=8e-4, warmup_steps=6, poly_power=7.0, batch_size=1)
+    num_rounds, steps = 4, 2
+    straight, lrs = _trainer(settings, stacks)
     _run_rounds(straight, range(num_rounds), num_rounds, steps)
     expected = [8e-4 * warmup_poly_factor(s, 6, num_rounds * steps, 7.0) for s in range(num_rounds * steps)]
     assert np.allclose(lrs, expected)
     # A site (or server) that restarts before round 2 goes on along the same curve, not from warm-up.
-    before, lrs_before = _trainer(settings)
+    before, lrs_before = _trainer(settings, stacks)
     _run_rounds(before, range(2), num_rounds, steps)
-    after, lrs_after = _trainer(settings)
+    after, lrs_after = _trainer(settings, stacks)
     _run_rounds(after, range(2, num_rounds), num_rounds, steps)
     assert np.allclose(lrs_before + lrs_after, lrs)
 

@@ -102,14 +102,6 @@ def test_a_bad_site_policy_is_refused_in_one_line(args, message):
 
 # ---- the policy documents ---------------------------------------------------------------------
 
-def test_no_role_may_bring_code_and_leads_act_only_on_their_own():
-    roles = AUTHORIZATION["permissions"]
-    assert all(rights["byoc"] == "none" for rights in roles.values())
-    assert roles["lead"]["manage_job"] == "n:submitter" and roles["lead"]["download_job"] == "n:submitter"
-    assert roles["lead"]["operate"] == "o:site" and roles["lead"]["shell_commands"] == "o:site"
-    assert roles["project_admin"]["shell_commands"] == "o:site"  # no shell in a hospital for the coordinating centre
-
-
 def test_the_builder_refuses_a_bad_policy_in_one_line():
     with pytest.raises(ValueError, match="preset 'everything' is unknown"):
         SitePolicyBuilder(presets=["everything"])

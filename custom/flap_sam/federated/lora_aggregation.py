@@ -28,7 +28,7 @@ from nvflare.app_common.app_constant import AppConstants
 
 from flap_sam.federated.attacks import ATTACK_META_KEY, AttackSettings, attack_contributions, attack_refusal
 from flap_sam.federated.contributions import contribution_problem
-from flap_sam.federated.robust_aggregation import aggregate_robust
+from flap_sam.federated.robust_aggregation import aggregate_robust, factorize
 from flap_sam.jobs.settings import AGGREGATIONS, check_aggregation_weights
 from flap_sam.model.fingerprint import FINGERPRINT_KEY
 from flap_sam.model.lora import lora_pairs  # noqa: F401 (imported from here by callers)
@@ -46,17 +46,13 @@ def refactorize(b_factors: list[np.ndarray], a_factors: list[np.ndarray], weight
             raise ValueError(f"LoRA factors do not chain: B {b.shape} x A {a.shape}")
     b_cat = torch.cat([w * torch.as_tensor(b, dtype=torch.float32) for b, w in zip(b_factors, weights)], dim=1)
     a_cat = torch.cat([torch.as_tensor(a, dtype=torch.float32) for a in a_factors], dim=0)
+    # M = Q_b (R_b R_a^T) Q_a^T: only the small core (k, k') is factorised, never the (out, in) product.
     q_b, r_b = torch.linalg.qr(b_cat)        # (out, k), (k, nr)
     q_a, r_a = torch.linalg.qr(a_cat.T)      # (in, k'), (k', nr)
-    u, s, vh = torch.linalg.svd(r_b @ r_a.T, full_matrices=False)  # core (k, k')
-    u, s, vh = u[:, :rank], s[:rank], vh[:rank]
-    new_b = q_b @ u                          # (out, rank)
-    new_a = s[:, None] * (vh @ q_a.T)        # (rank, in)
-    if new_b.shape[1] < rank:  # fewer directions than the rank (tiny layers): pad with zeros
-        pad = rank - new_b.shape[1]
-        new_b = torch.cat([new_b, new_b.new_zeros(new_b.shape[0], pad)], dim=1)
-        new_a = torch.cat([new_a, new_a.new_zeros(pad, new_a.shape[1])], dim=0)
-    return new_b.float().numpy(), new_a.float().numpy()
+    core_b, core_a = factorize((r_b @ r_a.T).numpy(), rank)  # (k, rank), (rank, k'), zero-padded past k
+    new_b = q_b @ torch.from_numpy(core_b)   # (out, rank)
+    new_a = torch.from_numpy(core_a) @ q_a.T  # (rank, in)
+    return new_b.numpy(), new_a.numpy()
 
 
 def aggregate_exact(contributions: list[tuple[float, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:

@@ -120,6 +120,7 @@ def test_bf16_autocast_runs_on_a_cpu_only_where_the_site_asks_and_the_cpu_comput
 def test_a_site_turns_on_cpu_bf16_in_its_own_settings(tmp_path, capsys):
     site = check_settings({}).site
     assert site.cpu_bf16 is False and site.with_overrides({"cpu_bf16": True}, where="x: ").cpu_bf16 is True
+    assert site.cpu_return_memory is False and site.with_overrides({"cpu_return_memory": True}, where="x: ").cpu_return_memory
     out = tmp_path / "job"
     assert main(["job", "ixi_lora", "--out", str(out), "--set", "cpu_bf16=true"]) == 0
     assert read_job(str(out)).site.cpu_bf16 is True

@@ -85,5 +85,5 @@ def run(args: argparse.Namespace) -> int:
           f"(job {args.job}), {device}", flush=True)
     train_baseline(model, spec, sites, job.training, epochs, args.out, device, kind,
                    data_workers=resolve_data_workers(site.data_workers, device), say=lambda s: print(s, flush=True),
-                   cpu_bf16=site.cpu_bf16)
+                   cpu_bf16=site.cpu_bf16, cpu_return_memory=site.cpu_return_memory)
     return 0

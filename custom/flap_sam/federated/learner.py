@@ -166,7 +166,8 @@ class FlapSamLearner(Learner):
         self.base = base_fingerprint(self.model, self.exchanged, from_checkpoint=bool(checkpoint))
         augment = build_augmentation(self.spec.image_size) if self.training.augment else None
         dataset = SliceStackDataset(self.data.train, augment, seed=self.training.seed)
-        self.trainer = LocalTrainer(self.model, dataset, self.training, self.device, data_workers, self.site_settings.cpu_bf16)
+        self.trainer = LocalTrainer(self.model, dataset, self.training, self.device, data_workers, self.site_settings.cpu_bf16,
+                                    self.site_settings.cpu_return_memory)
         if self.attack.attack == "label_flip" and self.site_name in self.attack.sites:
             refusal = attack_refusal(fl_ctx)
             if refusal:

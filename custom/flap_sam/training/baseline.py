@@ -55,7 +55,7 @@ def _progress(epoch: int, epochs: int, loss: float, lr: float, dice: float, seco
 
 def train_baseline(model: SemanticSam, spec: ModelSpec, sites: dict[str, SiteData], settings: TrainingSettings, epochs: int,
                    out: str, device: torch.device, kind: str, data_workers: int = 0, say=print,
-                   cpu_bf16: bool = False) -> BaselineResult:
+                   cpu_bf16: bool = False, cpu_return_memory: bool = False) -> BaselineResult:
     """Train on the union of ``sites``' training volumes for ``epochs`` epochs; write the adapters and logs into ``out``.
 
     An epoch is capped by ``max_steps_per_round``, as a round of the federation is.
@@ -70,7 +70,7 @@ def train_baseline(model: SemanticSam, spec: ModelSpec, sites: dict[str, SiteDat
     has_test = all(data.test for data in sites.values())
     test = [v for data in sites.values() for v in (data.test if has_test else data.validation)]
     dataset = SliceStackDataset(train, build_augmentation(spec.image_size) if settings.augment else None, seed=settings.seed)
-    trainer = LocalTrainer(model, dataset, settings, device, data_workers, cpu_bf16)
+    trainer = LocalTrainer(model, dataset, settings, device, data_workers, cpu_bf16, cpu_return_memory)
     steps = settings.capped(trainer.steps_per_epoch())
     total = epochs * steps
     log, best = [], -1.0

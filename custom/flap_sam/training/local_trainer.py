@@ -26,13 +26,13 @@ class LocalTrainer:
         settings: the recipe (lr, weight decay, batch size, schedule, sampling, amp, FedProx mu).
         data_workers: processes that build the batches beside training (0: in the training process).
         cpu_bf16: the site's ``cpu_bf16`` setting (bf16 autocast on a CPU with native bf16, with ``amp``).
-        release_cpu_memory: on a CPU, give freed activations back to the OS after each step
-            (``release_freed_tensors_on_cpu``); off only to measure what it saves.
+        cpu_return_memory: the site's ``cpu_return_memory`` setting: on a CPU, freed activations go
+            back to the OS at once (``release_freed_tensors_on_cpu``).
     """
 
     def __init__(self, model: SemanticSam, dataset: SliceStackDataset, settings: TrainingSettings, device: torch.device,
-                 data_workers: int = 0, cpu_bf16: bool = False, release_cpu_memory: bool = True) -> None:
-        if device.type == "cpu" and release_cpu_memory:
+                 data_workers: int = 0, cpu_bf16: bool = False, cpu_return_memory: bool = False) -> None:
+        if device.type == "cpu" and cpu_return_memory:
             release_freed_tensors_on_cpu()
         self.model = model
         self.amp = settings.uses_amp(device, cpu_bf16)

@@ -180,6 +180,8 @@ class SiteSettings:
         attention: ``fused`` | ``reference``; checkpointing: ``off`` | ``encoder``.
         data_workers: batch-building processes (``auto`` or a count); cpu_threads: torch threads (``auto`` or a count).
         cpu_bf16: with ``amp``, bf16 autocast on this site's CPU where it computes bf16 natively.
+        cpu_return_memory: on a CPU, freed activations go back to the OS at once
+            (``flap_sam.training.device.release_freed_tensors_on_cpu``): less peak memory, more CPU time.
         random_weights: the job means a ViT without checkpoint to train real data (tests only).
         demo_budget: the job runs the demo's short budget, on the demo data only.
     """
@@ -193,10 +195,12 @@ class SiteSettings:
     data_workers: str
     cpu_threads: str
     cpu_bf16: bool
+    cpu_return_memory: bool
     random_weights: bool
     demo_budget: bool
 
-    OVERRIDABLE = ("data_root", "datalist", "checkpoint", "device", "attention", "checkpointing", "data_workers", "cpu_threads", "cpu_bf16")
+    OVERRIDABLE = ("data_root", "datalist", "checkpoint", "device", "attention", "checkpointing", "data_workers", "cpu_threads", "cpu_bf16",
+                   "cpu_return_memory")
 
     @classmethod
     def from_settings(cls, settings: Mapping, where: str = "") -> "SiteSettings":

@@ -98,7 +98,7 @@ def release_freed_tensors_on_cpu() -> bool:
     keeps freed memory and fragments: a LiteMedSAM site at 112 px, batch 4, resided 1.1 GB higher
     than what it used (docs/performance.md). Fixing the threshold at glibc's starting value turns
     that off; it does not change what is computed, but every large tensor is then mapped afresh
-    (page faults: about 1.35x the CPU time of that step). One call per process is enough.
+    (page faults: 1.38x the CPU time in the measured step). One call per process is enough.
     """
     libc_name = ctypes.util.find_library("c")
     try:

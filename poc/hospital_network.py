@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -200,13 +201,20 @@ def _process(pid: int) -> psutil.Process | None:
 
 
 # -- kits ----------------------------------------------------------------------------------------------------
-def network_project(sites: int) -> dict:
+def network_project(sites: int, site_policy: dict | None = None) -> dict:
     """The shipped ``provisioning/project.yml`` for its first ``sites`` hospitals: same server name, builders
-    (so the same site policies and CA), project admin, and the leads of those hospitals."""
+    (so the same site policies and CA), project admin, and the leads of those hospitals.
+
+    ``site_policy`` replaces arguments of its ``SitePolicyBuilder``, e.g. ``{"presets": ["flap", "fft"],
+    "max_megabytes_per_result": 0}`` for hospitals that agree to let a full model out (the fft baseline).
+    """
     import yaml
 
     with open(PROJECT, encoding="utf-8") as f:
         project = yaml.safe_load(f)
+    if site_policy:
+        builder = next(b for b in project["builders"] if b["path"].endswith("SitePolicyBuilder"))
+        builder["args"].update(site_policy)
     clients = [p for p in project["participants"] if p["type"] == "client"]
     if not 1 <= sites <= len(clients):
         raise ValueError(f"--sites {sites}: provisioning/project.yml has {len(clients)} hospitals")
@@ -221,9 +229,10 @@ def network_project(sites: int) -> dict:
 class Deployment:
     """Provisioned kits in ``workspace`` run on a ``HospitalNetwork``: start, stop, kill and the admin's tools."""
 
-    def __init__(self, workspace: str, sites: int = 2, rate_mbit: float | None = None, name: str = "fsnet"):
+    def __init__(self, workspace: str, sites: int = 2, rate_mbit: float | None = None, name: str = "fsnet",
+                 site_policy: dict | None = None):
         self.workspace = os.path.abspath(workspace)
-        self.project = network_project(sites)
+        self.project = network_project(sites, site_policy)
         by_type = {t: [p for p in self.project["participants"] if p["type"] == t] for t in ("server", "client", "admin")}
         self.server_name = by_type["server"][0]["name"]
         self.sites = [p["name"] for p in by_type["client"]]
@@ -252,7 +261,14 @@ class Deployment:
         if done.returncode != 0 or not os.path.isdir(self.kit("server")):
             raise RuntimeError(f"nvflare provision -p {project_file} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
         local = os.path.join(self.kit("server"), "local")
-        shutil.copy(os.path.join(local, "resources.json.default"), os.path.join(local, "resources.json"))
+        with open(os.path.join(local, "resources.json.default"), encoding="utf-8") as f:
+            resources = f.read()
+        # FLARE's default stores (/tmp/nvflare/...) would be shared by every server on the machine: a restarting
+        # server would mark another federation's running job abandoned.
+        for store in ("jobs-storage", "snapshot-storage"):
+            resources = resources.replace(f'"/tmp/nvflare/{store}"', json.dumps(os.path.join(self.workspace, "server", store)))
+        with open(os.path.join(local, "resources.json"), "w", encoding="utf-8") as f:
+            f.write(resources)
         add_to_server_resources(os.path.join(local, "resources.json"))
         if server_config:
             path = os.path.join(self.kit("server"), "startup", "fed_server.json")
@@ -312,6 +328,88 @@ class Deployment:
         raise TimeoutError(f"sites not connected after {timeout:.0f} s; the admin console said:\n{out[-2000:]}")
 
 
+# -- the paper's saving as time ------------------------------------------------------------------------------
+LINK_JOB = {"model_type": "vit_b", "random_weights": True, "image_size": 256, "batch_size": 1, "max_steps_per_round": 2,
+            "num_rounds": 2, "augment": False}  # ViT-B's tensors; the least compute that still trains
+RUNS = {"flap": {"preset": "flap"}, "flap int8": {"preset": "flap", "transport": "int8"}, "fft": {"preset": "fft"}}
+_STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
+
+
+def _seconds(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def job_times(server_job_log: str) -> dict:
+    """Round wall times (``Round N started`` to ``Round N finished``) and the job's, first to last log line, in s."""
+    stamps = [m.group(1) for m in re.finditer(_STAMP, server_job_log, re.M)]
+    marks = {(int(n), what): _seconds(stamp) for stamp, n, what in
+             re.findall(_STAMP + r".*Round (\d+) (started|finished)", server_job_log, re.M)}
+    rounds = [marks[(r, "finished")] - marks[(r, "started")] for r in sorted({r for r, _ in marks}) if (r, "finished") in marks]
+    return {"rounds_s": rounds, "federation_s": _seconds(stamps[-1]) - _seconds(stamps[0]) if stamps else None}
+
+
+def time_federation(deployment: Deployment, job: str, env: dict, timeout: float) -> dict:
+    """One federation on ``deployment`` (network built and taken down here): status, round and job wall times,
+    and the bytes the server received from each site per round."""
+    results = os.path.join(deployment.workspace, "results")
+    with deployment.network:
+        deployment.start("server")
+        for site in deployment.sites:
+            deployment.start(site, env)
+        deployment.wait_until_connected()
+        done = deployment.monitor("--submit", job, "--download", results, "--poll", "3", "--timeout", str(timeout))
+    job_id = next((line.split()[-1] for line in done.stdout.splitlines() if line.startswith("following job ")), None)
+    status = next((line.split()[-1] for line in done.stdout.splitlines() if job_id and line.startswith(f"job {job_id}: ")), "?")
+    log = os.path.join(results, job_id or "-", "workspace", "log.txt")
+    times = job_times(open(log, encoding="utf-8", errors="replace").read()) if os.path.isfile(log) else {"rounds_s": [], "federation_s": None}
+    traffic_file = os.path.join(results, job_id or "-", "workspace", "app_server", "traffic_summary.json")
+    per_round = None
+    if os.path.isfile(traffic_file):
+        with open(traffic_file, encoding="utf-8") as f:
+            sites = json.load(f)["sites"]
+        per_round = max(r["received"] for s in sites.values() for r in s.get("train", {}).values())
+    return {"status": status, **times, "bytes_per_site_round": per_round, "monitor": done.stdout[-3000:]}
+
+
+def link_table(rates: list[float], runs: list[str], workspace: str, sites: int, job: str, timeout: float,
+               say=print) -> list[dict]:
+    """Every run of ``runs`` (names of ``RUNS``) at every rate of ``rates`` (Mbit/s; 0 = unshaped), one after the other."""
+    from flap_sam.jobs.writer import write_job
+
+    rows = []
+    for rate in rates:
+        for run in runs:
+            tag = f"{run.replace(' ', '_')}_{rate:g}"
+            folder = os.path.join(workspace, tag)
+            shutil.rmtree(folder, ignore_errors=True)
+            written = write_job(job, os.path.join(folder, "job"), {**LINK_JOB, **RUNS[run]})
+            deployment = Deployment(folder, sites, rate or None, name=f"fslink{os.getpid() % 1000}",
+                                    site_policy={"presets": ["flap", "fft"], "max_megabytes_per_result": 0})
+            deployment.provision()
+            started = time.monotonic()
+            row = {"run": run, "rate_mbit": rate, **time_federation(deployment, written, {"FLAP_SAM_DEMO_ROOT": os.path.join(workspace, "demo")}, timeout)}
+            row["wall_s"] = time.monotonic() - started
+            rows.append(row)
+            say(f"{run} at {rate:g} Mbit/s: {row['status']}, rounds {', '.join(f'{t:.0f}' for t in row['rounds_s'])} s, "
+                f"job {row['federation_s'] or 0:.0f} s, {row['bytes_per_site_round'] or 0:,} B per site and round")
+    return rows
+
+
+def link_markdown(rows: list[dict], sites: int) -> str:
+    """The table of ``link_table``'s rows, with ratios to ``flap`` at the same rate."""
+    lines = [f"| run | link (Mbit/s) | MB per site and round, each way | round (s) | federation (s) | federation / flap | status |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        flap = next((r for r in rows if r["run"] == "flap" and r["rate_mbit"] == row["rate_mbit"]), None)
+        ratio = f"{row['federation_s'] / flap['federation_s']:.1f}x" if flap and flap["federation_s"] and row["federation_s"] else "-"
+        rounds = " / ".join(f"{t:.0f}" for t in row["rounds_s"]) or "-"
+        mb = f"{row['bytes_per_site_round'] / 1e6:.2f}" if row["bytes_per_site_round"] else "-"
+        lines.append(f"| {row['run']} | {row['rate_mbit']:g} | {mb} | {rounds} | {row['federation_s'] or 0:.0f} | {ratio} | {row['status']} |")
+    return "\n".join(lines) + "\n"
+
+
 def _cmdline(proc: psutil.Process) -> list[str]:
     try:
         return proc.cmdline()
@@ -319,7 +417,40 @@ def _cmdline(proc: psutil.Process) -> list[str]:
         return []
 
 
+def links_main(argv: list[str]) -> int:
+    """``hospital_network.py links``: the table of round and federation wall times per run and link rate."""
+    parser = argparse.ArgumentParser(prog="hospital_network.py links", description=link_table.__doc__)
+    parser.add_argument("--rates", type=float, nargs="+", default=[20.0, 100.0], help="site link rates, Mbit/s (0: unshaped)")
+    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--sites", type=int, default=2)
+    parser.add_argument("--job", default=os.path.join(REPO, "jobs", "kits_lora"))
+    parser.add_argument("--workspace", default="/tmp/flap_sam_links")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds one federation may take")
+    parser.add_argument("--out", default=None, help="also write the table and the rows (.json beside it) here")
+    args = parser.parse_args(argv)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rows = link_table(args.rates, args.runs, args.workspace, args.sites, args.job, args.timeout,
+                      say=lambda line: print(line, flush=True))
+    table = link_markdown(rows, args.sites)
+    print(table)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(f"Made {started} by `sudo python poc/hospital_network.py links {' '.join(argv)}`: "
+                    f"{args.sites} hospitals, settings {json.dumps(LINK_JOB)}.\n\n" + table)
+        with open(os.path.splitext(args.out)[0] + ".json", "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+    return 0 if all(r["status"] == "FINISHED:COMPLETED" for r in rows) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    reason = can_build_networks()
+    if reason:
+        print(f"hospital_network: {reason}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))  # so the network comes down
+    if argv[:1] == ["links"]:
+        return links_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--job", default=os.path.join(REPO, "jobs", "kits_lora"))
     parser.add_argument("--sites", type=int, default=2, help="the first N hospitals of provisioning/project.yml")
@@ -328,16 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="job settings to change (flap-sam job)")
     parser.add_argument("--hold", action="store_true", help="after the job, keep the network up until Ctrl-C")
     args = parser.parse_args(argv)
-    reason = can_build_networks()
-    if reason:
-        print(f"hospital_network: {reason}", file=sys.stderr)
-        return 2
 
     from flap_sam.jobs.writer import parse_settings, write_job
 
     deployment = Deployment(args.workspace, args.sites, args.rate or None)
     job = write_job(args.job, os.path.join(deployment.workspace, "jobs", os.path.basename(args.job)), parse_settings(args.set))
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     started = time.monotonic()
     code = 1
     deployment.provision()

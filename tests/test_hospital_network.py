@@ -1,0 +1,185 @@
+"""A provisioned federation across separate network hosts: shaped links, cut links, a crashed server.
+
+Every test builds its own network namespaces (``poc/hospital_network.py``), provisions kits from
+``provisioning/project.yml`` (its server name, CA and site policies), starts the participants from their
+kits' ``startup/start.sh`` and works as the project admin from the admin's namespace (its console,
+``flap-sam monitor``). Nothing is mocked. They need root, ``ip netns`` and ``tc`` (the CI machine has them);
+each takes one to three minutes.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from flap_sam.jobs.writer import write_job
+from flap_sam.federated.resume import read_adapter, run_adapter_path
+from jobtools import REPO, TEST_MODEL, TEST_TRAINING
+
+sys.path.insert(0, str(REPO / "poc"))
+import hospital_network  # noqa: E402  (the harness is the code under test)
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(hospital_network.can_build_networks() is not None,
+                                 reason=f"hospital network: {hospital_network.can_build_networks()}")]
+
+QUICK = {**TEST_MODEL, **TEST_TRAINING, "max_steps_per_round": 5, "cross_site_timeout": 60}
+
+
+def _job(tmp_path: Path, **settings) -> str:
+    return write_job(str(REPO / "jobs" / "kits_lora"), str(tmp_path / "job"), {**QUICK, **settings})
+
+
+@pytest.fixture
+def deployment(tmp_path, request):
+    """A deployment whose network is taken down afterwards; the test checks nothing of it is left."""
+    made = []
+
+    def make(sites: int, rate_mbit: float | None = None, **provision) -> hospital_network.Deployment:
+        d = hospital_network.Deployment(str(tmp_path / "ws"), sites, rate_mbit, name=f"fst{os.getpid() % 10000}")
+        d.provision(**provision)
+        d.network.up()
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.network.down()
+        assert not d.network.exists(), "namespaces left behind"
+        assert not glob.glob(f"/etc/netns/{d.network.name}-*"), "hosts files left behind"
+
+
+def _start_all(d: hospital_network.Deployment, tmp_path: Path) -> None:
+    d.start("server")
+    for site in d.sites:
+        d.start(site, env={"FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")})
+    d.wait_until_connected()
+
+
+class Monitor:
+    """``flap-sam monitor`` run in the admin's namespace in the background; its lines as they come."""
+
+    def __init__(self, d: hospital_network.Deployment, *args: str):
+        argv = d.network.command("admin", [sys.executable, "-m", "flap_sam.cli.main", "monitor", "--startup-kit", d.kit("admin"),
+                                           "--username", d.admin, "--poll", "2", *args])
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(line.rstrip() for line in self.proc.stdout), daemon=True)
+        self._reader.start()
+
+    def wait(self, timeout: float) -> str:
+        try:
+            self.proc.wait(timeout)
+        finally:
+            self.proc.kill()
+            self._reader.join(10)
+        return "\n".join(self.lines)
+
+    def job_id(self, timeout: float = 120) -> str:
+        assert _wait_for(lambda: any(line.startswith("following job ") for line in self.lines), timeout), self.lines
+        return next(line.split()[-1] for line in self.lines if line.startswith("following job "))
+
+
+def _wait_for(predicate, timeout: float, every: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
+def _server_job_log(d: hospital_network.Deployment, job_id: str) -> str:
+    path = Path(d.kit("server"), job_id, "log.txt")
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_sites_on_shaped_links_reach_the_server_by_its_provisioned_name_over_mutual_tls(tmp_path, deployment):
+    d = deployment(2, rate_mbit=8)
+    # Only the namespaces know these addresses: no route leads out of them, the machine has none of them.
+    for participant in d.network.participants:
+        routes = subprocess.run(d.network.command(participant, ["ip", "route"]), capture_output=True, text=True).stdout
+        assert "default" not in routes and routes.count("\n") == 1, routes
+    assert hospital_network.SUBNET not in subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+    resolved = subprocess.run(d.network.command("hospital-a", ["getent", "hosts", d.server_name]), capture_output=True, text=True).stdout
+    assert resolved.split() == [hospital_network.SERVER_ADDRESS, d.server_name]
+    _start_all(d, tmp_path)
+    status = d.admin_console(["check_status client"])
+    assert "hospital-a" in status and "hospital-b" in status
+
+    monitor = Monitor(d, "--submit", _job(tmp_path, num_rounds=2), "--download", str(tmp_path / "results"))
+    out = monitor.wait(400)
+    assert "FINISHED:COMPLETED" in out, out
+    assert "round 1/2: aggregated 2 site(s)" in out, out
+    # The traffic went through each site's shaped link: its token bucket counted at least the payloads.
+    for site in d.sites:
+        shaped = subprocess.run(["tc", "-s", "-n", d.network.namespace(site), "qdisc", "show", "dev", "eth0"],
+                                capture_output=True, text=True).stdout
+        assert "tbf" in shaped and "rate 8Mbit" in shaped, shaped
+        assert int(re.search(r"Sent (\d+) bytes", shaped).group(1)) > 2 * 73_000
+    # The admin's console sees what a hospital's IT would see.
+    console = d.admin_console(["list_jobs", "check_status server"])
+    assert "FINISHED:COMPLETED" in console and "Registered clients: 2" in console, console
+
+
+def test_a_link_cut_mid_round_and_one_cut_past_the_round_timeout(tmp_path, deployment):
+    d = deployment(3)
+    _start_all(d, tmp_path)
+    # Round 1 waits up to 45 s for its results; two of three sites are enough.
+    monitor = Monitor(d, "--submit", _job(tmp_path, num_rounds=4, min_clients=2, train_timeout=45, max_steps_per_round=20),
+                      "--download", str(tmp_path / "results"))
+    job_id = monitor.job_id()
+    assert _wait_for(lambda: "Round 1 started" in _server_job_log(d, job_id), 300), _server_job_log(d, job_id)[-3000:]
+    d.network.cut("hospital-b")  # back within the round
+    d.network.cut("hospital-c")  # back only after the round's timeout
+    time.sleep(30)
+    d.network.restore("hospital-b")
+    time.sleep(40)
+    d.network.restore("hospital-c")
+    out = monitor.wait(600)
+    assert "FINISHED:COMPLETED" in out, out
+    rounds = {int(m.group(1)): line for line in out.splitlines() if (m := re.match(r"round (\d+)/4: aggregated", line))}
+    assert sorted(rounds) == [0, 1, 2, 3], out
+    assert "hospital-b" in rounds[1] and "missing: hospital-c" in rounds[1], out  # b's round completed, c's timed out
+    assert "aggregated 3 site(s)" in rounds[3], out  # c rejoined
+    state, finished = read_adapter(str(next(Path(tmp_path, "results").rglob("FL_global_model.pt"))))
+    assert finished == 4
+    console = d.admin_console([f"show_errors {job_id} client", "check_status client"])
+    assert all(site in console for site in d.sites), console
+
+
+def test_a_crashed_server_is_restarted_by_its_kit_and_the_job_resumes_from_its_last_round(tmp_path, deployment):
+    rounds = 5
+    d = deployment(2)
+    _start_all(d, tmp_path)
+    job = _job(tmp_path, num_rounds=rounds, max_steps_per_round=10)
+    monitor = Monitor(d, "--submit", job, "--download", str(tmp_path / "results"))
+    job_id = monitor.job_id()
+    adapter = Path(run_adapter_path(d.kit("server"), job_id))
+    assert _wait_for(lambda: adapter.exists() and read_adapter(str(adapter))[1] >= 2, 600), "two rounds did not finish"
+    d.kill("server")  # a crash: its kit's restart loop (startup/sub_start.sh) starts it again
+    _, finished = read_adapter(str(adapter))  # the file is whole: it loads
+    assert 2 <= finished < rounds
+    out = monitor.wait(300)  # the admin's monitor waits through the outage and says how to go on
+    assert "FINISHED:ABANDONED" in out and any(line.startswith("server not reachable") for line in monitor.lines), out
+    assert f"submit the same job with resume_from={job_id}" in out, out
+    assert d.fl_processes("server"), "the kit did not restart the server"
+    d.wait_until_connected()
+
+    resumed = write_job(job, str(tmp_path / "resumed"), {"resume_from": job_id})
+    again = Monitor(d, "--submit", resumed, "--download", str(tmp_path / "results"))
+    out = again.wait(600)
+    assert "FINISHED:COMPLETED" in out, out
+    new_id = again.job_id()
+    started = [int(n) for n in re.findall(r"Round (\d+) started", _server_job_log(d, new_id))]
+    assert started == list(range(finished, rounds)), started  # no finished round repeated, none skipped
+    _, total = read_adapter(str(Path(tmp_path, "results", new_id, "workspace", "app_server", "FL_global_model.pt")))
+    assert total == rounds

@@ -6,7 +6,10 @@ from nvflare.apis.dxo import DXO, DataKind
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_constant import AppConstants
 
-from flap_sam.cli.monitor import progress_lines
+import json
+
+from flap_sam.cli.monitor import final_progress, progress_lines
+from flap_sam.federated.progress import PROGRESS_AT_END
 from flap_sam.federated.cross_site import CrossSiteDiceFormatter
 
 
@@ -27,6 +30,18 @@ def test_rounds_that_finish_between_two_polls_are_each_reported_once():
     assert progress_lines(progress, shown_rounds, shown_failures) == [
         "round 8/10: aggregated 2 site(s) [site-1 Dice 0.580 1,000 B, site-2 Dice 0.400]; missing: site-3",
         "site-3 failed: it could not start"]
+
+
+def test_rounds_finished_after_the_last_poll_are_read_back_from_the_downloaded_server_log(tmp_path):
+    shown_rounds, shown_failures = {0, 1}, set()
+    log = tmp_path / "job" / "workspace" / "log.txt"
+    log.parent.mkdir(parents=True)
+    end = {"round": 2, "num_rounds": 3, "rounds": [_round(r) for r in range(3)], "failed": {}}
+    log.write_text("2026-12-02 10:00:00,000 - ScatterAndGather - INFO - [identity=server] - Round 2 finished.\n"
+                   f"2026-12-02 10:00:01,000 - FederationProgress - INFO - [identity=server] - {PROGRESS_AT_END}{json.dumps(end)}\n")
+    assert progress_lines(final_progress(str(tmp_path)), shown_rounds, shown_failures) == [
+        "round 2/3: aggregated 2 site(s) [site-1 Dice 0.520 1,000 B, site-2 Dice 0.400]"]
+    assert final_progress(str(tmp_path / "job" / "workspace" / "absent")) is None
 
 
 def test_cross_site_formatter_prints_each_sites_dice_of_each_model(tmp_path):

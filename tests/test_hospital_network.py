@@ -22,6 +22,7 @@ import pytest
 
 from flap_sam.jobs.writer import write_job
 from flap_sam.federated.resume import read_adapter, run_adapter_path
+from flap_sam.model.factory import ModelSpec, exchange_schema
 from jobtools import REPO, TEST_MODEL, TEST_TRAINING
 
 sys.path.insert(0, str(REPO / "poc"))
@@ -102,58 +103,54 @@ def _server_job_log(d: hospital_network.Deployment, job_id: str) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-def test_sites_on_shaped_links_reach_the_server_by_its_provisioned_name_over_mutual_tls(tmp_path, deployment):
-    d = deployment(2, rate_mbit=8)
+def test_a_federation_across_network_hosts_survives_a_cut_link_and_a_site_cut_past_the_round_timeout(tmp_path, deployment):
+    d = deployment(3, rate_mbit=8)
     # Only the namespaces know these addresses: no route leads out of them, the machine has none of them.
     for participant in d.network.participants:
         routes = subprocess.run(d.network.command(participant, ["ip", "route"]), capture_output=True, text=True).stdout
         assert "default" not in routes and routes.count("\n") == 1, routes
     assert hospital_network.SUBNET not in subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
     resolved = subprocess.run(d.network.command("hospital-a", ["getent", "hosts", d.server_name]), capture_output=True, text=True).stdout
-    assert resolved.split() == [hospital_network.SERVER_ADDRESS, d.server_name]
+    assert resolved.split() == [hospital_network.SERVER_ADDRESS, d.server_name]  # the name in the server's certificate
     _start_all(d, tmp_path)
-    status = d.admin_console(["check_status client"])
-    assert "hospital-a" in status and "hospital-b" in status
+    assert all(site in d.admin_console(["check_status client"]) for site in d.sites)
 
-    monitor = Monitor(d, "--submit", _job(tmp_path, num_rounds=2), "--download", str(tmp_path / "results"))
-    out = monitor.wait(400)
-    assert "FINISHED:COMPLETED" in out, out
-    assert "round 1/2: aggregated 2 site(s)" in out, out
-    # The traffic went through each site's shaped link: its token bucket counted at least the payloads.
-    for site in d.sites:
-        shaped = subprocess.run(["tc", "-s", "-n", d.network.namespace(site), "qdisc", "show", "dev", "eth0"],
-                                capture_output=True, text=True).stdout
-        assert "tbf" in shaped and "rate 8Mbit" in shaped, shaped
-        assert int(re.search(r"Sent (\d+) bytes", shaped).group(1)) > 2 * 73_000
-    # The admin's console sees what a hospital's IT would see.
-    console = d.admin_console(["list_jobs", "check_status server"])
-    assert "FINISHED:COMPLETED" in console and "Registered clients: 2" in console, console
-
-
-def test_a_link_cut_mid_round_and_one_cut_past_the_round_timeout(tmp_path, deployment):
-    d = deployment(3)
-    _start_all(d, tmp_path)
-    # Round 1 waits up to 45 s for its results; two of three sites are enough.
-    monitor = Monitor(d, "--submit", _job(tmp_path, num_rounds=4, min_clients=2, train_timeout=45, max_steps_per_round=20),
+    # A round waits up to 45 s for its results; two of three sites are enough. NVFlare's own weighted average
+    # this time: its per-site weights are explicit (no "Aggregation_weight missing").
+    rounds = 5
+    monitor = Monitor(d, "--submit", _job(tmp_path, num_rounds=rounds, min_clients=2, train_timeout=45, aggregation="average"),
                       "--download", str(tmp_path / "results"))
     job_id = monitor.job_id()
     assert _wait_for(lambda: "Round 1 started" in _server_job_log(d, job_id), 300), _server_job_log(d, job_id)[-3000:]
-    d.network.cut("hospital-b")  # back within the round
-    d.network.cut("hospital-c")  # back only after the round's timeout
+    d.network.cut("hospital-b")  # back within the round's timeout
+    d.network.cut("hospital-c")  # back only after it
     time.sleep(30)
     d.network.restore("hospital-b")
     time.sleep(40)
     d.network.restore("hospital-c")
     out = monitor.wait(600)
     assert "FINISHED:COMPLETED" in out, out
-    rounds = {int(m.group(1)): line for line in out.splitlines() if (m := re.match(r"round (\d+)/4: aggregated", line))}
-    assert sorted(rounds) == [0, 1, 2, 3], out
-    assert "hospital-b" in rounds[1] and "missing: hospital-c" in rounds[1], out  # b's round completed, c's timed out
-    assert "aggregated 3 site(s)" in rounds[3], out  # c rejoined
-    state, finished = read_adapter(str(next(Path(tmp_path, "results").rglob("FL_global_model.pt"))))
-    assert finished == 4
-    console = d.admin_console([f"show_errors {job_id} client", "check_status client"])
-    assert all(site in console for site in d.sites), console
+    aggregated = {int(m.group(1)): line for line in out.splitlines() if (m := re.match(rf"round (\d+)/{rounds}: aggregated", line))}
+    assert sorted(aggregated) == list(range(rounds)), out  # no round lost
+    assert "missing: " in aggregated[1] and "hospital-c" in aggregated[1].split("missing: ")[1], out
+    # hospital-b's round 1 completes or it is left out of round 1 only; hospital-c rejoins a later round.
+    assert "hospital-b Dice" in aggregated[1] or "hospital-b Dice" in aggregated[2], out
+    # FLARE's client reconnects with a growing back-off, so after a long cut hospital-c may miss a few more
+    # rounds; it is back at the latest for the cross-site evaluation, and the console lists it.
+    assert any("hospital-c Dice" in aggregated[r] for r in range(2, rounds)) or "cross-site hospital-c:" in out, out
+    _, finished = read_adapter(str(next(Path(tmp_path, "results").rglob("FL_global_model.pt"))))
+    assert finished == rounds
+    server_log = Path(tmp_path, "results", job_id, "workspace", "log.txt").read_text(errors="replace")
+    assert "site weights (x training steps)" in server_log and "Aggregation_weight missing" not in server_log
+    # The traffic went through each site's shaped link: its token bucket counted more than the site's payloads.
+    for site in d.sites:
+        shaped = subprocess.run(["tc", "-s", "-n", d.network.namespace(site), "qdisc", "show", "dev", "eth0"],
+                                capture_output=True, text=True).stdout
+        assert "rate 8Mbit" in shaped and int(re.search(r"Sent (\d+) bytes", shaped).group(1)) > 2 * 73_000, shaped
+    # The admin's console, from the admin's own host, shows the job and every site back.
+    console = d.admin_console(["list_jobs", f"show_errors {job_id} server", "check_status client"])
+    assert "FINISHED:COMPLETED" in console and all(site in console for site in d.sites), console
+    print(out, console, sep="\n")  # what the admin saw (pytest -s)
 
 
 def test_a_crashed_server_is_restarted_by_its_kit_and_the_job_resumes_from_its_last_round(tmp_path, deployment):
@@ -179,7 +176,11 @@ def test_a_crashed_server_is_restarted_by_its_kit_and_the_job_resumes_from_its_l
     out = again.wait(600)
     assert "FINISHED:COMPLETED" in out, out
     new_id = again.job_id()
-    started = [int(n) for n in re.findall(r"Round (\d+) started", _server_job_log(d, new_id))]
+    server_log = Path(tmp_path, "results", new_id, "workspace", "log.txt").read_text(errors="replace")  # as downloaded
+    started = [int(n) for n in re.findall(r"Round (\d+) started", server_log)]
     assert started == list(range(finished, rounds)), started  # no finished round repeated, none skipped
-    _, total = read_adapter(str(Path(tmp_path, "results", new_id, "workspace", "app_server", "FL_global_model.pt")))
+    assert (f"Its adapter holds {finished} finished round(s): submit the same job with resume_from = {job_id}"
+            in Path(d.kit("server"), "log.txt").read_text(errors="replace"))  # what the restarted server says
+    state, total = read_adapter(str(Path(tmp_path, "results", new_id, "workspace", "app_server", "FL_global_model.pt")))
     assert total == rounds
+    assert set(state) == set(exchange_schema(ModelSpec("vit_test", 64, 2, "flap", 4)))  # the adapter only

@@ -79,6 +79,20 @@ def progress_lines(progress: dict | None, shown_rounds: set, shown_failures: set
     return lines
 
 
+def final_progress(folder: str) -> dict | None:
+    """The server's progress as it logged it at the end of the run, from a downloaded job result
+    (the last poll can come after the job's server process ended, so it misses the last rounds)."""
+    from flap_sam.federated.progress import PROGRESS_AT_END
+
+    for root, _, files in os.walk(folder):
+        if "log.txt" in files:
+            with open(os.path.join(root, "log.txt"), encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if PROGRESS_AT_END in line:
+                        return json.loads(line.split(PROGRESS_AT_END, 1)[1])
+    return None
+
+
 def summarize_result(folder: str) -> list[str]:
     """Site failures, cross-site Dice and traffic totals from a downloaded job result."""
     lines = []
@@ -162,6 +176,8 @@ def follow(session, job_id: str, download: str, poll: float, timeout: float, say
     os.makedirs(download, exist_ok=True)
     target = session.download_job_result(job_id, os.path.abspath(download))
     say(f"result downloaded to {target}")
+    for line in progress_lines(final_progress(target), shown_rounds, shown_failures):
+        say(line)
     for line in summarize_result(target):
         say(line)
     return status

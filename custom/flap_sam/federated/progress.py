@@ -29,6 +29,9 @@ from flap_sam.federated.traffic import SUMMARY_FILE
 STATS_GROUP = "flap_sam"
 
 
+PROGRESS_AT_END = "federation progress at the end: "  # logged at END_RUN; `flap-sam monitor` reads it back
+
+
 class FederationProgress(FLComponent):
     """Round, reporting sites, their Dice and bytes, missing sites; served through ``show_stats``."""
 
@@ -56,7 +59,7 @@ class FederationProgress(FLComponent):
                 with self._lock:
                     collector.add_info(STATS_GROUP, json.loads(json.dumps(self.state)))
         elif event_type == EventType.END_RUN:
-            self.log_info(fl_ctx, f"federation progress at the end: {json.dumps(self.state)}")
+            self.log_info(fl_ctx, PROGRESS_AT_END + json.dumps(self.state))
 
     def _record_contribution(self, fl_ctx: FLContext) -> None:
         result = fl_ctx.get_prop(AppConstants.TRAINING_RESULT)

@@ -158,8 +158,9 @@ class HospitalNetwork:
         return [ns for ns in [*(self.namespace(p) for p in self.participants), self.hub] if ns in existing]
 
     # -- links ---------------------------------------------------------------------------------------------
-    def shape(self, participant: str, rate_mbit: float | None) -> None:
-        """Set ``participant``'s link to ``rate_mbit`` Mbit/s in both directions (None: unshaped).
+    def shape(self, participant: str, rate_mbit: float | None, uplink_only: bool = False) -> None:
+        """Set ``participant``'s link to ``rate_mbit`` Mbit/s in both directions (None: unshaped), or only
+        what it sends (``uplink_only``, an asymmetric line; what it receives is then unshaped).
 
         ``tbf`` on the participant's own interface shapes what it sends, on the hub's end what it receives.
         The bucket holds 10 ms at the rate (at least 16 KiB); up to 200 ms of packets queue before drops.
@@ -167,7 +168,7 @@ class HospitalNetwork:
         ns = self.namespace(participant)
         for where, dev in ((ns, "eth0"), (self.hub, self._ports[participant])):
             subprocess.run(["tc", "-n", where, "qdisc", "del", "dev", dev, "root"], capture_output=True)
-            if rate_mbit is not None:
+            if rate_mbit is not None and (where == ns or not uplink_only):
                 if rate_mbit <= 0:
                     raise ValueError(f"rate_mbit = {rate_mbit}: a link rate must be positive (Mbit/s)")
                 burst = max(16 * 1024, int(rate_mbit * 1e6 / 8 * 0.010))
@@ -399,7 +400,7 @@ def link_table(rates: list[float], runs: list[str], workspace: str, sites: int, 
 
 def link_markdown(rows: list[dict], sites: int) -> str:
     """The table of ``link_table``'s rows, with ratios to ``flap`` at the same rate."""
-    lines = [f"| run | link (Mbit/s) | MB per site and round, each way | round (s) | federation (s) | federation / flap | status |",
+    lines = ["| run | link (Mbit/s) | MB per site and round, each way | round (s) | federation (s) | federation / flap | status |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
         flap = next((r for r in rows if r["run"] == "flap" and r["rate_mbit"] == row["rate_mbit"]), None)

@@ -76,6 +76,10 @@ def progress_lines(progress: dict | None, shown_rounds: set, shown_failures: set
         if (site, reason) not in shown_failures:
             shown_failures.add((site, reason))
             lines.append(f"{site} failed: {reason}")
+    for site, reason in sorted(progress.get("late", {}).items()):
+        if (site, reason) not in shown_failures:
+            shown_failures.add((site, reason))
+            lines.append(f"{site} late: {reason}")
     return lines
 
 

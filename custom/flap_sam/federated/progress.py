@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 
 from nvflare.apis.dxo import MetaKey, from_shareable
 from nvflare.apis.event_type import EventType
@@ -35,22 +36,30 @@ PROGRESS_AT_END = "federation progress at the end: "  # logged at END_RUN; `flap
 class FederationProgress(FLComponent):
     """Round, reporting sites, their Dice and bytes, missing sites; served through ``show_stats``."""
 
-    def __init__(self) -> None:
+    def __init__(self, train_timeout: float = 0, min_clients: int = 0) -> None:
+        """``train_timeout`` (s, 0: none) and ``min_clients``: the workflow's, to say which one closed a round
+        before a slow site's result arrived."""
         super().__init__()
+        self.train_timeout = float(train_timeout)
+        self.min_clients = int(min_clients)
+        self._round_times: dict[int, list[float]] = {}  # round: [started, closed] (time.monotonic(), s)
         self._lock = threading.Lock()
         # "rounds": every aggregated round, in order: {"round", "sites": {site: {"val_dice", "bytes_received"}}, "missing"},
         # so a reader that polls less often than rounds finish still sees each round once.
         self.state = {"round": None, "num_rounds": None, "reported": {}, "missing_last_round": [], "finished_rounds": 0,
-                      "failed": {}, "rounds": []}
+                      "failed": {}, "late": {}, "rounds": []}
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == AppEventType.ROUND_STARTED:
+            self._round_times[fl_ctx.get_prop(AppConstants.CURRENT_ROUND)] = [time.monotonic()]
             with self._lock:
                 self.state.update(round=fl_ctx.get_prop(AppConstants.CURRENT_ROUND), num_rounds=fl_ctx.get_prop(AppConstants.NUM_ROUNDS), reported={})
         elif event_type == EventType.BEFORE_PROCESS_SUBMISSION:
             self._record_failure(fl_ctx)
         elif event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
             self._record_contribution(fl_ctx)
+        elif event_type == EventType.BEFORE_PROCESS_RESULT_OF_UNKNOWN_TASK:
+            self._record_late_result(fl_ctx)
         elif event_type == AppEventType.BEFORE_AGGREGATION:
             self._close_round(fl_ctx)
         elif event_type == InfoCollector.EVENT_TYPE_GET_STATS:
@@ -66,6 +75,8 @@ class FederationProgress(FLComponent):
         if result is None:
             return
         site = result.get_peer_prop(ReservedKey.IDENTITY_NAME, "?")
+        if result.get_cookie(AppConstants.CONTRIBUTION_ROUND) != fl_ctx.get_prop(AppConstants.CURRENT_ROUND):
+            return  # a late result of an earlier round: the aggregators discard it, so it is not this round's
         try:
             dice = from_shareable(result).get_meta_prop(MetaKey.INITIAL_METRICS)
         except Exception:
@@ -89,6 +100,32 @@ class FederationProgress(FLComponent):
             self.state["failed"][site] = reason
         self.log_error(fl_ctx, f"site {site} failed task {task}: {reason}")
 
+    def _record_late_result(self, fl_ctx: FLContext) -> None:
+        """A site's train result that arrived after its round had closed: one line naming the site, how late
+        it was and the setting that closed the round, the one to raise for a link this slow."""
+        result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
+        if fl_ctx.get_prop(FLContextKey.TASK_NAME) != AppConstants.TASK_TRAIN or result is None:
+            return
+        peer = fl_ctx.get_peer_context()
+        site = peer.get_identity_name() if peer else "?"
+        round_ = result.get_cookie(AppConstants.CONTRIBUTION_ROUND)
+        times = self._round_times.get(round_, [])
+        if len(times) < 2:
+            return  # not a round this server closed (e.g. before a restart)
+        took, closed = time.monotonic() - times[0], times[1] - times[0]
+        reason = (f"its round {round_} result arrived {took:.0f} s after the round started, {took - closed:.0f} s after "
+                  f"the round closed without it: its link is too slow for this job's timing; raise {self._closer(closed)} "
+                  f"so that a round waits at least {1.5 * took:.0f} s for it")
+        with self._lock:
+            self.state["late"][site] = reason
+        self.log_warning(fl_ctx, f"site {site}: {reason}")
+
+    def _closer(self, closed_after: float) -> str:
+        """The setting that closed a round ``closed_after`` s after it started, for the line to a user."""
+        if self.train_timeout and closed_after >= self.train_timeout - 1:
+            return f"train_timeout (now {self.train_timeout:g} s)"
+        return f"min_clients (now {self.min_clients}; the round closed once that many sites had reported)"
+
     def _close_round(self, fl_ctx: FLContext) -> None:
         expected = sorted(c.name for c in fl_ctx.get_engine().get_clients())
         with self._lock:
@@ -97,12 +134,16 @@ class FederationProgress(FLComponent):
             self.state["missing_last_round"] = missing
             self.state["finished_rounds"] += 1
             round_ = self.state["round"]
+            times = self._round_times.setdefault(round_, [time.monotonic()])
+            times.append(time.monotonic())
             sites = {s: dict(self.state["reported"][s]) for s in reported}
             self.state["rounds"].append({"round": round_, "sites": sites, "missing": missing})
         dice = {s: v["val_dice"] for s, v in sites.items()}
         self.log_info(fl_ctx, f"round {round_}: aggregating {len(reported)} site(s) {reported}; validation Dice {dice}")
         if missing:
-            self.log_warning(fl_ctx, f"round {round_}: no result from {missing} (dropped out or too late); the round goes on without them")
+            self.log_warning(fl_ctx, f"round {round_}: no result from {', '.join(missing)} after {times[1] - times[0]:.0f} s: each "
+                                     f"dropped out, or is still training or sending (a slow link); the round goes on without them. "
+                                     f"To wait longer for a slow site, raise {self._closer(times[1] - times[0])}")
 
     @staticmethod
     def _bytes_received(fl_ctx: FLContext, site: str, round_) -> int | None:

@@ -33,6 +33,8 @@ import time
 
 import psutil
 
+from run_poc import kill_processes  # poc/, beside this script
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT = os.path.join(REPO, "provisioning", "project.yml")
 SUBNET = "10.231.0"  # /24, private, only ever inside the namespaces made here
@@ -293,13 +295,7 @@ class Deployment:
 
     def kill(self, participant: str) -> None:
         """Kill ``participant``'s FLARE processes, as a crash would; its kit's restart loop starts it again."""
-        procs = self.fl_processes(participant)
-        for proc in procs:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(procs, timeout=30)
+        kill_processes(self.fl_processes(participant), timeout=30)
 
     def admin_console(self, commands: list[str], timeout: float = 120) -> str:
         """What the admin's console (``startup/fl_admin.sh``, run in the admin's namespace) prints for ``commands``."""

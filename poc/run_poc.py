@@ -91,13 +91,17 @@ def stop(workspace: str, grace: float = 30.0) -> None:
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and _workspace_processes(workspace):
         time.sleep(1)
-    remaining = _workspace_processes(workspace)
-    for proc in remaining:
+    kill_processes(_workspace_processes(workspace), timeout=10)
+
+
+def kill_processes(procs: list[psutil.Process], timeout: float) -> None:
+    """SIGKILL every process of ``procs`` still alive and wait up to ``timeout`` s for them to be gone."""
+    for proc in procs:
         try:
             proc.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(remaining, timeout=10)
+    psutil.wait_procs(procs, timeout=timeout)
 
 
 def _workspace_processes(workspace: str) -> list[psutil.Process]:

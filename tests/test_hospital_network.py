@@ -117,7 +117,7 @@ def test_a_federation_across_network_hosts_survives_a_cut_link_and_a_site_cut_pa
 
     # A round waits up to 45 s for its results; two of three sites are enough. NVFlare's own weighted average
     # this time: its per-site weights are explicit (no "Aggregation_weight missing").
-    rounds = 5
+    rounds = 4
     monitor = Monitor(d, "--submit", _job(tmp_path, num_rounds=rounds, min_clients=2, train_timeout=45, aggregation="average"),
                       "--download", str(tmp_path / "results"))
     job_id = monitor.job_id()
@@ -184,6 +184,9 @@ def test_a_crashed_server_is_restarted_by_its_kit_and_the_job_resumes_from_its_l
     state, total = read_adapter(str(Path(tmp_path, "results", new_id, "workspace", "app_server", "FL_global_model.pt")))
     assert total == rounds
     assert set(state) == set(exchange_schema(ModelSpec("vit_test", 64, 2, "flap", 4)))  # the adapter only
+    # The admin's console lists the interrupted job as abandoned and the resumed one as completed.
+    jobs = {line.split("|")[1].strip(): line for line in d.admin_console(["list_jobs"]).splitlines() if line.count("|") > 3}
+    assert "FINISHED:ABANDONED" in jobs[job_id] and "FINISHED:COMPLETED" in jobs[new_id], jobs
 
 
 def test_a_site_whose_uplink_is_too_slow_for_the_round_gets_one_clear_line_and_the_job_goes_on(tmp_path, deployment):
@@ -192,7 +195,7 @@ def test_a_site_whose_uplink_is_too_slow_for_the_round_gets_one_clear_line_and_t
     d.network.shape("hospital-b", 0.05, uplink_only=True)
     _start_all(d, tmp_path)
     started = time.monotonic()
-    monitor = Monitor(d, "--submit", _job(tmp_path, num_rounds=6, min_clients=1, train_timeout=15, max_steps_per_round=3),
+    monitor = Monitor(d, "--submit", _job(tmp_path, num_rounds=5, min_clients=1, train_timeout=15, max_steps_per_round=3),
                       "--download", str(tmp_path / "results"))
     out = monitor.wait(400)
     assert "FINISHED" in out and time.monotonic() - started < 400, out  # not a hang
@@ -208,5 +211,7 @@ def test_a_site_whose_uplink_is_too_slow_for_the_round_gets_one_clear_line_and_t
     assert "hospital-b late: its round 0 result arrived" in out, out
     # A late result counts for no round: the aggregators discard it, and the rounds do not list it.
     assert "discarding the result of hospital-b for round 0" in server_log
-    assert [line.endswith("missing: hospital-b") for line in out.splitlines() if re.match(r"round \d/6:", line)] == [True] * 6, out
+    # The admin's console shows hospital-b still connected: its link is slow, not down.
+    assert "hospital-b" in d.admin_console(["check_status client"])
+    assert [line.endswith("missing: hospital-b") for line in out.splitlines() if re.match(r"round \d/5:", line)] == [True] * 5, out
     print(out)

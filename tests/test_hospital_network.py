@@ -133,10 +133,10 @@ def test_a_federation_across_network_hosts_survives_a_cut_link_and_a_site_cut_pa
     aggregated = {int(m.group(1)): line for line in out.splitlines() if (m := re.match(rf"round (\d+)/{rounds}: aggregated", line))}
     assert sorted(aggregated) == list(range(rounds)), out  # no round lost
     assert "missing: " in aggregated[1] and "hospital-c" in aggregated[1].split("missing: ")[1], out
-    # hospital-b's round 1 completes or it is left out of round 1 only; hospital-c rejoins a later round.
+    # hospital-b's round 1 completes or it is left out of round 1 only.
     assert "hospital-b Dice" in aggregated[1] or "hospital-b Dice" in aggregated[2], out
-    # FLARE's client reconnects with a growing back-off, so after a long cut hospital-c may miss a few more
-    # rounds; it is back at the latest for the cross-site evaluation, and the console lists it.
+    # hospital-c is back when the rounds may be over (they close 10 s after 2 sites report): a later round,
+    # or the cross-site evaluation.
     assert any("hospital-c Dice" in aggregated[r] for r in range(2, rounds)) or "cross-site hospital-c:" in out, out
     _, finished = read_adapter(str(next(Path(tmp_path, "results").rglob("FL_global_model.pt"))))
     assert finished == rounds

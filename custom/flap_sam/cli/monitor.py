@@ -88,24 +88,24 @@ def final_progress(folder: str) -> dict | None:
     (the last poll can come after the job's server process ended, so it misses the last rounds)."""
     from flap_sam.federated.progress import PROGRESS_AT_END
 
+    for line in _log_lines(folder):
+        if PROGRESS_AT_END in line:
+            return json.loads(line.split(PROGRESS_AT_END, 1)[1])
+    return None
+
+
+def _log_lines(folder: str):
+    """Every line of every ``log.txt`` under ``folder`` (a downloaded job result: the server's and the sites')."""
     for root, _, files in os.walk(folder):
         if "log.txt" in files:
             with open(os.path.join(root, "log.txt"), encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    if PROGRESS_AT_END in line:
-                        return json.loads(line.split(PROGRESS_AT_END, 1)[1])
-    return None
+                yield from f
 
 
 def summarize_result(folder: str) -> list[str]:
     """Site failures, cross-site Dice and traffic totals from a downloaded job result."""
-    lines = []
+    lines = ["site error: " + line.split("] - ", 1)[-1].strip() for line in _log_lines(folder) if "FederationProgress - ERROR" in line]
     for root, _, files in os.walk(folder):
-        if "log.txt" in files:
-            with open(os.path.join(root, "log.txt"), encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    if "FederationProgress - ERROR" in line:
-                        lines.append("site error: " + line.split("] - ", 1)[-1].strip())
         if CROSS_SITE_NAME in files:
             with open(os.path.join(root, CROSS_SITE_NAME), encoding="utf-8") as f:
                 for site, models in sorted(json.load(f).items()):

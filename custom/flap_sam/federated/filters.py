@@ -14,8 +14,15 @@ from nvflare.apis.shareable import Shareable, make_reply
 from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS
 from flap_sam.jobs.spec import JobSpec
 from flap_sam.model.factory import exchange_schema
+from flap_sam.model.lora import factor_rank, factor_shape_at_rank
 
 _WEIGHT_KINDS = (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF)
+
+
+def lower_rank_shape(name: str, shape: tuple, expected: tuple) -> bool:
+    """Whether ``shape`` is the schema's LoRA factor ``expected`` at a lower rank (a site of ``site_ranks``)."""
+    rank, job_rank = factor_rank(name, shape), factor_rank(name, expected)
+    return rank is not None and job_rank is not None and 1 <= rank < job_rank and shape == factor_shape_at_rank(name, expected, rank)
 
 
 def is_number(value) -> bool:
@@ -38,7 +45,8 @@ class PresetResultFilter(Filter):
     """Lets through a task result only what the preset allows.
 
     * WEIGHTS / WEIGHT_DIFF: tensors whose name AND shape are in the preset's exchange schema
-      (computed from the same model settings as the Learner's, see ``exchange_schema``);
+      (computed from the same model settings as the Learner's, see ``exchange_schema``; a LoRA
+      factor may have a lower rank than the job's, as at a site of ``site_ranks``: it is smaller);
       anything else is removed and logged as an error.
     * METRICS: numeric values only.
     * any other payload (not a DXO, another data kind): the result is replaced by an empty
@@ -100,7 +108,7 @@ class PresetResultFilter(Filter):
             shape = tuple(np.shape(value))
             if name not in self.schema:
                 self.log_error(fl_ctx, f"blocked tensor {name}: not exchanged under preset '{self.spec.preset}'")
-            elif shape != self.schema[name]:
+            elif shape != self.schema[name] and not lower_rank_shape(name, shape, self.schema[name]):
                 self.log_error(fl_ctx, f"blocked tensor {name}: shape {shape}, preset schema says {self.schema[name]}")
             else:
                 kept[name] = value

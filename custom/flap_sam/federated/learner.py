@@ -26,6 +26,7 @@ from flap_sam.jobs.settings import PRIVACY_MODES
 from flap_sam.jobs.spec import JobSpec
 from flap_sam.model.factory import build_model, random_base_refusal, resolve_checkpoint
 from flap_sam.model.fingerprint import FINGERPRINT_KEY, base_fingerprint, base_mismatch
+from flap_sam.model.lora import at_rank, lower_lora_rank
 from flap_sam.model.presets import exchanged_names
 from flap_sam.model.sam_builder import CheckpointError
 from flap_sam.training.device import apply_cpu_threads, pick_device
@@ -48,8 +49,10 @@ class FlapSamLearner(Learner):
     ``spec`` is the job's model and task settings (the ``job_spec`` block of ``settings.conf``,
     validated as a ``JobSpec``): the same block the result filter and the server's adapter model get.
 
-    A site may override its own settings (``SiteSettings.OVERRIDABLE``: data, checkpoint, device and
-    the speed and memory settings) in ``<workspace>/local/flap_sam_site.json``, so one job serves every site.
+    A site may override its own settings (``SiteSettings.OVERRIDABLE``: data, checkpoint, device,
+    the speed and memory settings and its LoRA rank) in ``<workspace>/local/flap_sam_site.json``, so
+    one job serves every site. A site at a lower rank (``site_ranks``) builds the job's model, then
+    lowers its adapter, and lowers a global model that arrives at a higher rank (``at_rank``).
 
     Before it trains, the site checks that the server built the same SAM base (the fingerprint
     in the global model's meta), that a job on the demo's short budget (``demo_budget``)
@@ -161,9 +164,14 @@ class FlapSamLearner(Learner):
         checkpoint = resolve_checkpoint(site.checkpoint, self.spec.model_type)
         if not checkpoint and site.data_root != DEMO_DATA_ROOT and not site.random_weights:
             raise CheckpointError(random_base_refusal(self.spec.model_type))
+        self.lora_rank = site.lora_rank(self.site_name, self.spec)
         self.model = build_model(self.spec, checkpoint, self.device, site.attention, site.checkpointing)
         self.exchanged = exchanged_names(self.model, self.spec.preset_obj)
-        self.base = base_fingerprint(self.model, self.exchanged, from_checkpoint=bool(checkpoint))
+        self.base = base_fingerprint(self.model, self.exchanged, from_checkpoint=bool(checkpoint))  # of the job's model, as the server's
+        job_rank = self.spec.preset_obj.lora_rank(self.spec.rank)
+        if self.lora_rank < job_rank:
+            lower_lora_rank(self.model, self.lora_rank)
+            self.log_info(fl_ctx, f"site_ranks: this site trains and exchanges LoRA at rank {self.lora_rank} (the job's: {job_rank})")
         augment = build_augmentation(self.spec.image_size) if self.training.augment else None
         dataset = SliceStackDataset(self.data.train, augment, seed=self.training.seed)
         self.trainer = LocalTrainer(self.model, dataset, self.training, self.device, data_workers, self.site_settings.cpu_bf16,
@@ -199,7 +207,8 @@ class FlapSamLearner(Learner):
             mismatch = base_mismatch(server_base, self.base)
             if mismatch:
                 raise BaseMismatchError(mismatch)
-        import_weights(self.model, dxo.data, self.exchanged, "global model from the server")
+        # A site below the job's rank lowers a global model that came at a higher one (before the server knew its rank).
+        import_weights(self.model, at_rank(dxo.data, self.lora_rank), self.exchanged, "global model from the server")
         return int(shareable.get_header(AppConstants.CURRENT_ROUND, 0) or 0)
 
     def _receive(self, shareable: Shareable, fl_ctx: FLContext, require_base: bool) -> int | Shareable:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import torch
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import ReservedKey, ReturnCode
@@ -28,38 +27,26 @@ from nvflare.app_common.app_constant import AppConstants
 
 from flap_sam.federated.attacks import ATTACK_META_KEY, AttackSettings, attack_contributions, attack_refusal
 from flap_sam.federated.contributions import contribution_problem
-from flap_sam.federated.robust_aggregation import aggregate_robust, factorize
+from flap_sam.federated.robust_aggregation import aggregate_robust
+from flap_sam.federated.site_ranks import record_site_rank
 from flap_sam.jobs.settings import AGGREGATIONS, check_aggregation_weights
 from flap_sam.model.fingerprint import FINGERPRINT_KEY
-from flap_sam.model.lora import lora_pairs  # noqa: F401 (imported from here by callers)
+from flap_sam.model.lora import at_rank, lora_pairs, payload_rank, refactorize
 
-def refactorize(b_factors: list[np.ndarray], a_factors: list[np.ndarray], weights: list[float], rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rank-``rank`` factors (B, A) of M = sum_i w_i B_i A_i.
-
-    Args:
-        b_factors: B_i, each (out, r_i); a_factors: A_i, each (r_i, in); weights: w_i (summing to 1).
-    Returns:
-        B (out, rank) with orthonormal columns and A (rank, in), float32.
-    """
-    for b, a in zip(b_factors, a_factors):
-        if b.ndim != 2 or a.ndim != 2 or b.shape[1] != a.shape[0]:
-            raise ValueError(f"LoRA factors do not chain: B {b.shape} x A {a.shape}")
-    b_cat = torch.cat([w * torch.as_tensor(b, dtype=torch.float32) for b, w in zip(b_factors, weights)], dim=1)
-    a_cat = torch.cat([torch.as_tensor(a, dtype=torch.float32) for a in a_factors], dim=0)
-    # M = Q_b (R_b R_a^T) Q_a^T: only the small core (k, k') is factorised, never the (out, in) product.
-    q_b, r_b = torch.linalg.qr(b_cat)        # (out, k), (k, nr)
-    q_a, r_a = torch.linalg.qr(a_cat.T)      # (in, k'), (k', nr)
-    core_b, core_a = factorize((r_b @ r_a.T).numpy(), rank)  # (k, rank), (rank, k'), zero-padded past k
-    new_b = q_b @ torch.from_numpy(core_b)   # (out, rank)
-    new_a = torch.from_numpy(core_a) @ q_a.T  # (rank, in)
-    return new_b.numpy(), new_a.numpy()
-
-
-def aggregate_exact(contributions: list[tuple[float, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+def aggregate_exact(contributions: list[tuple[float, dict[str, np.ndarray]]], reference: dict[str, np.ndarray] | None = None
+                    ) -> dict[str, np.ndarray]:
     """Weighted aggregation of whole payloads: exact for LoRA pairs, averaging for the rest.
+
+    Sites at a lower LoRA rank r_i than the global model ``reference`` (rank r, ``site_ranks``) started from
+    its best rank-r_i approximation T_i(M_g), so their update is their change to it: per pair
+    M = sum_i w_i B_i A_i + sum_i w_i (M_g - T_i(M_g)), re-factorised to rank r. The part of the global
+    adapter a site could not hold is kept, not averaged towards zero; a site at rank r adds no term,
+    so with every site at the global model's rank this is today's M = sum_i w_i B_i A_i, to the bit.
 
     Args:
         contributions: (weight, {name: array}) per site; weights need not sum to 1.
+        reference: the global model the sites started from (its LoRA rank is the result's); None:
+            every site is at the rank of the first.
     """
     total = float(sum(w for w, _ in contributions))
     if total <= 0:
@@ -73,10 +60,20 @@ def aggregate_exact(contributions: list[tuple[float, dict[str, np.ndarray]]]) ->
         if name not in in_pairs:
             result[name] = sum(w * np.asarray(c[name], dtype=np.float32) for w, (_, c) in zip(weights, contributions)).astype(np.float32)
     for a_name, b_name in pairs.values():
-        rank = contributions[0][1][a_name].shape[0]
-        result[b_name], result[a_name] = refactorize(
-            [c[b_name] for _, c in contributions], [c[a_name] for _, c in contributions], weights, rank
-        )
+        source = reference if reference is not None else contributions[0][1]
+        rank = np.shape(source[a_name])[0]
+        b_factors, a_factors, factor_weights = [], [], []
+        for w, (_, c) in zip(weights, contributions):
+            b_factors.append(c[b_name])
+            a_factors.append(c[a_name])
+            factor_weights.append(w)
+            site_rank = np.shape(c[a_name])[0]
+            if reference is not None and site_rank < rank:  # + w (M_g - T_i(M_g))
+                start = at_rank({a_name: reference[a_name], b_name: reference[b_name]}, site_rank)
+                b_factors += [reference[b_name], start[b_name]]
+                a_factors += [reference[a_name], start[a_name]]
+                factor_weights += [w, -w]
+        result[b_name], result[a_name] = refactorize(b_factors, a_factors, factor_weights, rank)
     return result
 
 
@@ -144,7 +141,11 @@ class ExactLoRAAggregator(CollectingAggregator):
     """``aggregate_exact`` of the round's results (the paper's aggregation)."""
 
     def combine(self, contributions: dict[str, tuple[float, dict]], fl_ctx: FLContext) -> tuple[dict, str]:
-        return aggregate_exact(list(contributions.values())), "exact LoRA aggregation"
+        ranks = {site: payload_rank(model) for site, (_, model) in contributions.items()}
+        account = "exact LoRA aggregation"
+        if len(set(ranks.values())) > 1:
+            account += f" of sites at LoRA ranks {ranks}"
+        return aggregate_exact(list(contributions.values()), global_weights(fl_ctx)), account
 
 
 class RobustAggregator(CollectingAggregator):
@@ -247,6 +248,14 @@ class FlapSamAggregator(Aggregator):
         self.log_warning(fl_ctx, f"round {fl_ctx.get_prop(AppConstants.CURRENT_ROUND)}: {self.attack.describe()} "
                                  f"(sites in this round: {', '.join(sorted(held))})")
 
+    def _lower_ranks_refusal(self) -> str | None:
+        """Why this job's aggregation cannot take a site at a LoRA rank below the job's; None when it can."""
+        if self.aggregation == "average":
+            return "aggregation = average averages A and B one by one and needs every site at the job's rank (lora_exact takes site_ranks)"
+        if self.attack.active:
+            return "the attack simulation crafts updates of the job's rank"
+        return None
+
     def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
         contributor = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
         current_round = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
@@ -262,12 +271,17 @@ class FlapSamAggregator(Aggregator):
                 elif dxo.data_kind not in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF):
                     problem = f"it is {dxo.data_kind}, not WEIGHTS or WEIGHT_DIFF"
                 else:
-                    problem = contribution_problem(dxo.data, dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND), reference)
+                    problem = contribution_problem(dxo.data, dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND), reference,
+                                                   self._lower_ranks_refusal())
             if problem:
                 self.log_error(fl_ctx, f"round {current_round}: leaving out the update of {contributor}: {problem}")
                 return False
+            rank = payload_rank(dxo.data)
+            if rank is not None:
+                record_site_rank(fl_ctx, contributor, rank)
             if dxo.data_kind == DataKind.WEIGHT_DIFF:  # a privacy-filtered update: applied to the global model it came from
-                dxo.data = {name: (np.asarray(reference[name], dtype=np.float32) + diff).astype(np.float32) for name, diff in dxo.data.items()}
+                start = at_rank(reference, rank) if rank is not None else reference  # what a site at a lower rank received
+                dxo.data = {name: (np.asarray(start[name], dtype=np.float32) + diff).astype(np.float32) for name, diff in dxo.data.items()}
                 dxo.data_kind = DataKind.WEIGHTS
                 shareable = dxo.update_shareable(shareable)
         with self._lock:

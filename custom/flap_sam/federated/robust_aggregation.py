@@ -24,6 +24,9 @@ reference implementation (FedRISE v2, ``tm_gamma`` 0.9):
 4. *RoCA*: per coordinate, the mean of the clipped, sparsified values that have the elected
    sign (0 where none has).
 
+A site at a lower LoRA rank (``site_ranks``) started from the global model's best approximation
+at its rank, so its change is taken against that.
+
 The reference implementation adds server momentum (beta 0.5) on top; this one does not (the
 server keeps no state between rounds, so resume and restarts stay exact).
 """
@@ -33,9 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from flap_sam.model.lora import lora_pairs
+from flap_sam.model.lora import at_rank, factorize, lora_pairs, payload_rank
 
 ROBUST_AGGREGATIONS = ("median", "trimmed_mean", "fedseca")
 
@@ -85,14 +87,10 @@ class ChangeLayout:
         return result
 
 
-def factorize(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """(B, A) with B·A the best rank-``rank`` approximation of ``matrix`` (out x in): B = U_r, A = S_r V_r^T (float32)."""
-    u, s, vh = torch.linalg.svd(torch.as_tensor(matrix, dtype=torch.float64), full_matrices=False)
-    k = min(rank, s.numel())
-    b = torch.zeros(matrix.shape[0], rank, dtype=torch.float64)
-    a = torch.zeros(rank, matrix.shape[1], dtype=torch.float64)
-    b[:, :k], a[:k] = u[:, :k], s[:k, None] * vh[:k]
-    return b.float().numpy(), a.float().numpy()
+def starting_point(model: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The global model as the site of ``model`` received it: at its LoRA rank (``site_ranks``), else as it is."""
+    rank = payload_rank(model)
+    return reference if rank is None else at_rank(reference, rank)
 
 
 def coordinate_median(changes: np.ndarray) -> np.ndarray:
@@ -172,6 +170,6 @@ def aggregate_robust(aggregation: str, contributions: list[dict[str, np.ndarray]
                      trim_fraction: float = 0.25, sparsity: float = 0.9) -> tuple[dict[str, np.ndarray], str]:
     """The new global model from the sites' models ``contributions`` and the global model ``reference`` they started from."""
     layout = ChangeLayout.of(reference)
-    changes = np.stack([layout.flatten(c, reference) for c in contributions])
+    changes = np.stack([layout.flatten(c, starting_point(c, reference)) for c in contributions])
     change, account = robust_change(aggregation, changes, trim_fraction, sparsity)
     return layout.apply(reference, change), account

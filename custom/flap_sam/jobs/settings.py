@@ -118,8 +118,15 @@ def check_settings(settings: Mapping, where: str = "") -> JobSettings:
             raise ValueError(f"attack = {values['attack']} needs attack_sites (e.g. \"site-4\")")
         block = {name: {k: values[k] for k in block_keys(name)} for name in BLOCKS}
         spec = JobSpec.from_settings(block["job_spec"])
-        return JobSettings(spec, TrainingSettings.from_settings(block["training"], model_type=spec.model.model_type),
-                           SiteSettings.from_settings(block["site"]), values)
+        site = SiteSettings.from_settings(block["site"])
+        for name in site.site_ranks:
+            site.lora_rank(name, spec.model)
+        if site.site_ranks and values["aggregation"] == "average":
+            raise ValueError("site_ranks: aggregation = average averages A and B one by one, which needs every site at the "
+                             "job's rank; use lora_exact (or a robust aggregation), which aggregate B·A")
+        if site.site_ranks and values["attack"] != "none":
+            raise ValueError("site_ranks: the attack simulation crafts updates of the job's rank; run it with every site at that rank")
+        return JobSettings(spec, TrainingSettings.from_settings(block["training"], model_type=spec.model.model_type), site, values)
     except ValueError as e:
         raise ValueError(f"{where}{e}") from None
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import ImageEncoderViT
@@ -141,6 +142,31 @@ class LoRALinear(nn.Linear):
                 merged.bias.copy_(self.bias)
         return merged
 
+    def lower_rank(self, rank: int) -> None:
+        """Keep the first ``rank`` rows of every A and columns of every B (new parameters; before an optimiser exists).
+
+        B starts at zero, so a freshly injected adapter lowered this way still computes exactly the base model.
+        """
+        if not 1 <= rank <= self.rank:
+            raise ValueError(f"LoRA rank {rank}: must be between 1 and the module's rank {self.rank}")
+        for name in self.segments:
+            a, b = self.lora_A[name], self.lora_B[name]
+            self.lora_A[name] = nn.Parameter(a.detach()[:rank].clone(), requires_grad=a.requires_grad)
+            self.lora_B[name] = nn.Parameter(b.detach()[:, :rank].clone(), requires_grad=b.requires_grad)
+        self.rank = rank
+
+
+def lower_lora_rank(model: nn.Module, rank: int) -> int:
+    """``LoRALinear.lower_rank`` on every adapted projection of ``model``; returns how many were lowered.
+
+    A site that trains at a rank below the job's builds the job's model (so its base fingerprint is the
+    server's) and then lowers it, before its optimiser is made.
+    """
+    modules = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    for module in modules:
+        module.lower_rank(rank)
+    return len(modules)
+
 
 def inject_lora(sam: nn.Module, rank: int, scale: float = 1.0, encoder: bool = True, decoder: bool = True) -> int:
     """Replace SAM's attention projections by ``LoRALinear`` in place; returns the number adapted.
@@ -196,3 +222,94 @@ def lora_pairs(names) -> dict[str, tuple[str, str]]:
                 raise ValueError(f"LoRA tensor {name} arrived without its partner {partner}")
             pairs[name.replace(A_TAG, ".lora_AB.")] = (name, partner)
     return pairs
+
+
+# ---- LoRA factors as arrays: the maths the server and the sites share --------------------------------------------
+
+
+def factorize(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """(B, A) with B·A the best rank-``rank`` approximation of ``matrix`` (out x in): B = U_r, A = S_r V_r^T (float32).
+
+    Past the matrix's own rank, B's columns and A's rows are zero.
+    """
+    u, s, vh = torch.linalg.svd(torch.as_tensor(matrix, dtype=torch.float64), full_matrices=False)
+    k = min(rank, s.numel())
+    b = torch.zeros(matrix.shape[0], rank, dtype=torch.float64)
+    a = torch.zeros(rank, matrix.shape[1], dtype=torch.float64)
+    b[:, :k], a[:k] = u[:, :k], s[:k, None] * vh[:k]
+    return b.float().numpy(), a.float().numpy()
+
+
+def refactorize(b_factors: list[np.ndarray], a_factors: list[np.ndarray], weights: list[float], rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rank-``rank`` factors (B, A) of M = sum_i w_i B_i A_i (the ranks r_i may differ).
+
+    M is never formed: with B_cat = [w_1 B_1 .. w_n B_n] (out x sum r_i) and A_cat = [A_1; ..; A_n], M = B_cat A_cat,
+    so two thin QR decompositions and the SVD of a small core give M's leading singular triplets.
+
+    Args:
+        b_factors: B_i, each (out, r_i); a_factors: A_i, each (r_i, in); weights: w_i (any real numbers).
+    Returns:
+        B (out, rank) with orthonormal columns and A (rank, in), float32: B·A is the best rank-``rank``
+        approximation of M (exactly M when rank(M) <= rank, to float precision).
+    """
+    for b, a in zip(b_factors, a_factors):
+        if b.ndim != 2 or a.ndim != 2 or b.shape[1] != a.shape[0]:
+            raise ValueError(f"LoRA factors do not chain: B {b.shape} x A {a.shape}")
+    b_cat = torch.cat([w * torch.as_tensor(b, dtype=torch.float32) for b, w in zip(b_factors, weights)], dim=1)
+    a_cat = torch.cat([torch.as_tensor(a, dtype=torch.float32) for a in a_factors], dim=0)
+    # M = Q_b (R_b R_a^T) Q_a^T: only the small core (k, k') is factorised, never the (out, in) product.
+    q_b, r_b = torch.linalg.qr(b_cat)        # (out, k), (k, sum r_i)
+    q_a, r_a = torch.linalg.qr(a_cat.T)      # (in, k'), (k', sum r_i)
+    core_b, core_a = factorize((r_b @ r_a.T).numpy(), rank)  # (k, rank), (rank, k'), zero-padded past k
+    new_b = q_b @ torch.from_numpy(core_b)   # (out, rank)
+    new_a = torch.from_numpy(core_a) @ q_a.T  # (rank, in)
+    return new_b.numpy(), new_a.numpy()
+
+
+def factor_shape_at_rank(name: str, shape: tuple[int, ...], rank: int | None) -> tuple[int, ...] | None:
+    """The shape the LoRA factor ``name`` of ``shape`` has at ``rank``: A (r, in) -> (rank, in), B (out, r) -> (out, rank);
+    None for a tensor that is no LoRA factor (or no rank)."""
+    if rank is None or len(shape) != 2:
+        return None
+    if A_TAG in name:
+        return (rank, shape[1])
+    if B_TAG in name:
+        return (shape[0], rank)
+    return None
+
+
+def factor_rank(name: str, shape: tuple[int, ...]) -> int | None:
+    """The rank a LoRA factor's shape says (A: rows, B: columns); None for other tensors."""
+    if len(shape) != 2:
+        return None
+    return shape[0] if A_TAG in name else shape[1] if B_TAG in name else None
+
+
+def payload_rank(weights: dict) -> int | None:
+    """The LoRA rank of a payload ``{name: array}`` (A is (r, in)); None without LoRA factors.
+
+    Raises:
+        ValueError: its LoRA pairs do not all have one rank, or a pair's B does not match its A.
+    """
+    ranks = set()
+    for a_name, b_name in lora_pairs(weights).values():
+        a_shape, b_shape = np.shape(weights[a_name]), np.shape(weights[b_name])
+        if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1]:
+            raise ValueError(f"LoRA factors do not chain: {b_name} {b_shape} x {a_name} {a_shape}")
+        ranks.add(a_shape[0])
+    if len(ranks) > 1:
+        raise ValueError(f"LoRA pairs of several ranks {sorted(ranks)} in one payload")
+    return ranks.pop() if ranks else None
+
+
+def at_rank(weights: dict, rank: int) -> dict:
+    """``weights`` with every LoRA pair of a rank above ``rank`` replaced by the best rank-``rank`` approximation of its B·A.
+
+    Pairs at ``rank`` or below and every other tensor are passed on as they are (the same arrays), so a payload
+    already at ``rank`` comes back unchanged. Shapes: A (r, in) -> (rank, in), B (out, r) -> (out, rank).
+    """
+    result = dict(weights)
+    for a_name, b_name in lora_pairs(weights).values():
+        if np.shape(weights[a_name])[0] > rank:
+            result[b_name], result[a_name] = refactorize([np.asarray(weights[b_name])], [np.asarray(weights[a_name])], [1.0], rank)
+    return result

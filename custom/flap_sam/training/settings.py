@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,9 @@ from flap_sam.model.checkpointing import CHECKPOINTING_MODES
 from flap_sam.training.device import autocast_bf16, resolve_cpu_threads, resolve_device
 from flap_sam.training.inference import INFERENCE_MODES
 from flap_sam.training.loader import resolve_data_workers
+
+if TYPE_CHECKING:
+    from flap_sam.model.factory import ModelSpec
 
 
 def typed_value(name: str, value, kind: type):
@@ -83,7 +87,7 @@ def _typed_fields(cls, settings: Mapping, where: str) -> dict:
     missing = [name for name in fields if name not in settings]
     if missing:
         raise ValueError(f"{where}missing setting(s) {missing}")
-    kinds = {"bool": bool, "int": int, "float": float, "str": str}
+    kinds = {"bool": bool, "int": int, "float": float, "str": str, "dict": dict}
     try:
         return {name: typed_value(name, settings[name], kinds[kind]) for name, kind in fields.items()}
     except ValueError as e:
@@ -184,6 +188,8 @@ class SiteSettings:
             (``flap_sam.training.device.release_freed_tensors_on_cpu``): less peak memory, more CPU time.
         random_weights: the job means a ViT without checkpoint to train real data (tests only).
         demo_budget: the job runs the demo's short budget, on the demo data only.
+        site_ranks: site name -> the LoRA rank it trains at and exchanges, at most the job's ``rank``
+            (sites not named: the job's rank; ``docs/heterogeneous-sites.md``).
     """
 
     data_root: str
@@ -198,9 +204,10 @@ class SiteSettings:
     cpu_return_memory: bool
     random_weights: bool
     demo_budget: bool
+    site_ranks: dict
 
     OVERRIDABLE = ("data_root", "datalist", "checkpoint", "device", "attention", "checkpointing", "data_workers", "cpu_threads", "cpu_bf16",
-                   "cpu_return_memory")
+                   "cpu_return_memory", "site_ranks")
 
     @classmethod
     def from_settings(cls, settings: Mapping, where: str = "") -> "SiteSettings":
@@ -212,9 +219,33 @@ class SiteSettings:
             resolve_device(values["device"])
             resolve_data_workers(values["data_workers"], torch.device("cpu"))
             resolve_cpu_threads(values["cpu_threads"])
+            values["site_ranks"] = {str(site): typed_value(f"site_ranks: the rank of {site}", rank, int)
+                                    for site, rank in values["site_ranks"].items()}
+            for site, rank in values["site_ranks"].items():
+                at_least(f"site_ranks: the rank of {site}", rank, 1)
         except ValueError as e:
             raise ValueError(f"{where}{e}") from None
         return cls(**values)
+
+    def lora_rank(self, site: str, spec: "ModelSpec") -> int:
+        """The LoRA rank ``site`` trains at under ``spec``: its ``site_ranks`` entry, else the job's.
+
+        Raises:
+            ValueError: one line when the entry is above the job's rank, or the preset trains no LoRA
+                or fixes its rank (the check at job-writing and at the site's start).
+        """
+        job_rank = spec.preset_obj.lora_rank(spec.rank)
+        if site not in self.site_ranks:
+            return job_rank
+        rank = self.site_ranks[site]
+        preset = spec.preset_obj
+        if not preset.uses_lora:
+            raise ValueError(f"site_ranks: preset {preset.name} trains no LoRA adapter, so {site} has no rank to set")
+        if preset.fixed_rank is not None:
+            raise ValueError(f"site_ranks: preset {preset.name} fixes the LoRA rank at {preset.fixed_rank}; {site} cannot train at {rank}")
+        if rank > job_rank:
+            raise ValueError(f"site_ranks: {site} at rank {rank} is above the job's rank {job_rank} (the global adapter's)")
+        return rank
 
     def with_overrides(self, overrides: Mapping, where: str) -> "SiteSettings":
         """This block with a site's own values (only ``OVERRIDABLE`` keys), checked again."""

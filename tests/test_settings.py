@@ -29,6 +29,11 @@ CONFIGS = REPO / "custom" / "flap_sam" / "federated" / "job_config"
     ("augment=3", "augment: 3 is not true or false"),
     ('aggregation_weights={"site-1":0}', "aggregation_weights: the weight of site-1 must be positive"),
     ("privacy=svt svt_fraction=2", "privacy = svt: svt_fraction must be in (0, 1]"),
+    ('site_ranks={"site-1":64}', "site_ranks: site-1 at rank 64 is above the job's rank 32"),
+    ('site_ranks={"site-1":0}', "site_ranks: the rank of site-1: 0 must be at least 1"),
+    ('site_ranks={"site-1":4} aggregation=average', "site_ranks: aggregation = average averages A and B one by one"),
+    ('site_ranks={"site-1":2} preset=samed', "site_ranks: preset samed fixes the LoRA rank at 4"),
+    ('site_ranks={"site-1":2} preset=pdec_ft', "site_ranks: preset pdec_ft trains no LoRA adapter"),
 ])
 def test_a_bad_value_is_refused_in_one_line_before_the_job_is_written(tmp_path, capsys, item, error):
     out = tmp_path / "job"

@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import numpy as np
 import pytest
 import torch
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import ReservedKey
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import make_copy
+from nvflare.apis.shareable import Shareable, make_copy
+from nvflare.app_common.abstract.model import make_model_learnable
+from nvflare.app_common.app_constant import AppConstants
 
 from flap_sam.federated.contributions import contribution_problem
 from flap_sam.federated.filters import PresetResultFilter
-from flap_sam.federated.lora_aggregation import aggregate_exact
+from flap_sam.federated.lora_aggregation import FlapSamAggregator, aggregate_exact
 from flap_sam.federated.robust_aggregation import aggregate_robust
-from flap_sam.federated.site_ranks import SiteRankFilter, record_site_rank
+from flap_sam.federated.site_ranks import SiteRankFilter, record_site_rank, recorded_site_ranks
+from flap_sam.federated.transport import TransportCodec
 from flap_sam.federated.weights import export_weights
 from flap_sam.jobs.settings import check_settings
 from flap_sam.model.factory import ModelSpec, build_model, exchange_schema
@@ -192,3 +197,46 @@ def test_a_mixed_rank_federation_keeps_the_jobs_rank_and_sends_each_site_its_own
         one, two = traffic["site-1"]["train"][round_], traffic["site-2"]["train"][round_]
         assert two["raw_float32_received"] - one["raw_float32_received"] == lora_bytes // 2
         assert two["raw_float32_sent"] - one["raw_float32_sent"] == (lora_bytes // 2 if round_ == "1" else 0)
+
+
+def _server_ctx(reference: dict) -> FLContext:
+    ctx = FLContext()
+    ctx.set_prop(AppConstants.GLOBAL_MODEL, make_model_learnable({k: v.copy() for k, v in reference.items()}, {}), private=True, sticky=False)
+    ctx.set_prop(AppConstants.CURRENT_ROUND, 1, private=True, sticky=False)
+    return ctx
+
+
+def _result(site: str, kind: str, data: dict, transport: str) -> Shareable:
+    sent = TransportCodec(transport, "encode").process(DXO(kind, data=data, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 5}).to_shareable(), FLContext())
+    received = TransportCodec(transport, "decode").process(sent, FLContext())
+    received.set_peer_props({ReservedKey.IDENTITY_NAME: site})
+    received.add_cookie(AppConstants.CONTRIBUTION_ROUND, 1)
+    return received
+
+
+@pytest.mark.parametrize("transport", ["fp32", "fp16", "int8"])
+def test_a_lower_rank_sites_privacy_difference_is_applied_to_what_it_received_through_every_transport(transport):
+    reference = _global_model()
+    received = at_rank(reference, 2)
+    trained = {k: (v + np.float32(0.05)).astype(np.float32) for k, v in received.items()}
+    difference = {k: trained[k] - received[k] for k in trained}  # what a site with privacy on sends (WEIGHT_DIFF)
+    aggregator = FlapSamAggregator("lora_exact")
+    ctx = _server_ctx(reference)
+    aggregator.handle_event(EventType.START_RUN, ctx)
+    assert aggregator.accept(_result("site-1", DataKind.WEIGHT_DIFF, difference, transport), ctx)
+    result = from_shareable(aggregator.aggregate(ctx)).data
+    assert payload_rank(result) == 4 and recorded_site_ranks(ctx) == {"site-1": 2}
+    tolerance = {"fp32": 1e-4, "fp16": 2e-2, "int8": 5e-2}[transport]
+    for pair in lora_pairs(reference).values():
+        expected = _product(reference, pair) + _product(trained, pair) - _product(received, pair)
+        np.testing.assert_allclose(_product(result, pair), expected, atol=tolerance * np.abs(expected).max())
+
+
+def test_the_average_aggregation_leaves_out_a_lower_rank_site_with_one_line(caplog):
+    reference = _global_model()
+    aggregator = FlapSamAggregator("average")
+    ctx = _server_ctx(reference)
+    aggregator.handle_event(EventType.START_RUN, ctx)
+    with caplog.at_level(logging.ERROR):
+        assert not aggregator.accept(_result("site-1", DataKind.WEIGHTS, at_rank(reference, 2), "fp32"), ctx)
+    assert "leaving out the update of site-1: its LoRA rank is 2, the global model's 4: aggregation = average" in caplog.text

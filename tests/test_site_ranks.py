@@ -20,6 +20,9 @@ from nvflare.apis.shareable import Shareable, make_copy
 from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
 
+from flap_sam.cli.main import main
+from flap_sam.cli.sweep import rank_settings
+from flap_sam.evaluation.report import read_run
 from flap_sam.federated.contributions import contribution_problem
 from flap_sam.federated.filters import PresetResultFilter
 from flap_sam.federated.lora_aggregation import FlapSamAggregator, aggregate_exact
@@ -197,6 +200,26 @@ def test_a_mixed_rank_federation_keeps_the_jobs_rank_and_sends_each_site_its_own
         one, two = traffic["site-1"]["train"][round_], traffic["site-2"]["train"][round_]
         assert two["raw_float32_received"] - one["raw_float32_received"] == lora_bytes // 2
         assert two["raw_float32_sent"] - one["raw_float32_sent"] == (lora_bytes // 2 if round_ == "1" else 0)
+    run = read_run(str(app.parent), "mixed")  # the report's per-site row
+    assert run.lora_ranks == {"site-1": 2, "site-2": 4} and run.bytes_per_site["site-1"] < run.bytes_per_site["site-2"]
+    assert set(run.test_dice_per_site) == {"site-1", "site-2"}
+
+
+def test_a_sweep_over_ranks_names_each_sites_rank_and_refuses_a_rank_per_site_that_does_not_fit():
+    assert rank_settings("32", 3) == ("32", {"rank": 32})
+    assert rank_settings("4,8,32", 3) == ("4-8-32", {"rank": 32, "site_ranks": {"site-1": 4, "site-2": 8}})
+    with pytest.raises(ValueError, match="--ranks 4,32: 2 ranks for 3 sites"):
+        rank_settings("4,32", 3)
+    with pytest.raises(ValueError, match="--ranks 4,x: not whole numbers"):
+        rank_settings("4,x", 2)
+
+
+def test_params_prints_the_bytes_of_a_site_at_each_rank(capsys):
+    assert main(["params", "--model", "vit_b", "--preset", "flap", "--rank", "32", "--classes", "2", "--site-ranks", "4", "32"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.strip()[:2] in ("4 ", "32")}
+    assert rows["32"][1] == "1,862,208" and int(rows["4"][1].replace(",", "")) < 1_862_208
+    assert main(["params", "--rank", "8", "--site-ranks", "16"]) == 2
+    assert "--site-ranks: 16 is not between 1 and the rank 8" in capsys.readouterr().err
 
 
 def _server_ctx(reference: dict) -> FLContext:

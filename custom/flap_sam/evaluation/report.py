@@ -6,8 +6,9 @@ a sweep's folder of several. A baseline is a folder with ``baseline.json`` (``fl
 The report's tables and figures show the same numbers, which come only from those files:
 
 * per run: each site's validation Dice and train loss per round (TensorBoard events), bytes
-  per round in each direction and the total (``traffic_summary.json``), the mean over sites of
-  the cross-site test Dice of the final adapter (``cross_val_results.json``);
+  per round in each direction, per site and the total (``traffic_summary.json``), the mean over
+  sites of the cross-site test Dice of the final adapter (``cross_val_results.json``), each site's
+  LoRA rank as the job set it (``rank``, ``site_ranks``; a rank a site set locally is not in the job);
 * over runs: mean test Dice against total bytes transmitted, one point per run labelled by
   preset and transport (the paper's Figure 1), with the baselines as horizontal lines.
 """
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 from flap_sam.files import write_json, write_text
 from flap_sam.markdown import markdown_table
+from flap_sam.model.presets import PRESETS
 from flap_sam.run_files import CROSS_SITE_FILE, FINAL_MODEL, SERVER_APP, SIMULATOR_JOB, TB_FOLDER, TRAFFIC_FILE
 
 SERVER_MARKER = os.path.join(SERVER_APP, TRAFFIC_FILE)  # a job folder of a finished run holds it
@@ -41,6 +43,8 @@ class FederatedRun:
     total_bytes: int  # everything, both directions, every task
     test_dice: float  # mean over sites of the final adapter's cross-site Dice
     test_dice_per_site: dict[str, float] = field(default_factory=dict)
+    lora_ranks: dict[str, int] = field(default_factory=dict)  # site -> the LoRA rank the job gave it (rank, site_ranks)
+    bytes_per_site: dict[str, int] = field(default_factory=dict)  # site -> bytes both ways, every task
 
     @property
     def label(self) -> str:
@@ -109,6 +113,10 @@ def read_run(job_dir: str, name: str) -> FederatedRun:
     tb = os.path.join(job_dir, TB_FOLDER)
     sites = sorted(os.listdir(tb)) if os.path.isdir(tb) else []
     settings = _settings(job_dir)
+    site_ranks = settings.get("site_ranks") or {}
+    lora = settings.get("preset") in PRESETS and PRESETS[settings["preset"]].uses_lora
+    per_site_bytes = {site: sum(int(e.get("sent", 0)) + int(e.get("received", 0)) for rounds in tasks.values() for e in rounds.values())
+                      for site, tasks in traffic["sites"].items()}
     return FederatedRun(
         name=name, folder=job_dir, preset=str(settings.get("preset", "?")), transport=str(settings.get("transport", "?")),
         num_rounds=int(settings.get("num_rounds", len(up))),
@@ -116,7 +124,9 @@ def read_run(job_dir: str, name: str) -> FederatedRun:
         train_loss={s: _scalars(os.path.join(tb, s), "train_loss") for s in sites},
         bytes_down=dict(sorted(down.items())), bytes_up=dict(sorted(up.items())),
         total_bytes=int(traffic["totals"]["sent"]) + int(traffic["totals"]["received"]),
-        test_dice=sum(per_site.values()) / len(per_site) if per_site else float("nan"), test_dice_per_site=per_site)
+        test_dice=sum(per_site.values()) / len(per_site) if per_site else float("nan"), test_dice_per_site=per_site,
+        lora_ranks={site: int(site_ranks.get(site, settings.get("rank", 0))) for site in per_site_bytes} if lora else {},
+        bytes_per_site=dict(sorted(per_site_bytes.items())))
 
 
 def read_baseline(folder: str) -> BaselineRun:
@@ -219,6 +229,13 @@ def write_report(runs: list[FederatedRun], baselines: list[BaselineRun], out: st
             ["run", "preset", "transport", "rounds", "total bytes (both directions)", "mean test Dice", "test Dice per site"],
             [[run.name, run.preset, run.transport, run.num_rounds, f"{run.total_bytes:,}", f"{run.test_dice:.4f}",
               ", ".join(f"{s} {d:.4f}" for s, d in sorted(run.test_dice_per_site.items()))] for run in runs]), ""]
+    if runs:
+        lines += ["## Per site", "", "Each site's LoRA rank as the job set it (`rank`, `site_ranks`), its bytes (both directions, "
+                  "every task) and the final adapter's test Dice on its own split.", "", markdown_table(
+            ["run", "site", "LoRA rank", "bytes (both directions)", "test Dice"],
+            [[run.name, site, run.lora_ranks.get(site, "-"), f"{n:,}",
+              f"{run.test_dice_per_site[site]:.4f}" if site in run.test_dice_per_site else "-"]
+             for run in runs for site, n in run.bytes_per_site.items()]), ""]
     if baselines:
         lines += ["## Baselines (flap-sam train: the same recipe without FLARE)", "", markdown_table(
             ["baseline", "kind", "sites", "epochs", "test Dice", "split"],

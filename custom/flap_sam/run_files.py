@@ -10,6 +10,9 @@ A job's folder (the simulator's ``<workspace>/server/simulate_job``, a deploymen
 * ``cross_site_val/cross_val_results.json``: each site's Dice of each global model, the final one
   named ``SRV_FL_global_model.pt``;
 * ``tb_events/<site>/``: the sites' metrics as TensorBoard events.
+
+A site's own app folder (a preset with a personal part) holds ``personal_adapter.pt``: the tensors
+that trained there and never left it; it exists on that site only.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ FINAL_MODEL = "SRV_FL_global_model.pt"  # the server's final model, as cross-sit
 TRAFFIC_FILE = "traffic_summary.json"
 CROSS_SITE_FILE = os.path.join("cross_site_val", "cross_val_results.json")
 TB_FOLDER = "tb_events"
+PERSONAL_ADAPTER_FILE = "personal_adapter.pt"  # in a site's app folder: its personal part (never sent)
 
 
 def simulator_job(workspace: str) -> str:

@@ -22,13 +22,15 @@ from flap_sam.data.stacks import SliceStackDataset, build_augmentation
 from flap_sam.federated.attacks import AttackSettings, attack_refusal, flipped_labels
 from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS, BaseMismatchError, site_error_kind
 from flap_sam.federated.weights import export_weights, import_weights
+from flap_sam.files import save_torch
 from flap_sam.jobs.settings import PRIVACY_MODES
 from flap_sam.jobs.spec import JobSpec
 from flap_sam.model.factory import build_model, random_base_refusal, resolve_checkpoint
 from flap_sam.model.fingerprint import FINGERPRINT_KEY, base_fingerprint, base_mismatch
 from flap_sam.model.lora import at_rank, lower_lora_rank
-from flap_sam.model.presets import exchanged_names
+from flap_sam.model.presets import exchanged_names, personal_names
 from flap_sam.model.sam_builder import CheckpointError
+from flap_sam.run_files import PERSONAL_ADAPTER_FILE
 from flap_sam.training.device import apply_cpu_threads, pick_device
 from flap_sam.training.loader import resolve_data_workers
 from flap_sam.training.local_trainer import LocalTrainer, evaluate_volumes
@@ -48,6 +50,11 @@ class FlapSamLearner(Learner):
 
     ``spec`` is the job's model and task settings (the ``job_spec`` block of ``settings.conf``,
     validated as a ``JobSpec``): the same block the result filter and the server's adapter model get.
+
+    With a preset that has a personal part (``flap_personal``) the site also trains that part, which
+    never leaves it: it is saved in the site's app folder (``personal_adapter.pt``) after every round,
+    and the final cross-site evaluation scores the global model alone (the part at its base values,
+    ``dice``) and with the part (``personal_dice``); only those numbers travel.
 
     A site may override its own settings (``SiteSettings.OVERRIDABLE``: data, checkpoint, device,
     the speed and memory settings and its LoRA rank) in ``<workspace>/local/flap_sam_site.json``, so
@@ -167,6 +174,9 @@ class FlapSamLearner(Learner):
         self.lora_rank = site.lora_rank(self.site_name, self.spec)
         self.model = build_model(self.spec, checkpoint, self.device, site.attention, site.checkpointing)
         self.exchanged = exchanged_names(self.model, self.spec.preset_obj)
+        # The personal part (a preset's ``personal``): trains here, never exported; its base values score the global model alone.
+        self.personal = personal_names(self.model, self.spec.preset_obj)
+        self.personal_base = export_weights(self.model, self.personal)
         self.base = base_fingerprint(self.model, self.exchanged, from_checkpoint=bool(checkpoint))  # of the job's model, as the server's
         job_rank = self.spec.preset_obj.lora_rank(self.spec.rank)
         if self.lora_rank < job_rank:
@@ -259,12 +269,36 @@ class FlapSamLearner(Learner):
         self.log_info(fl_ctx, f"round {current_round}: {done} local steps (global steps {first_step}-{first_step + done - 1} "
                               f"of {total_steps}), mean loss {loss:.4f}")
         self.local_weights = weights
+        if self.personal:
+            self._save_personal(current_round, fl_ctx)
         # The round travels in the meta (LearnerExecutor rebuilds the Shareable, dropping headers).
         meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: done, AppConstants.CURRENT_ROUND: current_round}
         if self.send_difference:
             difference = {name: (value - received[name]).astype(np.float32) for name, value in weights.items()}
             return DXO(DataKind.WEIGHT_DIFF, data=difference, meta=meta).to_shareable()
         return DXO(DataKind.WEIGHTS, data=self.local_weights, meta=meta).to_shareable()
+
+    def _save_personal(self, current_round: int, fl_ctx: FLContext) -> None:
+        """The personal part as trained so far, atomically into this site's app folder (it never leaves the site)."""
+        path = os.path.join(fl_ctx.get_engine().get_workspace().get_app_dir(fl_ctx.get_job_id()), PERSONAL_ADAPTER_FILE)
+        params = dict(self.model.named_parameters())
+        save_torch({"model": {name: params[name].detach().cpu().clone() for name in self.personal},
+                    "meta_props": {"preset": self.spec.preset, "round": current_round}}, path)
+
+    def _dice(self, volumes, mode: str) -> np.ndarray:
+        """(classes,) mean Dice of the model as it is over ``volumes``."""
+        return evaluate_volumes(self.model, volumes, self.spec.num_classes, self.device, amp=self.trainer.amp, mode=mode).mean(axis=0)
+
+    def _global_and_personal_dice(self, volumes, mode: str) -> tuple[np.ndarray, np.ndarray]:
+        """(classes,) Dice of the global model alone (the personal part at its base values) and of this site's personalised model."""
+        personal = export_weights(self.model, self.personal)
+        personalised = self._dice(volumes, mode)
+        import_weights(self.model, self.personal_base, self.personal, "personal part (base values)")
+        try:
+            global_only = self._dice(volumes, mode)
+        finally:
+            import_weights(self.model, personal, self.personal, "personal part")
+        return global_only, personalised
 
     def get_model_for_validation(self, model_name: str, fl_ctx: FLContext) -> Shareable:
         if model_name != "local" or self.local_weights is None:  # FLARE asks for the site's "local" model
@@ -288,10 +322,13 @@ class FlapSamLearner(Learner):
             return current_round
         volumes = self.data.validation if before_train or not self.data.test else self.data.test
         mode = self.training.round_inference if before_train else self.training.final_inference
-        scores = evaluate_volumes(self.model, volumes, self.spec.num_classes, self.device, amp=self.trainer.amp, mode=mode)
+        personalised = None
+        if self.personal and not before_train:
+            per_class, personalised = self._global_and_personal_dice(volumes, mode)
+        else:
+            per_class = self._dice(volumes, mode)  # before training, with a personal part: the site's personalised model
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
-        per_class = scores.mean(axis=0)
         mean_dice = float(per_class.mean())
         if before_train:
             self._log("val_dice", mean_dice, current_round)
@@ -304,6 +341,10 @@ class FlapSamLearner(Learner):
         self.log_info(fl_ctx, f"cross-site evaluation of {model_name} on {len(volumes)} {split} volumes: Dice {mean_dice:.4f}")
         metrics = {"dice": mean_dice, "volumes": len(volumes)}
         metrics.update({f"dice_{name}": float(value) for name, value in zip(self.profile.class_names, per_class)})
+        if personalised is not None:  # this site's personalised model: the global one with its own personal part
+            self.log_info(fl_ctx, f"cross-site evaluation of {model_name} with this site's personal part: Dice {float(personalised.mean()):.4f}")
+            metrics["personal_dice"] = float(personalised.mean())
+            metrics.update({f"personal_dice_{name}": float(value) for name, value in zip(self.profile.class_names, personalised)})
         return DXO(DataKind.METRICS, data=metrics).to_shareable()
 
     def abort(self, fl_ctx: FLContext) -> None:

@@ -7,6 +7,9 @@ rule used for three things, so they cannot disagree:
 * which parameters get ``requires_grad`` (``apply_trainable``),
 * which tensors a site sends (``exchanged_names``),
 * which tensors the client result filter lets through (``flap_sam.federated.filters``).
+
+A preset may also name a personal part (``personal``): tensors that train at each site and that
+``selects`` never takes, so no payload, filter or site policy can let them out.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class Preset:
         encoder_lora / decoder_lora: where LoRA adapters are injected.
         patterns: regexes matched (``re.match``) against non-LoRA parameter names.
         fixed_rank: a rank the preset imposes (SAMed uses r=4), else the job's ``rank``.
+        personal: regexes of non-LoRA parameters that train at each site and never leave it (the
+            site's personal part, FedPer-style); a name the preset exchanges is never personal.
     """
 
     name: str
@@ -46,10 +51,13 @@ class Preset:
     decoder_lora: bool = False
     patterns: tuple[str, ...] = ()
     fixed_rank: int | None = None
+    personal: tuple[str, ...] = ()
     _compiled: tuple[re.Pattern, ...] = field(init=False, repr=False, compare=False)
+    _personal: tuple[re.Pattern, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_compiled", tuple(re.compile(p) for p in self.patterns))
+        object.__setattr__(self, "_personal", tuple(re.compile(p) for p in self.personal))
 
     @property
     def uses_lora(self) -> bool:
@@ -65,6 +73,14 @@ class Preset:
                 return self.encoder_lora
             return self.decoder_lora
         return any(p.match(name) for p in self._compiled)
+
+    def keeps_at_site(self, name: str) -> bool:
+        """True if the tensor called ``name`` is the site's personal part: it trains and never leaves the site."""
+        return not is_lora_parameter(name) and not self.selects(name) and any(p.match(name) for p in self._personal)
+
+    def trains(self, name: str) -> bool:
+        """True if the tensor called ``name`` trains at a site: exchanged, or personal."""
+        return self.selects(name) or self.keeps_at_site(name)
 
 
 PRESETS: dict[str, Preset] = {
@@ -85,6 +101,13 @@ PRESETS: dict[str, Preset] = {
             encoder_lora=True,
             decoder_lora=True,
             patterns=_DECODER_OUTPUT,
+        ),
+        Preset(
+            "flap_personal",
+            "flap personalised (FedPer-style): LoRA travels; output_upscaling, output_hypernetworks_mlps, mask_tokens train and stay at each site",
+            encoder_lora=True,
+            decoder_lora=True,
+            personal=_DECODER_OUTPUT,
         ),
         Preset("lora_dec", "SAMed-like: LoRA + the whole mask decoder", encoder_lora=True, decoder_lora=True, patterns=(_DEC,)),
         Preset(
@@ -114,7 +137,12 @@ def exchanged_names(model: nn.Module, preset: Preset) -> list[str]:
     return [name for name, _ in model.named_parameters() if preset.selects(name)]
 
 
+def personal_names(model: nn.Module, preset: Preset) -> list[str]:
+    """Names of the parameters of ``model`` that train and stay at the site under ``preset`` (its personal part)."""
+    return [name for name, _ in model.named_parameters() if preset.keeps_at_site(name)]
+
+
 def apply_trainable(model: nn.Module, preset: Preset) -> None:
-    """Set ``requires_grad`` on exactly the preset's parameters, freeze the rest."""
+    """Set ``requires_grad`` on exactly the parameters the preset trains (exchanged and personal), freeze the rest."""
     for name, param in model.named_parameters():
-        param.requires_grad_(preset.selects(name))
+        param.requires_grad_(preset.trains(name))

@@ -16,7 +16,7 @@ from flap_sam.model import lite_medsam
 from flap_sam.model.factory import ModelSpec, build_model, exchange_schema, resolve_checkpoint
 from flap_sam.model.fingerprint import base_fingerprint
 from flap_sam.model.lora import LoRALinear, merge_lora
-from flap_sam.model.presets import PRESETS, exchanged_names, get_preset
+from flap_sam.model.presets import PRESETS, exchanged_names, get_preset, personal_names
 from flap_sam.model.sam_builder import CheckpointError, read_checkpoint
 from modeltools import trained_looking
 
@@ -191,7 +191,9 @@ def test_every_preset_exchanges_what_its_schema_says(preset):
     names = exchanged_names(model, get_preset(preset))
     params = dict(model.named_parameters())
     assert names and exchange_schema(spec) == {n: tuple(params[n].shape) for n in names}
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(names)
+    personal = personal_names(model, get_preset(preset))  # trains, never exchanged (flap_personal)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(names) | set(personal)
+    assert not set(personal) & set(names)
     if preset == "attn_ft":
         assert any(n.endswith(".attn.attention_biases") for n in names)
 

@@ -14,6 +14,7 @@ from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 
+from flap_sam.evaluation.report import read_run, write_report
 from flap_sam.federated.filters import PresetResultFilter
 from flap_sam.federated.site_policy import SitePolicyFilter
 from flap_sam.federated.weights import export_weights
@@ -78,3 +79,11 @@ def test_a_personalised_federation_keeps_each_sites_part_on_the_site_and_scores_
     for site in ("site-1", "site-2"):
         final = results[site]["SRV_FL_global_model.pt"]
         assert final["personal_dice"] != final["dice"]  # two models scored: the global one alone, and with the part
+    # The report's per-site table shows both, from the same file.
+    run = read_run(str(job_dir), "personal")
+    assert run.personal_dice_per_site == {s: results[s]["SRV_FL_global_model.pt"]["personal_dice"] for s in ("site-1", "site-2")}
+    assert run.test_dice_per_site == {s: results[s]["SRV_FL_global_model.pt"]["dice"] for s in ("site-1", "site-2")}
+    report = (tmp_path / "report" / "report.md")
+    write_report([run], [], str(report.parent))
+    rows = [line for line in report.read_text().splitlines() if line.startswith("| personal | site-1 |")]
+    assert len(rows) == 1 and f"{run.personal_dice_per_site['site-1']:.4f}" in rows[0]

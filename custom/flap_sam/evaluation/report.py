@@ -43,6 +43,7 @@ class FederatedRun:
     total_bytes: int  # everything, both directions, every task
     test_dice: float  # mean over sites of the final adapter's cross-site Dice
     test_dice_per_site: dict[str, float] = field(default_factory=dict)
+    personal_dice_per_site: dict[str, float] = field(default_factory=dict)  # site -> the final adapter with its personal part
     lora_ranks: dict[str, int] = field(default_factory=dict)  # site -> the LoRA rank the job gave it (rank, site_ranks)
     bytes_per_site: dict[str, int] = field(default_factory=dict)  # site -> bytes both ways, every task
 
@@ -106,10 +107,12 @@ def read_run(job_dir: str, name: str) -> FederatedRun:
             down[int(r)] = down.get(int(r), 0) + int(entry.get("sent", 0))
             up[int(r)] = up.get(int(r), 0) + int(entry.get("received", 0))  # 0: the site's result did not count (dropped or late)
     cross_path = os.path.join(job_dir, CROSS_SITE_FILE)
-    per_site = {}
+    per_site, personal = {}, {}
     if os.path.isfile(cross_path):
         with open(cross_path, encoding="utf-8") as f:
-            per_site = {site: float(models[FINAL_MODEL]["dice"]) for site, models in json.load(f).items() if FINAL_MODEL in models}
+            finals = {site: models[FINAL_MODEL] for site, models in json.load(f).items() if FINAL_MODEL in models}
+        per_site = {site: float(scores["dice"]) for site, scores in finals.items()}
+        personal = {site: float(scores["personal_dice"]) for site, scores in finals.items() if "personal_dice" in scores}
     tb = os.path.join(job_dir, TB_FOLDER)
     sites = sorted(os.listdir(tb)) if os.path.isdir(tb) else []
     settings = _settings(job_dir)
@@ -125,7 +128,7 @@ def read_run(job_dir: str, name: str) -> FederatedRun:
         bytes_down=dict(sorted(down.items())), bytes_up=dict(sorted(up.items())),
         total_bytes=int(traffic["totals"]["sent"]) + int(traffic["totals"]["received"]),
         test_dice=sum(per_site.values()) / len(per_site) if per_site else float("nan"), test_dice_per_site=per_site,
-        lora_ranks={site: int(site_ranks.get(site, settings.get("rank", 0))) for site in per_site_bytes} if lora else {},
+        personal_dice_per_site=personal, lora_ranks={site: int(site_ranks.get(site, settings.get("rank", 0))) for site in per_site_bytes} if lora else {},
         bytes_per_site=dict(sorted(per_site_bytes.items())))
 
 
@@ -230,12 +233,13 @@ def write_report(runs: list[FederatedRun], baselines: list[BaselineRun], out: st
             [[run.name, run.preset, run.transport, run.num_rounds, f"{run.total_bytes:,}", f"{run.test_dice:.4f}",
               ", ".join(f"{s} {d:.4f}" for s, d in sorted(run.test_dice_per_site.items()))] for run in runs]), ""]
     if runs:
+        dice = lambda scores, site: f"{scores[site]:.4f}" if site in scores else "-"  # noqa: E731
         lines += ["## Per site", "", "Each site's LoRA rank as the job set it (`rank`, `site_ranks`), its bytes (both directions, "
-                  "every task) and the final adapter's test Dice on its own split.", "", markdown_table(
-            ["run", "site", "LoRA rank", "bytes (both directions)", "test Dice"],
-            [[run.name, site, run.lora_ranks.get(site, "-"), f"{n:,}",
-              f"{run.test_dice_per_site[site]:.4f}" if site in run.test_dice_per_site else "-"]
-             for run in runs for site, n in run.bytes_per_site.items()]), ""]
+                  "every task) and the final adapter's test Dice on its own split: the global model, and with a personal "
+                  "part (`flap_personal`) the site's personalised model.", "", markdown_table(
+            ["run", "site", "LoRA rank", "bytes (both directions)", "test Dice (global)", "test Dice (personalised)"],
+            [[run.name, site, run.lora_ranks.get(site, "-"), f"{n:,}", dice(run.test_dice_per_site, site),
+              dice(run.personal_dice_per_site, site)] for run in runs for site, n in run.bytes_per_site.items()]), ""]
     if baselines:
         lines += ["## Baselines (flap-sam train: the same recipe without FLARE)", "", markdown_table(
             ["baseline", "kind", "sites", "epochs", "test Dice", "split"],

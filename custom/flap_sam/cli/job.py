@@ -39,10 +39,10 @@ def run(args: argparse.Namespace) -> int:
 def random_base_note(settings: dict) -> str | None:
     """A line when the job would start a ViT from random weights on real data (sites may still set checkpoint locally)."""
     from flap_sam.model.factory import random_base_remedy
-    from flap_sam.model.sam_builder import ARCHITECTURES
+    from flap_sam.model.encoders import FAMILY_OF_TYPE
 
     model_type = str(settings.get("model_type"))
-    if (model_type not in ARCHITECTURES or ARCHITECTURES[model_type].official_checkpoint is None
+    if (model_type not in FAMILY_OF_TYPE or FAMILY_OF_TYPE[model_type].official_checkpoint(model_type) is None
             or settings.get("checkpoint") or str(settings.get("data_root")) == "demo" or settings.get("random_weights") is True):
         return None
     return (f"this job names no checkpoint for {model_type}: a site refuses to train its data from random weights "

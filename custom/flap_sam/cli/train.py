@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from flap_sam.data.site import DEMO, SiteData
     from flap_sam.jobs.writer import read_job
     from flap_sam.model.factory import build_model, random_base_refusal, resolve_checkpoint
-    from flap_sam.model.sam_builder import CheckpointError
+    from flap_sam.errors import CheckpointError
     from flap_sam.training.baseline import train_baseline
     from flap_sam.training.device import pick_device
     from flap_sam.training.loader import resolve_data_workers

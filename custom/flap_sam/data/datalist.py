@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from flap_sam.data.errors import DataError
+from flap_sam.errors import DataError
 from flap_sam.files import write_json
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from flap_sam.data.datalist import find_datalist, load_datalist
 from flap_sam.data.demo import DEMO_DATASETS, ensure_demo_site
-from flap_sam.data.errors import DataError
+from flap_sam.errors import DataError
 
 from flap_sam.data.intensity import ForegroundSamples, IntensityNormalizer
 from flap_sam.data.profiles import DatasetProfile

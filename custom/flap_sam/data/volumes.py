@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 
-from flap_sam.data.errors import DataError
+from flap_sam.errors import DataError
 from flap_sam.files import write_atomically
 
 

@@ -29,7 +29,7 @@ from flap_sam.model.factory import build_model, random_base_refusal, resolve_che
 from flap_sam.model.fingerprint import FINGERPRINT_KEY, base_fingerprint, base_mismatch
 from flap_sam.model.lora import at_rank, lower_lora_rank
 from flap_sam.model.presets import exchanged_names, personal_names
-from flap_sam.model.sam_builder import CheckpointError
+from flap_sam.errors import CheckpointError
 from flap_sam.run_files import PERSONAL_ADAPTER_FILE
 from flap_sam.training.device import apply_cpu_threads, pick_device
 from flap_sam.training.loader import resolve_data_workers

@@ -7,8 +7,8 @@ it), because file names of patient data can identify patients.
 
 from __future__ import annotations
 
-from flap_sam.data.errors import DataError
-from flap_sam.model.sam_builder import CheckpointError
+from flap_sam.errors import DataError
+from flap_sam.errors import CheckpointError
 
 SITE_ERROR_HEADER = "flap_sam_site_error"
 SITE_ERROR_KINDS = {

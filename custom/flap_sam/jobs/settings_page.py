@@ -85,15 +85,15 @@ def settings_page(conf_text: str, demo: dict) -> str:
 
 
 def _base_recipes_section() -> str:
-    """The values ``auto`` takes per base (``flap_sam.training.settings.BASE_RECIPES``)."""
-    from flap_sam.model.sam_builder import MODEL_TYPES
+    """The values ``auto`` takes per base (each encoder family's ``recipe``)."""
+    from flap_sam.model.encoders import MODEL_TYPES
     from flap_sam.training.settings import PAPER_RECIPE, base_recipe
 
     rows = [[f"`{base}`"] + [f"`{base_recipe(base)[name]:g}`" for name in PAPER_RECIPE] for base in MODEL_TYPES]
     return "\n".join([
         "## Each base's recipe (`auto`)", "",
         "A recipe setting left at `auto` takes its base's value: the paper's recipe for the ViTs, and what a base "
-        "declares of its own in `flap_sam.training.settings.BASE_RECIPES` (LiteMedSAM: measured in "
+        "declares of its own in its encoder family's `recipe` (`flap_sam.model.encoders`; LiteMedSAM: measured in "
         "[the recipe on a pretrained base](real-anatomy.md#the-recipe-on-a-pretrained-base)). A value set in a job wins "
         "for any base. Warm-up is at most a quarter of the federation's steps, and the decay ends at its last step.", "",
         markdown_table(["model_type"] + [f"`{name}`" for name in PAPER_RECIPE], rows), ""])

@@ -12,9 +12,10 @@ from __future__ import annotations
 import types
 
 import torch
-from segment_anything.modeling.image_encoder import ImageEncoderViT
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from flap_sam.model.encoders import family_of
 
 CHECKPOINTING_MODES = ("off", "encoder")
 
@@ -28,18 +29,9 @@ def _checkpointed(original):
     return forward
 
 
-def encoder_blocks(encoder: nn.Module) -> list[nn.Module]:
-    """The blocks of SAM's image encoder, in order (ViT: ``blocks``; LiteMedSAM's TinyViT: every stage's)."""
-    if isinstance(encoder, ImageEncoderViT):
-        return list(encoder.blocks)
-    from flap_sam.model import lite_medsam  # imported only for a LiteMedSAM encoder
-
-    return lite_medsam.encoder_blocks(encoder)
-
-
 def checkpoint_encoder_blocks(model: nn.Module) -> int:
     """Checkpoint every block of ``model.image_encoder`` in place (training with gradients only); returns how many."""
-    blocks = encoder_blocks(model.image_encoder)
+    blocks = family_of(model.image_encoder).blocks(model.image_encoder)
     for block in blocks:
         block.forward = types.MethodType(_checkpointed(block.forward), block)
     return len(blocks)

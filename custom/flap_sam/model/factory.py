@@ -12,7 +12,9 @@ from flap_sam.model.attention import set_attention
 from flap_sam.model.checkpointing import set_checkpointing
 from flap_sam.model.lora import inject_lora
 from flap_sam.model.presets import Preset, apply_trainable, exchanged_names, get_preset
-from flap_sam.model.sam_builder import LITE_MEDSAM, build_sam, check_image_size, default_checkpoint, get_architecture, load_sam_checkpoint
+from flap_sam.model.encoders import family_for
+from flap_sam.model.encoders.tiny_vit import MODEL_TYPE as LITE_MEDSAM
+from flap_sam.model.sam_builder import build_sam, check_image_size, default_checkpoint, load_sam_checkpoint
 from flap_sam.model.semantic_sam import SemanticSam
 
 logger = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ def assemble_model(spec: ModelSpec, checkpoint: str | None) -> SemanticSam:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
         model = build_sam(spec.model_type, spec.image_size, spec.num_classes, sam_class=SemanticSam)
-        model.whole_image_box = spec.model_type == LITE_MEDSAM  # its weights only ever saw box prompts
+        model.whole_image_box = family_for(spec.model_type).whole_image_box
         if checkpoint:
             load_sam_checkpoint(model, checkpoint)
         if preset.uses_lora:
@@ -117,8 +119,8 @@ def random_base_refusal(model_type: str) -> str:
 
 def random_base_remedy(model_type: str) -> str:
     """One sentence with both ways to a pretrained base, for the messages about a random one."""
-    arch = get_architecture(model_type)
-    official = f" ({arch.official_checkpoint} from the segment-anything release)" if arch.official_checkpoint else ""
+    file = family_for(model_type).official_checkpoint(model_type)
+    official = f" ({file} from the segment-anything release)" if file else ""
     return (f"Set 'checkpoint' (sites) and 'server_checkpoint' (server) to the official SAM file{official}, "
             f"or use model_type={LITE_MEDSAM} (LiteMedSAM, pretrained weights bundled with flap-sam)")
 

@@ -23,13 +23,11 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segment_anything.modeling.image_encoder import ImageEncoderViT
 from segment_anything.modeling.transformer import Attention as DecoderAttention
 from torch import nn
 
+from flap_sam.model.encoders import Columns, family_of
 from flap_sam.model.presets import A_TAG, B_TAG
-
-Columns = tuple[int, int] | tuple[tuple[int, int], ...]
 
 
 def _ranges(columns: Columns) -> tuple[tuple[int, int], ...]:
@@ -177,7 +175,7 @@ def inject_lora(sam: nn.Module, rank: int, scale: float = 1.0, encoder: bool = T
     """
     count = 0
     if encoder:
-        for attn, columns in _encoder_qv_columns(sam.image_encoder):
+        for attn, columns in family_of(sam.image_encoder).qv_columns(sam.image_encoder):
             attn.qkv = LoRALinear.wrap(attn.qkv, rank, scale, columns)
             count += 1
     if decoder:
@@ -187,16 +185,6 @@ def inject_lora(sam: nn.Module, rank: int, scale: float = 1.0, encoder: bool = T
                 module.v_proj = LoRALinear.wrap(module.v_proj, rank, scale, {"v": (0, module.v_proj.out_features)})
                 count += 2
     return count
-
-
-def _encoder_qv_columns(encoder: nn.Module) -> list[tuple[nn.Module, dict[str, Columns]]]:
-    """(attention module, its q and v columns of ``qkv``) for every attention of SAM's image encoder."""
-    if isinstance(encoder, ImageEncoderViT):
-        return [(block.attn, {"q": (0, block.attn.qkv.in_features), "v": (2 * block.attn.qkv.in_features, 3 * block.attn.qkv.in_features)})
-                for block in encoder.blocks]
-    from flap_sam.model import lite_medsam  # imported only for a LiteMedSAM encoder
-
-    return [(attn, lite_medsam.qv_columns(attn)) for attn in lite_medsam.attention_modules(encoder)]
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -19,6 +19,7 @@ import torch
 
 from flap_sam.model.attention import ATTENTION_MODES
 from flap_sam.model.checkpointing import CHECKPOINTING_MODES
+from flap_sam.model.encoders import family_for
 from flap_sam.training.device import autocast_bf16, resolve_cpu_threads, resolve_device
 from flap_sam.training.inference import INFERENCE_MODES
 from flap_sam.training.loader import resolve_data_workers
@@ -66,16 +67,16 @@ def one_of(name: str, value: str, choices) -> None:
 
 
 # The recipe settings whose package default is ``auto``: each takes its base's value. The paper's recipe
-# is that of ViT-B (and -L, -H, and the test size); a base that needs other values declares them here,
-# once (LiteMedSAM: measured on the real-anatomy and kits demos, docs/real-anatomy.md#the-recipe-on-a-pretrained-base).
+# is that of ViT-B (and -L, -H, and the test size); a base that needs other values declares them once, in
+# its encoder family's ``recipe`` (LiteMedSAM: measured on the real-anatomy and kits demos,
+# docs/real-anatomy.md#the-recipe-on-a-pretrained-base).
 PAPER_RECIPE = {"lr": 8e-4, "poly_power": 7.0, "warmup_steps": 250}
-BASE_RECIPES: dict[str, dict] = {"lite_medsam": {"lr": 2e-3, "poly_power": 1.0, "warmup_steps": 8}}
 AUTO = "auto"
 
 
 def base_recipe(model_type: str) -> dict:
-    """The values ``auto`` takes for ``model_type``: the paper's, with what the base declares of its own."""
-    return {**PAPER_RECIPE, **BASE_RECIPES.get(model_type, {})}
+    """The values ``auto`` takes for ``model_type``: the paper's, with what its base declares of its own."""
+    return {**PAPER_RECIPE, **family_for(model_type).recipe}
 
 
 def _typed_fields(cls, settings: Mapping, where: str) -> dict:

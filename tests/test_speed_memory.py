@@ -23,8 +23,8 @@ from flap_sam.model.attention import use_fused_attention
 from flap_sam.model.encoders import family_of
 from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.model.sam_builder import build_sam
+from flap_sam.training.inference import dice_per_class
 from flap_sam.training.loader import resolve_data_workers, round_batches
-from flap_sam.training.metrics import dice_per_class
 from modeltools import trained_looking
 
 SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)

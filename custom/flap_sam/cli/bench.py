@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 from flap_sam.cli.adapted_model import model_defaults
-from flap_sam.markdown import markdown_table
+from flap_sam.files import markdown_table, write_text
 
 PRESETS = ["fft", "attn_ft", "lora_dec", "dec_ft", "flap", "lora_ft", "pdec_ft"]
 MB = 1e6
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def communication(spec_for, presets: list[str]) -> tuple[str, dict]:
-    from flap_sam.benchmark.wire import random_payload, wire_bytes
+    from flap_sam.benchmark.payloads import random_payload, wire_bytes
 
     rows, measured = [], {}
     for preset in presets:
@@ -180,10 +180,7 @@ def targets(comm: dict, steps: dict | None, aggregation: dict, errors: dict, val
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from flap_sam.benchmark.aggregation import time_averaging, time_exact_lora
-    from flap_sam.benchmark.transport_error import built_adapter, round_trip_errors
-    from flap_sam.benchmark.wire import random_payload, wire_bytes
-    from flap_sam.files import write_text
+    from flap_sam.benchmark.payloads import built_adapter, random_payload, round_trip_errors, time_averaging, time_exact_lora
     from flap_sam.model.factory import ModelSpec
 
     if args.job:

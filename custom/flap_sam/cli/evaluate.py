@@ -12,7 +12,7 @@ import argparse
 import os
 
 from flap_sam.cli.adapted_model import add_model_arguments, job_spec_of, load_adapted_model
-from flap_sam.markdown import records_table
+from flap_sam.files import records_table
 
 SPLITS = ("test", "validation", "training")
 

@@ -16,7 +16,7 @@ import json
 import os
 import time
 
-from flap_sam.run_files import CROSS_SITE_FILE, TRAFFIC_FILE
+from flap_sam.files import CROSS_SITE_FILE, TRAFFIC_FILE
 
 
 CROSS_SITE_NAME = os.path.basename(CROSS_SITE_FILE)

@@ -15,7 +15,7 @@ import shlex
 import shutil
 import subprocess
 
-from flap_sam.run_files import simulator_job
+from flap_sam.files import simulator_job, write_text
 
 DONE = "DONE"
 
@@ -33,7 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from flap_sam.evaluation.robustness import read_robustness_run, write_robustness
-    from flap_sam.files import write_text
     from flap_sam.jobs.simulator import output_tail, run_simulator
     from flap_sam.jobs.settings import AGGREGATIONS, ATTACKS
     from flap_sam.jobs.writer import parse_settings, source_job, write_job

@@ -29,8 +29,7 @@ from flap_sam.data.datalist import write_datalist
 from flap_sam.errors import DataError
 from flap_sam.data.profiles import DatasetProfile
 from flap_sam.data.volumes import load_volume
-from flap_sam.files import write_json
-from flap_sam.markdown import markdown_table
+from flap_sam.files import markdown_table, write_json
 
 
 class ConversionError(DataError):

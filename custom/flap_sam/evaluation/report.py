@@ -19,10 +19,9 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-from flap_sam.files import write_json, write_text
-from flap_sam.markdown import markdown_table
+from flap_sam.files import (CROSS_SITE_FILE, FINAL_MODEL, SERVER_APP, SIMULATOR_JOB, TB_FOLDER, TRAFFIC_FILE, markdown_table, write_json,
+                            write_text)
 from flap_sam.model.presets import PRESETS
-from flap_sam.run_files import CROSS_SITE_FILE, FINAL_MODEL, SERVER_APP, SIMULATOR_JOB, TB_FOLDER, TRAFFIC_FILE
 
 SERVER_MARKER = os.path.join(SERVER_APP, TRAFFIC_FILE)  # a job folder of a finished run holds it
 
@@ -128,7 +127,8 @@ def read_run(job_dir: str, name: str) -> FederatedRun:
         bytes_down=dict(sorted(down.items())), bytes_up=dict(sorted(up.items())),
         total_bytes=int(traffic["totals"]["sent"]) + int(traffic["totals"]["received"]),
         test_dice=sum(per_site.values()) / len(per_site) if per_site else float("nan"), test_dice_per_site=per_site,
-        personal_dice_per_site=personal, lora_ranks={site: int(site_ranks.get(site, settings.get("rank", 0))) for site in per_site_bytes} if lora else {},
+        personal_dice_per_site=personal,
+        lora_ranks={site: int(site_ranks.get(site, settings.get("rank", 0))) for site in per_site_bytes} if lora else {},
         bytes_per_site=dict(sorted(per_site_bytes.items())))
 
 

@@ -12,8 +12,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from flap_sam.evaluation.report import read_run
-from flap_sam.files import write_json, write_text
-from flap_sam.markdown import markdown_table
+from flap_sam.files import markdown_table, write_json, write_text
 
 
 @dataclass

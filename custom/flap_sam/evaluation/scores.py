@@ -11,9 +11,8 @@ import torch
 
 from flap_sam.data.profiles import DatasetProfile
 from flap_sam.datasets.kits19.metric import flamby_kits_dice
-from flap_sam.files import write_text
-from flap_sam.markdown import records_table
-from flap_sam.training.metrics import dice_per_class
+from flap_sam.files import records_table, write_text
+from flap_sam.training.inference import dice_per_class
 
 # Dataset-specific metrics reported next to the per-class Dice: column name -> fn(prediction, label).
 DATASET_METRICS = {"kits": {"flamby_dice": flamby_kits_dice}}

@@ -9,7 +9,7 @@ from torch import nn
 
 from flap_sam.jobs.spec import JobSpec
 from flap_sam.model.factory import build_model, exchanged_state, resolve_checkpoint
-from flap_sam.model.fingerprint import base_fingerprint
+from flap_sam.model.adapter_file import base_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class AdapterModel(nn.Module):
     For flap with ViT-B, r = 32, 2 classes: 1.86 M parameters, 7.4 MB in fp32.
 
     ``base_fingerprint`` is the fingerprint of the SAM the server built (see
-    ``flap_sam.model.fingerprint``); it travels with every global model, so each site can check
+    ``flap_sam.model.adapter_file``); it travels with every global model, so each site can check
     that it built the same base before it trains.
 
     Args:

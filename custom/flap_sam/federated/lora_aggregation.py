@@ -30,7 +30,7 @@ from flap_sam.federated.contributions import contribution_problem
 from flap_sam.federated.robust_aggregation import aggregate_robust
 from flap_sam.federated.site_ranks import record_site_rank
 from flap_sam.jobs.settings import AGGREGATIONS, check_aggregation_weights
-from flap_sam.model.fingerprint import FINGERPRINT_KEY
+from flap_sam.model.adapter_file import FINGERPRINT_KEY
 from flap_sam.model.lora import at_rank, lora_pairs, payload_rank, refactorize
 
 def aggregate_exact(contributions: list[tuple[float, dict[str, np.ndarray]]], reference: dict[str, np.ndarray] | None = None

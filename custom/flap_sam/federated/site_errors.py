@@ -7,8 +7,7 @@ it), because file names of patient data can identify patients.
 
 from __future__ import annotations
 
-from flap_sam.errors import DataError
-from flap_sam.errors import CheckpointError
+from flap_sam.errors import CheckpointError, DataError
 
 SITE_ERROR_HEADER = "flap_sam_site_error"
 SITE_ERROR_KINDS = {
@@ -26,7 +25,7 @@ SITE_ERROR_KINDS = {
 
 
 class BaseMismatchError(ValueError):
-    """The site built another SAM base than the server's (see ``flap_sam.model.fingerprint``)."""
+    """The site built another SAM base than the server's (see ``flap_sam.model.adapter_file``)."""
 
 
 def site_error_kind(error: Exception) -> str:

@@ -29,8 +29,7 @@ from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.fuel.utils import fobs
 
-from flap_sam.files import write_json
-from flap_sam.run_files import TRAFFIC_FILE
+from flap_sam.files import TRAFFIC_FILE, write_json
 
 SUMMARY_FILE = TRAFFIC_FILE
 

@@ -17,9 +17,8 @@ import sys
 
 from nvflare.fuel.utils.config_factory import ConfigFactory
 
-from flap_sam.files import write_text
+from flap_sam.files import markdown_table, write_text
 from flap_sam.jobs.defaults import SETTINGS_CONF
-from flap_sam.markdown import markdown_table
 
 _SECTION = re.compile(r"^# -+ (.+?) -+$")
 _BLOCK_START = re.compile(r"^(\w+)\s*\{\s*$")

@@ -20,10 +20,9 @@ import torch
 
 from flap_sam.data.site import SiteData
 from flap_sam.data.stacks import SliceStackDataset, build_augmentation
-from flap_sam.files import save_torch, write_json
+from flap_sam.files import BEST_MODEL_FILE, GLOBAL_MODEL_FILE, save_torch, write_json
 from flap_sam.model.factory import ModelSpec, exchanged_state
 from flap_sam.model.semantic_sam import SemanticSam
-from flap_sam.run_files import BEST_MODEL_FILE, GLOBAL_MODEL_FILE
 from flap_sam.training.local_trainer import LocalTrainer, evaluate_volumes
 from flap_sam.training.settings import TrainingSettings
 

@@ -108,7 +108,7 @@ class TrainingSettings:
         batch_size: 2.5D stacks per step (each stack = 5 slices).
         lr: base learning rate; weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up over the first global steps (at most a quarter of the federation's:
-            ``flap_sam.training.schedule``); poly_power: exponent of the poly decay.
+            ``flap_sam.training.local_trainer``); poly_power: exponent of the poly decay.
         foreground_fraction: share of sampled stacks centred on a slice with foreground.
         augment: random flips, rotations, intensity changes of the training stacks.
         amp: bf16 autocast on a GPU (and on a CPU whose site sets ``cpu_bf16``: ``flap_sam.training.device.autocast_bf16``).

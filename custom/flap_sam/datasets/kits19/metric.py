@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flap_sam.training.metrics import dice_per_class
+from flap_sam.training.inference import dice_per_class
 
 
 def flamby_kits_dice(prediction: np.ndarray, label: np.ndarray) -> float:

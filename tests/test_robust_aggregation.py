@@ -7,10 +7,12 @@ import pytest
 from nvflare.apis.fl_constant import FLContextKey, ReservedKey
 from nvflare.apis.fl_context import FLContext
 
-from flap_sam.federated.attacks import AttackSettings, attack_contributions, attack_refusal, crafted_change, flipped_labels
-from flap_sam.federated.robust_aggregation import (ChangeLayout, aggregate_robust, concordance_ratios, coordinate_median, factorize,
-                                                   fedseca, trimmed_mean)
+from flap_sam.federated.attacks import attack_contributions, attack_refusal, crafted_change, flipped_labels
+from flap_sam.federated.robust_aggregation import (ChangeLayout, aggregate_robust, concordance_ratios, coordinate_median, fedseca,
+                                                   trimmed_mean)
+from flap_sam.jobs.settings import AttackSettings
 from flap_sam.model.factory import ModelSpec
+from flap_sam.model.lora import factorize
 
 from modeltools import noisy_payload
 

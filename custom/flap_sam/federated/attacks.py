@@ -20,57 +20,17 @@ records the attack in its meta (``flap_sam_attack``).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 
 from flap_sam.federated.robust_aggregation import ChangeLayout
-from flap_sam.jobs.settings import ATTACKS
+from flap_sam.jobs.settings import AttackSettings
 
 ATTACK_META_KEY = "flap_sam_attack"
-SITE_ATTACKS = ("label_flip",)
-DEFAULT_STRENGTH = {"sign_flip": 4.0, "scale": 10.0, "gaussian": 1.0, "alie": 1.0, "ipm": 4.0, "label_flip": 1.0}
 POC_PROJECT = "example_project"  # the project `nvflare poc prepare` provisions
 SIMULATOR_SERVER, SIMULATOR_JOB_ID = "simulator_server", "simulate_job"  # the simulator's server and its one job (no real job has this id)
-
-
-@dataclass(frozen=True)
-class AttackSettings:
-    """The ``attack`` block: which sites attack, how, how hard (``strength`` 0: the attack's default)."""
-
-    attack: str
-    sites: tuple[str, ...]
-    strength: float
-
-    @classmethod
-    def from_settings(cls, settings: Mapping | None) -> "AttackSettings":
-        settings = dict(settings or {})
-        attack = str(settings.get("attack", "none"))
-        if attack not in ATTACKS:
-            raise ValueError(f"attack: {attack!r} is not one of {list(ATTACKS)}")
-        sites = settings.get("attack_sites") or ""
-        sites = tuple(s.strip() for s in sites.split(",") if s.strip()) if isinstance(sites, str) else tuple(map(str, sites))
-        if attack != "none" and not sites:
-            raise ValueError(f"attack = {attack} needs attack_sites (e.g. \"site-4\")")
-        strength = float(settings.get("attack_strength", 0.0) or 0.0) or DEFAULT_STRENGTH.get(attack, 0.0)
-        return cls(attack, sites, strength)
-
-    @property
-    def active(self) -> bool:
-        return self.attack != "none"
-
-    @property
-    def on_server(self) -> bool:
-        return self.active and self.attack not in SITE_ATTACKS
-
-    def describe(self) -> str:
-        return f"ATTACK SIMULATION {self.attack} (strength {self.strength:g}) by {', '.join(self.sites)}"
-
-    def record(self) -> dict:
-        return {"attack": self.attack, "sites": list(self.sites), "strength": self.strength}
 
 
 def attack_refusal(fl_ctx: FLContext) -> str | None:

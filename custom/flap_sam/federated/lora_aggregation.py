@@ -25,13 +25,18 @@ from nvflare.app_common.abstract.aggregator import Aggregator
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
-from flap_sam.federated.attacks import ATTACK_META_KEY, AttackSettings, attack_contributions, attack_refusal
+from flap_sam.federated.attacks import ATTACK_META_KEY, attack_contributions, attack_refusal
 from flap_sam.federated.contributions import contribution_problem
 from flap_sam.federated.robust_aggregation import aggregate_robust
 from flap_sam.federated.site_ranks import record_site_rank
-from flap_sam.jobs.settings import AGGREGATIONS, check_aggregation_weights
+from flap_sam.jobs.defaults import package_defaults
+from flap_sam.jobs.settings import AGGREGATIONS, AttackSettings, check_aggregation_weights
 from flap_sam.model.adapter_file import FINGERPRINT_KEY
 from flap_sam.model.lora import at_rank, lora_pairs, payload_rank, refactorize
+
+# Each default is the one declared in settings.conf (a job's FLARE config passes every value anyway).
+DEFAULT = package_defaults()
+
 
 def aggregate_exact(contributions: list[tuple[float, dict[str, np.ndarray]]], reference: dict[str, np.ndarray] | None = None
                     ) -> dict[str, np.ndarray]:
@@ -152,7 +157,8 @@ class RobustAggregator(CollectingAggregator):
     """``aggregate_robust`` (``median`` | ``trimmed_mean`` | ``fedseca``) of the round's results against the
     global model they started from; one vote per site (``flap_sam.federated.robust_aggregation``)."""
 
-    def __init__(self, aggregation: str, trim_fraction: float = 0.25, fedseca_sparsity: float = 0.9) -> None:
+    def __init__(self, aggregation: str, trim_fraction: float = DEFAULT["trim_fraction"],
+                 fedseca_sparsity: float = DEFAULT["fedseca_sparsity"]) -> None:
         super().__init__()
         self.aggregation, self.trim_fraction, self.sparsity = aggregation, float(trim_fraction), float(fedseca_sparsity)
 
@@ -181,8 +187,9 @@ class FlapSamAggregator(Aggregator):
     a round is usable, the global model stays as it was (and the log says so).
     """
 
-    def __init__(self, aggregation: str = "lora_exact", aggregation_weights: dict | None = None, trim_fraction: float = 0.25,
-                 fedseca_sparsity: float = 0.9, attack: dict | None = None) -> None:
+    def __init__(self, aggregation: str = DEFAULT["aggregation"], aggregation_weights: dict | None = None,
+                 trim_fraction: float = DEFAULT["trim_fraction"], fedseca_sparsity: float = DEFAULT["fedseca_sparsity"],
+                 attack: dict | None = None) -> None:
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation '{aggregation}' is unknown; choose one of {AGGREGATIONS}")

@@ -26,7 +26,11 @@ from nvflare.apis.dxo_filter import DXOFilter
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
+from flap_sam.jobs.defaults import package_defaults
 from flap_sam.jobs.settings import check_privacy_parameters
+
+# Each default is the one declared in settings.conf (a job's FLARE config passes every value anyway).
+DEFAULT = package_defaults()
 
 
 class UpdatePrivacyFilter(DXOFilter):
@@ -36,9 +40,10 @@ class UpdatePrivacyFilter(DXOFilter):
     The filtered differences are float32 again.
     """
 
-    def __init__(self, privacy: str = "none", privacy_percentile: float = 10, percentile_gamma: float = 0.01,
-                 svt_fraction: float = 0.1, svt_epsilon: float = 0.1, svt_noise_var: float = 0.1, svt_gamma: float = 1e-5,
-                 svt_tau: float = 1e-6) -> None:
+    def __init__(self, privacy: str = DEFAULT["privacy"], privacy_percentile: float = DEFAULT["privacy_percentile"],
+                 percentile_gamma: float = DEFAULT["percentile_gamma"], svt_fraction: float = DEFAULT["svt_fraction"],
+                 svt_epsilon: float = DEFAULT["svt_epsilon"], svt_noise_var: float = DEFAULT["svt_noise_var"],
+                 svt_gamma: float = DEFAULT["svt_gamma"], svt_tau: float = DEFAULT["svt_tau"]) -> None:
         super().__init__(supported_data_kinds=[DataKind.WEIGHT_DIFF], data_kinds_to_filter=None)
         check_privacy_parameters(privacy, privacy_percentile, percentile_gamma, svt_fraction, svt_epsilon)
         self.privacy = privacy

@@ -37,8 +37,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flap_sam.jobs.defaults import package_defaults
 from flap_sam.model.lora import at_rank, factorize, lora_pairs, payload_rank
 
+# Each default is the one declared in settings.conf (a job's FLARE config passes every value anyway).
+DEFAULT = package_defaults()
 ROBUST_AGGREGATIONS = ("median", "trimmed_mean", "fedseca")
 
 
@@ -133,7 +136,7 @@ def concordance_ratios(signs: np.ndarray) -> np.ndarray:
     return np.divide(concordant - discordant, total, out=np.zeros(total.shape), where=total > 0)
 
 
-def fedseca(changes: np.ndarray, sparsity: float = 0.9) -> tuple[np.ndarray, FedSecaVote]:
+def fedseca(changes: np.ndarray, sparsity: float = DEFAULT["fedseca_sparsity"]) -> tuple[np.ndarray, FedSecaVote]:
     """(sites, d) -> the aggregated change (d,) and the vote; see the module docstring for the four steps."""
     if not 0 <= sparsity < 1:
         raise ValueError(f"fedseca_sparsity: {sparsity} must be in [0, 1)")
@@ -167,7 +170,8 @@ def robust_change(aggregation: str, changes: np.ndarray, trim_fraction: float, s
 
 
 def aggregate_robust(aggregation: str, contributions: list[dict[str, np.ndarray]], reference: dict[str, np.ndarray],
-                     trim_fraction: float = 0.25, sparsity: float = 0.9) -> tuple[dict[str, np.ndarray], str]:
+                     trim_fraction: float = DEFAULT["trim_fraction"], sparsity: float = DEFAULT["fedseca_sparsity"]
+                     ) -> tuple[dict[str, np.ndarray], str]:
     """The new global model from the sites' models ``contributions`` and the global model ``reference`` they started from."""
     layout = ChangeLayout.of(reference)
     changes = np.stack([layout.flatten(c, starting_point(c, reference)) for c in contributions])

@@ -27,7 +27,11 @@ from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_context import FLContext
 
+from flap_sam.jobs.defaults import package_defaults
 from flap_sam.jobs.settings import TRACKERS
+
+# Each default is the one declared in settings.conf (a job's FLARE config passes every value anyway).
+DEFAULT = package_defaults()
 
 FED_EVENTS = ["fed." + ANALYTIC_EVENT_TYPE]  # the sites' analytics, as ConvertToFedEvent forwards them
 
@@ -41,7 +45,8 @@ class TrackingReceiver(FLComponent):
         experiment: MLflow experiment / W&B project name.
     """
 
-    def __init__(self, tracking: str = "tensorboard", tracking_uri: str = "", experiment: str = "flap-sam") -> None:
+    def __init__(self, tracking: str = DEFAULT["tracking"], tracking_uri: str = DEFAULT["tracking_uri"],
+                 experiment: str = DEFAULT["tracking_experiment"]) -> None:
         super().__init__()
         if tracking not in TRACKERS:
             raise ValueError(f"tracking: {tracking!r} is not one of {list(TRACKERS)}")

@@ -31,7 +31,11 @@ from nvflare.apis.dxo_filter import DXOFilter
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
+from flap_sam.jobs.defaults import package_defaults
 from flap_sam.jobs.settings import TRANSPORT_MODES
+
+# Each default is the one declared in settings.conf (a job's FLARE config passes every value anyway).
+DEFAULT = package_defaults()
 
 MODES = TRANSPORT_MODES
 CODEC_META_KEY = "flap_sam_transport"  # DXO meta: {"mode": str, "scales": {name: float}} while encoded
@@ -130,7 +134,7 @@ class TransportCodec(DXOFilter):
         action: ``encode`` (before sending) or ``decode`` (after receiving).
     """
 
-    def __init__(self, mode: str = "fp32", action: str = "encode") -> None:
+    def __init__(self, mode: str = DEFAULT["transport"], action: str = "encode") -> None:
         super().__init__(supported_data_kinds=[DataKind.WEIGHTS, DataKind.WEIGHT_DIFF], data_kinds_to_filter=None)
         if mode not in MODES:
             raise ValueError(f"transport '{mode}' is unknown; choose one of {MODES}")

@@ -28,7 +28,7 @@ from flap_sam.training.settings import SiteSettings, TrainingSettings, at_least,
 
 # The values of the settings that the federated components implement (they import these names).
 AGGREGATIONS = ("average", "lora_exact", "fedseca", "median", "trimmed_mean")
-ATTACKS = ("none", "sign_flip", "scale", "gaussian", "label_flip", "alie", "ipm")
+ATTACKS = ("none", "sign_flip", "scale", "gaussian", "label_flip", "alie", "ipm")  # flap_sam.federated.attacks
 TRANSPORT_MODES = ("fp32", "fp16", "bf16", "int8")
 PRIVACY_MODES = ("none", "percentile", "svt")
 TRACKERS = ("tensorboard", "mlflow", "wandb")
@@ -39,6 +39,46 @@ MINIMUM = {"image_size": 16, "rank": 1, "num_rounds": 1, "min_clients": 1, "trai
            "get_task_timeout": 0, "submit_task_result_timeout": 0, "svt_noise_var": 0, "svt_gamma": 0, "svt_tau": 0,
            "trim_fraction": 0, "fedseca_sparsity": 0, "attack_strength": 0}
 KIND = {"privacy_percentile": float}  # a number whose default happens to be whole
+
+
+SITE_ATTACKS = ("label_flip",)  # the attacks a site runs in its own training (the rest: the server crafts the update)
+DEFAULT_STRENGTH = {"sign_flip": 4.0, "scale": 10.0, "gaussian": 1.0, "alie": 1.0, "ipm": 4.0, "label_flip": 1.0}
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """The ``attack`` block: which sites attack, how, how hard (``strength`` 0: the attack's default)."""
+
+    attack: str
+    sites: tuple[str, ...]
+    strength: float
+
+    @classmethod
+    def from_settings(cls, settings: Mapping | None) -> "AttackSettings":
+        settings = dict(settings or {})
+        attack = str(settings.get("attack", "none"))
+        if attack not in ATTACKS:
+            raise ValueError(f"attack: {attack!r} is not one of {list(ATTACKS)}")
+        sites = settings.get("attack_sites") or ""
+        sites = tuple(s.strip() for s in sites.split(",") if s.strip()) if isinstance(sites, str) else tuple(map(str, sites))
+        if attack != "none" and not sites:
+            raise ValueError(f"attack = {attack} needs attack_sites (e.g. \"site-4\")")
+        strength = float(settings.get("attack_strength", 0.0) or 0.0) or DEFAULT_STRENGTH.get(attack, 0.0)
+        return cls(attack, sites, strength)
+
+    @property
+    def active(self) -> bool:
+        return self.attack != "none"
+
+    @property
+    def on_server(self) -> bool:
+        return self.active and self.attack not in SITE_ATTACKS
+
+    def describe(self) -> str:
+        return f"ATTACK SIMULATION {self.attack} (strength {self.strength:g}) by {', '.join(self.sites)}"
+
+    def record(self) -> dict:
+        return {"attack": self.attack, "sites": list(self.sites), "strength": self.strength}
 
 
 def _kind(name: str, default) -> type:
@@ -114,9 +154,8 @@ def check_settings(settings: Mapping, where: str = "") -> JobSettings:
             raise ValueError(f"fedseca_sparsity: {values['fedseca_sparsity']} must be below 1")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", values["scope"]):
             raise ValueError(f"scope: {values['scope']!r} is not a scope name (letters, digits, _ . -)")
-        if values["attack"] != "none" and not values["attack_sites"]:
-            raise ValueError(f"attack = {values['attack']} needs attack_sites (e.g. \"site-4\")")
         block = {name: {k: values[k] for k in block_keys(name)} for name in BLOCKS}
+        AttackSettings.from_settings(block["attack_simulation"])
         spec = JobSpec.from_settings(block["job_spec"])
         site = SiteSettings.from_settings(block["site"])
         for name in site.site_ranks:

@@ -18,8 +18,7 @@ def noisy_payload(spec, seed: int = 0) -> dict:
     """The exchanged tensors of ``spec``'s freshly built model plus N(0, 0.05) noise: a site's update as the server receives it."""
     import numpy as np
 
-    from flap_sam.federated.weights import export_weights
-    from flap_sam.model.factory import build_model
+    from flap_sam.model.factory import build_model, export_weights
     from flap_sam.model.presets import exchanged_names
 
     model = build_model(spec)

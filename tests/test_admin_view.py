@@ -9,8 +9,8 @@ from nvflare.app_common.app_constant import AppConstants
 import json
 
 from flap_sam.cli.monitor import final_progress, progress_lines
-from flap_sam.federated.progress import PROGRESS_AT_END
 from flap_sam.federated.cross_site import CrossSiteDiceFormatter
+from flap_sam.federated.progress import PROGRESS_AT_END
 
 
 def _round(r: int, missing=()) -> dict:

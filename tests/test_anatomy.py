@@ -14,9 +14,9 @@ from flap_sam.cli.main import main
 from flap_sam.data.anatomy import (HELD_OUT_SITE, SITE_ACQUISITIONS, TISSUE_DATALIST, Acquisition, Template,
                                    make_anatomy_site, make_subject)
 from flap_sam.data.datalist import load_datalist
-from flap_sam.errors import DataError
 from flap_sam.data.profiles import get_profile
 from flap_sam.data.site import SiteData
+from flap_sam.errors import DataError
 
 TRAINING_SITES = ("site-1", "site-2", "site-3")
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from flap_sam.federated.adapter_model import AdapterModel
-from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.model.adapter_file import base_fingerprint, base_mismatch
+from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.model.presets import exchanged_names
 from jobtools import TEST_MODEL, TEST_TRAINING, copy_job, run_simulator, save_tiny_checkpoint
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from flap_sam.jobs.writer import job_settings, read_job
 from flap_sam.cli.main import main
+from flap_sam.jobs.writer import job_settings, read_job
 from jobtools import REPO
 
 
@@ -15,6 +15,14 @@ def test_job_copy_resolves_the_new_settings_on_both_sides(tmp_path, capsys):
     settings = job_settings(str(out))
     assert (settings["preset"], settings["num_rounds"], settings["data_root"], settings["dataset"]) == ("lora_dec", 25, "/data/fed_kits", "kits")
     assert json.loads((out / "meta.json").read_text())["min_clients"] == 6
+
+
+def test_a_setting_only_one_side_of_the_shipped_job_sets_is_kept_in_the_copy(tmp_path, capsys):
+    """ixi_lora's server asks for its 3 sites; the client side's package default (2) must not undo that."""
+    assert job_settings(str(REPO / "jobs" / "ixi_lora"))["min_clients"] == 3
+    out = tmp_path / "ixi"
+    assert main(["job", "ixi_lora", "--out", str(out), "--set", "num_rounds=3"]) == 0
+    assert job_settings(str(out))["min_clients"] == 3 and json.loads((out / "meta.json").read_text())["min_clients"] == 3
 
 
 def test_job_copy_refuses_an_unknown_setting(tmp_path, capsys):

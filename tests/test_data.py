@@ -12,11 +12,11 @@ import torch
 
 from flap_sam.data.datalist import load_datalist
 from flap_sam.data.demo import ScannerShift, ensure_demo_site, make_demo_site
-from flap_sam.errors import DataError
 from flap_sam.data.profiles import get_profile
 from flap_sam.data.site import SiteData
 from flap_sam.data.stacks import SliceStackDataset, build_augmentation, stack_indices
 from flap_sam.data.volumes import load_volume, save_mask
+from flap_sam.errors import DataError
 
 
 def _write(path, array, affine=np.eye(4)):

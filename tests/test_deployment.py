@@ -18,8 +18,8 @@ import pytest
 import torch
 import yaml
 
-from flap_sam.jobs.writer import write_job
 from flap_sam.cli.monitor import follow
+from flap_sam.jobs.writer import write_job
 from flap_sam.model.factory import ModelSpec, exchange_schema
 from jobtools import REPO, TEST_MODEL, TEST_TRAINING, server_job_log
 

@@ -11,8 +11,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 
 from flap_sam.federated.filters import PresetResultFilter
-from flap_sam.model.factory import ModelSpec, build_model, exchange_schema
-from flap_sam.federated.weights import export_weights
+from flap_sam.model.factory import ModelSpec, build_model, exchange_schema, export_weights
 from flap_sam.model.presets import exchanged_names
 
 SETTINGS = dict(model_type="vit_test", image_size=64, dataset="kits", preset="flap", rank=4)

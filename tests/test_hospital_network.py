@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from flap_sam.jobs.writer import write_job
 from flap_sam.federated.resume import read_adapter, run_adapter_path
+from flap_sam.jobs.writer import write_job
 from flap_sam.model.factory import ModelSpec, exchange_schema
 from jobtools import REPO, TEST_MODEL, TEST_TRAINING
 

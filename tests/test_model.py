@@ -7,9 +7,9 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
+from flap_sam.errors import CheckpointError
 from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.model.lora import LoRALinear, merge_lora
-from flap_sam.errors import CheckpointError
 from flap_sam.model.sam_builder import build_sam
 from flap_sam.model.semantic_sam import SemanticSam
 

@@ -17,10 +17,9 @@ from nvflare.apis.fl_context import FLContext
 from flap_sam.evaluation.report import read_run, write_report
 from flap_sam.federated.filters import PresetResultFilter
 from flap_sam.federated.site_policy import SitePolicyFilter
-from flap_sam.federated.weights import export_weights
-from flap_sam.model.factory import ModelSpec, build_model, exchange_schema
-from flap_sam.model.presets import PRESETS, exchanged_names, personal_names
 from flap_sam.files import PERSONAL_ADAPTER_FILE
+from flap_sam.model.factory import ModelSpec, build_model, exchange_schema, export_weights
+from flap_sam.model.presets import PRESETS, exchanged_names, personal_names
 
 from jobtools import TEST_MODEL, TEST_TRAINING, copy_job, run_simulator
 

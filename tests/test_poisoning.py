@@ -17,8 +17,7 @@ from nvflare.app_common.app_constant import AppConstants
 
 from flap_sam.federated.lora_aggregation import AGGREGATIONS, FlapSamAggregator
 from flap_sam.federated.transport import MODES, TransportCodec, encode_tensor
-from flap_sam.federated.weights import export_weights
-from flap_sam.model.factory import ModelSpec, build_model
+from flap_sam.model.factory import ModelSpec, build_model, export_weights
 from flap_sam.model.presets import exchanged_names
 
 SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from flap_sam.data.demo import demo_site_dir
-from flap_sam.model.factory import ModelSpec, exchange_schema
 from flap_sam.federated.resume import read_adapter
+from flap_sam.model.factory import ModelSpec, exchange_schema
 from jobtools import TEST_MODEL, TEST_TRAINING, copy_job, run_simulator, scalars
 
 ROUNDS = 3

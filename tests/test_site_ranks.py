@@ -29,9 +29,8 @@ from flap_sam.federated.lora_aggregation import FlapSamAggregator, aggregate_exa
 from flap_sam.federated.robust_aggregation import aggregate_robust
 from flap_sam.federated.site_ranks import SiteRankFilter, record_site_rank, recorded_site_ranks
 from flap_sam.federated.transport import TransportCodec
-from flap_sam.federated.weights import export_weights
 from flap_sam.jobs.settings import check_settings
-from flap_sam.model.factory import ModelSpec, build_model, exchange_schema
+from flap_sam.model.factory import ModelSpec, build_model, exchange_schema, export_weights
 from flap_sam.model.lora import at_rank, lora_pairs, lower_lora_rank, payload_rank, refactorize
 from flap_sam.model.presets import exchanged_names
 from flap_sam.training.settings import SiteSettings

@@ -15,8 +15,7 @@ from nvflare.app_common.decomposers import common_decomposers
 from flap_sam.federated.lora_aggregation import aggregate_exact
 from flap_sam.federated.traffic import serialized_size
 from flap_sam.federated.transport import TransportCodec, decode_tensor, encode_tensor
-from flap_sam.federated.weights import export_weights
-from flap_sam.model.factory import ModelSpec, build_model, exchange_schema
+from flap_sam.model.factory import ModelSpec, build_model, exchange_schema, export_weights
 from flap_sam.model.presets import exchanged_names
 
 flare_decomposers.register()

@@ -17,9 +17,9 @@ import json
 import os
 import sys
 
+from flap_sam.files import CROSS_SITE_FILE, FINAL_MODEL, SERVER_APP, TB_FOLDER, TRAFFIC_FILE, markdown_table, simulator_job
 from flap_sam.jobs.simulator import output_tail, run_simulator
 from flap_sam.jobs.writer import jobs_folder, write_job
-from flap_sam.files import CROSS_SITE_FILE, FINAL_MODEL, SERVER_APP, TB_FOLDER, TRAFFIC_FILE, markdown_table, simulator_job
 
 SETTINGS = {"model_type": "vit_test", "image_size": 64, "rank": 4, "batch_size": 4, "local_epochs": 3.0,
             "max_steps_per_round": 60, "lr": 0.01, "poly_power": 1.0, "augment": False, "num_rounds": 3}

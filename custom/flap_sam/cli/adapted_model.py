@@ -56,9 +56,8 @@ def load_adapted_model(args: argparse.Namespace):
     Raises:
         ValueError: one line naming the adapter file and what does not match.
     """
-    from flap_sam.federated.weights import import_weights
+    from flap_sam.model.factory import build_model, import_weights, resolve_checkpoint
     from flap_sam.model.adapter_file import read_adapter_file
-    from flap_sam.model.factory import build_model, resolve_checkpoint
     from flap_sam.model.presets import exchanged_names
     from flap_sam.training.device import pick_device
     from flap_sam.training.inference import INFERENCE_MODES

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flap_sam.data.datalist import write_datalist
-from flap_sam.errors import DataError
 from flap_sam.data.profiles import DatasetProfile
 from flap_sam.data.volumes import load_volume
+from flap_sam.errors import DataError
 from flap_sam.files import markdown_table, write_json
 
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from flap_sam.jobs.spec import JobSpec
-from flap_sam.model.factory import build_model, exchanged_state, resolve_checkpoint
 from flap_sam.model.adapter_file import base_fingerprint
+from flap_sam.model.factory import build_model, exchanged_state, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -19,17 +19,16 @@ from nvflare.app_common.app_constant import AppConstants, ValidateType
 from flap_sam.data.site import DEMO as DEMO_DATA_ROOT
 from flap_sam.data.site import SiteData
 from flap_sam.data.stacks import SliceStackDataset, build_augmentation
+from flap_sam.errors import CheckpointError
 from flap_sam.federated.attacks import attack_refusal, flipped_labels
 from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS, BaseMismatchError, site_error_kind
-from flap_sam.federated.weights import export_weights, import_weights
 from flap_sam.files import PERSONAL_ADAPTER_FILE, save_torch
 from flap_sam.jobs.settings import PRIVACY_MODES, AttackSettings
 from flap_sam.jobs.spec import JobSpec
-from flap_sam.model.factory import build_model, random_base_refusal, resolve_checkpoint
 from flap_sam.model.adapter_file import FINGERPRINT_KEY, base_fingerprint, base_mismatch
+from flap_sam.model.factory import build_model, export_weights, import_weights, random_base_refusal, resolve_checkpoint
 from flap_sam.model.lora import at_rank, lower_lora_rank
 from flap_sam.model.presets import exchanged_names, personal_names
-from flap_sam.errors import CheckpointError
 from flap_sam.training.device import apply_cpu_threads, pick_device
 from flap_sam.training.loader import resolve_data_workers
 from flap_sam.training.local_trainer import LocalTrainer, evaluate_volumes, federation_steps

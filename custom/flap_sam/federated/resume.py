@@ -21,8 +21,8 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-from flap_sam.model.adapter_file import FINGERPRINT_KEY, read_adapter_file
 from flap_sam.files import GLOBAL_MODEL_FILE, SERVER_APP
+from flap_sam.model.adapter_file import FINGERPRINT_KEY, read_adapter_file
 
 FINISHED_ROUNDS_KEY = "flap_sam_finished_rounds"
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -22,8 +22,8 @@ from flap_sam.data.profiles import PROFILES
 from flap_sam.data.site import DEMO as DEMO_DATA_ROOT
 from flap_sam.jobs.defaults import BLOCKS, SETTINGS_CONF, block_keys, package_defaults  # noqa: F401 (the catalogue's API)
 from flap_sam.jobs.spec import JobSpec
-from flap_sam.model.presets import PRESETS
 from flap_sam.model.encoders import MODEL_TYPES
+from flap_sam.model.presets import PRESETS
 from flap_sam.training.settings import SiteSettings, TrainingSettings, at_least, one_of, typed_value
 
 # The values of the settings that the federated components implement (they import these names).

@@ -58,14 +58,20 @@ def job_settings(job: str) -> dict:
 
 @functools.lru_cache(maxsize=32)
 def _resolved_settings(job: str, stamps: tuple) -> dict:
-    """``job_settings`` of a folder whose config files have these modification times (parsing HOCON takes ~0.5 s a file)."""
-    names = package_defaults()
+    """``job_settings`` of a folder whose config files have these modification times (parsing HOCON takes ~0.5 s a file).
+
+    Both sides include every setting's default; a setting one side sets (the server's ``min_clients``, a
+    site's ``data_root``) keeps that side's value: the other side's package default does not undo it.
+    """
+    defaults = package_defaults()
     settings = {}
     for side in SIDES:
         config = ConfigFactory.load_config(config_path(job, side))
         if config is None:
             raise ValueError(f"job {job}: no app/config/config_fed_{side}.conf")
-        settings.update({k: v for k, v in config.to_dict().items() if k in names})
+        for name, value in config.to_dict().items():
+            if name in defaults and (name not in settings or value != defaults[name]):
+                settings[name] = value
     return settings
 
 

@@ -1,4 +1,5 @@
-"""One place that turns the model settings of a job into the adapted SAM model."""
+"""One place that turns the model settings of a job into the adapted SAM model, and moves its exchanged
+tensors in and out of it (torch tensors for the adapter file, float32 numpy arrays for FLARE's DXO payload)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,16 @@ import logging
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from torch import nn
 
 from flap_sam.model.attention import set_attention
 from flap_sam.model.checkpointing import set_checkpointing
-from flap_sam.model.lora import inject_lora
-from flap_sam.model.presets import Preset, apply_trainable, exchanged_names, get_preset
 from flap_sam.model.encoders import family_for
 from flap_sam.model.encoders.tiny_vit import MODEL_TYPE as LITE_MEDSAM
+from flap_sam.model.lora import inject_lora
+from flap_sam.model.presets import Preset, apply_trainable, exchanged_names, get_preset
 from flap_sam.model.sam_builder import build_sam, check_image_size, default_checkpoint, load_sam_checkpoint
 from flap_sam.model.semantic_sam import SemanticSam
 
@@ -129,3 +132,31 @@ def exchanged_state(model: SemanticSam, preset: Preset) -> dict[str, torch.Tenso
     """The tensors a site sends under ``preset``: name -> detached CPU tensor."""
     params = dict(model.named_parameters())
     return {name: params[name].detach().cpu() for name in exchanged_names(model, preset)}
+
+
+def export_weights(model: nn.Module, names: list[str]) -> dict[str, np.ndarray]:
+    """The named parameters as float32 numpy arrays (what a site sends): copies, which later training does not change.
+
+    (On CPU ``tensor.numpy()`` shares the parameter's memory: without the copy, a kept "received"
+    model or a result still being sent would follow the optimiser's in-place updates.)
+    """
+    params = dict(model.named_parameters())
+    return {name: params[name].detach().float().cpu().numpy().copy() for name in names}
+
+
+def import_weights(model: nn.Module, weights: dict, names: list[str], source: str) -> None:
+    """Copy received tensors into the model; they must be exactly ``names`` with matching shapes.
+
+    Raises ``ValueError`` naming ``source`` when keys are missing, unexpected or mis-shaped.
+    """
+    expected, received = set(names), set(weights)
+    if expected != received:
+        missing, extra = sorted(expected - received), sorted(received - expected)
+        raise ValueError(f"{source}: model does not match the preset (missing {missing[:3]}, unexpected {extra[:3]})")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in names:
+            value = torch.as_tensor(np.asarray(weights[name]))
+            if tuple(value.shape) != tuple(params[name].shape):
+                raise ValueError(f"{source}: tensor {name} has shape {tuple(value.shape)}, expected {tuple(params[name].shape)}")
+            params[name].copy_(value.to(params[name].dtype))

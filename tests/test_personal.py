@@ -86,3 +86,5 @@ def test_a_personalised_federation_keeps_each_sites_part_on_the_site_and_scores_
     write_report([run], [], str(report.parent))
     rows = [line for line in report.read_text().splitlines() if line.startswith("| personal | site-1 |")]
     assert len(rows) == 1 and f"{run.personal_dice_per_site['site-1']:.4f}" in rows[0]
+    mean = sum(run.personal_dice_per_site.values()) / 2
+    assert run.test_dice_summary == f"mean test Dice {run.test_dice:.4f} (global model; personalised {mean:.4f})"

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     path = write_report(runs, baselines, args.out)
     print(f"wrote {path}: {len(runs)} federated run(s), {len(baselines)} baseline(s)")
     for r in runs:
-        print(f"  {r.name}: {r.label}, {r.total_bytes:,} bytes, mean test Dice {r.test_dice:.4f}")
+        print(f"  {r.name}: {r.label}, {r.total_bytes:,} bytes, {r.test_dice_summary}")
     for b in baselines:
         print(f"  {b.name}: {b.kind} baseline of {', '.join(b.sites)}, test Dice {b.test_dice:.4f}")
     return 0

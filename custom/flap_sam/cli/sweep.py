@@ -86,5 +86,5 @@ def run(args: argparse.Namespace) -> int:
     path = write_report(runs, baselines, os.path.join(args.out, "report"))
     print(f"wrote {path}")
     for r in runs:
-        print(f"  {r.name}: {r.total_bytes:,} bytes, mean test Dice {r.test_dice:.4f}")
+        print(f"  {r.name}: {r.total_bytes:,} bytes, {r.test_dice_summary}")
     return 0

@@ -50,6 +50,15 @@ class FederatedRun:
     def label(self) -> str:
         return f"{self.preset} / {self.transport}"
 
+    @property
+    def test_dice_summary(self) -> str:
+        """"mean test Dice D" and, with a personal part, the sites' personalised models' mean beside it."""
+        text = f"mean test Dice {self.test_dice:.4f}"
+        if self.personal_dice_per_site:
+            personal = sum(self.personal_dice_per_site.values()) / len(self.personal_dice_per_site)
+            text += f" (global model; personalised {personal:.4f})"
+        return text
+
 
 @dataclass
 class BaselineRun:

@@ -8,7 +8,9 @@ import re
 import pytest
 
 from flap_sam.cli.main import main
+from flap_sam.jobs import defaults
 from flap_sam.jobs.recipe import FlapSamRecipe
+from flap_sam.jobs.settings_page import settings_page
 from flap_sam.jobs.settings import BLOCKS, SETTINGS_CONF, block_keys, check_settings, package_defaults, training_settings
 from flap_sam.jobs.writer import job_settings, read_job
 from flap_sam.training.settings import SiteSettings, TrainingSettings
@@ -50,6 +52,31 @@ def test_every_setting_reaches_a_component():
     used |= {"get_task_timeout", "submit_task_result_timeout"}  # read by FLARE's client itself from the app config
     used |= {"scope"}  # goes into the job's meta.json (flap-sam job, the recipe), where FLARE reads it
     assert set(package_defaults()) - used == set()
+
+
+def test_a_setting_declared_by_its_one_line_reaches_the_check_a_job_folder_and_the_page(tmp_path, monkeypatch, capsys):
+    """Adding a server setting is one line in settings.conf (and its consumer): the check takes its type from
+    the default, ``flap-sam job`` writes it, a job folder resolves it, the settings page lists it."""
+    text = open(SETTINGS_CONF, encoding="utf-8").read()
+    anchor = "tracking_experiment = flap-sam"
+    assert anchor in text
+    conf = tmp_path / "settings.conf"
+    conf.write_text(text.replace(anchor, "round_pause = 5             # seconds the server waits between rounds\n" + anchor))
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(defaults, "SETTINGS_CONF", str(conf))
+            defaults.settings_conf.cache_clear()
+            assert check_settings({})["round_pause"] == 5 and check_settings({"round_pause": "7"})["round_pause"] == 7
+            with pytest.raises(ValueError, match=r"^round_pause: 'soon' is not a whole number$"):
+                check_settings({"round_pause": "soon"})
+            out = tmp_path / "job"
+            assert main(["job", "kits_lora", "--out", str(out), "--set", "round_pause=7"]) == 0
+            assert job_settings(str(out))["round_pause"] == 7
+            row = next(line for line in settings_page(conf.read_text(), {}).splitlines() if "`round_pause`" in line)
+            assert row == "| `round_pause` | `5` |  | seconds the server waits between rounds |"
+    finally:
+        defaults.settings_conf.cache_clear()
+    assert "round_pause" not in package_defaults()
 
 
 def test_the_blocks_are_exactly_their_typed_settings():

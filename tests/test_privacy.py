@@ -40,7 +40,7 @@ def test_only_differences_are_filtered_and_bad_settings_are_refused():
     assert UpdatePrivacyFilter("percentile").process(shareable, FLContext()) is shareable
     with pytest.raises(ValueError, match=r"^privacy: 'dp' is not one of \['none', 'percentile', 'svt'\]$"):
         UpdatePrivacyFilter("dp")
-    with pytest.raises(ValueError, match="privacy_percentile must be in 0..100"):
+    with pytest.raises(ValueError, match=r"^privacy_percentile: 150.0 must be at most 100$"):
         UpdatePrivacyFilter("percentile", privacy_percentile=150)
 
 

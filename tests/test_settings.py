@@ -1,19 +1,22 @@
-"""Every setting is declared once (settings.conf), reachable from a job, and checked when the job is written."""
+"""Every setting is declared once (the schema), reachable from a job, and checked when the job is written."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 
 import pytest
 
 from flap_sam.cli.main import main
-from flap_sam.jobs import defaults
 from flap_sam.jobs.recipe import FlapSamRecipe
-from flap_sam.jobs.settings_page import settings_page
-from flap_sam.jobs.settings import BLOCKS, SETTINGS_CONF, block_keys, check_settings, package_defaults, training_settings
-from flap_sam.jobs.writer import job_settings, read_job
-from flap_sam.training.settings import SiteSettings, TrainingSettings
+from flap_sam.jobs.settings import check_settings, training_settings
+from flap_sam.jobs.settings_page import SETTINGS_CONF, settings_page
+from flap_sam.jobs.writer import config_path, job_settings, read_job, source_job, write_job
+from flap_sam.training import schema
+from flap_sam.training.schema import BLOCKS, SCHEMA, SERVER, TRAINING, Setting, block_keys, package_defaults, settings_conf_text
+from flap_sam.training.settings import SettingsBlock, SiteSettings, TrainingSettings, settings_block
 from jobtools import REPO
 
 CONFIGS = REPO / "custom" / "flap_sam" / "federated" / "job_config"
@@ -30,7 +33,10 @@ CONFIGS = REPO / "custom" / "flap_sam" / "federated" / "job_config"
     ("round_inference=fast", "round_inference: 'fast' is not one of"),
     ("augment=3", "augment: 3 is not true or false"),
     ('aggregation_weights={"site-1":0}', "aggregation_weights: the weight of site-1 must be positive"),
-    ("privacy=svt svt_fraction=2", "privacy = svt: svt_fraction must be in (0, 1]"),
+    ("privacy=svt svt_fraction=2", "svt_fraction: 2.0 must be at most 1"),
+    ("aggregation=trimmed_mean trim_fraction=0.5", "trim_fraction: 0.5 must be below 0.5 (it is cut at both ends)"),
+    ("scope=a/b", "scope: 'a/b' is not of the form"),
+    ("cpu_threads=0", "cpu_threads: 0 must be at least 1"),
     ('site_ranks={"site-1":64}', "site_ranks: site-1 at rank 64 is above the job's rank 32"),
     ('site_ranks={"site-1":0}', "site_ranks: the rank of site-1: 0 must be at least 1"),
     ('site_ranks={"site-1":4} aggregation=average', "site_ranks: aggregation = average averages A and B one by one"),
@@ -54,36 +60,84 @@ def test_every_setting_reaches_a_component():
     assert set(package_defaults()) - used == set()
 
 
-def test_a_setting_declared_by_its_one_line_reaches_the_check_a_job_folder_and_the_page(tmp_path, monkeypatch, capsys):
-    """Adding a server setting is one line in settings.conf (and its consumer): the check takes its type from
-    the default, ``flap-sam job`` writes it, a job folder resolves it, the settings page lists it."""
-    text = open(SETTINGS_CONF, encoding="utf-8").read()
-    anchor = "tracking_experiment = flap-sam"
-    assert anchor in text
-    conf = tmp_path / "settings.conf"
-    conf.write_text(text.replace(anchor, "round_pause = 5             # seconds the server waits between rounds\n" + anchor))
-    try:
-        with monkeypatch.context() as patched:
-            patched.setattr(defaults, "SETTINGS_CONF", str(conf))
-            defaults.settings_conf.cache_clear()
-            assert check_settings({})["round_pause"] == 5 and check_settings({"round_pause": "7"})["round_pause"] == 7
-            with pytest.raises(ValueError, match=r"^round_pause: 'soon' is not a whole number$"):
-                check_settings({"round_pause": "soon"})
-            out = tmp_path / "job"
-            assert main(["job", "kits_lora", "--out", str(out), "--set", "round_pause=7"]) == 0
-            assert job_settings(str(out))["round_pause"] == 7
-            row = next(line for line in settings_page(conf.read_text(), {}).splitlines() if "`round_pause`" in line)
-            assert row == "| `round_pause` | `5` |  | seconds the server waits between rounds |"
-    finally:
-        defaults.settings_conf.cache_clear()
-    assert "round_pause" not in package_defaults()
+def _declare(monkeypatch, *settings: Setting) -> None:
+    """Add settings to the schema for one test (SCHEMA is the declaration; SETTING indexes it by name)."""
+    monkeypatch.setattr(schema, "SCHEMA", schema.SCHEMA + settings)
+    for setting in settings:
+        monkeypatch.setitem(schema.SETTING, setting.name, setting)
 
 
-def test_the_blocks_are_exactly_their_typed_settings():
+def test_a_setting_declared_once_reaches_the_check_a_job_folder_settings_conf_and_the_page(tmp_path, monkeypatch, capsys):
+    """Adding a server setting is one declaration in the schema (and its consumer): the check takes its type and
+    bound, ``flap-sam job`` writes it, a job folder resolves it, settings.conf and the settings page list it."""
+    _declare(monkeypatch, Setting("round_pause", 5, "seconds the server waits between rounds", SERVER, minimum=0))
+    assert check_settings({})["round_pause"] == 5 and check_settings({"round_pause": "7"})["round_pause"] == 7
+    with pytest.raises(ValueError, match=r"^round_pause: 'soon' is not a whole number$"):
+        check_settings({"round_pause": "soon"})
+    assert main(["job", "kits_lora", "--out", str(tmp_path / "bad"), "--set", "round_pause=-1"]) == 2
+    assert "round_pause: -1 must be at least 0" in capsys.readouterr().err
+    out = tmp_path / "job"
+    assert main(["job", "kits_lora", "--out", str(out), "--set", "round_pause=7"]) == 0
+    assert job_settings(str(out))["round_pause"] == 7
+    assert "round_pause = 5" in settings_conf_text()
+    row = next(line for line in settings_page({}).splitlines() if "`round_pause`" in line)
+    assert row == "| `round_pause` | `5` |  | ≥ 0 | seconds the server waits between rounds |"
+
+
+def test_a_block_setting_declared_once_is_a_field_of_its_typed_block_and_checked_there(monkeypatch):
+    """A training setting is one declaration too: the block's typed class gets the field, typed and bounded,
+    and settings.conf hands it to the Learner inside the ``training`` block."""
+    _declare(monkeypatch, Setting("grad_clip", 0.0, "clip the gradient norm to this (0 = no clip)", TRAINING, "training", minimum=0))
+
+    @settings_block("training")
+    class Recipe(SettingsBlock):
+        """A training block built after the declaration (the package's is built at import)."""
+
+    values = {**Recipe.defaults(), "lr": 8e-4, "warmup_steps": 250, "poly_power": 7.0}
+    assert Recipe.from_settings({**values, "grad_clip": "1.5"}).grad_clip == 1.5
+    assert "grad_clip: clip the gradient norm" in Recipe.__doc__
+    with pytest.raises(ValueError, match=r"^training: grad_clip: -1.0 must be at least 0.0$"):
+        Recipe.from_settings({**values, "grad_clip": -1}, where="training: ")
+    assert '  grad_clip = "{grad_clip}"' in settings_conf_text().partition("\ntraining {")[2].partition("\n}")[0]
+
+
+def test_the_typed_blocks_hold_exactly_their_declared_settings():
     assert block_keys("training") == tuple(f.name for f in dataclasses.fields(TrainingSettings))
     assert block_keys("site") == tuple(f.name for f in dataclasses.fields(SiteSettings))
-    for block in BLOCKS:  # every key a block hands on is a setting of settings.conf, so it has its default there
-        assert set(block_keys(block)) <= set(package_defaults()), block
+    assert SiteSettings.OVERRIDABLE == tuple(s.name for s in SCHEMA if s.site_overridable)
+    assert "random_weights" in block_keys("site") and "random_weights" not in SiteSettings.OVERRIDABLE
+
+
+def test_every_allowed_value_list_named_by_reference_exists_below_the_schema():
+    """A reference names the code that implements the values; it is resolved at a check, so a typo would only
+    show then: each resolves here, to a module of a layer the schema's layer (training) may import."""
+    for setting in SCHEMA:
+        if isinstance(setting.choices, str):
+            module = setting.choices.partition(":")[0]
+            assert module.split(".")[1] in {"model", "data", "training"}, setting.name
+            assert setting.default in setting.allowed(), setting.name
+        elif setting.choices is not None:
+            assert setting.default in setting.choices, setting.name
+
+
+def test_settings_conf_is_generated_from_the_schema():
+    assert open(SETTINGS_CONF, encoding="utf-8").read() == settings_conf_text(), \
+        "settings.conf is stale: python -m flap_sam.jobs.settings_page --out docs/settings.md"
+
+
+def test_the_shipped_jobs_resolve_to_the_configuration_they_had_before_the_schema(tmp_path):
+    """Each job folder ``flap-sam job`` writes (the three jobs, as shipped and on real data) resolves, with FLARE's
+    config loader, to the configuration it resolved to when settings.conf was written by hand (``fixtures/``)."""
+    from nvflare.fuel.utils.config_factory import ConfigFactory
+
+    real = {"kits_lora": {"data_root": "/data/kits", "min_clients": 6}, "ixi_lora": {"data_root": "/data/ixi", "min_clients": 3},
+            "prostate_lora": {"data_root": "/data/prostate", "min_clients": 6}}
+    before = json.loads((REPO / "tests" / "fixtures" / "resolved_jobs.json").read_text())
+    for job, real_data in real.items():
+        for kind, settings in (("shipped", {}), ("real", real_data)):
+            folder = write_job(source_job(job), os.path.join(tmp_path, f"{job}_{kind}"), settings)
+            resolved = {side: ConfigFactory.load_config(config_path(folder, side)).to_dict() for side in ("server", "client")}
+            assert json.loads(json.dumps(resolved)) == before[f"{job}/{kind}"], f"{job} ({kind})"
 
 
 def test_the_package_defaults_are_the_papers_recipe():
@@ -117,11 +171,8 @@ def test_typed_blocks_coerce_config_text_and_refuse_unknown_keys():
     site = check_settings({}).site
     with pytest.raises(ValueError, match=r"^x: unknown keys \['lr'\]; allowed: \['data_root'"):
         site.with_overrides({"lr": 1}, where="x: ")
-    assert site.with_overrides({"cpu_threads": 2}, where="x: ").cpu_threads == "2"
-
-
-def test_settings_conf_is_where_the_defaults_live():
-    assert SETTINGS_CONF.endswith("settings.conf") and (CONFIGS / "settings.conf").samefile(SETTINGS_CONF)
+    assert site.with_overrides({"cpu_threads": "2"}, where="x: ").cpu_threads == 2  # typed once, as its declaration says
+    assert site.with_overrides({"cpu_threads": "Auto"}, where="x: ").cpu_threads == "auto"
 
 
 def test_bf16_autocast_runs_on_a_cpu_only_where_the_site_asks_and_the_cpu_computes_bf16_natively(tmp_path, monkeypatch):

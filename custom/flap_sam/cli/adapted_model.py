@@ -2,7 +2,7 @@
 
 Shared by ``flap-sam infer`` and ``flap-sam evaluate``: ``--job DIR`` (the job folder the
 federation ran) supplies every model and task setting; without it the flags describe a
-built-in task, each defaulting to the package default (``settings.conf``).
+built-in task, each defaulting to the package default (``flap_sam.training.schema``).
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 
 from flap_sam.data.profiles import PROFILES, get_profile
-from flap_sam.jobs.defaults import package_defaults
 from flap_sam.model.presets import PRESETS
+from flap_sam.training.schema import package_defaults
 
 
 def model_defaults() -> dict:
-    """The package defaults (settings.conf) of the model flags, with ``num_classes`` of the default dataset."""
+    """The package defaults of the model flags, with ``num_classes`` of the default dataset."""
     defaults = package_defaults()
     return {**defaults, "num_classes": get_profile(str(defaults["dataset"])).num_classes}
 

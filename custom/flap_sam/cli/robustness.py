@@ -34,10 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from flap_sam.evaluation.robustness import read_robustness_run, write_robustness
     from flap_sam.jobs.simulator import output_tail, run_simulator
-    from flap_sam.jobs.settings import AGGREGATIONS, ATTACKS
+    from flap_sam.training.schema import choices_of
     from flap_sam.jobs.writer import parse_settings, source_job, write_job
 
-    for flag, given, known in (("--aggregations", args.aggregations, AGGREGATIONS), ("--attacks", args.attacks, ATTACKS)):
+    for flag, given, known in (("--aggregations", args.aggregations, choices_of("aggregation")), ("--attacks", args.attacks, choices_of("attack"))):
         unknown = [v for v in given if v not in known]
         if unknown:  # before the first run, not hours into the matrix
             raise ValueError(f"{flag} {' '.join(unknown)}: not a value of the setting; choose from {', '.join(known)}")

@@ -26,7 +26,7 @@ from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 
 from flap_sam.federated.robust_aggregation import ChangeLayout
-from flap_sam.jobs.settings import AttackSettings
+from flap_sam.training.settings import AttackSettings
 
 ATTACK_META_KEY = "flap_sam_attack"
 POC_PROJECT = "example_project"  # the project `nvflare poc prepare` provisions

@@ -23,7 +23,6 @@ from flap_sam.errors import CheckpointError
 from flap_sam.federated.attacks import attack_refusal, flipped_labels
 from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS, BaseMismatchError, site_error_kind
 from flap_sam.files import PERSONAL_ADAPTER_FILE, save_torch
-from flap_sam.jobs.settings import PRIVACY_MODES, AttackSettings
 from flap_sam.jobs.spec import JobSpec
 from flap_sam.model.adapter_file import FINGERPRINT_KEY, base_fingerprint, base_mismatch
 from flap_sam.model.factory import build_model, export_weights, import_weights, random_base_refusal, resolve_checkpoint
@@ -32,7 +31,8 @@ from flap_sam.model.presets import exchanged_names, personal_names
 from flap_sam.training.device import apply_cpu_threads, pick_device
 from flap_sam.training.loader import resolve_data_workers
 from flap_sam.training.local_trainer import LocalTrainer, evaluate_volumes, federation_steps
-from flap_sam.training.settings import SiteSettings, TrainingSettings, one_of
+from flap_sam.training.schema import checked_value
+from flap_sam.training.settings import AttackSettings, SiteSettings, TrainingSettings
 
 SITE_SETTINGS_FILE = "flap_sam_site.json"
 
@@ -80,7 +80,7 @@ class FlapSamLearner(Learner):
         self.profile, self.spec = job.task, job.model
         self.training = TrainingSettings.from_settings(training, where="training: ", model_type=self.spec.model_type)
         self.site_settings = SiteSettings.from_settings(site, where="site: ")
-        one_of("privacy", privacy, PRIVACY_MODES)
+        checked_value("privacy", privacy)
         self.attack = AttackSettings.from_settings(attack)
         # FLARE's privacy filters work on a difference: with privacy on, the update travels as a WEIGHT_DIFF.
         self.send_difference = privacy != "none"

@@ -29,12 +29,13 @@ from flap_sam.federated.attacks import ATTACK_META_KEY, attack_contributions, at
 from flap_sam.federated.contributions import contribution_problem
 from flap_sam.federated.robust_aggregation import aggregate_robust
 from flap_sam.federated.site_ranks import record_site_rank
-from flap_sam.jobs.defaults import package_defaults
-from flap_sam.jobs.settings import AGGREGATIONS, AttackSettings, check_aggregation_weights
+from flap_sam.jobs.settings import check_aggregation_weights
 from flap_sam.model.adapter_file import FINGERPRINT_KEY
 from flap_sam.model.lora import at_rank, lora_pairs, payload_rank, refactorize
+from flap_sam.training.schema import checked_value, package_defaults
+from flap_sam.training.settings import AttackSettings
 
-# Each default is the one declared in settings.conf (a job's FLARE config passes every value anyway).
+# Each default is the one the schema declares (a job's FLARE config passes every value anyway).
 DEFAULT = package_defaults()
 
 
@@ -160,7 +161,9 @@ class RobustAggregator(CollectingAggregator):
     def __init__(self, aggregation: str, trim_fraction: float = DEFAULT["trim_fraction"],
                  fedseca_sparsity: float = DEFAULT["fedseca_sparsity"]) -> None:
         super().__init__()
-        self.aggregation, self.trim_fraction, self.sparsity = aggregation, float(trim_fraction), float(fedseca_sparsity)
+        self.aggregation = aggregation
+        self.trim_fraction = checked_value("trim_fraction", trim_fraction)
+        self.sparsity = checked_value("fedseca_sparsity", fedseca_sparsity)
 
     def combine(self, contributions: dict[str, tuple[float, dict]], fl_ctx: FLContext) -> tuple[dict, str]:
         reference = global_weights(fl_ctx)
@@ -191,8 +194,7 @@ class FlapSamAggregator(Aggregator):
                  trim_fraction: float = DEFAULT["trim_fraction"], fedseca_sparsity: float = DEFAULT["fedseca_sparsity"],
                  attack: dict | None = None) -> None:
         super().__init__()
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation '{aggregation}' is unknown; choose one of {AGGREGATIONS}")
+        checked_value("aggregation", aggregation)
         from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
 
         self.aggregation = aggregation

@@ -26,10 +26,9 @@ from nvflare.apis.dxo_filter import DXOFilter
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
-from flap_sam.jobs.defaults import package_defaults
-from flap_sam.jobs.settings import check_privacy_parameters
+from flap_sam.training.schema import checked_value, package_defaults
 
-# Each default is the one declared in settings.conf (a job's FLARE config passes every value anyway).
+# Each default is the one the schema declares (a job's FLARE config passes every value anyway).
 DEFAULT = package_defaults()
 
 
@@ -45,7 +44,10 @@ class UpdatePrivacyFilter(DXOFilter):
                  svt_epsilon: float = DEFAULT["svt_epsilon"], svt_noise_var: float = DEFAULT["svt_noise_var"],
                  svt_gamma: float = DEFAULT["svt_gamma"], svt_tau: float = DEFAULT["svt_tau"]) -> None:
         super().__init__(supported_data_kinds=[DataKind.WEIGHT_DIFF], data_kinds_to_filter=None)
-        check_privacy_parameters(privacy, privacy_percentile, percentile_gamma, svt_fraction, svt_epsilon)
+        for name, value in (("privacy", privacy), ("privacy_percentile", privacy_percentile), ("percentile_gamma", percentile_gamma),
+                            ("svt_fraction", svt_fraction), ("svt_epsilon", svt_epsilon), ("svt_noise_var", svt_noise_var),
+                            ("svt_gamma", svt_gamma), ("svt_tau", svt_tau)):
+            checked_value(name, value)
         self.privacy = privacy
         self.impl = None
         if privacy == "percentile":

@@ -37,10 +37,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flap_sam.jobs.defaults import package_defaults
+from flap_sam.training.schema import checked_value, package_defaults
 from flap_sam.model.lora import at_rank, factorize, lora_pairs, payload_rank
 
-# Each default is the one declared in settings.conf (a job's FLARE config passes every value anyway).
+# Each default is the one the schema declares (a job's FLARE config passes every value anyway).
 DEFAULT = package_defaults()
 ROBUST_AGGREGATIONS = ("median", "trimmed_mean", "fedseca")
 
@@ -138,8 +138,7 @@ def concordance_ratios(signs: np.ndarray) -> np.ndarray:
 
 def fedseca(changes: np.ndarray, sparsity: float = DEFAULT["fedseca_sparsity"]) -> tuple[np.ndarray, FedSecaVote]:
     """(sites, d) -> the aggregated change (d,) and the vote; see the module docstring for the four steps."""
-    if not 0 <= sparsity < 1:
-        raise ValueError(f"fedseca_sparsity: {sparsity} must be in [0, 1)")
+    checked_value("fedseca_sparsity", sparsity)
     bound = np.median(np.abs(changes), axis=0)
     clipped = np.clip(changes, -bound, bound)                                          # 1. clip
     if sparsity > 0:

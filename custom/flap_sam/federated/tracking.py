@@ -27,10 +27,9 @@ from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_context import FLContext
 
-from flap_sam.jobs.defaults import package_defaults
-from flap_sam.jobs.settings import TRACKERS
+from flap_sam.training.schema import checked_value, package_defaults
 
-# Each default is the one declared in settings.conf (a job's FLARE config passes every value anyway).
+# Each default is the one the schema declares (a job's FLARE config passes every value anyway).
 DEFAULT = package_defaults()
 
 FED_EVENTS = ["fed." + ANALYTIC_EVENT_TYPE]  # the sites' analytics, as ConvertToFedEvent forwards them
@@ -48,8 +47,7 @@ class TrackingReceiver(FLComponent):
     def __init__(self, tracking: str = DEFAULT["tracking"], tracking_uri: str = DEFAULT["tracking_uri"],
                  experiment: str = DEFAULT["tracking_experiment"]) -> None:
         super().__init__()
-        if tracking not in TRACKERS:
-            raise ValueError(f"tracking: {tracking!r} is not one of {list(TRACKERS)}")
+        checked_value("tracking", tracking)
         needs = {"mlflow": ("mlflow", "mlflow-skinny"), "wandb": ("wandb", "wandb")}.get(tracking)
         if needs and importlib.util.find_spec(needs[0]) is None:
             raise ValueError(f"tracking = {tracking} needs the {needs[0]} package at the server: pip install {needs[1]}")

@@ -31,13 +31,12 @@ from nvflare.apis.dxo_filter import DXOFilter
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
-from flap_sam.jobs.defaults import package_defaults
-from flap_sam.jobs.settings import TRANSPORT_MODES
+from flap_sam.training.schema import checked_value, choices_of, package_defaults
 
-# Each default is the one declared in settings.conf (a job's FLARE config passes every value anyway).
+# Each default is the one the schema declares (a job's FLARE config passes every value anyway).
 DEFAULT = package_defaults()
 
-MODES = TRANSPORT_MODES
+MODES = choices_of("transport")  # what encode_tensor / decode_tensor implement
 CODEC_META_KEY = "flap_sam_transport"  # DXO meta: {"mode": str, "scales": {name: float}} while encoded
 _FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -136,8 +135,7 @@ class TransportCodec(DXOFilter):
 
     def __init__(self, mode: str = DEFAULT["transport"], action: str = "encode") -> None:
         super().__init__(supported_data_kinds=[DataKind.WEIGHTS, DataKind.WEIGHT_DIFF], data_kinds_to_filter=None)
-        if mode not in MODES:
-            raise ValueError(f"transport '{mode}' is unknown; choose one of {MODES}")
+        checked_value("transport", mode)
         if action not in ("encode", "decode"):
             raise ValueError(f"action must be 'encode' or 'decode', got '{action}'")
         self.mode, self.action = mode, action

@@ -22,8 +22,8 @@ from nvflare.fuel.utils.config_factory import ConfigFactory
 from nvflare.job_config.api import FedJob
 from nvflare.recipe.spec import Recipe
 
-from flap_sam.jobs.settings import package_defaults
 from flap_sam.jobs.writer import SIDES, config_path, source_job, write_job  # noqa: F401 (source_job: part of the recipe API)
+from flap_sam.training.schema import package_defaults
 
 ENVS = ("sim", "poc", "prod")
 

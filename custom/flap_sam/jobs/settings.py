@@ -1,88 +1,24 @@
-"""Every setting of a FLAP-SAM job, checked in one place: when a job is written and when it starts.
+"""Every setting of a FLAP-SAM job, checked in one place when a job is written.
 
-``federated/job_config/settings.conf`` declares each setting once, with its default (the paper's
-recipe) and a comment saying what it does (``docs/settings.md`` is generated from it). Here each
-setting gets its type (that of its default) and, where it has them, its allowed values and its
-minimum; the three blocks of settings.conf (``job_spec``, ``training``, ``site``) are built into
-their typed objects (``JobSpec``, ``TrainingSettings``, ``SiteSettings``), which check the rest.
+``flap_sam.training.schema`` declares each setting once (type, default, allowed values, bounds);
+here a job's settings are filled in from the package defaults, each value is checked against its
+declaration, the four blocks are built into their typed objects (``JobSpec``, ``TrainingSettings``,
+``SiteSettings``, ``AttackSettings``), and the checks that span several settings run.
 ``flap-sam job``, ``FlapSamRecipe`` and ``job.py`` refuse a bad value with one line before they
-write a job; the components refuse the same values again at start-up.
+write a job; the components check their own settings again at start-up.
 """
 
 from __future__ import annotations
-
-import re
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from flap_sam.data.profiles import PROFILES
 from flap_sam.data.site import DEMO as DEMO_DATA_ROOT
-from flap_sam.jobs.defaults import BLOCKS, SETTINGS_CONF, block_keys, package_defaults  # noqa: F401 (the catalogue's API)
 from flap_sam.jobs.spec import JobSpec
-from flap_sam.model.encoders import MODEL_TYPES
-from flap_sam.model.presets import PRESETS
-from flap_sam.training.settings import SiteSettings, TrainingSettings, at_least, one_of, typed_value
-
-# The values of the settings that the federated components implement (they import these names).
-AGGREGATIONS = ("average", "lora_exact", "fedseca", "median", "trimmed_mean")
-ATTACKS = ("none", "sign_flip", "scale", "gaussian", "label_flip", "alie", "ipm")  # flap_sam.federated.attacks
-TRANSPORT_MODES = ("fp32", "fp16", "bf16", "int8")
-PRIVACY_MODES = ("none", "percentile", "svt")
-TRACKERS = ("tensorboard", "mlflow", "wandb")
-
-CHOICES = {"model_type": MODEL_TYPES, "preset": tuple(PRESETS), "dataset": tuple(PROFILES), "aggregation": AGGREGATIONS,
-           "transport": TRANSPORT_MODES, "privacy": PRIVACY_MODES, "tracking": TRACKERS, "attack": ATTACKS}
-MINIMUM = {"image_size": 16, "rank": 1, "num_rounds": 1, "min_clients": 1, "train_timeout": 0, "cross_site_timeout": 0,
-           "get_task_timeout": 0, "submit_task_result_timeout": 0, "svt_noise_var": 0, "svt_gamma": 0, "svt_tau": 0,
-           "trim_fraction": 0, "fedseca_sparsity": 0, "attack_strength": 0}
-KIND = {"privacy_percentile": float}  # a number whose default happens to be whole
-
-
-SITE_ATTACKS = ("label_flip",)  # the attacks a site runs in its own training (the rest: the server crafts the update)
-DEFAULT_STRENGTH = {"sign_flip": 4.0, "scale": 10.0, "gaussian": 1.0, "alie": 1.0, "ipm": 4.0, "label_flip": 1.0}
-
-
-@dataclass(frozen=True)
-class AttackSettings:
-    """The ``attack`` block: which sites attack, how, how hard (``strength`` 0: the attack's default)."""
-
-    attack: str
-    sites: tuple[str, ...]
-    strength: float
-
-    @classmethod
-    def from_settings(cls, settings: Mapping | None) -> "AttackSettings":
-        settings = dict(settings or {})
-        attack = str(settings.get("attack", "none"))
-        if attack not in ATTACKS:
-            raise ValueError(f"attack: {attack!r} is not one of {list(ATTACKS)}")
-        sites = settings.get("attack_sites") or ""
-        sites = tuple(s.strip() for s in sites.split(",") if s.strip()) if isinstance(sites, str) else tuple(map(str, sites))
-        if attack != "none" and not sites:
-            raise ValueError(f"attack = {attack} needs attack_sites (e.g. \"site-4\")")
-        strength = float(settings.get("attack_strength", 0.0) or 0.0) or DEFAULT_STRENGTH.get(attack, 0.0)
-        return cls(attack, sites, strength)
-
-    @property
-    def active(self) -> bool:
-        return self.attack != "none"
-
-    @property
-    def on_server(self) -> bool:
-        return self.active and self.attack not in SITE_ATTACKS
-
-    def describe(self) -> str:
-        return f"ATTACK SIMULATION {self.attack} (strength {self.strength:g}) by {', '.join(self.sites)}"
-
-    def record(self) -> dict:
-        return {"attack": self.attack, "sites": list(self.sites), "strength": self.strength}
-
-
-def _kind(name: str, default) -> type:
-    return KIND.get(name, dict if isinstance(default, dict) else type(default))
+from flap_sam.training.schema import BLOCKS, block_keys, checked_value, package_defaults
+from flap_sam.training.settings import AttackSettings, SiteSettings, TrainingSettings
 
 
 def check_aggregation_weights(weights) -> dict[str, float]:
@@ -101,16 +37,6 @@ def check_aggregation_weights(weights) -> dict[str, float]:
             raise ValueError(f"aggregation_weights: the weight of {site} must be positive and finite, got {weight!r}")
         checked[str(site)] = value
     return checked
-
-
-def check_privacy_parameters(privacy: str, privacy_percentile, percentile_gamma, svt_fraction, svt_epsilon) -> None:
-    """The parameters the chosen ``privacy`` mode uses must make sense (one-line ValueError)."""
-    one_of("privacy", privacy, PRIVACY_MODES)
-    if privacy == "percentile" and (not 0 <= float(privacy_percentile) <= 100 or float(percentile_gamma) <= 0):
-        raise ValueError(f"privacy = percentile: privacy_percentile must be in 0..100 and percentile_gamma > 0, "
-                         f"got {privacy_percentile} and {percentile_gamma}")
-    if privacy == "svt" and (not 0 < float(svt_fraction) <= 1 or float(svt_epsilon) <= 0):
-        raise ValueError(f"privacy = svt: svt_fraction must be in (0, 1] and svt_epsilon > 0, got {svt_fraction} and {svt_epsilon}")
 
 
 @dataclass(frozen=True)
@@ -141,19 +67,8 @@ def check_settings(settings: Mapping, where: str = "") -> JobSettings:
     if unknown:
         raise ValueError(f"{where}no setting {', '.join(unknown)} (settings: {', '.join(sorted(defaults))})")
     try:
-        values = {name: typed_value(name, settings.get(name, default), _kind(name, default)) for name, default in defaults.items()}
-        for name, choices in CHOICES.items():
-            one_of(name, values[name], choices)
-        for name, minimum in MINIMUM.items():
-            at_least(name, values[name], minimum)
+        values = {name: checked_value(name, settings.get(name, default)) for name, default in defaults.items()}
         check_aggregation_weights(values["aggregation_weights"])
-        check_privacy_parameters(*(values[k] for k in ("privacy", "privacy_percentile", "percentile_gamma", "svt_fraction", "svt_epsilon")))
-        if values["trim_fraction"] >= 0.5:
-            raise ValueError(f"trim_fraction: {values['trim_fraction']} must be below 0.5 (it is cut at both ends)")
-        if values["fedseca_sparsity"] >= 1:
-            raise ValueError(f"fedseca_sparsity: {values['fedseca_sparsity']} must be below 1")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", values["scope"]):
-            raise ValueError(f"scope: {values['scope']!r} is not a scope name (letters, digits, _ . -)")
         block = {name: {k: values[k] for k in block_keys(name)} for name in BLOCKS}
         AttackSettings.from_settings(block["attack_simulation"])
         spec = JobSpec.from_settings(block["job_spec"])

@@ -1,10 +1,11 @@
-"""``docs/settings.md``, generated from ``settings.conf``'s own lines: every setting, its default, what it does
-(and, from ``demo.conf``, the shipped demo's value where it differs).
+"""The two files generated from the settings' one declaration (``flap_sam.training.schema``):
+``federated/job_config/settings.conf``, which every job includes, and ``docs/settings.md``: every
+setting, its default, what it does (and, from ``demo.conf``, the shipped demo's value).
 
-    python -m flap_sam.jobs.settings_page --out docs/settings.md
+    python -m flap_sam.jobs.settings_page --out docs/settings.md      # also rewrites settings.conf
 
-The page is never edited by hand: a test regenerates it and compares, so it follows every
-change of ``settings.conf``.
+Neither is edited by hand: a test regenerates both and compares, so they follow every change of
+the schema.
 """
 
 from __future__ import annotations
@@ -12,23 +13,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 
 from nvflare.fuel.utils.config_factory import ConfigFactory
 
 from flap_sam.files import markdown_table, write_text
-from flap_sam.jobs.defaults import SETTINGS_CONF
+from flap_sam.training import schema
+from flap_sam.training.schema import SITE_OVERRIDABLE, settings_conf_text
 
-_SECTION = re.compile(r"^# -+ (.+?) -+$")
-_BLOCK_START = re.compile(r"^(\w+)\s*\{\s*$")
-_SETTING = re.compile(r"^(\w+)\s*(?:=\s*)?(\S.*?)\s*(?:#\s*(.*))?$")
+SETTINGS_CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "federated", "job_config", "settings.conf")
+DEMO_CONF = os.path.join(os.path.dirname(SETTINGS_CONF), "demo.conf")
 
 HEADER = """# Settings
 
 Every setting of a FLAP-SAM job, its package default (the paper's recipe) and what it does, as
-`custom/flap_sam/federated/job_config/settings.conf` declares them (this page is generated from
-that file: `python -m flap_sam.jobs.settings_page --out docs/settings.md`).
+`custom/flap_sam/training/schema.py` declares them (this page and the `settings.conf` every job
+includes are generated from it: `python -m flap_sam.jobs.settings_page --out docs/settings.md`).
 
 A job sets any of them after its include of the shared configuration: `flap-sam job JOB --out DIR
 --set KEY=VALUE ...`, `python jobs/<job>/job.py --set KEY=VALUE ...` or `FlapSamRecipe(job, KEY=VALUE)`;
@@ -38,47 +38,35 @@ demo's short budget (the "demo" column), which a job on real data leaves out. A 
 """
 
 
-def settings_page(conf_text: str, demo: dict) -> str:
-    """The Markdown page of ``settings.conf``'s text: one table per section (setting, default, demo value, meaning).
+def _rule(setting) -> str:
+    """The allowed values or bounds of a setting, as the page shows them ("" when any value of its type is)."""
+    parts = []
+    if setting.choices is not None:
+        parts.append(" | ".join(f"`{value}`" for value in setting.allowed()))
+    for word, bound in (("≥", setting.minimum), (">", setting.above), ("≤", setting.maximum), ("<", setting.below)):
+        if bound is not None:
+            parts.append(f"{word} {bound:g}")
+    if setting.auto:
+        parts.append("or `auto`")
+    return ", ".join(parts)
+
+
+def settings_page(demo: dict) -> str:
+    """The Markdown page of the schema: one table per section (setting, default, demo value, allowed, meaning).
 
     Args:
         demo: the settings ``demo.conf`` sets (shown in the "demo" column).
     """
-    sections: list[tuple[str, list[list[str]], list[str]]] = []
-    notes: list[str] = []
-    in_block = False
-    for line in conf_text.splitlines():
-        line = line.rstrip()
-        if in_block:
-            in_block = line != "}"
-            continue
-        if _BLOCK_START.match(line):
-            in_block = True
-            notes = []
-            continue
-        section = _SECTION.match(line)
-        if section:
-            sections.append((section.group(1), [], []))
-            notes = []
-        elif line.startswith("#"):
-            notes.append(line.lstrip("# "))
-        elif line and sections:
-            match = _SETTING.match(line)
-            if match:
-                name, default, meaning = match.groups()
-                if notes:
-                    sections[-1][2].append(" ".join(notes))
-                demo_value = f"`{json.dumps(demo[name]).strip(chr(34))}`" if name in demo else ""
-                sections[-1][1].append([f"`{name}`", f"`{default}`", demo_value, _escape(meaning or "")])
-            notes = []
-        else:
-            notes = []
-    from flap_sam.training.settings import SiteSettings
-
-    parts = [HEADER.format(overridable=", ".join(f"`{name}`" for name in SiteSettings.OVERRIDABLE))]
-    for title, rows, section_notes in sections:
-        parts += [f"## {title[0].upper()}{title[1:]}", "", markdown_table(["setting", "default", "demo", "meaning"], rows), ""]
-        parts += [f"{_escape(note)}\n" for note in section_notes]
+    sections: dict = {}
+    for s in schema.SCHEMA:
+        demo_value = f"`{json.dumps(demo[s.name]).strip(chr(34))}`" if s.name in demo else ""
+        default = json.dumps(s.default) if s.default == "" or isinstance(s.default, dict) else json.dumps(s.default).strip('"')
+        sections.setdefault(s.section, []).append([f"`{s.name}`", f"`{default}`", demo_value, _escape(_rule(s)), _escape(s.doc)])
+    parts = [HEADER.format(overridable=", ".join(f"`{name}`" for name in SITE_OVERRIDABLE))]
+    for section, rows in sections.items():
+        title = section.title
+        parts += [f"## {title[0].upper()}{title[1:]}", "",
+                  markdown_table(["setting", "default", "demo", "allowed", "meaning"], rows), ""]
     parts += [_base_recipes_section()]
     return "\n".join(parts).rstrip() + "\n"
 
@@ -104,17 +92,16 @@ def _escape(text: str) -> str:
 
 
 def settings_page_of_package() -> str:
-    """The page of the installed package's ``settings.conf`` and ``demo.conf``."""
-    with open(SETTINGS_CONF, encoding="utf-8") as f:
-        text = f.read()
-    demo = ConfigFactory.load_config(os.path.join(os.path.dirname(SETTINGS_CONF), "demo.conf")).to_dict()
-    return settings_page(text, demo)
+    """The page of the installed package's schema and ``demo.conf``."""
+    return settings_page(ConfigFactory.load_config(DEMO_CONF).to_dict())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="write the page here (default: print it)")
+    parser.add_argument("--conf", default=SETTINGS_CONF, help="write settings.conf here (default: the package's)")
     args = parser.parse_args(argv)
+    write_text(args.conf, settings_conf_text())
     page = settings_page_of_package()
     if args.out:
         write_text(args.out, page)

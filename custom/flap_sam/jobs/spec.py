@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flap_sam.data.profiles import DatasetProfile, get_profile
-from flap_sam.jobs.defaults import block_keys, package_defaults
 from flap_sam.model.factory import ModelSpec
+from flap_sam.training.schema import block_keys, checked_value, package_defaults
 
 MODALITIES = ("ct", "mri")
 CUSTOM_TASK = "custom"  # the task name of a job whose classes or modality differ from its dataset's
-SETTINGS = block_keys("job_spec")  # the job_spec block of settings.conf
+SETTINGS = block_keys("job_spec")  # the job_spec block
 _CLASS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -119,7 +119,7 @@ class JobSpec:
         if unknown:
             raise ValueError(f"job_spec: unknown setting(s) {unknown}; known: {list(SETTINGS)}")
         settings = {**{k: v for k, v in package_defaults().items() if k in SETTINGS}, **settings}
-        base = get_profile(str(settings["dataset"]))
+        base = get_profile(checked_value("dataset", settings["dataset"]))
         classes = parse_classes(settings.get("classes")) or base.class_names
         modality = str(settings.get("modality") or base.modality)
         if modality not in MODALITIES:
@@ -136,6 +136,7 @@ class JobSpec:
         # A task of its own (other classes or modality) is not the built-in dataset: no demo data, no dataset metric.
         name = base.name if (classes, modality) == (base.class_names, base.modality) else CUSTOM_TASK
         task = DatasetProfile(name, modality, classes, ct_window, label_map, parse_channel(settings.get("channel")))
-        model = ModelSpec(str(settings["model_type"]), int(settings["image_size"]), task.num_classes, str(settings["preset"]),
-                          int(settings["rank"]), float(settings["lora_scale"]))
+        model = ModelSpec(checked_value("model_type", settings["model_type"]), checked_value("image_size", settings["image_size"]),
+                          task.num_classes, checked_value("preset", settings["preset"]), checked_value("rank", settings["rank"]),
+                          checked_value("lora_scale", settings["lora_scale"]))
         return cls(model, task)

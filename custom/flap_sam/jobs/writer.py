@@ -24,8 +24,9 @@ import shutil
 from nvflare.fuel.utils.config_factory import ConfigFactory
 
 from flap_sam.files import write_json
-from flap_sam.jobs.settings import JobSettings, check_settings, package_defaults, runs_demo_budget
+from flap_sam.jobs.settings import JobSettings, check_settings, runs_demo_budget
 from flap_sam.jobs.spec import JobSpec
+from flap_sam.training.schema import package_defaults
 
 SIDES = ("server", "client")
 DEMO_CONF = "demo.conf"  # the demo's budget, in the package's job_config/ beside settings.conf

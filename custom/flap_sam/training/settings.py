@@ -1,11 +1,12 @@
-"""The training recipe and a site's own settings as two typed blocks, checked once.
+"""The typed blocks a component receives: the training recipe, a site's own settings, the attack simulation.
 
-A job hands each block whole to the Learner (``training`` and ``site`` in ``settings.conf``);
-``flap-sam train`` and the bench build the same blocks from a job folder, so a baseline trains
-exactly as the federation does. Every field is a setting of ``settings.conf``, where its default
-(the paper's recipe) and its meaning are declared; ``flap_sam.jobs.settings`` fills what a caller
-leaves out from there. Values from a config or a JSON file are coerced to the field's type; a
-value that does not fit raises ``ValueError`` with one line naming the setting.
+A job hands each block whole to its component (``training``, ``site`` and ``attack_simulation`` in
+``settings.conf``); ``flap-sam train`` and the bench build the same blocks from a job folder, so a
+baseline trains exactly as the federation does. A block's fields are its settings in
+``flap_sam.training.schema`` (``settings_block``): their types, defaults, bounds and allowed values
+are declared there once, and ``from_settings`` checks every value against them; what a block adds
+here is its behaviour and the checks that span several of its settings. A value that does not fit
+raises ``ValueError`` with one line naming the setting.
 """
 
 from __future__ import annotations
@@ -17,53 +18,58 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from flap_sam.model.attention import ATTENTION_MODES
-from flap_sam.model.checkpointing import CHECKPOINTING_MODES
 from flap_sam.model.encoders import family_for
 from flap_sam.training.device import autocast_bf16, resolve_cpu_threads, resolve_device
-from flap_sam.training.inference import INFERENCE_MODES
 from flap_sam.training.loader import resolve_data_workers
+from flap_sam.training.schema import AUTO, SETTING, SITE_OVERRIDABLE, at_least, block_keys, block_values, checked_value, package_defaults
 
 if TYPE_CHECKING:
     from flap_sam.model.factory import ModelSpec
 
 
-def typed_value(name: str, value, kind: type):
-    """``value`` as ``kind`` (bool, int, float, str, dict); ``"24"`` -> 24, ``"true"`` -> True.
+def settings_block(block: str):
+    """Class decorator: the settings of ``block`` (in the schema's order) become the frozen dataclass's fields.
 
-    Raises:
-        ValueError: ``<name>: <value> is not <a kind>`` (a bool is never taken for a number).
+    The class gets ``BLOCK``, a field per setting (annotated with the setting's type; ``auto``-able
+    ones also take ``"auto"``), its docstring's ``Attributes`` from the settings' meanings, and
+    ``from_settings``, which types and checks a mapping with exactly the block's keys and then
+    calls the class's ``_checked(values)`` for the checks that span several settings.
     """
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-    elif kind in (int, float):
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            try:
-                number = float(value)
-            except ValueError:
-                number = None
-            if number is not None and (kind is float or number.is_integer()):
-                return kind(number)
-    elif kind is dict:
-        if isinstance(value, Mapping):
-            return dict(value)
-    elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
-    article = {bool: "true or false", int: "a whole number", float: "a number", dict: "a mapping", str: "a text"}[kind]
-    raise ValueError(f"{name}: {value!r} is not {article}")
+
+    def build(cls):
+        names = block_keys(block)
+        cls.__annotations__ = {n: SETTING[n].type.__name__ + (" | str" if SETTING[n].auto else "") for n in names}
+        cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n\n    Attributes (``flap_sam.training.schema``):\n" + "".join(
+            f"        {n}: {SETTING[n].doc}\n" for n in names)
+        cls.BLOCK = block
+        return dataclass(frozen=True)(cls)
+
+    return build
 
 
-def at_least(name: str, value, minimum) -> None:
-    if value < minimum:
-        raise ValueError(f"{name}: {value} must be at least {minimum}")
+class SettingsBlock:
+    """What every typed block has: built from a mapping of its settings, checked against the schema."""
 
+    BLOCK = ""
 
-def one_of(name: str, value: str, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}: {value!r} is not one of {list(choices)}")
+    @classmethod
+    def from_settings(cls, settings: Mapping, where: str = ""):
+        """Build and check the block from a mapping with exactly its keys (``where`` prefixes an error)."""
+        values = block_values(cls.BLOCK, settings, where)
+        try:
+            values = cls._checked(values)
+        except ValueError as e:
+            raise ValueError(f"{where}{e}") from None
+        return cls(**values)
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """The block's settings at their package defaults."""
+        return {k: v for k, v in package_defaults().items() if k in block_keys(cls.BLOCK)}
+
+    @classmethod
+    def _checked(cls, values: dict) -> dict:
+        return values
 
 
 # The recipe settings whose package default is ``auto``: each takes its base's value. The paper's recipe
@@ -71,7 +77,6 @@ def one_of(name: str, value: str, choices) -> None:
 # its encoder family's ``recipe`` (LiteMedSAM: measured on the real-anatomy and kits demos,
 # docs/real-anatomy.md#the-recipe-on-a-pretrained-base).
 PAPER_RECIPE = {"lr": 8e-4, "poly_power": 7.0, "warmup_steps": 250}
-AUTO = "auto"
 
 
 def base_recipe(model_type: str) -> dict:
@@ -79,80 +84,21 @@ def base_recipe(model_type: str) -> dict:
     return {**PAPER_RECIPE, **family_for(model_type).recipe}
 
 
-def _typed_fields(cls, settings: Mapping, where: str) -> dict:
-    """The dataclass's fields from ``settings``, each coerced to its annotated type; missing or unknown keys refused."""
-    fields = {f.name: f.type for f in dataclasses.fields(cls)}
-    unknown = sorted(set(settings) - set(fields))
-    if unknown:
-        raise ValueError(f"{where}unknown setting(s) {unknown}; known: {list(fields)}")
-    missing = [name for name in fields if name not in settings]
-    if missing:
-        raise ValueError(f"{where}missing setting(s) {missing}")
-    kinds = {"bool": bool, "int": int, "float": float, "str": str, "dict": dict}
-    try:
-        return {name: typed_value(name, settings[name], kinds[kind]) for name, kind in fields.items()}
-    except ValueError as e:
-        raise ValueError(f"{where}{e}") from None
-
-
-@dataclass(frozen=True)
-class TrainingSettings:
+@settings_block("training")
+class TrainingSettings(SettingsBlock):
     """The local training recipe (AdamW, warm-up + poly, 0.2 CE + 0.8 Dice) and how a site validates.
 
     ``lr``, ``warmup_steps`` and ``poly_power`` set to ``auto`` take the model's base recipe
     (``base_recipe``): the built block always holds numbers.
-
-    Attributes:
-        local_epochs: local epochs per round (the paper: 1).
-        max_steps_per_round: cap on local steps per round (0: no cap).
-        batch_size: 2.5D stacks per step (each stack = 5 slices).
-        lr: base learning rate; weight_decay: AdamW weight decay.
-        warmup_steps: linear warm-up over the first global steps (at most a quarter of the federation's:
-            ``flap_sam.training.local_trainer``); poly_power: exponent of the poly decay.
-        foreground_fraction: share of sampled stacks centred on a slice with foreground.
-        augment: random flips, rotations, intensity changes of the training stacks.
-        amp: bf16 autocast on a GPU (and on a CPU whose site sets ``cpu_bf16``: ``flap_sam.training.device.autocast_bf16``).
-        seed: sampling and augmentation seed (each round draws from ``round_seed``).
-        fedprox_mu: FedProx proximal weight mu (0: plain FedAvg); adds mu/2 * ||w - w_global||^2 over
-            the trainable tensors, w_global being the weights at the round's start.
-        round_inference / final_inference: how a volume is segmented in the per-round validation and
-            in the final cross-site evaluation (``flap_sam.training.inference``).
     """
-
-    local_epochs: float
-    max_steps_per_round: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    warmup_steps: int
-    poly_power: float
-    foreground_fraction: float
-    augment: bool
-    amp: bool
-    seed: int
-    fedprox_mu: float
-    round_inference: str
-    final_inference: str
 
     @classmethod
     def from_settings(cls, settings: Mapping, where: str = "", model_type: str = "vit_b") -> "TrainingSettings":
         """Build and check the block from a mapping with exactly its keys (``where`` prefixes an error);
         ``auto`` values take ``model_type``'s base recipe."""
         recipe = base_recipe(model_type)
-        settings = {k: (recipe[k] if k in recipe and v == AUTO else v) for k, v in settings.items()}
-        values = _typed_fields(cls, settings, where)
-        try:
-            for name, minimum in (("local_epochs", 1e-9), ("max_steps_per_round", 0), ("batch_size", 1), ("lr", 0.0),
-                                  ("weight_decay", 0.0), ("warmup_steps", 0), ("poly_power", 0.0), ("foreground_fraction", 0.0),
-                                  ("fedprox_mu", 0.0)):
-                at_least(name, values[name], minimum)
-            if values["foreground_fraction"] > 1:
-                raise ValueError(f"foreground_fraction: {values['foreground_fraction']} must be at most 1")
-            one_of("round_inference", values["round_inference"], INFERENCE_MODES)
-            one_of("final_inference", values["final_inference"], INFERENCE_MODES)
-        except ValueError as e:
-            raise ValueError(f"{where}{e}") from None
-        return cls(**values)
+        settings = {k: (recipe[k] if k in recipe and str(v).strip().lower() == AUTO else v) for k, v in settings.items()}
+        return super().from_settings(settings, where)
 
     def steps_per_round(self, steps_per_epoch: int) -> int:
         """Local steps of one round: ``local_epochs`` epochs, capped by ``max_steps_per_round`` (0: no cap)."""
@@ -171,62 +117,25 @@ class TrainingSettings:
         return autocast_bf16(self.amp, device, cpu_bf16)
 
 
-@dataclass(frozen=True)
-class SiteSettings:
+@settings_block("site")
+class SiteSettings(SettingsBlock):
     """Where a site's data and checkpoint are, what fits its machine, and what the job lets it train.
 
-    A site may override the fields of ``OVERRIDABLE`` in ``<workspace>/local/flap_sam_site.json``.
-
-    Attributes:
-        data_root: folder with the site's datalist (``demo``: the built-in synthetic data).
-        datalist: the datalist file ("" = ``<data_root>/<site>.json`` or ``<data_root>/datalist.json``).
-        checkpoint: SAM checkpoint at the site ("" = lite_medsam's bundled weights; none for a ViT).
-        device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
-        attention: ``fused`` | ``reference``; checkpointing: ``off`` | ``encoder``.
-        data_workers: batch-building processes (``auto`` or a count); cpu_threads: torch threads (``auto`` or a count).
-        cpu_bf16: with ``amp``, bf16 autocast on this site's CPU where it computes bf16 natively.
-        cpu_return_memory: on a CPU, freed activations go back to the OS at once
-            (``flap_sam.training.device.release_freed_tensors_on_cpu``): less peak memory, more CPU time.
-        random_weights: the job means a ViT without checkpoint to train real data (tests only).
-        demo_budget: the job runs the demo's short budget, on the demo data only.
-        site_ranks: site name -> the LoRA rank it trains at and exchanges, at most the job's ``rank``
-            (sites not named: the job's rank; ``docs/heterogeneous-sites.md``).
+    A site may override the settings of ``OVERRIDABLE`` (``site_overridable`` in the schema) in
+    ``<workspace>/local/flap_sam_site.json``. ``data_workers`` and ``cpu_threads`` hold a count or
+    ``auto`` (``flap_sam.training.loader.resolve_data_workers``, ``flap_sam.training.device.resolve_cpu_threads``).
     """
 
-    data_root: str
-    datalist: str
-    checkpoint: str
-    device: str
-    attention: str
-    checkpointing: str
-    data_workers: str
-    cpu_threads: str
-    cpu_bf16: bool
-    cpu_return_memory: bool
-    random_weights: bool
-    demo_budget: bool
-    site_ranks: dict
-
-    OVERRIDABLE = ("data_root", "datalist", "checkpoint", "device", "attention", "checkpointing", "data_workers", "cpu_threads", "cpu_bf16",
-                   "cpu_return_memory", "site_ranks")
+    OVERRIDABLE = SITE_OVERRIDABLE
 
     @classmethod
-    def from_settings(cls, settings: Mapping, where: str = "") -> "SiteSettings":
-        """Build and check the block from a mapping with exactly its keys (``where`` prefixes an error)."""
-        values = _typed_fields(cls, settings, where)
-        try:
-            one_of("attention", values["attention"], ATTENTION_MODES)
-            one_of("checkpointing", values["checkpointing"], CHECKPOINTING_MODES)
-            resolve_device(values["device"])
-            resolve_data_workers(values["data_workers"], torch.device("cpu"))
-            resolve_cpu_threads(values["cpu_threads"])
-            values["site_ranks"] = {str(site): typed_value(f"site_ranks: the rank of {site}", rank, int)
-                                    for site, rank in values["site_ranks"].items()}
-            for site, rank in values["site_ranks"].items():
-                at_least(f"site_ranks: the rank of {site}", rank, 1)
-        except ValueError as e:
-            raise ValueError(f"{where}{e}") from None
-        return cls(**values)
+    def _checked(cls, values: dict) -> dict:
+        resolve_device(values["device"])
+        resolve_data_workers(values["data_workers"], torch.device("cpu"))
+        resolve_cpu_threads(values["cpu_threads"])
+        values["site_ranks"] = {str(site): checked_value("rank", rank, label=f"site_ranks: the rank of {site}")
+                                for site, rank in values["site_ranks"].items()}
+        return values
 
     def lora_rank(self, site: str, spec: "ModelSpec") -> int:
         """The LoRA rank ``site`` trains at under ``spec``: its ``site_ranks`` entry, else the job's.
@@ -254,3 +163,45 @@ class SiteSettings:
         if unknown:
             raise ValueError(f"{where}unknown keys {unknown}; allowed: {list(self.OVERRIDABLE)}")
         return SiteSettings.from_settings({**dataclasses.asdict(self), **overrides}, where)
+
+
+SITE_ATTACKS = ("label_flip",)  # the attacks a site runs in its own training (the rest: the server crafts the update)
+DEFAULT_STRENGTH = {"sign_flip": 4.0, "scale": 10.0, "gaussian": 1.0, "alie": 1.0, "ipm": 4.0, "label_flip": 1.0}
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """The ``attack_simulation`` block, resolved: which sites attack, how, how hard.
+
+    Attributes:
+        attack: the attack (``none``: no simulation); sites: the Byzantine sites;
+        strength: ``attack_strength``, or the attack's default where that is 0 (``DEFAULT_STRENGTH``).
+    """
+
+    attack: str
+    sites: tuple[str, ...]
+    strength: float
+
+    @classmethod
+    def from_settings(cls, settings: Mapping | None) -> "AttackSettings":
+        """From the block (or some of its keys: the rest take their defaults; None: no attack)."""
+        values = block_values("attack_simulation", {**{k: SETTING[k].default for k in block_keys("attack_simulation")}, **(settings or {})})
+        attack, sites = values["attack"], values["attack_sites"]
+        sites = tuple(s.strip() for s in sites.split(",") if s.strip())
+        if attack != "none" and not sites:
+            raise ValueError(f"attack = {attack} needs attack_sites (e.g. \"site-4\")")
+        return cls(attack, sites, values["attack_strength"] or DEFAULT_STRENGTH.get(attack, 0.0))
+
+    @property
+    def active(self) -> bool:
+        return self.attack != "none"
+
+    @property
+    def on_server(self) -> bool:
+        return self.active and self.attack not in SITE_ATTACKS
+
+    def describe(self) -> str:
+        return f"ATTACK SIMULATION {self.attack} (strength {self.strength:g}) by {', '.join(self.sites)}"
+
+    def record(self) -> dict:
+        return {"attack": self.attack, "sites": list(self.sites), "strength": self.strength}

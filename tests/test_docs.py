@@ -16,7 +16,7 @@ from jobtools import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-_FENCE = re.compile(r"```(?:bash|sh)?\n(.*?)```", re.DOTALL)
+_FENCE = re.compile(r"```[\w-]*\n(.*?)```", re.DOTALL)
 _INLINE = re.compile(r"`((?:flap-sam|python jobs/)[^`]*)`")
 
 

@@ -15,10 +15,11 @@ from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
 
-from flap_sam.federated.lora_aggregation import AGGREGATIONS, FlapSamAggregator
+from flap_sam.federated.lora_aggregation import FlapSamAggregator
 from flap_sam.federated.transport import MODES, TransportCodec, encode_tensor
 from flap_sam.model.factory import ModelSpec, build_model, export_weights
 from flap_sam.model.presets import exchanged_names
+from flap_sam.training.schema import choices_of
 
 SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)
 ROUND = 3
@@ -93,7 +94,7 @@ def _poisoned(global_weights, kind):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+@pytest.mark.parametrize("aggregation", choices_of("aggregation"))
 @pytest.mark.parametrize("kind", ["nan", "inf", "extra_name", "missing_name", "wrong_shape", "zero_weight"])
 def test_a_bad_update_is_left_out_with_the_site_and_reason(kind, aggregation, mode, global_weights, caplog):
     if mode == "int8" and kind == "inf":
@@ -111,7 +112,7 @@ def test_a_bad_update_is_left_out_with_the_site_and_reason(kind, aggregation, mo
     assert np.allclose(result[name], good[name], atol=0.02)
 
 
-@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+@pytest.mark.parametrize("aggregation", choices_of("aggregation"))
 def test_no_usable_update_keeps_the_previous_global_model(aggregation, global_weights, caplog):
     with caplog.at_level(logging.WARNING):
         accepted, result = _aggregate(aggregation, global_weights, [("site-1", _poisoned(global_weights, "nan"), 4),

@@ -10,7 +10,7 @@ from nvflare.apis.fl_context import FLContext
 from flap_sam.federated.attacks import attack_contributions, attack_refusal, crafted_change, flipped_labels
 from flap_sam.federated.robust_aggregation import (ChangeLayout, aggregate_robust, concordance_ratios, coordinate_median, fedseca,
                                                    trimmed_mean)
-from flap_sam.jobs.settings import AttackSettings
+from flap_sam.training.settings import AttackSettings
 from flap_sam.model.factory import ModelSpec
 from flap_sam.model.lora import factorize
 

@@ -137,7 +137,7 @@ def test_a_job_made_by_flap_sam_job_carries_no_code_and_names_its_scope(tmp_path
     assert not (Path(out) / "app" / "custom").exists()
     assert json.loads((Path(out) / "meta.json").read_text())["scope"] == "flap_percentile"
     assert (REPO / "jobs" / "kits_lora" / "app" / "custom" / "README.md").is_file()  # the shipped demo keeps its simulator marker
-    with pytest.raises(ValueError, match="scope: 'a b' is not a scope name"):
+    with pytest.raises(ValueError, match=r"scope: 'a b' is not of the form \S+ \(a scope name: letters, digits"):
         write_job(str(REPO / "jobs" / "kits_lora"), str(tmp_path / "bad"), {"scope": "a b"})
     assert set(SCOPES) == {"flap", "flap_percentile"}
 

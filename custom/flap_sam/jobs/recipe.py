@@ -2,7 +2,7 @@
 
 ``FlapSamRecipe(job, **settings)`` builds exactly the job that ``flap-sam job JOB --set ...``
 writes: the job folder's configuration (the package's shared ``client.conf`` / ``server.conf``,
-every setting's default from ``settings.conf``, the shipped demo's budget where it applies)
+every setting's default from the schema (``settings.conf``), the shipped demo's budget where it applies)
 with the settings applied, resolved by FLARE's own config loader, becomes the server and
 client app configuration of a ``FedJob``. So the recipe and the job folder cannot drift apart:
 there is one definition of the workflow, its components and its defaults. Settings are checked
@@ -37,7 +37,7 @@ def resolved_config(job: str, side: str) -> dict:
 
 
 class FlapSamRecipe(Recipe):
-    """The FLAP-SAM job of ``job`` with ``settings`` (any setting of ``settings.conf`` as a keyword, e.g.
+    """The FLAP-SAM job of ``job`` with ``settings`` (any setting of the schema, ``flap_sam.training.schema``, as a keyword, e.g.
     ``preset="lora_dec"``, ``num_rounds=25``, ``data_root="/data/kits"``; every other setting keeps the
     package default, the paper's recipe, or the shipped demo's budget on the demo data).
 

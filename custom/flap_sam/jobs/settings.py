@@ -56,7 +56,7 @@ def check_settings(settings: Mapping, where: str = "") -> JobSettings:
     """``settings`` over the package defaults, every value typed and checked.
 
     Args:
-        settings: any settings of ``settings.conf`` by name (a job's, ``--set``'s, a recipe's keywords).
+        settings: any settings of the schema by name (a job's, ``--set``'s, a recipe's keywords).
         where: prefix of an error (e.g. the job folder).
 
     Raises:

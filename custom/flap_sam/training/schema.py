@@ -71,7 +71,7 @@ class Setting:
         auto: ``auto`` is allowed besides a value of ``kind``.
         pattern: a regular expression the whole (text) value matches.
         site_overridable: a site may set it in ``<workspace>/local/flap_sam_site.json``.
-        why: appended to a bound's error (what the bound protects).
+        why: appended to the error of a bound or a pattern (what it protects, what the value must be).
     """
 
     name: str
@@ -128,7 +128,8 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("num_rounds", 25, "the paper: 25 rounds", SERVER, minimum=1),
     Setting("min_clients", 2, "set it to the number of sites (Fed-KiTS: 6)", SERVER, minimum=1),
     Setting("scope", "flap", "the privacy scope this job asks the sites for (meta.json): flap | flap_percentile, as provisioned sites "
-          "define them (docs/deployment.md#site-policies)", SERVER, pattern=r"[A-Za-z0-9_.-]+"),
+          "define them (docs/deployment.md#site-policies)", SERVER, pattern=r"[A-Za-z0-9_.-]+",
+            why="a scope name: letters, digits, _ . -"),
     Setting("train_timeout", 0, "seconds per round (0 = wait as long as it takes)", SERVER, minimum=0),
     Setting("aggregation", "lora_exact", "lora_exact (the paper: per LoRA pair the weighted sum of B·A, re-factorised by rank-r SVD; "
           "other tensors averaged) | average (NVFlare's weighted average of every tensor) | fedseca, median, trimmed_mean "
@@ -309,7 +310,7 @@ def checked_value(name: str, value, label: str | None = None):
     if setting.below is not None and not value < setting.below:
         raise ValueError(f"{label}: {value} must be below {setting.below}{why}")
     if setting.pattern is not None and not re.fullmatch(setting.pattern, value):
-        raise ValueError(f"{label}: {value!r} is not of the form {setting.pattern}")
+        raise ValueError(f"{label}: {value!r} is not of the form {setting.pattern}{why}")
     return value
 
 

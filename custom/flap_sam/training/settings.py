@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from flap_sam.model.encoders import family_for
-from flap_sam.training.device import autocast_bf16, resolve_cpu_threads, resolve_device
-from flap_sam.training.loader import resolve_data_workers
-from flap_sam.training.schema import AUTO, SETTING, SITE_OVERRIDABLE, at_least, block_keys, block_values, checked_value, package_defaults
+from flap_sam.training.device import autocast_bf16, resolve_device
+from flap_sam.training.schema import AUTO, SETTING, SITE_OVERRIDABLE, block_keys, block_values, checked_value, package_defaults
 
 if TYPE_CHECKING:
     from flap_sam.model.factory import ModelSpec
@@ -123,16 +122,14 @@ class SiteSettings(SettingsBlock):
 
     A site may override the settings of ``OVERRIDABLE`` (``site_overridable`` in the schema) in
     ``<workspace>/local/flap_sam_site.json``. ``data_workers`` and ``cpu_threads`` hold a count or
-    ``auto`` (``flap_sam.training.loader.resolve_data_workers``, ``flap_sam.training.device.resolve_cpu_threads``).
+    ``auto``, typed once here; the site resolves ``auto`` on its machine (``resolve_data_workers``, ``resolve_cpu_threads``).
     """
 
     OVERRIDABLE = SITE_OVERRIDABLE
 
     @classmethod
     def _checked(cls, values: dict) -> dict:
-        resolve_device(values["device"])
-        resolve_data_workers(values["data_workers"], torch.device("cpu"))
-        resolve_cpu_threads(values["cpu_threads"])
+        resolve_device(values["device"])  # auto | cpu | cuda | cuda:N
         values["site_ranks"] = {str(site): checked_value("rank", rank, label=f"site_ranks: the rank of {site}")
                                 for site, rank in values["site_ranks"].items()}
         return values

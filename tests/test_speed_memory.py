@@ -24,7 +24,7 @@ from flap_sam.model.encoders import family_of
 from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.model.sam_builder import build_sam
 from flap_sam.training.inference import dice_per_class
-from flap_sam.training.loader import resolve_data_workers, round_batches
+from flap_sam.training.local_trainer import resolve_data_workers, round_batches
 from modeltools import trained_looking
 
 SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)

@@ -12,7 +12,7 @@ The job is the one this folder's config files define (settings: docs/settings.md
 import os
 import sys
 
-from flap_sam.cli.recipe_run import main
+from flap_sam.jobs.recipe import main
 
 if __name__ == "__main__":
     sys.exit(main(os.path.dirname(os.path.abspath(__file__)), sys.argv[1:]))

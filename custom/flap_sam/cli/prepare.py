@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _decathlon(args: argparse.Namespace):
     """(cases, problems, centres, profile) of a Decathlon task folder; one site (--sites, default site-1)."""
-    from flap_sam.datasets.decathlon import prepare as decathlon
+    from flap_sam.datasets.decathlon.task import find_cases
 
     if args.sites and len(args.sites) > 1:
         raise ValueError(f"--sites {' '.join(args.sites)}: a Decathlon folder is one hospital's data; name one site")
@@ -44,7 +44,7 @@ def _decathlon(args: argparse.Namespace):
     task = read_task(args.raw)
     settings = task.settings(args.channel)
     profile = DatasetProfile("decathlon", task.modality, task.classes, None, task.label_map, settings.get("channel"))
-    cases, problems = decathlon.find_cases(args.raw, site)
+    cases, problems = find_cases(args.raw, site)
     print(f"task {task.path}: classes {', '.join(task.classes)}; modality {task.modality}"
           + (f", sequence {args.channel} of {', '.join(task.sequences)}" if len(task.sequences) > 1 else ""))
     return cases, problems, {site: os.path.basename(os.path.dirname(os.path.abspath(task.path)))}, profile

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from flap_sam.errors import CheckpointError
     from flap_sam.training.baseline import train_baseline
     from flap_sam.training.device import pick_device
-    from flap_sam.training.loader import resolve_data_workers
+    from flap_sam.training.local_trainer import resolve_data_workers
 
     job = read_job(args.job)
     spec, profile, site = job.spec.model, job.spec.task, job.site

@@ -8,12 +8,18 @@ client app configuration of a ``FedJob``. So the recipe and the job folder canno
 there is one definition of the workflow, its components and its defaults. Settings are checked
 against that configuration (an unknown name is refused, as by ``flap-sam job``).
 
-Each shipped job has a ``job.py`` beside its config (``python jobs/kits_lora/job.py --env
-sim|poc|prod``); ``nvflare simulator jobs/kits_lora`` keeps working as before.
+Each shipped job has a ``job.py`` beside its config, which runs ``main`` here (``nvflare simulator
+jobs/kits_lora`` keeps working as before):
+
+    python jobs/kits_lora/job.py [--env sim|poc|prod] [--set KEY=VALUE ...] [--workspace DIR]
+                                 [--startup-kit DIR --username NAME] [--export --export-dir DIR]
+
+``--export --export-dir DIR`` (FLARE's own recipe flags) only writes the job folder FLARE would run.
 """
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import os
 import tempfile
@@ -22,7 +28,7 @@ from nvflare.fuel.utils.config_factory import ConfigFactory
 from nvflare.job_config.api import FedJob
 from nvflare.recipe.spec import Recipe
 
-from flap_sam.jobs.writer import SIDES, config_path, source_job, write_job  # noqa: F401 (source_job: part of the recipe API)
+from flap_sam.jobs.writer import SIDES, config_path, parse_settings, source_job, write_job  # noqa: F401 (source_job: part of the recipe API)
 from flap_sam.training.schema import package_defaults
 
 ENVS = ("sim", "poc", "prod")
@@ -99,3 +105,30 @@ def make_env(env: str, num_clients: int, workspace: str | None = None, startup_k
             raise ValueError("--env prod needs --startup-kit: the admin's startup kit folder of the deployment")
         return ProdEnv(startup_kit_location=startup_kit, username=username)
     raise ValueError(f"--env {env}: choose one of {list(ENVS)}")
+
+
+# ---- the command line of jobs/*/job.py ----------------------------------------------------------
+
+FLARE_RECIPE_FLAGS = ("--export", "--export-dir")  # FLARE takes these off sys.argv before this parser runs
+
+
+def build_parser(job: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python {job}/job.py", description="the job as a FLARE Job API recipe in the environment asked for")
+    parser.add_argument("--env", default="sim", choices=ENVS, help="sim: FLARE's simulator (default); poc: a local POC; "
+                        "prod: a provisioned deployment")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="settings, as flap-sam job --set takes them")
+    parser.add_argument("--workspace", default="/tmp/nvflare/simulation", help="sim: where the simulator's results go")
+    parser.add_argument("--sites", type=int, default=None, help="sim / poc: number of sites (default: the job's min_clients)")
+    parser.add_argument("--startup-kit", default=None, help="prod: the admin's startup kit folder")
+    parser.add_argument("--username", default="admin@nvidia.com", help="poc / prod: the admin user of the kit")
+    return parser
+
+
+def main(job: str, argv: list[str] | None = None) -> int:
+    parser = build_parser(job)
+    args = parser.parse_args(argv)
+    recipe = FlapSamRecipe(job, env=args.env, **parse_settings(args.set))
+    sites = args.sites or int(recipe.configs["server"]["min_clients"])
+    run = recipe.execute(make_env(args.env, sites, args.workspace, args.startup_kit, args.username))  # or --export
+    print(f"job {run.get_job_id()}: {run.get_status()}; result: {run.get_result()}")
+    return 0

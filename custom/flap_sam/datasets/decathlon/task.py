@@ -1,7 +1,10 @@
-"""The task a Decathlon ``dataset.json`` describes, as job settings (``classes``, ``modality``, ``label_map``).
+"""A hospital's own task in the Decathlon layout: what its ``dataset.json`` describes, as job settings
+(``classes``, ``modality``, ``label_map``), and its labelled cases for ``flap-sam prepare decathlon``.
 
 A ``dataset.json`` holds ``labels`` ({"0": "background", "1": "edema", ...}), ``modality``
-({"0": "CT"} or one entry per MRI sequence of a 4D image) and ``training`` (image/label pairs).
+({"0": "CT"} or one entry per MRI sequence of a 4D image) and ``training`` (image/label pairs). Cases are the
+``training`` entries (the ``test`` entries have no labels); all belong to one site, the hospital's own. The
+shared converter checks every case and carves the deterministic validation split.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import json
 import os
 import re
 from dataclasses import dataclass
+
+from flap_sam.datasets.conversion import RawCase
 
 CT_NAMES = {"ct"}
 
@@ -90,3 +95,20 @@ def read_task(path: str) -> DecathlonTask:
         raise ValueError(f"{path}: label names {[n for _, n in foreground]} do not give distinct class names")
     kind = "ct" if all(s.strip().lower() in CT_NAMES for s in sequences) else "mri"
     return DecathlonTask(path, classes, tuple(v for v, _ in foreground), kind, sequences)
+
+
+def find_cases(raw: str, site: str) -> tuple[list[RawCase], list[str]]:
+    """The task folder's labelled cases for ``site``; returns (cases, problems)."""
+    task = read_task(raw)
+    root = os.path.dirname(os.path.abspath(task.path))
+    with open(task.path, encoding="utf-8") as f:
+        training = json.load(f).get("training") or []
+    cases, problems = [], []
+    for entry in training:
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            problems.append(f"{task.path}: a training entry without image and label: {entry!r}"[:200])
+            continue
+        image, label = (os.path.normpath(os.path.join(root, entry[k])) for k in ("image", "label"))
+        case_id = os.path.basename(image).removesuffix(".gz").removesuffix(".nii")
+        cases.append(RawCase(case_id, site, "train", image, label))
+    return cases, problems

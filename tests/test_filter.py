@@ -64,7 +64,7 @@ def test_other_preset_settings_change_the_schema():
 
 
 def test_an_error_result_keeps_only_its_code_and_a_known_start_up_error_kind():
-    from flap_sam.federated.site_errors import SITE_ERROR_HEADER
+    from flap_sam.federated.filters import SITE_ERROR_HEADER
 
     failed = make_reply(ReturnCode.EXECUTION_EXCEPTION)
     failed.set_header(SITE_ERROR_HEADER, "data")

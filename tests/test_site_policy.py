@@ -25,7 +25,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import make_reply
 
 from flap_sam.federated.filters import PresetResultFilter
-from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS
+from flap_sam.federated.filters import SITE_ERROR_HEADER, SITE_ERROR_KINDS
 from flap_sam.federated.site_policy import SitePolicyFilter
 from flap_sam.jobs.recipe import resolved_config
 from flap_sam.jobs.simulator import prepare_workspace, simulator_command

@@ -1,4 +1,10 @@
-"""Client result filter: only the preset's tensors (and plain numbers) ever leave a site. Fail-closed."""
+"""What leaves a site: only the preset's tensors (and plain numbers), fail-closed, and, from a site that fails,
+one word of a fixed vocabulary.
+
+The full one-line error of a failed site names the file or setting at fault; it stays in the site's own log
+(``log.txt``, at warning level, so FLARE's error-log streaming and ``show_errors`` never carry it), because
+file names of patient data can identify patients: the result carries only its kind (``SITE_ERROR_KINDS``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 
-from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS
+from flap_sam.errors import CheckpointError, DataError
 from flap_sam.jobs.spec import JobSpec
 from flap_sam.model.factory import exchange_schema
 from flap_sam.model.lora import factor_rank, factor_shape_at_rank
@@ -39,6 +45,38 @@ def _plain(value) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, str) and _plain(v) for k, v in value.items())
     return False
+
+
+SITE_ERROR_HEADER = "flap_sam_site_error"
+SITE_ERROR_KINDS = {
+    "data": "it could not start: its data failed the start-up checks",
+    "checkpoint": "it could not start: its SAM checkpoint cannot be used",
+    "settings": "it could not start: its settings are invalid",
+    "base": "it could not start: it built another SAM base than the server (checkpoint settings differ)",
+    "internal": "it could not start: an unexpected error at start-up",
+    "diverged": "its local training diverged (non-finite weights): it sent no update this round",
+    # A site's own policy (flap_sam.federated.site_policy) refused to let a result out.
+    "policy_tensors": "its site policy refused the result: it holds tensors the site's allowed presets do not exchange",
+    "policy_bytes": "its site policy refused the result: it is larger than the site's byte ceiling",
+    "policy_kind": "its site policy refused the result: a kind of result this scope does not send",
+}
+
+
+class BaseMismatchError(ValueError):
+    """The site built another SAM base than the server's (see ``flap_sam.model.adapter_file``)."""
+
+
+def site_error_kind(error: Exception) -> str:
+    """The category of a start-up error that may leave the site."""
+    if isinstance(error, DataError):
+        return "data"
+    if isinstance(error, CheckpointError):
+        return "checkpoint"
+    if isinstance(error, BaseMismatchError):
+        return "base"
+    if isinstance(error, ValueError):
+        return "settings"
+    return "internal"
 
 
 class PresetResultFilter(Filter):

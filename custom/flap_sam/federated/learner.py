@@ -21,7 +21,7 @@ from flap_sam.data.site import SiteData
 from flap_sam.data.stacks import SliceStackDataset, build_augmentation
 from flap_sam.errors import CheckpointError
 from flap_sam.federated.attacks import attack_refusal, flipped_labels
-from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS, BaseMismatchError, site_error_kind
+from flap_sam.federated.filters import SITE_ERROR_HEADER, SITE_ERROR_KINDS, BaseMismatchError, site_error_kind
 from flap_sam.files import PERSONAL_ADAPTER_FILE, save_torch
 from flap_sam.jobs.spec import JobSpec
 from flap_sam.model.adapter_file import FINGERPRINT_KEY, base_fingerprint, base_mismatch

@@ -24,7 +24,7 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.widgets.info_collector import InfoCollector
 
-from flap_sam.federated.site_errors import SITE_ERROR_HEADER, SITE_ERROR_KINDS
+from flap_sam.federated.filters import SITE_ERROR_HEADER, SITE_ERROR_KINDS
 from flap_sam.federated.traffic import SUMMARY_FILE
 
 STATS_GROUP = "flap_sam"

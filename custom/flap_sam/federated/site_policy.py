@@ -16,7 +16,7 @@ runs before them either. ``SitePolicyFilter`` is the one this project puts in ev
 * metrics must be plain numbers; any other result is refused.
 
 A refused result does not leave: the site sends an error reply with one word of the fixed
-vocabulary of ``site_errors`` (the server logs ``site S failed task train: its site policy
+vocabulary of ``flap_sam.federated.filters`` (the server logs ``site S failed task train: its site policy
 refused the result: ...``); the full reason, naming the tensor, stays in the site's log.
 """
 
@@ -30,7 +30,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 
 from flap_sam.federated.filters import is_number
-from flap_sam.federated.site_errors import SITE_ERROR_HEADER
+from flap_sam.federated.filters import SITE_ERROR_HEADER
 from flap_sam.model.presets import get_preset
 from flap_sam.provisioning.policy_files import UPDATE_KINDS, check_site_filter
 

@@ -25,16 +25,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, adapter_required: bool 
     parser.add_argument("--adapter", required=adapter_required, help="persisted adapter, e.g. .../app_server/FL_global_model.pt")
     parser.add_argument("--job", default=None, help="the job folder the federation ran: every model and task setting is read "
                                                      "from it (then --model ... --dataset are not used)")
-    parser.add_argument("--checkpoint", default="", help="the base SAM checkpoint the federation used "
-                                                         "('' = lite_medsam's bundled weights; random for a ViT)")
+    parser.add_argument("--checkpoint", default=defaults["checkpoint"],
+                        help="the base SAM checkpoint the federation used ('' = lite_medsam's bundled weights; random for a ViT)")
     parser.add_argument("--model", default=defaults["model_type"])
     parser.add_argument("--image-size", type=int, default=defaults["image_size"])
     parser.add_argument("--preset", default=defaults["preset"], choices=list(PRESETS))
     parser.add_argument("--rank", type=int, default=defaults["rank"])
     parser.add_argument("--lora-scale", type=float, default=defaults["lora_scale"])
     parser.add_argument("--dataset", default=defaults["dataset"], choices=sorted(PROFILES))
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--inference", default="overlap",
+    parser.add_argument("--device", default=defaults["device"])
+    parser.add_argument("--inference", default=defaults["final_inference"],
                         help="overlap: 5 windows per slice averaged (the paper's); centre: one forward per slice, 5x faster")
 
 

@@ -10,8 +10,11 @@ from torch import nn
 from flap_sam.jobs.spec import JobSpec
 from flap_sam.model.adapter_file import base_fingerprint
 from flap_sam.model.factory import build_model, exchanged_state, resolve_checkpoint
+from flap_sam.training.schema import package_defaults
 
 logger = logging.getLogger(__name__)
+# Each default is the one the schema declares (a job's FLARE config passes every value anyway).
+DEFAULT = package_defaults()
 
 
 class AdapterModel(nn.Module):
@@ -31,7 +34,7 @@ class AdapterModel(nn.Module):
         checkpoint: an optional server-local official SAM checkpoint.
     """
 
-    def __init__(self, spec: dict, checkpoint: str = "") -> None:
+    def __init__(self, spec: dict, checkpoint: str = DEFAULT["server_checkpoint"]) -> None:
         super().__init__()
         spec = JobSpec.from_settings(spec).model
         checkpoint = resolve_checkpoint(checkpoint, spec.model_type)

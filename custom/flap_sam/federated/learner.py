@@ -29,11 +29,12 @@ from flap_sam.model.factory import build_model, export_weights, import_weights, 
 from flap_sam.model.lora import at_rank, lower_lora_rank
 from flap_sam.model.presets import exchanged_names, personal_names
 from flap_sam.training.device import apply_cpu_threads, pick_device
-from flap_sam.training.local_trainer import resolve_data_workers
-from flap_sam.training.local_trainer import LocalTrainer, evaluate_volumes, federation_steps
-from flap_sam.training.schema import checked_value
+from flap_sam.training.local_trainer import LocalTrainer, evaluate_volumes, federation_steps, resolve_data_workers
+from flap_sam.training.schema import checked_value, package_defaults
 from flap_sam.training.settings import AttackSettings, SiteSettings, TrainingSettings
 
+# Each default is the one the schema declares (a job's FLARE config passes every value anyway).
+DEFAULT = package_defaults()
 SITE_SETTINGS_FILE = "flap_sam_site.json"
 
 
@@ -65,7 +66,7 @@ class FlapSamLearner(Learner):
     stay in the site's own log; the server only learns a fixed error kind.
     """
 
-    def __init__(self, spec: dict, training: dict, site: dict, privacy: str = "none", attack: dict | None = None,
+    def __init__(self, spec: dict, training: dict, site: dict, privacy: str = DEFAULT["privacy"], attack: dict | None = None,
                  analytic_sender_id: str = "analytic_sender") -> None:
         """
         Args:

@@ -26,7 +26,10 @@ from nvflare.widgets.info_collector import InfoCollector
 
 from flap_sam.federated.filters import SITE_ERROR_HEADER, SITE_ERROR_KINDS
 from flap_sam.federated.traffic import SUMMARY_FILE
+from flap_sam.training.schema import package_defaults
 
+# Each default is the one the schema declares (a job's FLARE config passes every value anyway).
+DEFAULT = package_defaults()
 STATS_GROUP = "flap_sam"
 
 
@@ -36,7 +39,7 @@ PROGRESS_AT_END = "federation progress at the end: "  # logged at END_RUN; `flap
 class FederationProgress(FLComponent):
     """Round, reporting sites, their Dice and bytes, missing sites; served through ``show_stats``."""
 
-    def __init__(self, train_timeout: float = 0, min_clients: int = 0) -> None:
+    def __init__(self, train_timeout: float = DEFAULT["train_timeout"], min_clients: int = 0) -> None:
         """``train_timeout`` (s, 0: none) and ``min_clients``: the workflow's, to say which one closed a round
         before a slow site's result arrived."""
         super().__init__()

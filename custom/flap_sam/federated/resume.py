@@ -23,7 +23,10 @@ from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
 from flap_sam.files import GLOBAL_MODEL_FILE, SERVER_APP
 from flap_sam.model.adapter_file import FINGERPRINT_KEY, read_adapter_file
+from flap_sam.training.schema import package_defaults
 
+# Each default is the one the schema declares (a job's FLARE config passes every value anyway).
+DEFAULT = package_defaults()
 FINISHED_ROUNDS_KEY = "flap_sam_finished_rounds"
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -108,7 +111,7 @@ class AdapterPersistor(PTFileModelPersistor):
         num_rounds: the job's total rounds, to refuse resuming a job that already finished.
     """
 
-    def __init__(self, model: dict, resume_from: str = "", num_rounds: int = 0) -> None:
+    def __init__(self, model: dict, resume_from: str = DEFAULT["resume_from"], num_rounds: int = 0) -> None:
         super().__init__(model=model)
         self.resume_from = str(resume_from or "")
         self.num_rounds = int(num_rounds)

@@ -138,3 +138,24 @@ def test_int8_keeps_a_channel_of_small_values_precise_next_to_a_large_one():
     assert len(scales) == 2
     assert np.abs(back[0] - x[0]).max() <= 1e-3 / 254 * 1.001  # a per-tensor scale would give up to 10/254 here
     assert np.abs(back[1] - x[1]).max() <= 10 / 254 * 1.001
+
+
+@pytest.mark.parametrize("aggregation", choices_of("aggregation"))
+def test_a_late_result_and_a_second_result_of_a_site_count_for_no_round(aggregation, global_weights):
+    """FLARE's aggregators (collect-and-assemble for lora_exact and the robust rules, in-time for average)
+    take one result per site and round: another round's result and a site's second one are refused and
+    leave the aggregate as the first results make it."""
+    first = {k: v + np.float32(0.01) for k, v in global_weights.items()}
+    other = {k: v + np.float32(0.05) for k, v in global_weights.items()}
+    aggregator = FlapSamAggregator(aggregation)
+    ctx = _server_ctx(global_weights)
+    aggregator.handle_event(EventType.START_RUN, ctx)
+    late = _arrived("site-3", other, 4, "fp32")
+    late.add_cookie(AppConstants.CONTRIBUTION_ROUND, ROUND - 1)
+    accepted = [aggregator.accept(_arrived("site-1", first, 4, "fp32"), ctx), aggregator.accept(_arrived("site-2", first, 4, "fp32"), ctx),
+                aggregator.accept(_arrived("site-2", other, 4, "fp32"), ctx), aggregator.accept(late, ctx)]
+    result = from_shareable(aggregator.aggregate(ctx)).data
+    assert accepted == [True, True, False, False]
+    _, only_first = _aggregate(aggregation, global_weights, [("site-1", first, 4), ("site-2", first, 4)], "fp32")
+    assert all(np.array_equal(result[k], only_first[k]) for k in global_weights)
+    assert not all(np.array_equal(result[k], global_weights[k]) for k in global_weights)  # the first results did count

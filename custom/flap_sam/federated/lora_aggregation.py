@@ -22,6 +22,8 @@ from nvflare.apis.fl_constant import ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.aggregator import Aggregator
+from nvflare.app_common.aggregators.assembler import Assembler
+from nvflare.app_common.aggregators.collect_and_assemble_aggregator import CollectAndAssembleAggregator
 from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
@@ -89,61 +91,46 @@ def global_weights(fl_ctx: FLContext) -> dict | None:
     return model.get(ModelLearnableKey.WEIGHTS) if isinstance(model, dict) else None
 
 
-class CollectingAggregator(Aggregator):
-    """Collects the round's WEIGHTS results (one per site) and combines them all at ``aggregate``.
+class CollectAndAssemble(CollectAndAssembleAggregator):
+    """FLARE's collect-and-assemble aggregator around an assembler of this module (not a job component of its own).
 
-    A site's weight is its local steps times its entry in ``aggregation_weights`` (1.0 if absent).
+    FLARE's aggregator collects one WEIGHTS result per site and round (refusing error replies, other data
+    kinds, results of another round and a site's second result) and hands the collection to the
+    assembler at ``aggregate``; it looks the assembler up by id only when it has none, so it gets it here.
     """
 
+    def __init__(self, assembler: "WeightedAssembler") -> None:
+        super().__init__(assembler_id="")
+        self.assembler = assembler
+
+    def reset(self, fl_ctx: FLContext) -> None:
+        self.assembler.reset()
+
+
+class WeightedAssembler(Assembler):
+    """FLARE ``Assembler``: a site's WEIGHTS with its weight, local steps times its ``aggregation_weights``
+    entry (1.0 if absent); ``assemble`` combines the round's collection, in site order."""
+
     def __init__(self, aggregation_weights: dict[str, float] | None = None) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self._contributions: dict[str, tuple[float, dict]] = {}
+        super().__init__(data_kind=DataKind.WEIGHTS)
         self.aggregation_weights = aggregation_weights if aggregation_weights is not None else {}
 
-    def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
-        contributor = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
-        rc = shareable.get_return_code(ReturnCode.OK)
-        if rc != ReturnCode.OK:
-            self.log_warning(fl_ctx, f"{contributor} returned {rc}; its result is not aggregated")
-            return False
-        try:
-            dxo = from_shareable(shareable)
-        except Exception:
-            self.log_error(fl_ctx, f"result from {contributor} is not a DXO")
-            return False
-        if dxo.data_kind != DataKind.WEIGHTS or not dxo.data:
-            self.log_error(fl_ctx, f"result from {contributor}: expected WEIGHTS, got {dxo.data_kind}")
-            return False
-        contribution_round = shareable.get_cookie(AppConstants.CONTRIBUTION_ROUND)
-        if contribution_round != fl_ctx.get_prop(AppConstants.CURRENT_ROUND):
-            self.log_warning(fl_ctx, f"discarding the result of {contributor} for round {contribution_round}")
-            return False
-        steps = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 1) or 1
-        with self._lock:
-            if contributor in self._contributions:
-                self.log_warning(fl_ctx, f"discarding a second result of {contributor} this round")
-                return False
-            self._contributions[contributor] = (float(steps) * float(self.aggregation_weights.get(contributor, 1.0)), dict(dxo.data))
-        return True
+    def get_model_params(self, dxo: DXO) -> dict:
+        return {"steps": float(dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 1) or 1), "weights": dict(dxo.data)}
 
-    def aggregate(self, fl_ctx: FLContext) -> Shareable:
-        with self._lock:
-            contributions, self._contributions = dict(sorted(self._contributions.items())), {}
+    def assemble(self, data: dict[str, dict], fl_ctx: FLContext) -> DXO:
+        contributions = {site: (params["steps"] * float(self.aggregation_weights.get(site, 1.0)), params["weights"])
+                         for site, params in sorted(data.items())}
         result, account = self.combine(contributions, fl_ctx)
         self.log_info(fl_ctx, f"round {fl_ctx.get_prop(AppConstants.CURRENT_ROUND)}: {account}; sites {', '.join(contributions)}")
-        return DXO(DataKind.WEIGHTS, data=result).to_shareable()
+        return DXO(DataKind.WEIGHTS, data=result)
 
     def combine(self, contributions: dict[str, tuple[float, dict]], fl_ctx: FLContext) -> tuple[dict, str]:
         """The new global model from ``{site: (weight, model)}``, and what was done, for the log."""
         raise NotImplementedError
 
-    def reset(self, fl_ctx: FLContext) -> None:
-        with self._lock:
-            self._contributions = {}
 
-
-class ExactLoRAAggregator(CollectingAggregator):
+class ExactLoRAAssembler(WeightedAssembler):
     """``aggregate_exact`` of the round's results (the paper's aggregation)."""
 
     def combine(self, contributions: dict[str, tuple[float, dict]], fl_ctx: FLContext) -> tuple[dict, str]:
@@ -154,7 +141,7 @@ class ExactLoRAAggregator(CollectingAggregator):
         return aggregate_exact(list(contributions.values()), global_weights(fl_ctx)), account
 
 
-class RobustAggregator(CollectingAggregator):
+class RobustAssembler(WeightedAssembler):
     """``aggregate_robust`` (``median`` | ``trimmed_mean`` | ``fedseca``) of the round's results against the
     global model they started from; one vote per site (``flap_sam.federated.robust_aggregation``)."""
 
@@ -176,10 +163,11 @@ class RobustAggregator(CollectingAggregator):
 class FlapSamAggregator(Aggregator):
     """The job's aggregator, chosen by the ``aggregation`` setting, behind a check of every update.
 
-    * ``lora_exact`` (the paper): ``ExactLoRAAggregator`` (LoRA pairs re-factorised exactly, the
-      rest averaged; weighted by local steps, i.e. by the site's data share at one epoch per round);
+    * ``lora_exact`` (the paper): ``ExactLoRAAssembler`` in FLARE's collect-and-assemble aggregator (LoRA
+      pairs re-factorised exactly, the rest averaged; weighted by local steps, i.e. by the site's data share
+      at one epoch per round);
     * ``average``: NVFlare's ``InTimeAccumulateWeightedAggregator`` (WEIGHTS, same weights);
-    * ``fedseca``, ``median``, ``trimmed_mean``: ``RobustAggregator`` (Byzantine-robust, on each site's change).
+    * ``fedseca``, ``median``, ``trimmed_mean``: ``RobustAssembler`` there too (Byzantine-robust, on each site's change).
 
     With an ``attack`` (simulator and POC only, ``flap_sam.federated.attacks``) every accepted update
     is held until the round's last, the attacking sites' are replaced by crafted ones, and then all go
@@ -204,9 +192,9 @@ class FlapSamAggregator(Aggregator):
         if aggregation == "average":
             self.impl = InTimeAccumulateWeightedAggregator(expected_data_kind="WEIGHTS", weigh_by_local_iter=True)
         elif aggregation == "lora_exact":
-            self.impl = ExactLoRAAggregator(self.weights)
+            self.impl = CollectAndAssemble(ExactLoRAAssembler(self.weights))
         else:
-            self.impl = RobustAggregator(aggregation, trim_fraction, fedseca_sparsity)
+            self.impl = CollectAndAssemble(RobustAssembler(aggregation, trim_fraction, fedseca_sparsity))
         self.attack = AttackSettings.from_settings(attack)
         self._held: dict[str, Shareable] = {}  # an attacked round: the accepted updates, until the round's last
         self._lock = threading.Lock()

@@ -274,16 +274,6 @@ def typed_value(name: str, value, kind: type):
     raise ValueError(f"{name}: {value!r} is not {article}")
 
 
-def at_least(name: str, value, minimum) -> None:
-    if value < minimum:
-        raise ValueError(f"{name}: {value} must be at least {minimum}")
-
-
-def one_of(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}: {value!r} is not one of {list(choices)}")
-
-
 def checked_value(name: str, value, label: str | None = None):
     """``value`` of setting ``name``, typed and checked against its declaration.
 
@@ -298,11 +288,11 @@ def checked_value(name: str, value, label: str | None = None):
         return AUTO
     value = typed_value(label, value, setting.type)
     allowed = setting.allowed()
-    if allowed is not None:
-        one_of(label, value, allowed)
+    if allowed is not None and value not in allowed:
+        raise ValueError(f"{label}: {value!r} is not one of {list(allowed)}")
     why = f" ({setting.why})" if setting.why else ""
-    if setting.minimum is not None:
-        at_least(label, value, type(value)(setting.minimum))
+    if setting.minimum is not None and value < setting.minimum:
+        raise ValueError(f"{label}: {value} must be at least {type(value)(setting.minimum)}{why}")
     if setting.above is not None and not value > setting.above:
         raise ValueError(f"{label}: {value} must be above {setting.above}{why}")
     if setting.maximum is not None and value > setting.maximum:

@@ -106,6 +106,7 @@ def test_the_typed_blocks_hold_exactly_their_declared_settings():
     assert block_keys("site") == tuple(f.name for f in dataclasses.fields(SiteSettings))
     assert SiteSettings.OVERRIDABLE == tuple(s.name for s in SCHEMA if s.site_overridable)
     assert "random_weights" in block_keys("site") and "random_weights" not in SiteSettings.OVERRIDABLE
+    assert {s.section.party for s in SCHEMA if s.site_overridable} == {"sites"}  # a site overrides only what the sites read
 
 
 def test_every_allowed_value_list_named_by_reference_exists_below_the_schema():

@@ -24,6 +24,8 @@ from flap_sam.training.schema import SITE_OVERRIDABLE, settings_conf_text
 SETTINGS_CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "federated", "job_config", "settings.conf")
 DEMO_CONF = os.path.join(os.path.dirname(SETTINGS_CONF), "demo.conf")
 
+READERS = {"both": "the server and every site", "server": "the server", "sites": "every site"}  # Section.party, in words
+
 HEADER = """# Settings
 
 Every setting of a FLAP-SAM job, its package default (the paper's recipe) and what it does, as
@@ -65,7 +67,7 @@ def settings_page(demo: dict) -> str:
     parts = [HEADER.format(overridable=", ".join(f"`{name}`" for name in SITE_OVERRIDABLE))]
     for section, rows in sections.items():
         title = section.title
-        parts += [f"## {title[0].upper()}{title[1:]}", "",
+        parts += [f"## {title[0].upper()}{title[1:]}", "", f"Read by: {READERS[section.party]}.", "",
                   markdown_table(["setting", "default", "demo", "allowed", "meaning"], rows), ""]
     parts += [_base_recipes_section()]
     return "\n".join(parts).rstrip() + "\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flap_sam.federated.lora_aggregation import aggregate_exact
+from flap_sam.federated.aggregation_rules import aggregate_exact
 from flap_sam.jobs.settings import check_aggregation_weights
 from flap_sam.model.factory import ModelSpec
 from flap_sam.model.lora import refactorize

@@ -8,7 +8,7 @@ from nvflare.apis.fl_constant import FLContextKey, ReservedKey
 from nvflare.apis.fl_context import FLContext
 
 from flap_sam.federated.attacks import attack_contributions, attack_refusal, crafted_change, flipped_labels
-from flap_sam.federated.robust_aggregation import (ChangeLayout, aggregate_robust, concordance_ratios, coordinate_median, fedseca,
+from flap_sam.federated.aggregation_rules import (ChangeLayout, aggregate_robust, concordance_ratios, coordinate_median, fedseca,
                                                    trimmed_mean)
 from flap_sam.training.settings import AttackSettings
 from flap_sam.model.factory import ModelSpec

@@ -25,8 +25,9 @@ from flap_sam.cli.sweep import rank_settings
 from flap_sam.evaluation.report import read_run
 from flap_sam.federated.contributions import contribution_problem
 from flap_sam.federated.filters import PresetResultFilter
-from flap_sam.federated.lora_aggregation import FlapSamAggregator, aggregate_exact
-from flap_sam.federated.robust_aggregation import aggregate_robust
+from flap_sam.federated.aggregation_rules import aggregate_exact
+from flap_sam.federated.lora_aggregation import FlapSamAggregator
+from flap_sam.federated.aggregation_rules import aggregate_robust
 from flap_sam.federated.site_ranks import SiteRankFilter, record_site_rank, recorded_site_ranks
 from flap_sam.federated.transport import TransportCodec
 from flap_sam.jobs.settings import check_settings

@@ -12,7 +12,7 @@ from nvflare.apis.utils.decomposers import flare_decomposers
 from nvflare.app_common.aggregators.weighted_aggregation_helper import WeightedAggregationHelper
 from nvflare.app_common.decomposers import common_decomposers
 
-from flap_sam.federated.lora_aggregation import aggregate_exact
+from flap_sam.federated.aggregation_rules import aggregate_exact
 from flap_sam.federated.traffic import serialized_size
 from flap_sam.federated.transport import TransportCodec, decode_tensor, encode_tensor
 from flap_sam.model.factory import ModelSpec, build_model, exchange_schema, export_weights

@@ -25,7 +25,7 @@ import numpy as np
 from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 
-from flap_sam.federated.robust_aggregation import ChangeLayout
+from flap_sam.federated.aggregation_rules import ChangeLayout
 from flap_sam.training.settings import AttackSettings
 
 ATTACK_META_KEY = "flap_sam_attack"

@@ -1,14 +1,6 @@
-"""Exact aggregation of LoRA pairs (the paper's recipe) as an NVFlare ``Aggregator``.
-
-Averaging A and B separately is not the average of the updates B·A. For every LoRA pair this
-aggregator forms M = sum_i w_i B_i A_i (w_i = site i's share of local steps) and
-re-factorises it with a rank-r truncated SVD, M ~ U S V^T, as B = U_r and A = S_r V_r^T.
-When rank(M) <= r the new B·A equals M exactly (to float precision).
-
-M is never formed: with B_cat = [w_1 B_1 .. w_n B_n] (out x nr) and A_cat = [A_1; ..; A_n]
-(nr x in), M = B_cat A_cat, so two thin QR decompositions and the SVD of an nr x nr core give
-the same U, S, V in a few milliseconds per pair. Every other exchanged tensor is averaged
-with the same weights, like NVFlare's ``InTimeAccumulateWeightedAggregator``.
+"""The job's aggregator as NVFlare components: ``FlapSamAggregator`` checks every update, weighs the sites,
+runs the attack simulation and keeps the base fingerprint; the rules it runs (``flap_sam.federated.aggregation_rules``)
+are FLARE ``Assembler``s in FLARE's ``CollectAndAssembleAggregator`` (or NVFlare's in-time weighted average).
 """
 
 from __future__ import annotations
@@ -29,60 +21,16 @@ from nvflare.app_common.app_constant import AppConstants
 
 from flap_sam.federated.attacks import ATTACK_META_KEY, attack_contributions, attack_refusal
 from flap_sam.federated.contributions import contribution_problem
-from flap_sam.federated.robust_aggregation import aggregate_robust
+from flap_sam.federated.aggregation_rules import aggregate_exact, aggregate_robust
 from flap_sam.federated.site_ranks import record_site_rank
 from flap_sam.jobs.settings import check_aggregation_weights
 from flap_sam.model.adapter_file import FINGERPRINT_KEY
-from flap_sam.model.lora import at_rank, lora_pairs, payload_rank, refactorize
+from flap_sam.model.lora import at_rank, payload_rank
 from flap_sam.training.schema import checked_value, package_defaults
 from flap_sam.training.settings import AttackSettings
 
 # Each default is the one the schema declares (a job's FLARE config passes every value anyway).
 DEFAULT = package_defaults()
-
-
-def aggregate_exact(contributions: list[tuple[float, dict[str, np.ndarray]]], reference: dict[str, np.ndarray] | None = None
-                    ) -> dict[str, np.ndarray]:
-    """Weighted aggregation of whole payloads: exact for LoRA pairs, averaging for the rest.
-
-    Sites at a lower LoRA rank r_i than the global model ``reference`` (rank r, ``site_ranks``) started from
-    its best rank-r_i approximation T_i(M_g), so their update is their change to it: per pair
-    M = sum_i w_i B_i A_i + sum_i w_i (M_g - T_i(M_g)), re-factorised to rank r. The part of the global
-    adapter a site could not hold is kept, not averaged towards zero; a site at rank r adds no term,
-    so with every site at the global model's rank this is today's M = sum_i w_i B_i A_i, to the bit.
-
-    Args:
-        contributions: (weight, {name: array}) per site; weights need not sum to 1.
-        reference: the global model the sites started from (its LoRA rank is the result's); None:
-            every site is at the rank of the first.
-    """
-    total = float(sum(w for w, _ in contributions))
-    if total <= 0:
-        raise ValueError("no contribution has a positive weight")
-    weights = [w / total for w, _ in contributions]
-    names = contributions[0][1].keys()
-    pairs = lora_pairs(names)
-    in_pairs = {n for pair in pairs.values() for n in pair}
-    result = {}
-    for name in names:
-        if name not in in_pairs:
-            result[name] = sum(w * np.asarray(c[name], dtype=np.float32) for w, (_, c) in zip(weights, contributions)).astype(np.float32)
-    for a_name, b_name in pairs.values():
-        source = reference if reference is not None else contributions[0][1]
-        rank = np.shape(source[a_name])[0]
-        b_factors, a_factors, factor_weights = [], [], []
-        for w, (_, c) in zip(weights, contributions):
-            b_factors.append(c[b_name])
-            a_factors.append(c[a_name])
-            factor_weights.append(w)
-            site_rank = np.shape(c[a_name])[0]
-            if reference is not None and site_rank < rank:  # + w (M_g - T_i(M_g))
-                start = at_rank({a_name: reference[a_name], b_name: reference[b_name]}, site_rank)
-                b_factors += [reference[b_name], start[b_name]]
-                a_factors += [reference[a_name], start[a_name]]
-                factor_weights += [w, -w]
-        result[b_name], result[a_name] = refactorize(b_factors, a_factors, factor_weights, rank)
-    return result
 
 
 def global_weights(fl_ctx: FLContext) -> dict | None:
@@ -143,7 +91,7 @@ class ExactLoRAAssembler(WeightedAssembler):
 
 class RobustAssembler(WeightedAssembler):
     """``aggregate_robust`` (``median`` | ``trimmed_mean`` | ``fedseca``) of the round's results against the
-    global model they started from; one vote per site (``flap_sam.federated.robust_aggregation``)."""
+    global model they started from; one vote per site (``flap_sam.federated.aggregation_rules``)."""
 
     def __init__(self, aggregation: str, trim_fraction: float = DEFAULT["trim_fraction"],
                  fedseca_sparsity: float = DEFAULT["fedseca_sparsity"]) -> None:

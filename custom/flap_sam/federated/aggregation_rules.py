@@ -1,7 +1,18 @@
-"""Byzantine-robust aggregation of what the sites changed: coordinate-wise median, trimmed mean and FedSECA.
+"""The aggregation rules, on numpy arrays (no FLARE here): the paper's exact LoRA aggregation, and the
+Byzantine-robust rules on what the sites changed (coordinate-wise median, trimmed mean, FedSECA).
 
-Every site's change is taken where it is defined: for a LoRA pair the change of its product,
-ΔM_i = B_i A_i - B_g A_g (B_g A_g: the global model the site started from); for any other
+**Exact LoRA aggregation** (``aggregate_exact``, ``lora_exact``). Averaging A and B separately is not
+the average of the updates B·A. For every LoRA pair this rule forms M = sum_i w_i B_i A_i (w_i = site i's share of local steps) and
+re-factorises it with a rank-r truncated SVD, M ~ U S V^T, as B = U_r and A = S_r V_r^T.
+When rank(M) <= r the new B·A equals M exactly (to float precision).
+
+M is never formed: with B_cat = [w_1 B_1 .. w_n B_n] (out x nr) and A_cat = [A_1; ..; A_n]
+(nr x in), M = B_cat A_cat, so two thin QR decompositions and the SVD of an nr x nr core give
+the same U, S, V in a few milliseconds per pair. Every other exchanged tensor is averaged
+with the same weights, like NVFlare's ``InTimeAccumulateWeightedAggregator``.
+
+**Robust rules** (``aggregate_robust``). Every site's change is taken where it is defined: for a LoRA
+pair the change of its product, ΔM_i = B_i A_i - B_g A_g (B_g A_g: the global model the site started from); for any other
 exchanged tensor the difference w_i - w_g. The changes of all sites become one matrix
 ``U`` (sites x coordinates); a robust rule turns it into one change ``u``; the new global
 model is w_g + u, and for a LoRA pair B_g A_g + u re-factorised to rank r by a truncated SVD
@@ -37,12 +48,56 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flap_sam.model.lora import at_rank, factorize, lora_pairs, payload_rank, refactorize
 from flap_sam.training.schema import checked_value, package_defaults
-from flap_sam.model.lora import at_rank, factorize, lora_pairs, payload_rank
 
 # Each default is the one the schema declares (a job's FLARE config passes every value anyway).
 DEFAULT = package_defaults()
 ROBUST_AGGREGATIONS = ("median", "trimmed_mean", "fedseca")
+
+
+def aggregate_exact(contributions: list[tuple[float, dict[str, np.ndarray]]], reference: dict[str, np.ndarray] | None = None
+                    ) -> dict[str, np.ndarray]:
+    """Weighted aggregation of whole payloads: exact for LoRA pairs, averaging for the rest.
+
+    Sites at a lower LoRA rank r_i than the global model ``reference`` (rank r, ``site_ranks``) started from
+    its best rank-r_i approximation T_i(M_g), so their update is their change to it: per pair
+    M = sum_i w_i B_i A_i + sum_i w_i (M_g - T_i(M_g)), re-factorised to rank r. The part of the global
+    adapter a site could not hold is kept, not averaged towards zero; a site at rank r adds no term,
+    so with every site at the global model's rank this is today's M = sum_i w_i B_i A_i, to the bit.
+
+    Args:
+        contributions: (weight, {name: array}) per site; weights need not sum to 1.
+        reference: the global model the sites started from (its LoRA rank is the result's); None:
+            every site is at the rank of the first.
+    """
+    total = float(sum(w for w, _ in contributions))
+    if total <= 0:
+        raise ValueError("no contribution has a positive weight")
+    weights = [w / total for w, _ in contributions]
+    names = contributions[0][1].keys()
+    pairs = lora_pairs(names)
+    in_pairs = {n for pair in pairs.values() for n in pair}
+    result = {}
+    for name in names:
+        if name not in in_pairs:
+            result[name] = sum(w * np.asarray(c[name], dtype=np.float32) for w, (_, c) in zip(weights, contributions)).astype(np.float32)
+    for a_name, b_name in pairs.values():
+        source = reference if reference is not None else contributions[0][1]
+        rank = np.shape(source[a_name])[0]
+        b_factors, a_factors, factor_weights = [], [], []
+        for w, (_, c) in zip(weights, contributions):
+            b_factors.append(c[b_name])
+            a_factors.append(c[a_name])
+            factor_weights.append(w)
+            site_rank = np.shape(c[a_name])[0]
+            if reference is not None and site_rank < rank:  # + w (M_g - T_i(M_g))
+                start = at_rank({a_name: reference[a_name], b_name: reference[b_name]}, site_rank)
+                b_factors += [reference[b_name], start[b_name]]
+                a_factors += [reference[a_name], start[a_name]]
+                factor_weights += [w, -w]
+        result[b_name], result[a_name] = refactorize(b_factors, a_factors, factor_weights, rank)
+    return result
 
 
 @dataclass(frozen=True)

@@ -241,6 +241,12 @@ def block_keys(block: str) -> tuple[str, ...]:
     return keys
 
 
+def block_defaults(block: str) -> dict:
+    """The settings of one block at their package defaults."""
+    defaults = package_defaults()
+    return {name: defaults[name] for name in block_keys(block)}
+
+
 def choices_of(name: str) -> tuple:
     """The allowed values of setting ``name`` (for the code that implements them)."""
     return SETTING[name].allowed()

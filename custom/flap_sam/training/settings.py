@@ -20,7 +20,7 @@ import torch
 
 from flap_sam.model.encoders import family_for
 from flap_sam.training.device import autocast_bf16, resolve_device
-from flap_sam.training.schema import AUTO, SETTING, SITE_OVERRIDABLE, block_keys, block_values, checked_value, package_defaults
+from flap_sam.training.schema import AUTO, SETTING, SITE_OVERRIDABLE, block_defaults, block_keys, block_values, checked_value
 
 if TYPE_CHECKING:
     from flap_sam.model.factory import ModelSpec
@@ -64,7 +64,7 @@ class SettingsBlock:
     @classmethod
     def defaults(cls) -> dict:
         """The block's settings at their package defaults."""
-        return {k: v for k, v in package_defaults().items() if k in block_keys(cls.BLOCK)}
+        return block_defaults(cls.BLOCK)
 
     @classmethod
     def _checked(cls, values: dict) -> dict:
@@ -182,7 +182,7 @@ class AttackSettings:
     @classmethod
     def from_settings(cls, settings: Mapping | None) -> "AttackSettings":
         """From the block (or some of its keys: the rest take their defaults; None: no attack)."""
-        values = block_values("attack_simulation", {**{k: SETTING[k].default for k in block_keys("attack_simulation")}, **(settings or {})})
+        values = block_values("attack_simulation", {**block_defaults("attack_simulation"), **(settings or {})})
         attack, sites = values["attack"], values["attack_sites"]
         sites = tuple(s.strip() for s in sites.split(",") if s.strip())
         if attack != "none" and not sites:

@@ -41,7 +41,7 @@ def test_sweep_baselines_and_report_on_the_demo(tmp_path, monkeypatch, capsys):
         expected = sum(v["SRV_FL_global_model.pt"]["dice"] for v in cross.values()) / len(cross)
         assert run["test_dice"] == pytest.approx(expected)
         assert sorted(map(int, run["val_dice"]["site-1"])) == list(range(ROUNDS))
-        assert f"| {run['name']} | {run['preset']} | fp32 | {ROUNDS} | {run['total_bytes']:,} | {run['test_dice']:.4f} |" in \
+        assert f"| {run['name']} | vit_test | {run['preset']} | fp32 | {ROUNDS} | {run['total_bytes']:,} | {run['test_dice']:.4f} |" in \
             (sweep / "report" / "report.md").read_text()
     flap, dec = (next(r for r in report["runs"] if r["preset"] == p) for p in ("flap", "dec_ft"))
     assert flap["total_bytes"] < dec["total_bytes"]  # flap sends fewer tensors than the whole decoder

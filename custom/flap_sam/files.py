@@ -35,6 +35,8 @@ FINAL_MODEL = "SRV_FL_global_model.pt"  # the server's final model, as cross-sit
 TRAFFIC_FILE = "traffic_summary.json"
 CROSS_SITE_FILE = os.path.join("cross_site_val", "cross_val_results.json")
 TB_FOLDER = "tb_events"
+RUN_COST_FILE = "run_cost.json"  # in a sweep run's job folder: wall and CPU seconds, peak process memory
+HELD_OUT_FOLDER = "held_out"  # in a sweep run's job folder: the final model scored on a site that never trained (dice.csv)
 PERSONAL_ADAPTER_FILE = "personal_adapter.pt"  # in a site's app folder: its personal part (never sent)
 
 

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlays", type=int, default=0, metavar="N",
                         help="write PNG overlays of the N slices with the most foreground per case (default: none)")
     parser.add_argument("--ct-window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                        help="CT clip window in HU (default: statistics of the datalist's training volumes, as in training)")
+                        help="CT clip window in HU (default: statistics of the datalist's training volumes, as in training; "
+                             "without any, the task's ct_window)")
     add_model_arguments(parser, adapter_required=False)
 
 
@@ -41,6 +42,9 @@ def _normalizer(profile, cases, ct_window) -> IntensityNormalizer:
     if ct_window:
         return IntensityNormalizer("ct", CTStatistics.from_window(*ct_window))
     if not cases["training"]:
+        if profile.ct_window:  # a site that only scores (a held-out hospital): the task's window, as flap-sam infer uses
+            print(f"CT window {profile.ct_window[0]:g}..{profile.ct_window[1]:g} HU: the task's (the datalist lists no training volumes)")
+            return IntensityNormalizer("ct", CTStatistics.from_window(*profile.ct_window))
         raise DataError("a CT site's clip statistics come from its training volumes, and its datalist lists none: give --ct-window LOW HIGH")
     samples = ForegroundSamples(len(cases["training"]))
     for case in cases["training"]:  # one volume in memory at a time, as the Learner does

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     from flap_sam.data.site import DEMO, SiteData
     from flap_sam.jobs.writer import read_job
-    from flap_sam.model.factory import build_model, random_base_refusal, resolve_checkpoint
+    from flap_sam.model.factory import build_model, random_base_refusal, refuses_random_base, resolve_checkpoint
     from flap_sam.errors import CheckpointError
     from flap_sam.training.baseline import train_baseline
     from flap_sam.training.device import pick_device
@@ -72,12 +72,12 @@ def run(args: argparse.Namespace) -> int:
         sources = {name: (site.data_root, name, site.datalist or None) for name in args.sites}
     else:
         sources = {name: (os.path.dirname(os.path.abspath(path)), "site", path) for name, path in datalist_sites(args.datalist).items()}
-    sites = {name: SiteData.load(profile, root, site_name, spec.image_size, spec.num_classes, datalist)
+    sites = {name: SiteData.load(profile, root, site_name, spec.image_size, spec.num_classes, datalist, site.train_volumes)
              for name, (root, site_name, datalist) in sources.items()}
     epochs = args.epochs or max(1, round(job["num_rounds"] * job.training.local_epochs))
     checkpoint = resolve_checkpoint(args.checkpoint if args.checkpoint is not None else site.checkpoint, spec.model_type)
     on_demo = bool(args.sites) and site.data_root == DEMO
-    if not checkpoint and not on_demo and not site.random_weights:
+    if refuses_random_base(spec.model_type, checkpoint, on_demo, site.random_weights):
         raise CheckpointError(random_base_refusal(spec.model_type))
     model = build_model(spec, checkpoint, device, site.attention, site.checkpointing)
     kind = "local" if len(sites) == 1 else "pooled"

@@ -1,8 +1,10 @@
-"""Built-in demo data of the paper's three tasks, made on first use.
+"""Built-in demo data of the paper's three tasks and a real chest CT, made on first use.
 
 * ``kits``: synthetic abdominal CT in HU (phantoms), kidneys (label 1) and usually a tumour (label 2);
 * ``ixi``: T1 head MRI on REAL brain anatomy (the MNI152 template nilearn ships) with simulated
   subjects and scanners, brain mask (label 1): ``flap_sam.data.anatomy``;
+* ``chest_ct``: a REAL chest CT and its segmentation (slicerio's) with simulated subjects and scanners,
+  lung (1), vertebrae (2) and ribs (3): ``flap_sam.data.chest_ct``;
 * ``prostate``: synthetic T2 pelvis MRI (phantoms), prostate central gland (label 1) and peripheral
   zone (label 2, which the prostate profile maps to 1, as in the real collection).
 
@@ -24,12 +26,13 @@ import nibabel as nib
 import numpy as np
 
 from flap_sam.data.anatomy import make_anatomy_site
+from flap_sam.data.chest_ct import make_chest_ct_site
 from flap_sam.data.datalist import write_datalist
 
 logger = logging.getLogger(__name__)
 
 # The folder version of each dataset's demo data: a change of what a generator writes bumps it.
-DEMO_VERSIONS = {"kits": "v3", "ixi": "mni152-v1", "prostate": "v3"}
+DEMO_VERSIONS = {"kits": "v3", "ixi": "mni152-v1", "prostate": "v3", "chest_ct": "ctchest4-v1"}
 DEMO_DATASETS = tuple(sorted(DEMO_VERSIONS))
 DEMO_ROOT_ENV = "FLAP_SAM_DEMO_ROOT"
 
@@ -152,12 +155,14 @@ PHANTOM_PIXEL_SPACING = {"kits": (5.0, 6.5), "prostate": (2.6, 3.2)}
 def make_demo_site(dataset: str, site_name: str, out_dir: str, n_train: int = 4, n_val: int = 1, n_test: int = 1) -> str:
     """Write one site's demo volumes and ``datalist.json`` (training / validation / test) into ``out_dir``.
 
-    Returns the datalist path. ``ixi`` writes real-anatomy volumes (``make_anatomy_site``, its own split sizes).
+    Returns the datalist path. ``ixi`` and ``chest_ct`` write real-anatomy volumes (their own split sizes).
     """
     if dataset not in DEMO_DATASETS:
         raise ValueError(f"no demo data for dataset '{dataset}'; choose one of {list(DEMO_DATASETS)}")
     if dataset == "ixi":
         return make_anatomy_site(site_name, out_dir)
+    if dataset == "chest_ct":
+        return make_chest_ct_site(site_name, out_dir)
     generate = PHANTOMS[dataset]
     shift = ScannerShift.for_site(site_name, PHANTOM_PIXEL_SPACING[dataset])
     affine = np.diag([shift.pixel_spacing_mm, shift.pixel_spacing_mm, shift.slice_thickness_mm, 1.0])
@@ -178,7 +183,8 @@ def make_demo_site(dataset: str, site_name: str, out_dir: str, n_train: int = 4,
 
 # What each dataset's demo data are, as a site's log and `flap-sam demo-data` say it.
 DEMO_KINDS = {"kits": "SYNTHETIC phantoms", "prostate": "SYNTHETIC phantoms",
-              "ixi": "REAL ANATOMY (MNI152 template) with SIMULATED subjects and scanners"}
+              "ixi": "REAL ANATOMY (MNI152 template) with SIMULATED subjects and scanners",
+              "chest_ct": "a REAL CHEST CT (slicerio's) with SIMULATED subjects and scanners"}
 
 
 def default_demo_root() -> str:

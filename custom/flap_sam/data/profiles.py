@@ -10,7 +10,7 @@ class DatasetProfile:
     """How a dataset's volumes are normalised and what its labels mean.
 
     Attributes:
-        name: ``kits`` | ``ixi`` | ``prostate``.
+        name: ``kits`` | ``ixi`` | ``prostate`` | ``chest_ct``.
         modality: ``ct`` (clip to the site's foreground 0.5/99.5 percentiles, z-score) or
             ``mri`` (clip at the volume's 99th percentile, min-max to [0, 1]).
         class_names: foreground classes in label order (label 1 first).
@@ -38,6 +38,9 @@ PROFILES: dict[str, DatasetProfile] = {
     "ixi": DatasetProfile("ixi", "mri", ("brain",)),
     # Some prostate sites label the gland 2 (whole gland in two zones): both mean prostate.
     "prostate": DatasetProfile("prostate", "mri", ("prostate",), label_map=((2, 1),)),
+    # Real chest CT (slicerio's) with simulated subjects and scanners: flap_sam.data.chest_ct. Window: the foreground
+    # 0.5 / 99.5 percentiles of its three training sites' demo volumes (-915..486, -952..566, -939..458 HU), averaged.
+    "chest_ct": DatasetProfile("chest_ct", "ct", ("lung", "vertebrae", "ribs"), ct_window=(-935.0, 503.0)),
 }
 
 

@@ -35,10 +35,12 @@ class SiteData:
     datalist_path: str
 
     @classmethod
-    def load(cls, profile: DatasetProfile, data_root: str, site_name: str, image_size: int, num_classes: int, datalist: str | None = None) -> "SiteData":
+    def load(cls, profile: DatasetProfile, data_root: str, site_name: str, image_size: int, num_classes: int, datalist: str | None = None,
+             train_volumes: int = 0) -> "SiteData":
         """Load and check every volume of the site's datalist.
 
-        ``data_root == "demo"`` makes (once) and uses this site's synthetic demo data.
+        ``data_root == "demo"`` makes (once) and uses this site's synthetic demo data. ``train_volumes`` > 0
+        keeps at most the first that many training volumes (the setting ``train_volumes``).
         Raises ``DataError`` naming the first bad file; nothing is trained before all data passed.
         """
         if data_root == DEMO:
@@ -48,6 +50,8 @@ class SiteData:
             data_root = ensure_demo_site(profile.name, site_name)
         path = find_datalist(data_root, site_name, datalist)
         cases = load_datalist(path, data_root)
+        if train_volumes > 0:
+            cases["training"] = cases["training"][:train_volumes]
         if not cases["validation"]:
             raise DataError(f"datalist {path}: the 'validation' list is empty; a site needs validation volumes for model selection")
         return cls._prepare(profile, cases, image_size, num_classes, path)

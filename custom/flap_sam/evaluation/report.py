@@ -19,8 +19,8 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-from flap_sam.files import (CROSS_SITE_FILE, FINAL_MODEL, SERVER_APP, SIMULATOR_JOB, TB_FOLDER, TRAFFIC_FILE, markdown_table, write_json,
-                            write_text)
+from flap_sam.files import (CROSS_SITE_FILE, FINAL_MODEL, HELD_OUT_FOLDER, RUN_COST_FILE, SERVER_APP, SIMULATOR_JOB, TB_FOLDER,
+                            TRAFFIC_FILE, markdown_table, write_json, write_text)
 from flap_sam.model.presets import PRESETS
 
 SERVER_MARKER = os.path.join(SERVER_APP, TRAFFIC_FILE)  # a job folder of a finished run holds it
@@ -45,10 +45,20 @@ class FederatedRun:
     personal_dice_per_site: dict[str, float] = field(default_factory=dict)  # site -> the final adapter with its personal part
     lora_ranks: dict[str, int] = field(default_factory=dict)  # site -> the LoRA rank the job gave it (rank, site_ranks)
     bytes_per_site: dict[str, int] = field(default_factory=dict)  # site -> bytes both ways, every task
+    model_type: str = "?"  # the job's model_type: a SAM base, or the U-Net baseline
+    train_volumes: int = 0  # labelled training volumes per site (0: all)
+    cost: dict[str, float] = field(default_factory=dict)  # run_cost.json of a sweep run: wall_s, cpu_s, peak_process_rss_bytes
+    held_out: dict[str, float] = field(default_factory=dict)  # the final model on a site that never trained: dice_<class>, mean_dice
 
     @property
     def label(self) -> str:
-        return f"{self.preset} / {self.transport}"
+        return f"{self.model_type} {self.preset} / {self.transport}"
+
+    @property
+    def mean_bytes_per_site_and_round(self) -> float:
+        """Bytes one site sends in a round's training task (its result), averaged over sites and rounds."""
+        sites = max(1, len(self.bytes_per_site))
+        return sum(self.bytes_up.values()) / sites / max(1, len(self.bytes_up))
 
     @property
     def test_dice_summary(self) -> str:
@@ -69,6 +79,9 @@ class BaselineRun:
     epochs: int
     test_dice: float
     test_split: str
+    held_out: dict[str, float] = field(default_factory=dict)  # held_out/dice.csv in its folder (flap-sam evaluate), if any
+    model: str = "?"  # model_type/image_size
+    preset: str = "?"
 
 
 def _scalars(folder: str, tag: str) -> dict[int, float]:
@@ -123,13 +136,18 @@ def read_run(job_dir: str, name: str) -> FederatedRun:
         personal = {site: float(scores["personal_dice"]) for site, scores in finals.items() if "personal_dice" in scores}
     tb = os.path.join(job_dir, TB_FOLDER)
     sites = sorted(os.listdir(tb)) if os.path.isdir(tb) else []
+    cost = {}
+    if os.path.isfile(os.path.join(job_dir, RUN_COST_FILE)):
+        with open(os.path.join(job_dir, RUN_COST_FILE), encoding="utf-8") as f:
+            cost = {k: float(v) for k, v in json.load(f).items()}
     settings = _settings(job_dir)
     site_ranks = settings.get("site_ranks") or {}
     lora = settings.get("preset") in PRESETS and PRESETS[settings["preset"]].uses_lora
     per_site_bytes = {site: sum(int(e.get("sent", 0)) + int(e.get("received", 0)) for rounds in tasks.values() for e in rounds.values())
                       for site, tasks in traffic["sites"].items()}
     return FederatedRun(
-        name=name, folder=job_dir, preset=str(settings.get("preset", "?")), transport=str(settings.get("transport", "?")),
+        name=name, folder=job_dir, model_type=str(settings.get("model_type", "?")), preset=str(settings.get("preset", "?")),
+        transport=str(settings.get("transport", "?")),
         num_rounds=int(settings.get("num_rounds", len(up))),
         val_dice={s: _scalars(os.path.join(tb, s), "val_dice") for s in sites},
         train_loss={s: _scalars(os.path.join(tb, s), "train_loss") for s in sites},
@@ -138,14 +156,28 @@ def read_run(job_dir: str, name: str) -> FederatedRun:
         test_dice=sum(per_site.values()) / len(per_site) if per_site else float("nan"), test_dice_per_site=per_site,
         personal_dice_per_site=personal,
         lora_ranks={site: int(site_ranks.get(site, settings.get("rank", 0))) for site in per_site_bytes} if lora else {},
-        bytes_per_site=dict(sorted(per_site_bytes.items())))
+        bytes_per_site=dict(sorted(per_site_bytes.items())), train_volumes=int(settings.get("train_volumes", 0) or 0),
+        cost=cost, held_out=_held_out(job_dir))
+
+
+def _held_out(folder: str) -> dict[str, float]:
+    """The mean row of ``held_out/dice.csv`` in a run's job folder or a baseline's folder (``flap-sam evaluate`` of its
+    final model on a site that never trained): its Dice columns, or {}."""
+    import csv
+
+    path = os.path.join(folder, HELD_OUT_FOLDER, "dice.csv")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8", newline="") as f:
+        mean = [row for row in csv.DictReader(f) if row.get("case") == "mean"]
+    return {k: float(v) for k, v in mean[0].items() if "dice" in k} if mean else {}
 
 
 def read_baseline(folder: str) -> BaselineRun:
     with open(os.path.join(folder, "baseline.json"), encoding="utf-8") as f:
         b = json.load(f)
     return BaselineRun(os.path.basename(os.path.normpath(folder)), folder, b["kind"], list(b["sites"]), int(b["epochs"]),
-                       float(b["test_dice"]), b["test_split"])
+                       float(b["test_dice"]), b["test_split"], _held_out(folder), str(b.get("model", "?")), str(b.get("preset", "?")))
 
 
 def collect(paths: list[str]) -> tuple[list[FederatedRun], list[BaselineRun]]:
@@ -225,6 +257,27 @@ def _plot_dice_vs_bytes(runs: list[FederatedRun], baselines: list[BaselineRun], 
     plt.close(fig)
 
 
+def _side_by_side(runs: list[FederatedRun], baselines: list[BaselineRun]) -> list[str]:
+    """The runs (and baselines) against each other: held-out Dice per class (a site that never trained), bytes, CPU, memory."""
+    scored = [*(r.held_out for r in runs), *(b.held_out for b in baselines)]
+    classes = list(dict.fromkeys(k for held_out in scored for k in held_out if k.startswith("dice_")))  # the task's class order
+    cell = lambda value, fmt: format(value, fmt) if value is not None else "-"  # noqa: E731
+    rows = [[run.name, run.model_type, run.preset, run.train_volumes or "all",
+             *(cell(run.held_out.get(c), ".4f") for c in classes), cell(run.held_out.get("mean_dice"), ".4f"),
+             f"{run.test_dice:.4f}", f"{run.mean_bytes_per_site_and_round / 1e6:.2f}",
+             cell(run.cost["cpu_s"] / 60 if "cpu_s" in run.cost else None, ".1f"),
+             cell(run.cost["peak_process_rss_bytes"] / 2**30 if "peak_process_rss_bytes" in run.cost else None, ".2f")]
+            for run in runs]
+    rows += [[f"{b.name} ({b.kind} baseline)", b.model.split("/")[0], b.preset, "all", *(cell(b.held_out.get(c), ".4f") for c in classes),
+              cell(b.held_out.get("mean_dice"), ".4f"), f"{b.test_dice:.4f}", "0", "-", "-"] for b in baselines]
+    return ["## Side by side", "", "Held-out: the final model on a site that never trained (`flap-sam sweep --held-out`); test: the "
+            "mean of the training sites' own test splits; MB: what one site sends per round (the server sends as much back); "
+            "CPU minutes: the whole run, server and sites; memory: the largest process's peak (a site's).", "", markdown_table(
+                ["run", "model", "preset", "labelled volumes per site", *(f"held-out {c.removeprefix('dice_')}" for c in classes),
+                 "held-out mean", "test mean (training sites)", "MB per site and round", "CPU minutes", "peak process memory GB"],
+                rows), ""]
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "run"
 
@@ -238,9 +291,11 @@ def write_report(runs: list[FederatedRun], baselines: list[BaselineRun], out: st
     if runs:
         _plot_dice_vs_bytes(runs, baselines, os.path.join(out, "dice_vs_bytes.png"))
         lines += ["## Dice against bytes transmitted", "", "![Dice against bytes](dice_vs_bytes.png)", "", markdown_table(
-            ["run", "preset", "transport", "rounds", "total bytes (both directions)", "mean test Dice", "test Dice per site"],
-            [[run.name, run.preset, run.transport, run.num_rounds, f"{run.total_bytes:,}", f"{run.test_dice:.4f}",
+            ["run", "model", "preset", "transport", "rounds", "total bytes (both directions)", "mean test Dice", "test Dice per site"],
+            [[run.name, run.model_type, run.preset, run.transport, run.num_rounds, f"{run.total_bytes:,}", f"{run.test_dice:.4f}",
               ", ".join(f"{s} {d:.4f}" for s, d in sorted(run.test_dice_per_site.items()))] for run in runs]), ""]
+    if any(run.cost or run.held_out for run in runs) or any(b.held_out for b in baselines):
+        lines += _side_by_side(runs, baselines)
     if runs:
         dice = lambda scores, site: f"{scores[site]:.4f}" if site in scores else "-"  # noqa: E731
         lines += ["## Per site", "", "Each site's LoRA rank as the job set it (`rank`, `site_ranks`), its bytes (both directions, "

@@ -25,7 +25,8 @@ from flap_sam.federated.filters import SITE_ERROR_HEADER, SITE_ERROR_KINDS, Base
 from flap_sam.files import PERSONAL_ADAPTER_FILE, save_torch
 from flap_sam.jobs.spec import JobSpec
 from flap_sam.model.adapter_file import FINGERPRINT_KEY, base_fingerprint, base_mismatch
-from flap_sam.model.factory import build_model, export_weights, import_weights, random_base_refusal, resolve_checkpoint
+from flap_sam.model.factory import (build_model, export_weights, import_weights, random_base_refusal, refuses_random_base,
+                                     resolve_checkpoint)
 from flap_sam.model.lora import at_rank, lower_lora_rank
 from flap_sam.model.presets import exchanged_names, personal_names
 from flap_sam.training.device import apply_cpu_threads, pick_device
@@ -165,9 +166,9 @@ class FlapSamLearner(Learner):
         data_workers = resolve_data_workers(site.data_workers, self.device)
         torch.manual_seed(self.training.seed)
         self.data = SiteData.load(self.profile, site.data_root, self.site_name, self.spec.image_size, self.spec.num_classes,
-                                  site.datalist or None)
+                                  site.datalist or None, site.train_volumes)
         checkpoint = resolve_checkpoint(site.checkpoint, self.spec.model_type)
-        if not checkpoint and site.data_root != DEMO_DATA_ROOT and not site.random_weights:
+        if refuses_random_base(self.spec.model_type, checkpoint, site.data_root == DEMO_DATA_ROOT, site.random_weights):
             raise CheckpointError(random_base_refusal(self.spec.model_type))
         self.lora_rank = site.lora_rank(self.site_name, self.spec)
         self.model = build_model(self.spec, checkpoint, self.device, site.attention, site.checkpointing)

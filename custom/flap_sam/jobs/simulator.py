@@ -10,17 +10,61 @@ from __future__ import annotations
 
 import glob
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
 from flap_sam.files import write_json
 from flap_sam.provisioning.policy_files import class_allow_list
 
 PORT_RACE = "Address already in use"
+
+
+@dataclass(frozen=True)
+class RunUsage:
+    """What a simulator run cost on this machine.
+
+    Attributes:
+        wall_s: seconds from start to end.
+        cpu_s: CPU seconds (user + system) of the simulator and every process it waited for (server and sites).
+        peak_process_rss_bytes: the largest resident memory any one of its processes reached (a site's, on
+            these runs), sampled every 2 s.
+    """
+
+    wall_s: float
+    cpu_s: float
+    peak_process_rss_bytes: int
+
+
+class SimulatorRun(subprocess.CompletedProcess):
+    """A finished simulator run (its return code and output) and its ``usage``."""
+
+    def __init__(self, args, returncode: int, stdout: str, stderr: str, usage: RunUsage) -> None:
+        super().__init__(args, returncode, stdout, stderr)
+        self.usage = usage
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _peak_rss(pid: int, peak: int) -> int:
+    """``peak`` or the resident memory of the largest process in ``pid``'s tree now, whichever is larger."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        for process in [root, *root.children(recursive=True)]:
+            peak = max(peak, process.memory_info().rss)
+    except psutil.Error:  # a process ended while it was read
+        pass
+    return peak
 
 
 def _lost_port_race(workspace: str) -> bool:
@@ -45,8 +89,9 @@ def simulator_command(job: str, workspace: str, n_clients: int) -> list[str]:
 
 
 def run_simulator(job: str, workspace: str, n_clients: int, env: dict | None = None, timeout: float | None = None,
-                  attempts: int = 2) -> subprocess.CompletedProcess:
-    """``nvflare simulator JOB -w WORKSPACE -n N -t N`` in a subprocess, in a ``prepare_workspace``; returns the completed process.
+                  attempts: int = 2) -> SimulatorRun:
+    """``nvflare simulator JOB -w WORKSPACE -n N -t N`` in a subprocess, in a ``prepare_workspace``; returns the
+    completed process with what it cost (``SimulatorRun.usage``).
 
     FLARE 2.9's simulator now and then loses a race for a local port when it starts a site's
     worker process ("Address already in use" in that site's log.txt) and then waits for the
@@ -67,9 +112,11 @@ def run_simulator(job: str, workspace: str, n_clients: int, env: dict | None = N
             shutil.rmtree(workspace, ignore_errors=True)
         prepare_workspace(str(workspace))
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            started, cpu_before, peak = time.monotonic(), _children_cpu_seconds(), 0
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=full_env, start_new_session=True)
             deadline, raced = time.monotonic() + timeout if timeout else float("inf"), False
             while proc.poll() is None:
+                peak = _peak_rss(proc.pid, peak)
                 raced = attempt < attempts and _lost_port_race(str(workspace))
                 if raced or time.monotonic() > deadline:
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -80,7 +127,8 @@ def run_simulator(job: str, workspace: str, n_clients: int, env: dict | None = N
                 time.sleep(2)
             out.seek(0)
             err.seek(0)
-            result = subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+            usage = RunUsage(time.monotonic() - started, _children_cpu_seconds() - cpu_before, peak)
+            result = SimulatorRun(cmd, proc.returncode, out.read(), err.read(), usage)
         if not raced:
             return result
     return result

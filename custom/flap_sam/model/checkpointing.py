@@ -31,7 +31,8 @@ def _checkpointed(original):
 
 def checkpoint_encoder_blocks(model: nn.Module) -> int:
     """Checkpoint every block of ``model.image_encoder`` in place (training with gradients only); returns how many."""
-    blocks = family_of(model.image_encoder).blocks(model.image_encoder)
+    encoder = getattr(model, "image_encoder", model)  # a family that builds its whole model is tagged on it
+    blocks = family_of(encoder).blocks(encoder)
     for block in blocks:
         block.forward = types.MethodType(_checkpointed(block.forward), block)
     return len(blocks)

@@ -51,6 +51,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         check_image_size(self.model_type, self.image_size)
         get_preset(self.preset)
+        family_for(self.model_type).check_preset(self.model_type, self.preset)
         if self.rank < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
 
@@ -60,7 +61,7 @@ class ModelSpec:
 
 
 def build_model(spec: ModelSpec, checkpoint: str | None = None, device: str | torch.device = "cpu",
-                attention: str = "fused", checkpointing: str = "off") -> SemanticSam:
+                attention: str = "fused", checkpointing: str = "off") -> nn.Module:
     """Build SAM, load the official checkpoint (if any), inject the preset's LoRA, set trainability.
 
     Args:
@@ -74,7 +75,7 @@ def build_model(spec: ModelSpec, checkpoint: str | None = None, device: str | to
             Neither changes parameters or results; each party may choose its own.
     """
     checkpoint = resolve_checkpoint(checkpoint, spec.model_type)
-    if not checkpoint:
+    if not checkpoint and not family_for(spec.model_type).trains_from_scratch:
         logger.warning("NO SAM CHECKPOINT configured: %s starts from RANDOM weights. %s", spec.model_type,
                        random_base_remedy(spec.model_type))
     model = assemble_model(spec, checkpoint)
@@ -83,13 +84,17 @@ def build_model(spec: ModelSpec, checkpoint: str | None = None, device: str | to
     return model.to(device)
 
 
-def assemble_model(spec: ModelSpec, checkpoint: str | None) -> SemanticSam:
+def assemble_model(spec: ModelSpec, checkpoint: str | None) -> nn.Module:
     """``build_model`` without the device move and the missing-checkpoint warning (works on the meta device)."""
-    preset = spec.preset_obj
+    preset, family = spec.preset_obj, family_for(spec.model_type)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
+        whole = family.build_model(spec.model_type, spec.image_size, spec.num_classes)
+        if whole is not None:  # a family that is not a SAM encoder (the U-Net baseline): its own model, no LoRA
+            apply_trainable(whole, preset)
+            return whole
         model = build_sam(spec.model_type, spec.image_size, spec.num_classes, sam_class=SemanticSam)
-        model.whole_image_box = family_for(spec.model_type).whole_image_box
+        model.whole_image_box = family.whole_image_box
         if checkpoint:
             load_sam_checkpoint(model, checkpoint)
         if preset.uses_lora:
@@ -112,6 +117,12 @@ def resolve_checkpoint(path: str | None, model_type: str | None = None) -> str |
     if not path:
         return default_checkpoint(model_type) if model_type else None
     return os.path.expandvars(os.path.expanduser(path))
+
+
+def refuses_random_base(model_type: str, checkpoint: str | None, demo_data: bool, random_weights: bool) -> bool:
+    """True when real data would train a pretrained family's model from random weights (no checkpoint):
+    not on the demo data, not when the job says ``random_weights``, never for a family that trains from scratch."""
+    return not checkpoint and not demo_data and not random_weights and not family_for(model_type).trains_from_scratch
 
 
 def random_base_refusal(model_type: str) -> str:

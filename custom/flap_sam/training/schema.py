@@ -109,10 +109,10 @@ class Setting:
 SCHEMA: tuple[Setting, ...] = (
     # model: one block, `spec`, to the Learner, the result filter and the server's adapter model (JobSpec)
     Setting("model_type", "vit_b", "vit_b | vit_l | vit_h (official SAM file in checkpoint) | lite_medsam (pretrained weights bundled) | "
-          "vit_test (tiny, tests only)", MODEL, "job_spec", choices="flap_sam.model.encoders:MODEL_TYPES"),
+          "unet (MONAI's 2D U-Net from scratch, the baseline; preset fft) | vit_test (tiny, tests only)", MODEL, "job_spec", choices="flap_sam.model.encoders:MODEL_TYPES"),
     Setting("image_size", 224, "SAM input size in pixels, a multiple of 16 (the paper: 224; lite_medsam's native size: 256)", MODEL,
           "job_spec", minimum=16),
-    Setting("dataset", "kits", "kits | ixi | prostate: the built-in task (classes, modality, label map) unless overridden below", MODEL,
+    Setting("dataset", "kits", "kits | ixi | prostate | chest_ct: the built-in task (classes, modality, label map) unless overridden below", MODEL,
           "job_spec", choices="flap_sam.data.profiles:PROFILES"),
     Setting("preset", "flap", "what trains and what is exchanged (docs/presets.md)", MODEL, "job_spec", choices="flap_sam.model.presets:PRESETS"),
     Setting("rank", 32, "LoRA rank", MODEL, "job_spec", minimum=1),
@@ -175,6 +175,8 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("data_root", "demo", 'folder with the site\'s datalist; "demo" = built-in synthetic data', SITE, "site", site_overridable=True),
     Setting("datalist", "", 'datalist file ("" = <data_root>/<site>.json or <data_root>/datalist.json)', SITE, "site",
           site_overridable=True),
+    Setting("train_volumes", 0, "labelled volumes a site trains on: at most the first N of its datalist's training list (0 = all; "
+          "measures Dice against labelled data, docs/baselines.md)", SITE, "site", minimum=0, site_overridable=True),
     Setting("checkpoint", "", 'SAM checkpoint at the site ("" = lite_medsam\'s bundled weights; a ViT: none, refused on real data)',
           SITE, "site", site_overridable=True),
     Setting("random_weights", False, "true: the job means a ViT without checkpoint to train real data from random weights (tests only)",

@@ -1,4 +1,4 @@
-"""SAM image-encoder families: one module per pretrained base, found by name.
+"""Model families: one module per base, found by name (SAM's image encoders, and the U-Net baseline).
 
 A family is everything the rest of ``flap_sam.model`` needs to know about one kind of image
 encoder: how to build it at an input size, its stride and pixel statistics, the prompt and decoder
@@ -7,6 +7,9 @@ and v columns (LoRA, fused attention), how a pretrained tensor is fitted to anot
 where its default weights are, and the training recipe its weights need (``recipe``: what ``auto``
 takes). Code outside this package asks ``family_for(model_type)`` or ``family_of(encoder)``; it
 never tests an encoder's class.
+
+A family that is not a SAM encoder builds its whole model instead (``build_model``, the U-Net
+baseline in ``unet.py``): a network with ``SemanticSam``'s forward, trained by the same Learner.
 
 Adding a base is one new module here that defines ``FAMILY`` (an ``EncoderFamily``); the model
 types it declares become valid ``model_type`` values everywhere (settings, CLI, docs page).
@@ -47,6 +50,9 @@ class EncoderFamily:
         pixel_mean, pixel_std: ``Sam``'s normalisation of 0..255 inputs that the weights expect.
         whole_image_box: prompt with one box over the whole image (weights trained only with box prompts).
         recipe: what the training settings' ``auto`` takes for these weights, beside the paper's recipe.
+        presets: the presets that apply to its models (None: every preset).
+        trains_from_scratch: it has no pretrained weights by design (a baseline), so building it without
+            a checkpoint is meant, not a random SAM to refuse.
     """
 
     name: str
@@ -56,6 +62,19 @@ class EncoderFamily:
     pixel_std: tuple[float, float, float]
     whole_image_box: bool = False
     recipe: dict = field(default_factory=dict)
+    presets: tuple[str, ...] | None = None
+    trains_from_scratch: bool = False
+
+    def check_preset(self, model_type: str, preset: str) -> None:
+        """Refuse, in one line, a preset that does not apply to this family's models."""
+        if self.presets is not None and preset not in self.presets:
+            raise ValueError(f"preset '{preset}' does not apply to model_type {model_type}; choose one of {list(self.presets)}")
+
+    def build_model(self, model_type: str, image_size: int, num_classes: int) -> nn.Module | None:
+        """The whole segmentation model for a family that is not a SAM encoder, with random weights:
+        images (B, 3, S, S) in [0, 1] -> logits (B, num_classes + 1, S, S). None (SAM's encoders): SAM is
+        assembled around ``build``."""
+        return None
 
     def decoder_sizes(self, model_type: str) -> DecoderSizes:
         return DecoderSizes()

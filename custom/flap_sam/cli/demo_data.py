@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sites", type=int, default=2, help="make site-1 .. site-N")
     parser.add_argument("--site-names", nargs="*", default=None, help="explicit site names instead of --sites")
     parser.add_argument("--held-out", action="store_true",
-                        help=f"also make the '{HELD_OUT_SITE}' site (ixi: an acquisition no training site has, test split only)")
+                        help=f"also make the '{HELD_OUT_SITE}' site (ixi, chest_ct: an acquisition no training site has, test split only)")
 
 
 def run(args: argparse.Namespace) -> int:

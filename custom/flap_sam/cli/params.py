@@ -60,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"--site-ranks: {wrong[0]} is not between 1 and the rank {args.rank}", file=sys.stderr)
         return 2
     args.preset = args.preset or model_defaults()["preset"]
-    presets = list(PRESETS) if args.preset == "all" else [args.preset]
+    from flap_sam.model.encoders import family_for
+
+    presets = list(family_for(args.model).presets or PRESETS) if args.preset == "all" else [args.preset]
     rows = [(name, count_parameters(ModelSpec(args.model, args.image_size, args.classes, name, args.rank))) for name in presets]
     fft = count_parameters(ModelSpec(args.model, args.image_size, args.classes, "fft", args.rank))["exchanged"]
     print(f"{args.model} at {args.image_size} px, {args.classes} classes, LoRA rank {args.rank}")

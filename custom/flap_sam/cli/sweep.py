@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--held-out", default=None, metavar="DATALIST",
                         help="score each run's final model on this datalist's test split, a site that never trained "
                              "(the demo's: <demo root>/<dataset>-.../heldout/datalist.json, flap-sam demo-data --held-out)")
+    parser.add_argument("--tag", default="", help="a prefix of this sweep's run names, e.g. equal-cpu (runs of other settings in one --out)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="settings for every run, as flap-sam job")
     parser.add_argument("--sites", type=int, default=None, help="simulated sites (default: the job's min_clients)")
@@ -93,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         for transport, (ranks, rank_setting), volumes in ((t, r, v) for t in transports for r in rank_sets for v in volume_counts):
             settings = {**common, "preset": preset, **({"transport": transport} if transport else {}), **rank_setting,
                         **({"model_type": model} if model else {}), **({"train_volumes": volumes} if volumes is not None else {})}
-            name = ((f"{model}-" if model else "") + f"{preset}-{transport or job_settings(source)['transport']}"
+            name = ((f"{args.tag}-" if args.tag else "") + (f"{model}-" if model else "")
+                    + f"{preset}-{transport or job_settings(source)['transport']}"
                     + (f"-r{ranks}" if ranks else "") + (f"-v{volumes}" if volumes is not None else ""))
             workspace = os.path.join(args.out, "runs", name)
             if os.path.isfile(os.path.join(workspace, DONE)):

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 
+from flap_sam.data.anatomy import HELD_OUT_SITE, split_sizes
 from flap_sam.data.datalist import write_datalist
 from flap_sam.errors import DataError
 
-HELD_OUT_SITE = "heldout"
 IMAGE_FILE, SEGMENTATION_FILE = "CTChest4.nrrd", "Segmentation.seg.nrrd"
 # Task class (label value = position + 1) -> the segment names of Segmentation.seg.nrrd it takes.
 CLASS_SEGMENTS = (
@@ -189,11 +189,6 @@ def make_subject(ct: ChestCT, acquisition: CTAcquisition, seed: int) -> tuple[np
     spacing = tuple(float(s) for s in np.linalg.norm(ct.affine[:3, :3], axis=0))
     hu, label = _deform(ct.hu, ct.label, int(rng.integers(2**31)), spacing)
     return _acquire(hu, label, ct.affine, acquisition, int(rng.integers(2**31)), spacing[0])
-
-
-def split_sizes(site_name: str) -> tuple[int, int, int]:
-    """(training, validation, test) volumes of a demo site: the held-out site has only a test split."""
-    return (0, 0, 4) if site_name == HELD_OUT_SITE else (4, 1, 1)
 
 
 def make_chest_ct_site(site_name: str, out_dir: str, seed: int = 0, sizes: tuple[int, int, int] | None = None) -> str:

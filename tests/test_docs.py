@@ -84,3 +84,22 @@ def test_the_settings_page_is_generated_from_settings_conf():
 
 def test_the_readme_is_a_front_door():
     assert len((REPO / "README.md").read_text(encoding="utf-8").splitlines()) <= 200
+
+
+SCRIPTS = sorted((REPO / "docs").rglob("*.sh"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_script_in_the_docs_parses_and_names_real_commands_and_flags(script):
+    import subprocess
+
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True).returncode == 0, f"{script.name}: bash -n fails"
+    subparsers = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    text = re.sub(r"\\\n\s*", " ", script.read_text(encoding="utf-8"))
+    calls = re.findall(r"flap-sam (\w[\w-]*)([^\n;|&)]*)", text)
+    assert calls, f"{script.name}: runs no flap-sam command"
+    for command, rest in calls:
+        assert command in subparsers.choices, f"{script.name}: no command flap-sam {command}"
+        known = _options(subparsers.choices[command])
+        unknown = [w for w in re.findall(r"(?<!\S)--[\w-]+", rest) if w not in known]
+        assert not unknown, f"{script.name}: flap-sam {command}: unknown option(s) {unknown}"

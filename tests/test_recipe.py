@@ -26,7 +26,7 @@ def _exported(recipe: FlapSamRecipe, out: Path, side: str) -> dict:
     return json.loads((out / job / "app" / "config" / f"config_fed_{side}.json").read_text())
 
 
-@pytest.mark.parametrize("job", ["kits_lora", "ixi_lora", "prostate_lora"])
+@pytest.mark.parametrize("job", ["kits_lora", "ixi_lora", "prostate_lora", "chest_ct_lora"])
 def test_an_exported_recipe_holds_the_shipped_jobs_components_and_settings(job, tmp_path):
     shipped = os.path.join(jobs_folder(), job)
     for side in ("server", "client"):

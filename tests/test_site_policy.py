@@ -118,7 +118,7 @@ def _component_paths(node) -> set[str]:
     return set()
 
 
-@pytest.mark.parametrize("job", ["kits_lora", "ixi_lora", "prostate_lora"])
+@pytest.mark.parametrize("job", ["kits_lora", "ixi_lora", "prostate_lora", "chest_ct_lora"])
 def test_the_allow_list_holds_every_component_the_jobs_use_and_no_other_nvflare_class(tmp_path, job):
     variants = [{}, {"tracking": "mlflow", "privacy": "percentile"}, {"tracking": "wandb", "privacy": "svt", "aggregation": "fedseca"}]
     paths = set()

@@ -10,6 +10,7 @@
 # "1 2") labelled volumes per site; then, without FLARE, each site alone (local baseline) and all sites' data pooled
 # (pooled baseline, at the federation's total steps) for `flap` and the U-Net. Every final model is
 # scored on the held-out site (the demo's `heldout`, or HELD_OUT=<datalist>); OUT/report/report.md.
+# LOCAL_POOLED=0 leaves out the local and pooled baselines.
 set -euo pipefail
 job=${1:?usage: side_by_side.sh JOB OUT [KEY=VALUE ...]}
 out=${2:?usage: side_by_side.sh JOB OUT [KEY=VALUE ...]}
@@ -35,7 +36,8 @@ steps=$(python -c "import sys; from flap_sam.jobs.writer import job_settings; pr
 factor=$(python -c "import json, sys; flap, unet = (json.load(open(f))['cpu_s'] for f in sys.argv[1:]); print(max(1, int(flap // unet)))" \
   "$out/runs/lite_medsam-flap-fp32/server/simulate_job/run_cost.json" "$out/runs/unet-fft-fp32/server/simulate_job/run_cost.json")
 "${sweep[@]}" --models unet --presets fft --tag equal-cpu --set local_epochs="$factor" max_steps_per_round=$((steps * factor))
-for model in "lite_medsam flap" "unet fft"; do
+[ "${LOCAL_POOLED:-1}" = 0 ] && models=() || models=("lite_medsam flap" "unet fft")  # LOCAL_POOLED=0: no local or pooled baselines
+for model in "${models[@]}"; do
   read -r model_type preset <<< "$model"
   local_job="$out/jobs/local-$model_type" pooled_job="$out/jobs/pooled-$model_type"
   [ -d "$local_job" ] || flap-sam job "$source_job" --out "$local_job" --set model_type=$model_type preset=$preset
@@ -52,4 +54,6 @@ for model in "lite_medsam flap" "unet fft"; do
       --datalist "$HELD_OUT" --out "$folder/held_out" > /dev/null
   done
 done
-flap-sam report "$out/runs" "$out/baselines" --out "$out/report"
+reported=("$out/runs")
+[ -d "$out/baselines" ] && reported+=("$out/baselines")
+flap-sam report "${reported[@]}" --out "$out/report"

@@ -9,7 +9,7 @@ from flap_sam.datasets.decathlon.task import read_task
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job", help="a job folder, or the name of a shipped job (kits_lora, ixi_lora, prostate_lora)")
+    parser.add_argument("job", help="a job folder, or the name of a shipped job (kits_lora, ixi_lora, prostate_lora, chest_ct_lora)")
     parser.add_argument("--out", required=True, help="new job folder")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="settings to change, e.g. preset=lora_dec num_rounds=25; a data_root other than demo "

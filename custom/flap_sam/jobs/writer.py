@@ -39,7 +39,7 @@ def jobs_folder() -> str:
 
 
 def source_job(job: str) -> str:
-    """A job folder, or the name of a shipped job (``kits_lora``, ``ixi_lora``, ``prostate_lora``)."""
+    """A job folder, or the name of a shipped job (``kits_lora``, ``ixi_lora``, ``prostate_lora``, ``chest_ct_lora``)."""
     folder = job if os.path.isdir(job) else os.path.join(jobs_folder(), job)
     if not os.path.isdir(folder):
         raise ValueError(f"job {job}: not a job folder nor a shipped job ({', '.join(sorted(os.listdir(jobs_folder())))})")

@@ -118,6 +118,18 @@ def test_demo_site_created_once_atomically(tmp_path):
     assert not [p for p in os.listdir(os.path.dirname(first)) if ".tmp-" in p]
 
 
+def test_train_volumes_keeps_the_first_labelled_volumes_and_every_scoring_volume(tmp_path):
+    """The setting ``train_volumes`` (Dice against labelled data): at most the first N training volumes; validation
+    and test stay whole, and N beyond the list takes them all."""
+    root = ensure_demo_site("kits", "site-1", str(tmp_path))
+    every = SiteData.load(get_profile("kits"), root, "site-1", 32, 2)
+    one = SiteData.load(get_profile("kits"), root, "site-1", 32, 2, train_volumes=1)
+    assert len(every.train) == 4 and [v.source.image_path for v in one.train] == [every.train[0].source.image_path]
+    assert [v.source.image_path for v in one.validation] == [v.source.image_path for v in every.validation]
+    assert len(one.test) == len(every.test) == 1
+    assert len(SiteData.load(get_profile("kits"), root, "site-1", 32, 2, train_volumes=9).train) == 4
+
+
 def test_stacks_are_edge_padded_and_augmented_in_range(tmp_path):
     assert stack_indices(0, 10) == [0, 0, 0, 1, 2]
     assert stack_indices(9, 10) == [7, 8, 9, 9, 9]

@@ -10,7 +10,7 @@ The report's tables and figures show the same numbers, which come only from thos
   sites of the cross-site test Dice of the final adapter (``cross_val_results.json``), each site's
   LoRA rank as the job set it (``rank``, ``site_ranks``; a rank a site set locally is not in the job);
 * over runs: mean test Dice against total bytes transmitted, one point per run labelled by
-  preset and transport (the paper's Figure 1), with the baselines as horizontal lines.
+  its name (the paper's Figure 1), with the baselines as horizontal lines.
 """
 
 from __future__ import annotations
@@ -236,11 +236,11 @@ def _plot_dice_vs_bytes(runs: list[FederatedRun], baselines: list[BaselineRun], 
     fig, ax = plt.subplots(figsize=(7, 5))
     for run in runs:
         ax.scatter(run.total_bytes / 1e6, run.test_dice, s=60)
-        ax.annotate(run.label, (run.total_bytes / 1e6, run.test_dice), textcoords="offset points", xytext=(6, 4), fontsize=9)
+        ax.annotate(run.name, (run.total_bytes / 1e6, run.test_dice), textcoords="offset points", xytext=(6, 4), fontsize=9)
     styles = {"local": ":", "pooled": "--"}
     for b in baselines:
         ax.axhline(b.test_dice, linestyle=styles.get(b.kind, "-."), color="grey",
-                   label=f"{b.kind} baseline ({', '.join(b.sites)}): {b.test_dice:.3f}")
+                   label=f"{b.kind} baseline, {b.model.split('/')[0]} ({', '.join(b.sites)}): {b.test_dice:.3f}")
     from matplotlib.ticker import FuncFormatter
 
     ax.set_xscale("log")

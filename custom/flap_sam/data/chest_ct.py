@@ -25,11 +25,10 @@ import os
 import zlib
 from dataclasses import dataclass
 
-import nibabel as nib
 import numpy as np
 
 from flap_sam.data.anatomy import HELD_OUT_SITE, split_sizes
-from flap_sam.data.datalist import write_datalist
+from flap_sam.data.datalist import write_labelled_site
 from flap_sam.errors import DataError
 
 IMAGE_FILE, SEGMENTATION_FILE = "CTChest4.nrrd", "Segmentation.seg.nrrd"
@@ -196,16 +195,10 @@ def make_chest_ct_site(site_name: str, out_dir: str, seed: int = 0, sizes: tuple
     ct = ChestCT.load()
     acquisition = CTAcquisition.for_site(site_name)
     n_train, n_val, n_test = sizes or split_sizes(site_name)
-    for folder in ("imagesTr", "labelsTr"):
-        os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
-    entries = []
-    for i in range(n_train + n_val + n_test):
-        image, label, affine = make_subject(ct, acquisition, int(np.random.SeedSequence(
-            [seed, zlib.crc32(site_name.encode("utf-8")), i]).generate_state(1)[0]))
-        name = f"{site_name}_{i:03d}.nii.gz"
-        nib.save(nib.Nifti1Image(image, affine), os.path.join(out_dir, "imagesTr", name))
-        nib.save(nib.Nifti1Image(label, affine), os.path.join(out_dir, "labelsTr", name))
-        entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
-    path = os.path.join(out_dir, "datalist.json")
-    write_datalist(path, entries[:n_train], entries[n_train : n_train + n_val], entries[n_train + n_val :])
-    return path
+
+    def cases():
+        for i in range(n_train + n_val + n_test):
+            seed_i = int(np.random.SeedSequence([seed, zlib.crc32(site_name.encode("utf-8")), i]).generate_state(1)[0])
+            yield (f"{site_name}_{i:03d}.nii.gz", *make_subject(ct, acquisition, seed_i))
+
+    return write_labelled_site(out_dir, cases(), n_train, n_val)

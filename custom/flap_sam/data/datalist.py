@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+import numpy as np
 
 from flap_sam.errors import DataError
 from flap_sam.files import write_json
@@ -83,3 +86,25 @@ def write_datalist(path: str, training: list[dict], validation: list[dict], test
     if test is not None:
         content["test"] = test
     write_json(path, content)
+
+
+def write_labelled_site(out_dir: str, cases: Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray]], n_train: int,
+                        n_val: int) -> str:
+    """Write a site's cases as NIfTI files and their ``datalist.json``; returns the datalist's path.
+
+    Args:
+        cases: ``(file name, image (X, Y, Z), label (X, Y, Z), affine 4x4)`` in order: the first ``n_train`` train,
+            the next ``n_val`` validate, the rest test. Written to ``imagesTr/`` and ``labelsTr/`` under ``out_dir``.
+    """
+    import nibabel as nib
+
+    for folder in ("imagesTr", "labelsTr"):
+        os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
+    entries = []
+    for name, image, label, affine in cases:
+        nib.save(nib.Nifti1Image(image, affine), os.path.join(out_dir, "imagesTr", name))
+        nib.save(nib.Nifti1Image(label, affine), os.path.join(out_dir, "labelsTr", name))
+        entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
+    path = os.path.join(out_dir, "datalist.json")
+    write_datalist(path, entries[:n_train], entries[n_train : n_train + n_val], entries[n_train + n_val :])
+    return path

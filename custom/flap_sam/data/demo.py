@@ -22,12 +22,11 @@ import uuid
 import zlib
 from dataclasses import dataclass
 
-import nibabel as nib
 import numpy as np
 
 from flap_sam.data.anatomy import make_anatomy_site
 from flap_sam.data.chest_ct import make_chest_ct_site
-from flap_sam.data.datalist import write_datalist
+from flap_sam.data.datalist import write_labelled_site
 
 logger = logging.getLogger(__name__)
 
@@ -166,19 +165,13 @@ def make_demo_site(dataset: str, site_name: str, out_dir: str, n_train: int = 4,
     generate = PHANTOMS[dataset]
     shift = ScannerShift.for_site(site_name, PHANTOM_PIXEL_SPACING[dataset])
     affine = np.diag([shift.pixel_spacing_mm, shift.pixel_spacing_mm, shift.slice_thickness_mm, 1.0])
-    os.makedirs(os.path.join(out_dir, "imagesTr"), exist_ok=True)
-    os.makedirs(os.path.join(out_dir, "labelsTr"), exist_ok=True)
-    entries = []
-    for i in range(n_train + n_val + n_test):
-        rng = np.random.default_rng([_seed(site_name), _seed(dataset), i])
-        image, label = generate(rng, shift)
-        name = f"demo_{i:03d}.nii.gz"
-        nib.save(nib.Nifti1Image(image, affine), os.path.join(out_dir, "imagesTr", name))
-        nib.save(nib.Nifti1Image(label, affine), os.path.join(out_dir, "labelsTr", name))
-        entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
-    path = os.path.join(out_dir, "datalist.json")
-    write_datalist(path, entries[:n_train], entries[n_train : n_train + n_val], entries[n_train + n_val :])
-    return path
+
+    def cases():
+        for i in range(n_train + n_val + n_test):
+            image, label = generate(np.random.default_rng([_seed(site_name), _seed(dataset), i]), shift)
+            yield f"demo_{i:03d}.nii.gz", image, label, affine
+
+    return write_labelled_site(out_dir, cases(), n_train, n_val)
 
 
 # What each dataset's demo data are, as a site's log and `flap-sam demo-data` say it.

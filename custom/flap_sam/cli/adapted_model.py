@@ -50,6 +50,18 @@ def job_spec_of(args: argparse.Namespace) -> "JobSpec":
                                       preset=args.preset, rank=args.rank, lora_scale=args.lora_scale))
 
 
+def structures_of(args: argparse.Namespace, class_names: tuple[str, ...]):
+    """How DICOM labels' segments and ROIs map to ``class_names``: the job's ``structure_names`` (``--job``), else
+    each class's own name."""
+    from flap_sam.data.dicom.labels import StructureNames
+
+    if args.job:
+        from flap_sam.jobs.writer import read_job
+
+        return read_job(args.job).site.structures(class_names)
+    return StructureNames.build(class_names)
+
+
 def load_adapted_model(args: argparse.Namespace):
     """Build the base model and load the adapter; returns (model, task profile, device).
 

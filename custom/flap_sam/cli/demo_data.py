@@ -1,4 +1,8 @@
-"""``flap-sam demo-data``: write the built-in demo data of some sites (ixi: real anatomy, kits/prostate: phantoms)."""
+"""``flap-sam demo-data``: write the built-in demo data of some sites (ixi: real anatomy, kits/prostate: phantoms).
+
+``--format dicom`` writes them as a hospital stores them (DICOM studies with SEG or RTSTRUCT ground truth),
+the input of ``flap-sam prepare dicom`` (docs/hospital-data.md).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job", default=None, help="a job folder: its task's demo data (built-in tasks only)")
     parser.add_argument("--sites", type=int, default=2, help="make site-1 .. site-N")
     parser.add_argument("--site-names", nargs="*", default=None, help="explicit site names instead of --sites")
+    parser.add_argument("--format", default="nifti", choices=("nifti", "dicom"),
+                        help="dicom: also write each site's cases as DICOM studies (a series and a SEG or RTSTRUCT per case)")
     parser.add_argument("--held-out", action="store_true",
                         help=f"also make the '{HELD_OUT_SITE}' site (ixi, chest_ct: an acquisition no training site has, test split only)")
 
@@ -31,5 +37,31 @@ def run(args: argparse.Namespace) -> int:
     if args.held_out and HELD_OUT_SITE not in names:
         names.append(HELD_OUT_SITE)
     for name in names:
-        print(f"{name}: {ensure_demo_site(args.dataset, name, args.out)}  ({DEMO_KINDS[args.dataset]}, not patient data)")
+        folder = ensure_demo_site(args.dataset, name, args.out)
+        if args.format == "dicom":
+            folder = _dicom_site(args.dataset, name, folder)
+        print(f"{name}: {folder}  ({DEMO_KINDS[args.dataset]}, not patient data)")
     return 0
+
+
+def _dicom_site(dataset: str, site_name: str, nifti_folder: str) -> str:
+    """The site's demo cases as DICOM studies in ``<nifti_folder>-dicom`` (written once, atomically)."""
+    import os
+    import shutil
+    import uuid
+
+    from flap_sam.data.datalist import load_datalist
+    from flap_sam.data.dicom.writers import write_demo_studies
+
+    target = f"{nifti_folder}-dicom"
+    if os.path.isdir(target):
+        return target
+    cases = load_datalist(os.path.join(nifti_folder, "datalist.json"), nifti_folder, require_training=False)
+    pairs = [(case.image, case.label) for section in ("training", "validation", "test") for case in cases[section]]
+    tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        write_demo_studies(dataset, pairs, tmp, site_name)
+        os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from flap_sam.cli.adapted_model import add_model_arguments, job_spec_of, load_adapted_model
+from flap_sam.cli.adapted_model import add_model_arguments, job_spec_of, load_adapted_model, structures_of
 from flap_sam.files import records_table
 
 SPLITS = ("test", "validation", "training")
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, adapter_required=False)
 
 
-def _normalizer(profile, cases, ct_window) -> IntensityNormalizer:
+def _normalizer(profile, cases, ct_window, structures) -> IntensityNormalizer:
     """The site's intensity recipe: for CT, the clip statistics of its training volumes (as the Learner fits them)."""
     from flap_sam.errors import DataError
     from flap_sam.data.intensity import CTStatistics, ForegroundSamples, IntensityNormalizer
@@ -48,7 +48,7 @@ def _normalizer(profile, cases, ct_window) -> IntensityNormalizer:
         raise DataError("a CT site's clip statistics come from its training volumes, and its datalist lists none: give --ct-window LOW HIGH")
     samples = ForegroundSamples(len(cases["training"]))
     for case in cases["training"]:  # one volume in memory at a time, as the Learner does
-        samples.add(load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel))
+        samples.add(load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel, structures))
     return IntensityNormalizer("ct", samples.statistics())
 
 
@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"datalist {args.datalist}: the '{args.split}' split is empty; choose another --split")
     if args.adapter:
         model, profile, device = load_adapted_model(args)
-        normalizer = _normalizer(profile, cases, args.ct_window)
+    structures = structures_of(args, profile.class_names)
+    if args.adapter:
+        normalizer = _normalizer(profile, cases, args.ct_window, structures)
     rows = []
     for i, case in enumerate(selected, start=1):
         name = os.path.basename(case.image).removesuffix(".gz").removesuffix(".nii")
@@ -79,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
             if not os.path.isfile(path):
                 raise DataError(f"prediction {path}: file not found (one mask per image, named like the image)")
             prediction = load_volume(case.image, path, profile.num_classes, channel=profile.channel).label  # checks it is on the image's grid
-            volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel)
+            volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel, structures)
         else:
-            volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel)
+            volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel, structures)
             prediction = segment_volume(model, prepare_volume(volume, normalizer, model.image_size), device, mode=args.inference)
         rows.append({"case": name, **score_volume(prediction, volume.label, profile, volume.spacing)})
         if args.overlays > 0:

@@ -1,13 +1,17 @@
-"""``flap-sam prepare kits19|ixi|prostate|decathlon``: a dataset as distributed -> one datalist per site.
+"""``flap-sam prepare kits19|ixi|prostate|decathlon|dicom``: a dataset as distributed -> one datalist per site.
 
 ``decathlon`` is a hospital's own task in the Medical Segmentation Decathlon layout: its
 ``dataset.json`` gives the classes and the modality, and all its cases belong to one site.
+``dicom`` is a hospital's folder of DICOM studies (series with a SEG or RTSTRUCT): the job (``--job``)
+or ``--classes`` gives the classes, ``--structure-names`` how the hospital names them; it prints what it
+found, how each structure mapped and every series it skipped with the reason (docs/hospital-data.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import time
 
@@ -20,8 +24,8 @@ CONVERTERS = {"kits19": ("flap_sam.datasets.kits19.prepare", "kits"), "ixi": ("f
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=[*CONVERTERS, "decathlon"],
-                        help="which dataset --raw holds (decathlon: a task folder with dataset.json)")
+    parser.add_argument("dataset", choices=[*CONVERTERS, "decathlon", "dicom"],
+                        help="which dataset --raw holds (decathlon: a task folder with dataset.json; dicom: a site's DICOM studies)")
     parser.add_argument("--raw", required=True, help="the dataset as downloaded (see docs/paper.md)")
     parser.add_argument("--out", required=True, help="new folder for <site>.json datalists and summary.json")
     parser.add_argument("--sites", nargs="+", default=None, metavar="SITE",
@@ -32,6 +36,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (atomically, at the end)")
     parser.add_argument("--channel", type=int, default=None,
                         help="decathlon with several sequences per image: the one to check (the job's channel setting)")
+    parser.add_argument("--job", default=None, help="dicom: the job folder whose classes, modality and structure_names to use")
+    parser.add_argument("--classes", default=None, help="dicom without --job: the classes in label order, e.g. kidney,tumour")
+    parser.add_argument("--modality", default=None, choices=("ct", "mri"), help="dicom without --job: ct | mri")
+    parser.add_argument("--structure-names", action="append", default=[], metavar="CLASS=NAME[|NAME...]",
+                        help="dicom: the SEG segment labels or RTSTRUCT ROI names of a class, e.g. tumour=GTV|GTV_primary "
+                             "(repeat per class; added to the job's structure_names)")
+
+
+def _dicom(args: argparse.Namespace):
+    """(cases, problems, centres, profile, structures) of a site's DICOM folder; prints what it found."""
+    from flap_sam.data.dicom.labels import StructureNames
+    from flap_sam.datasets.dicom.prepare import find_cases, format_survey
+
+    if args.copy:
+        raise ValueError("--copy: DICOM series are read where they are; leave --copy out")
+    if args.sites and len(args.sites) > 1:
+        raise ValueError(f"--sites {' '.join(args.sites)}: a DICOM folder is one hospital's data; name one site")
+    site = (args.sites or ["site-1"])[0]
+    if args.job:
+        from flap_sam.jobs.writer import read_job
+
+        job = read_job(args.job)
+        profile, names = job.spec.task, dict(job.site.structure_names)
+    elif args.classes and args.modality:
+        classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
+        profile, names = DatasetProfile("dicom", args.modality, classes), {}
+    else:
+        raise ValueError("prepare dicom: give --job JOB (its classes and modality) or --classes A,B and --modality ct|mri")
+    for item in args.structure_names:
+        class_name, _, listed = item.partition("=")
+        if not listed:
+            raise ValueError(f"--structure-names {item!r}: expected CLASS=NAME[|NAME...], e.g. tumour=GTV")
+        names[class_name.strip()] = [*names.get(class_name.strip(), ()), *listed.split("|")]
+    structures = StructureNames.build(profile.class_names, names, setting="--structure-names")
+    cases, found, notes = find_cases(args.raw, site, structures)
+    print(format_survey(found, notes))
+    if args.structure_names:
+        extra = {c: "|".join(n) for c, n in names.items()}
+        print(f"the site reads the labels with the same names: set structure_names = {json.dumps(extra)} in the job "
+              "(--set) or in the site's local/flap_sam_site.json")
+    return cases, [], {site: os.path.basename(os.path.abspath(args.raw))}, profile, structures
 
 
 def _decathlon(args: argparse.Namespace):
@@ -54,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
     from flap_sam.datasets.conversion import convert, format_summary
 
     started = time.monotonic()
-    if args.dataset == "decathlon":
+    structures = None
+    if args.dataset == "dicom":
+        cases, problems, centres, profile, structures = _dicom(args)
+    elif args.dataset == "decathlon":
         cases, problems, centres, profile = _decathlon(args)
     else:
         module_name, profile_name = CONVERTERS[args.dataset]
@@ -67,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--sites {' '.join(unknown)}: not a site of {args.dataset} (sites: {', '.join(sorted(centres) or ['none'])})")
     print(f"prepare {args.dataset}: checking {len(cases)} cases from {args.raw}")
     summaries = convert(args.dataset, cases, problems, centres, profile, args.out,
-                        copy=args.copy, val_fraction=args.val_fraction, overwrite=args.overwrite)
+                        copy=args.copy, val_fraction=args.val_fraction, overwrite=args.overwrite, structures=structures)
     print(format_summary(summaries))
     print(f"wrote {len(summaries)} datalists to {args.out} in {time.monotonic() - started:.0f} s "
           f"(set data_root = {args.out} in the job, or per site in local/flap_sam_site.json)")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from flap_sam.data.datalist import find_datalist, load_datalist
 from flap_sam.data.demo import DEMO_DATASETS, ensure_demo_site
+from flap_sam.data.dicom.labels import StructureNames
 from flap_sam.errors import DataError
 
 from flap_sam.data.intensity import ForegroundSamples, IntensityNormalizer
@@ -36,11 +37,12 @@ class SiteData:
 
     @classmethod
     def load(cls, profile: DatasetProfile, data_root: str, site_name: str, image_size: int, num_classes: int, datalist: str | None = None,
-             train_volumes: int = 0) -> "SiteData":
+             train_volumes: int = 0, structures: StructureNames | None = None) -> "SiteData":
         """Load and check every volume of the site's datalist.
 
         ``data_root == "demo"`` makes (once) and uses this site's synthetic demo data. ``train_volumes`` > 0
-        keeps at most the first that many training volumes (the setting ``train_volumes``).
+        keeps at most the first that many training volumes (the setting ``train_volumes``). ``structures`` maps
+        DICOM labels' segments and ROIs to classes (default: the classes' own names).
         Raises ``DataError`` naming the first bad file; nothing is trained before all data passed.
         """
         if data_root == DEMO:
@@ -54,10 +56,12 @@ class SiteData:
             cases["training"] = cases["training"][:train_volumes]
         if not cases["validation"]:
             raise DataError(f"datalist {path}: the 'validation' list is empty; a site needs validation volumes for model selection")
-        return cls._prepare(profile, cases, image_size, num_classes, path)
+        structures = structures or StructureNames.build(profile.class_names)
+        return cls._prepare(profile, cases, image_size, num_classes, path, structures)
 
     @classmethod
-    def _prepare(cls, profile: DatasetProfile, cases: dict, image_size: int, num_classes: int, path: str) -> "SiteData":
+    def _prepare(cls, profile: DatasetProfile, cases: dict, image_size: int, num_classes: int, path: str,
+                 structures: StructureNames) -> "SiteData":
         """Load, check and resize one volume at a time; only model-resolution stacks stay in memory.
 
         CT statistics come from foreground samples taken while each training volume is loaded,
@@ -67,7 +71,7 @@ class SiteData:
         for section in ("training", "validation", "test"):
             resized[section] = []
             for case in cases[section]:
-                volume = load_volume(case.image, case.label, num_classes, profile.label_map, profile.channel)
+                volume = load_volume(case.image, case.label, num_classes, profile.label_map, profile.channel, structures)
                 if section == "training":
                     foreground = foreground or bool(volume.label.any())
                     if profile.modality == "ct":

@@ -1,18 +1,26 @@
-"""Load NIfTI volumes with nibabel, check them, and bring them to one canonical orientation (RAS+).
+"""Load volumes (NIfTI with nibabel, DICOM series with highdicom), check them, and bring them to one canonical
+orientation (RAS+).
 
-In RAS+ the third array axis runs inferior -> superior, so ``array[:, :, z]`` is an axial slice.
+In RAS+ the third array axis runs inferior -> superior, so ``array[:, :, z]`` is an axial slice. A DICOM
+image (a series folder) and its DICOM label (SEG or RTSTRUCT, ``flap_sam.data.dicom``) are read into the
+same convention as a NIfTI pair and checked the same way.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 
+from flap_sam.data.dicom import is_dicom
 from flap_sam.errors import DataError
 from flap_sam.files import write_atomically
+
+if TYPE_CHECKING:
+    from flap_sam.data.dicom.labels import StructureNames
 
 
 def _reorient_to_file(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -31,8 +39,8 @@ class VolumeSource:
         affine: 4x4 voxel-to-world matrix of the ORIGINAL file (mm).
         original_shape: array shape in the original file.
         spacing: canonical voxel size (mm), (3,).
-        name: file name, for messages that stay on the site.
-        num_classes / label_map: how the label is read (see ``load_volume``).
+        name: file name (a DICOM series: its ``series_tag``), for messages that stay on the site.
+        num_classes / label_map / structures: how the label is read (see ``load_volume``).
     """
 
     image_path: str
@@ -44,11 +52,15 @@ class VolumeSource:
     name: str
     num_classes: int
     label_map: tuple[tuple[int, int], ...] = ()
+    structures: StructureNames | None = None
 
     def load_label(self) -> np.ndarray:
         """The full-resolution (X, Y, Z) uint8 label, read again from its file (checked as at start-up)."""
         if self.label_path is None:
             raise ValueError(f"image {self.image_path}: has no label")
+        if is_dicom(self.label_path):
+            return load_volume(self.image_path, self.label_path, self.num_classes, self.label_map,
+                               structures=self.structures).label
         return _load_label(self.label_path, _read(self.label_path, "label"), self.num_classes, self.label_map)
 
     def to_original_orientation(self, array: np.ndarray) -> np.ndarray:
@@ -124,8 +136,11 @@ def _canonical(img: nib.Nifti1Image) -> np.ndarray:
 
 
 def load_volume(image_path: str, label_path: str | None, num_classes: int, label_map: tuple[tuple[int, int], ...] = (),
-                channel: int | None = None) -> Volume:
-    """Read, check and reorient one case.
+                channel: int | None = None, structures: StructureNames | None = None) -> Volume:
+    """Read, check and reorient one case: a NIfTI image, or a DICOM series (a folder), and its label.
+
+    A DICOM image's label is a DICOM SEG or RTSTRUCT of that series; ``structures`` says which of its
+    segments or ROIs are which class (``flap_sam.data.dicom.labels``).
 
     ``label_map`` pairs (source value, class index) are applied to the label before the range check.
     ``channel`` selects one volume of a 4D image (several MRI sequences or phases in one file);
@@ -135,14 +150,23 @@ def load_volume(image_path: str, label_path: str | None, num_classes: int, label
     a non-3D array, NaN/Inf intensities, image/label shape or affine mismatch, label
     values that are not integers in ``0..num_classes``.
     """
-    image_img = _read(image_path, "image", channel)
+    series = None
+    if is_dicom(image_path):
+        from flap_sam.data.dicom.series import read_series
+
+        series = read_series(image_path)
+        image_img = series.nifti()
+    else:
+        image_img = _read(image_path, "image", channel)
     image = _canonical(image_img)
     if not np.issubdtype(image.dtype, np.integer):  # integer voxels (e.g. CT in int16) stay as stored: always finite
         image = image.astype(np.float32)
         if not np.isfinite(image).all():
             raise DataError(f"image {image_path}: contains NaN or infinite values")
     label = None
-    if label_path is not None:
+    if label_path is not None and is_dicom(label_path):
+        label = _load_label(label_path, _read_dicom_label(label_path, series, structures), num_classes, ())
+    elif label_path is not None:
         label_img = _read(label_path, "label")
         if label_img.shape != image_img.shape:
             raise DataError(f"label {label_path}: shape {label_img.shape} differs from its image's {image_img.shape}")
@@ -152,9 +176,23 @@ def load_volume(image_path: str, label_path: str | None, num_classes: int, label
     zooms = nib.affines.voxel_sizes(image_img.affine)
     ornt = nib.orientations.io_orientation(image_img.affine)
     spacing = tuple(float(zooms[int(ax)]) for ax in ornt[:, 0].argsort())
+    name = series.tag if series is not None else os.path.basename(image_path)
     source = VolumeSource(image_path, label_path, tuple(image.shape), image_img.affine, image_img.shape, spacing,
-                          os.path.basename(image_path), num_classes, tuple(label_map))
+                          name, num_classes, tuple(label_map), structures)
     return Volume(image, label, source)
+
+
+def _read_dicom_label(label_path: str, series, structures: StructureNames | None) -> nib.Nifti1Image:
+    """A SEG or RTSTRUCT of ``series`` as a NIfTI label on the series' grid."""
+    from flap_sam.data.dicom.labels import read_label
+
+    if series is None:
+        raise DataError(f"label {label_path}: a DICOM label needs its DICOM image series as the image, not a NIfTI file")
+    if not os.path.isfile(label_path):
+        raise DataError(f"label {label_path}: a DICOM label is a SEG or RTSTRUCT file, not a folder")
+    if structures is None:
+        raise DataError(f"label {label_path}: a DICOM label needs the job's classes to map its structures to")
+    return series.nifti(read_label(label_path, series, structures))
 
 
 def _load_label(label_path: str, label_img: nib.Nifti1Image, num_classes: int, label_map: tuple[tuple[int, int], ...]) -> np.ndarray:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flap_sam.data.datalist import write_datalist
+from flap_sam.data.dicom.labels import StructureNames
 from flap_sam.data.profiles import DatasetProfile
 from flap_sam.data.volumes import load_volume
 from flap_sam.errors import DataError
@@ -44,7 +45,7 @@ class RawCase:
         case_id: the dataset's own case name (``case_00021``, ``IXI002``, ``RUNMC/Case03``).
         site: the federation's site name (``site-1`` ...).
         split: ``train`` or ``test`` (the published split).
-        image, label: absolute paths of the NIfTI files.
+        image, label: absolute paths of the NIfTI files (DICOM: the series' folder and its SEG or RTSTRUCT file).
     """
 
     case_id: str
@@ -107,12 +108,13 @@ def _progress(done: int, total: int, what: str) -> None:
         print(f"  checked {done}/{total} cases ({what})", file=sys.stderr, flush=True)
 
 
-def check_cases(cases: list[RawCase], profile: DatasetProfile) -> tuple[dict[str, CaseStats], list[str]]:
-    """Read every case (one at a time); returns ({case_id: stats}, problems)."""
+def check_cases(cases: list[RawCase], profile: DatasetProfile,
+                structures: StructureNames | None = None) -> tuple[dict[str, CaseStats], list[str]]:
+    """Read every case (one at a time); returns ({case_id: stats}, problems). ``structures``: DICOM labels' classes."""
     checked, problems = {}, []
     for i, case in enumerate(cases, start=1):
         try:
-            volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel)
+            volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel, structures)
             fg = int(volume.label.any(axis=(0, 1)).sum())
             checked[case.case_id] = CaseStats(volume.num_slices, fg, volume.spacing)
         except DataError as e:
@@ -144,6 +146,7 @@ def convert(
     copy: bool = False,
     val_fraction: float = 0.2,
     overwrite: bool = False,
+    structures: StructureNames | None = None,
 ) -> dict[str, SiteSummary]:
     """Check, split and write ``cases`` as per-site datalists in ``out``; returns the per-site summaries.
 
@@ -156,6 +159,7 @@ def convert(
         out: output folder; must not exist unless ``overwrite``.
         copy: copy the volumes into ``out`` instead of pointing at the raw files.
         val_fraction: share of each site's training cases used for validation.
+        structures: how DICOM labels' segments and ROIs map to the profile's classes (DICOM cases only).
 
     Raises:
         ConversionError: listing every problem; nothing is written.
@@ -163,7 +167,7 @@ def convert(
     out = os.path.abspath(out)
     if os.path.exists(out) and not overwrite:
         raise ConversionError(f"output {out}: already exists; choose another --out or pass --overwrite")
-    checked, read_problems = check_cases(cases, profile)
+    checked, read_problems = check_cases(cases, profile, structures)
     problems = problems + read_problems
     if problems:
         raise ConversionError(f"{len(problems)} problem(s), nothing written:\n  " + "\n  ".join(problems))

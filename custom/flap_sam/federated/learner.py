@@ -166,7 +166,7 @@ class FlapSamLearner(Learner):
         data_workers = resolve_data_workers(site.data_workers, self.device)
         torch.manual_seed(self.training.seed)
         self.data = SiteData.load(self.profile, site.data_root, self.site_name, self.spec.image_size, self.spec.num_classes,
-                                  site.datalist or None, site.train_volumes)
+                                  site.datalist or None, site.train_volumes, site.structures(self.profile.class_names))
         checkpoint = resolve_checkpoint(site.checkpoint, self.spec.model_type)
         if refuses_random_base(self.spec.model_type, checkpoint, site.data_root == DEMO_DATA_ROOT, site.random_weights):
             raise CheckpointError(random_base_refusal(self.spec.model_type))

@@ -75,6 +75,7 @@ def check_settings(settings: Mapping, where: str = "") -> JobSettings:
         site = SiteSettings.from_settings(block["site"])
         for name in site.site_ranks:
             site.lora_rank(name, spec.model)
+        site.structures(spec.task.class_names)
         if site.site_ranks and values["aggregation"] == "average":
             raise ValueError("site_ranks: aggregation = average averages A and B one by one, which needs every site at the "
                              "job's rank; use lora_exact (or a robust aggregation), which aggregate B·A")

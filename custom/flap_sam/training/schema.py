@@ -175,6 +175,9 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("data_root", "demo", 'folder with the site\'s datalist; "demo" = built-in synthetic data', SITE, "site", site_overridable=True),
     Setting("datalist", "", 'datalist file ("" = <data_root>/<site>.json or <data_root>/datalist.json)', SITE, "site",
           site_overridable=True),
+    Setting("structure_names", {}, "DICOM labels: class -> the SEG segment labels or RTSTRUCT ROI names that mean it, e.g. { kidney = "
+          '"Kidney_L|Kidney_R", tumour = GTV } (each class also matches its own name; docs/hospital-data.md)', SITE, "site",
+          site_overridable=True),
     Setting("train_volumes", 0, "labelled volumes a site trains on: at most the first N of its datalist's training list (0 = all; "
           "measures Dice against labelled data, docs/baselines.md)", SITE, "site", minimum=0, site_overridable=True),
     Setting("checkpoint", "", 'SAM checkpoint at the site ("" = lite_medsam\'s bundled weights; a ViT: none, refused on real data)',

@@ -23,6 +23,7 @@ from flap_sam.training.device import autocast_bf16, resolve_device
 from flap_sam.training.schema import AUTO, SETTING, SITE_OVERRIDABLE, block_defaults, block_keys, block_values, checked_value
 
 if TYPE_CHECKING:
+    from flap_sam.data.dicom.labels import StructureNames
     from flap_sam.model.factory import ModelSpec
 
 
@@ -117,6 +118,16 @@ class TrainingSettings(SettingsBlock):
 
 
 @settings_block("site")
+def _names(class_name: str, names) -> tuple[str, ...]:
+    """A ``structure_names`` entry as a tuple of names: a list, or one text separated by ``|``."""
+    if isinstance(names, str):
+        names = names.split("|")
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in names) or not names:
+        raise ValueError(f"structure_names: the names of {class_name} must be a list of texts or one text separated by '|', "
+                         f"not {names!r}")
+    return tuple(n.strip() for n in names)
+
+
 class SiteSettings(SettingsBlock):
     """Where a site's data and checkpoint are, what fits its machine, and what the job lets it train.
 
@@ -132,7 +143,14 @@ class SiteSettings(SettingsBlock):
         resolve_device(values["device"])  # auto | cpu | cuda | cuda:N
         values["site_ranks"] = {str(site): checked_value("rank", rank, label=f"site_ranks: the rank of {site}")
                                 for site, rank in values["site_ranks"].items()}
+        values["structure_names"] = {str(name): _names(name, names) for name, names in values["structure_names"].items()}
         return values
+
+    def structures(self, class_names: tuple[str, ...]) -> StructureNames:
+        """Which DICOM segment labels and ROI names mean which of ``class_names`` (checked: every key is a class)."""
+        from flap_sam.data.dicom.labels import StructureNames
+
+        return StructureNames.build(class_names, self.structure_names)
 
     def lora_rank(self, site: str, spec: "ModelSpec") -> int:
         """The LoRA rank ``site`` trains at under ``spec``: its ``site_ranks`` entry, else the job's.

@@ -117,7 +117,6 @@ class TrainingSettings(SettingsBlock):
         return autocast_bf16(self.amp, device, cpu_bf16)
 
 
-@settings_block("site")
 def _names(class_name: str, names) -> tuple[str, ...]:
     """A ``structure_names`` entry as a tuple of names: a list, or one text separated by ``|``."""
     if isinstance(names, str):
@@ -128,6 +127,7 @@ def _names(class_name: str, names) -> tuple[str, ...]:
     return tuple(n.strip() for n in names)
 
 
+@settings_block("site")
 class SiteSettings(SettingsBlock):
     """Where a site's data and checkpoint are, what fits its machine, and what the job lets it train.
 

@@ -21,7 +21,10 @@ DICOM_PREAMBLE = 128  # a DICOM Part 10 file: 128 bytes of preamble, then "DICM"
 
 
 def is_dicom_file(path: str) -> bool:
-    """True for a DICOM Part 10 file (by its magic bytes, whatever its name)."""
+    """True for a DICOM Part 10 file (by its magic bytes, whatever its name), or a file named ``*.dcm`` (some
+    writers leave out the preamble)."""
+    if path.lower().endswith(".dcm") and os.path.isfile(path):
+        return True
     try:
         with open(path, "rb") as f:
             f.seek(DICOM_PREAMBLE)

@@ -115,7 +115,7 @@ def _rois(ds) -> list[tuple[int, str]]:
 
 def describe_label(path: str, structures: StructureNames, header=None) -> StructureMapping:
     """What the SEG or RTSTRUCT at ``path`` holds and how its structures map (headers only for a SEG)."""
-    ds = header if header is not None else pydicom.dcmread(path, stop_before_pixels=True)
+    ds = header if header is not None else pydicom.dcmread(path, stop_before_pixels=True, force=True)
     names = ([(label or meaning, structures.class_of(label, meaning)) for _, label, meaning in _segments(ds)]
              if ds.Modality == "SEG" else [(name, structures.class_of(name)) for _, name in _rois(ds)])
     return StructureMapping(str(ds.Modality), _referenced_series(ds) or "",
@@ -133,7 +133,7 @@ def read_label(path: str, series: DicomSeries, structures: StructureNames) -> np
             to a class, a contour off the series' slices.
     """
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, force=True)  # force: some writers leave out the preamble and file meta
     except Exception as e:  # pydicom raises many types for a damaged file
         raise DataError(f"label {path}: cannot be read as DICOM ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
     if ds.get("Modality") not in ("SEG", "RTSTRUCT"):
@@ -141,7 +141,7 @@ def read_label(path: str, series: DicomSeries, structures: StructureNames) -> np
     referenced = _referenced_series(ds)
     if referenced != series.files.uid:
         other = series_tag(referenced) if referenced else "no series"
-        raise DataError(f"label {path}: a {ds.Modality} of {other}, not of its image {series.tag}")
+        raise DataError(f"label {path}: this {ds.Modality} references {other}, not its image {series.tag}")
     mapping = describe_label(path, structures, ds)
     if not any(class_name for _, class_name in mapping.structures):
         listed = ", ".join(repr(name) for name, _ in mapping.structures) or "none"

@@ -61,7 +61,7 @@ def _read_header(path: str) -> Dataset | None:
     if not is_dicom_file(path):
         return None
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        return pydicom.dcmread(path, stop_before_pixels=True, force=True)  # force: a *.dcm without preamble
     except Exception as e:  # pydicom raises many types for a damaged file
         raise DataError(f"{path}: cannot be read as DICOM ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
 

@@ -16,17 +16,16 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from pydicom.data import get_testdata_file
-
 from flap_sam.cli.main import main
-from flap_sam.data.demo import kits_phantom, ScannerShift
+from flap_sam.data.demo import ScannerShift, kits_phantom
 from flap_sam.data.dicom import series_tag
 from flap_sam.data.dicom.labels import StructureNames, read_label
-from flap_sam.data.dicom.series import read_series, scan
+from flap_sam.data.dicom.series import read_series
 from flap_sam.data.dicom.writers import StudyIdentity, write_rtstruct, write_seg, write_series
 from flap_sam.data.volumes import load_volume
 from flap_sam.errors import DataError
 from flap_sam.federated.adapter_model import AdapterModel
+from pydicom.data import get_testdata_file
 
 CLASSES = ("kidney", "tumour")
 ROI_NAMES = ("Kidney_L", "GTV")  # a hospital's names: need structure_names
@@ -176,7 +175,7 @@ def test_a_localizer_mixed_into_a_series_is_left_out(series_folder):
 
 def test_a_label_of_another_series_is_refused(tmp_path):
     image, label = _nifti_case(tmp_path / "nifti")
-    series_a, seg_a = _dicom_case(tmp_path / "a", image, label)
+    _, seg_a = _dicom_case(tmp_path / "a", image, label)
     series_b, _ = _dicom_case(tmp_path / "b", image, label, "RTSTRUCT")
     with pytest.raises(DataError, match=rf"label {seg_a}: this SEG references series-\w+, not its image series-\w+"):
         load_volume(series_b, seg_a, 2, structures=STRUCTURES)

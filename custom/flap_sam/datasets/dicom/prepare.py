@@ -85,7 +85,7 @@ def survey(raw: str, structures: StructureNames) -> tuple[list[FoundSeries], lis
         if len(candidates) > 1:
             problems.append(f"{folder}: {len(candidates)} labels reference it; the first is used, {os.path.relpath(label, raw)}")
         found.append(FoundSeries(series, folder, os.path.relpath(label, raw) if label else "", mapping, reason))
-    return found, [p.replace(raw + os.sep, "") for p in problems]
+    return sorted(found, key=lambda f: f.folder), [p.replace(raw + os.sep, "") for p in problems]
 
 
 def format_survey(found: list[FoundSeries], notes: list[str]) -> str:

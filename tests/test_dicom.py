@@ -309,3 +309,17 @@ def test_a_federation_over_dicom_sites_scores_as_the_same_data_in_nifti_and_no_i
         found = [value for value in identifying if value.encode() in content]
         assert not found, f"{path} holds {found}"
     assert (result.stdout + result.stderr).find("Doe^") < 0 and all(u not in result.stdout + result.stderr for u in uids)
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"liver": "Liver"}, r"structure_names: 'liver' is not a class of this job \(classes: kidney, tumour\)"),
+    ({"tumour": 3}, r"structure_names: the names of tumour must be a list of texts or one text separated by '\|', not 3"),
+    ({"kidney": "GTV", "tumour": "gtv"}, r"structure_names: 'gtv' is given to tumour and to kidney"),
+])
+def test_a_bad_structure_names_setting_is_refused_when_the_job_is_written(value, message):
+    from flap_sam.jobs.settings import check_settings
+
+    with pytest.raises(ValueError, match=message):
+        check_settings({"dataset": "kits", "structure_names": value})
+    names = check_settings({"dataset": "kits", "structure_names": {"tumour": ["GTV", "GTV_primary"]}}).site.structures(CLASSES)
+    assert names.class_of("gtv primary") == 2

@@ -40,3 +40,11 @@ def test_a_pooled_baseline_over_two_same_named_datalists_trains_on_both(tmp_path
     assert main(["train", "--job", str(job), "--datalist", *files, "--epochs", "1", "--out", str(tmp_path / "pooled")]) == 0
     baseline = json.loads((tmp_path / "pooled" / "baseline.json").read_text())
     assert (baseline["kind"], baseline["sites"]) == ("pooled", ["site-1", "site-2"])
+
+
+def test_a_relative_datalist_is_the_path_the_user_typed(tmp_path, capsys, monkeypatch):
+    """``--datalist bad/x.json`` is looked for at ./bad/x.json (it was <its folder>/bad/x.json)."""
+    job = copy_job("kits_lora", tmp_path, {**TEST_MODEL, **TEST_TRAINING})
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--job", str(job), "--datalist", "bad/x.json", "--epochs", "1", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"flap-sam train: datalist {tmp_path / 'bad' / 'x.json'}: file not found"

@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if args.sites:
         sources = {name: (site.data_root, name, site.datalist or None) for name in args.sites}
     else:
-        sources = {name: (os.path.dirname(os.path.abspath(path)), "site", path) for name, path in datalist_sites(args.datalist).items()}
+        sources = {name: (os.path.dirname(os.path.abspath(path)), "site", os.path.abspath(path))
+                   for name, path in datalist_sites(args.datalist).items()}
     sites = {name: SiteData.load(profile, root, site_name, spec.image_size, spec.num_classes, datalist, site.train_volumes,
                                  site.structures(profile.class_names))
              for name, (root, site_name, datalist) in sources.items()}

@@ -30,10 +30,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
-
 from run_poc import kill_processes  # poc/, beside this script
+from typing_extensions import Self
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT = os.path.join(REPO, "provisioning", "project.yml")
@@ -96,7 +97,7 @@ class HospitalNetwork:
         return f"{self.name}-hub"
 
     # -- building and taking down ------------------------------------------------------------------------
-    def __enter__(self) -> "HospitalNetwork":
+    def __enter__(self) -> Self:
         self.up()
         return self
 
@@ -174,8 +175,23 @@ class HospitalNetwork:
                 if rate_mbit <= 0:
                     raise ValueError(f"rate_mbit = {rate_mbit}: a link rate must be positive (Mbit/s)")
                 burst = max(16 * 1024, int(rate_mbit * 1e6 / 8 * 0.010))
-                _ip("tc", "-n", where, "qdisc", "add", "dev", dev, "root", "tbf", "rate", f"{rate_mbit}mbit",
-                    "burst", str(burst), "latency", "200ms")
+                _ip(
+                    "tc",
+                    "-n",
+                    where,
+                    "qdisc",
+                    "add",
+                    "dev",
+                    dev,
+                    "root",
+                    "tbf",
+                    "rate",
+                    f"{rate_mbit}mbit",
+                    "burst",
+                    str(burst),
+                    "latency",
+                    "200ms",
+                )
 
     def cut(self, participant: str) -> None:
         """Cut ``participant`` off: its port leaves the bridge. Both ends stay up (no carrier loss), as when a
@@ -223,17 +239,20 @@ def network_project(sites: int, site_policy: dict | None = None) -> dict:
         raise ValueError(f"--sites {sites}: provisioning/project.yml has {len(clients)} hospitals")
     kept = {c["name"] for c in clients[:sites]}
     orgs = {c["org"] for c in clients[:sites]}
-    project["participants"] = [p for p in project["participants"]
-                               if p["type"] == "server" or p["name"] in kept
-                               or (p["type"] == "admin" and (p.get("role") == "project_admin" or p["org"] in orgs))]
+    project["participants"] = [
+        p
+        for p in project["participants"]
+        if p["type"] == "server" or p["name"] in kept or (p["type"] == "admin" and (p.get("role") == "project_admin" or p["org"] in orgs))
+    ]
     return project
 
 
 class Deployment:
     """Provisioned kits in ``workspace`` run on a ``HospitalNetwork``: start, stop, kill and the admin's tools."""
 
-    def __init__(self, workspace: str, sites: int = 2, rate_mbit: float | None = None, name: str = "fsnet",
-                 site_policy: dict | None = None):
+    def __init__(
+        self, workspace: str, sites: int = 2, rate_mbit: float | None = None, name: str = "fsnet", site_policy: dict | None = None
+    ):
         self.workspace = os.path.abspath(workspace)
         self.project = network_project(sites, site_policy)
         by_type = {t: [p for p in self.project["participants"] if p["type"] == t] for t in ("server", "client", "admin")}
@@ -259,8 +278,11 @@ class Deployment:
         with open(project_file, "w", encoding="utf-8") as f:
             yaml.safe_dump(self.project, f, sort_keys=False)
         shutil.rmtree(os.path.join(self.workspace, "kits"), ignore_errors=True)
-        done = subprocess.run([sys.executable, "-m", "nvflare.cli", "provision", "-p", project_file,
-                               "-w", os.path.join(self.workspace, "kits")], capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "nvflare.cli", "provision", "-p", project_file, "-w", os.path.join(self.workspace, "kits")],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0 or not os.path.isdir(self.kit("server")):
             raise RuntimeError(f"nvflare provision -p {project_file} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
         local = os.path.join(self.kit("server"), "local")
@@ -283,10 +305,15 @@ class Deployment:
 
     def start(self, participant: str, env: dict | None = None) -> None:
         """Start ``server`` or a site from its kit's ``startup/start.sh``, in its namespace."""
-        log = open(os.path.join(self.kit(participant), "console.txt"), "a")
-        subprocess.Popen(self.network.command(participant, ["bash", os.path.join(self.kit(participant), "startup", "start.sh")]),
-                         cwd=self.kit(participant), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                         start_new_session=True)
+        log = open(os.path.join(self.kit(participant), "console.txt"), "a")  # noqa: SIM115 (the started process keeps it)
+        subprocess.Popen(
+            self.network.command(participant, ["bash", os.path.join(self.kit(participant), "startup", "start.sh")]),
+            cwd=self.kit(participant),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
 
     def fl_processes(self, participant: str) -> list[psutil.Process]:
         """``participant``'s FLARE python processes (its parent and its job processes; not the restart loop)."""
@@ -300,14 +327,19 @@ class Deployment:
     def admin_console(self, commands: list[str], timeout: float = 120) -> str:
         """What the admin's console (``startup/fl_admin.sh``, run in the admin's namespace) prints for ``commands``."""
         script = "\n".join([self.admin, *commands, "bye"]) + "\n"  # the console asks for the user name first
-        done = subprocess.run(self.network.command("admin", ["bash", os.path.join(self.kit("admin"), "startup", "fl_admin.sh")]),
-                              input=script, capture_output=True, text=True, timeout=timeout, cwd=self.kit("admin"))
+        done = subprocess.run(
+            self.network.command("admin", ["bash", os.path.join(self.kit("admin"), "startup", "fl_admin.sh")]),
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.kit("admin"),
+        )
         return done.stdout + done.stderr
 
     def monitor(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
         """``flap-sam monitor`` with the admin's kit, run in the admin's namespace."""
-        argv = [sys.executable, "-m", "flap_sam.cli.main", "monitor", "--startup-kit", self.kit("admin"),
-                "--username", self.admin, *args]
+        argv = [sys.executable, "-m", "flap_sam.cli.main", "monitor", "--startup-kit", self.kit("admin"), "--username", self.admin, *args]
         return subprocess.run(self.network.command("admin", argv), capture_output=True, text=True, timeout=timeout)
 
     def wait_until_connected(self, timeout: float = 180) -> str:
@@ -326,8 +358,15 @@ class Deployment:
 
 
 # -- the paper's saving as time ------------------------------------------------------------------------------
-LINK_JOB = {"model_type": "vit_b", "random_weights": True, "image_size": 256, "batch_size": 1, "max_steps_per_round": 2,
-            "num_rounds": 2, "augment": False}  # ViT-B's tensors; the least compute that still trains
+LINK_JOB = {
+    "model_type": "vit_b",
+    "random_weights": True,
+    "image_size": 256,
+    "batch_size": 1,
+    "max_steps_per_round": 2,
+    "num_rounds": 2,
+    "augment": False,
+}  # ViT-B's tensors; the least compute that still trains
 RUNS = {"flap": {"preset": "flap"}, "flap int8": {"preset": "flap", "transport": "int8"}, "fft": {"preset": "fft"}}
 _STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
 
@@ -340,9 +379,11 @@ def _seconds(stamp: str) -> float:
 
 def job_times(server_job_log: str) -> dict:
     """Round wall times (``Round N started`` to ``Round N finished``) and the job's, first to last log line, in s."""
-    stamps = [m.group(1) for m in re.finditer(_STAMP, server_job_log, re.M)]
-    marks = {(int(n), what): _seconds(stamp) for stamp, n, what in
-             re.findall(_STAMP + r".*Round (\d+) (started|finished)", server_job_log, re.M)}
+    stamps = [m.group(1) for m in re.finditer(_STAMP, server_job_log, re.MULTILINE)]
+    marks = {
+        (int(n), what): _seconds(stamp)
+        for stamp, n, what in re.findall(_STAMP + r".*Round (\d+) (started|finished)", server_job_log, re.MULTILINE)
+    }
     rounds = [marks[(r, "finished")] - marks[(r, "started")] for r in sorted({r for r, _ in marks}) if (r, "finished") in marks]
     return {"rounds_s": rounds, "federation_s": _seconds(stamps[-1]) - _seconds(stamps[0]) if stamps else None}
 
@@ -360,7 +401,11 @@ def time_federation(deployment: Deployment, job: str, env: dict, timeout: float)
     job_id = next((line.split()[-1] for line in done.stdout.splitlines() if line.startswith("following job ")), None)
     status = next((line.split()[-1] for line in done.stdout.splitlines() if job_id and line.startswith(f"job {job_id}: ")), "?")
     log = os.path.join(results, job_id or "-", "workspace", "log.txt")
-    times = job_times(open(log, encoding="utf-8", errors="replace").read()) if os.path.isfile(log) else {"rounds_s": [], "federation_s": None}
+    times = (
+        job_times(Path(log).read_text(encoding="utf-8", errors="replace"))
+        if os.path.isfile(log)
+        else {"rounds_s": [], "federation_s": None}
+    )
     traffic_file = os.path.join(results, job_id or "-", "workspace", "app_server", "traffic_summary.json")
     per_round = None
     if os.path.isfile(traffic_file):
@@ -370,8 +415,7 @@ def time_federation(deployment: Deployment, job: str, env: dict, timeout: float)
     return {"status": status, **times, "bytes_per_site_round": per_round, "monitor": done.stdout[-3000:]}
 
 
-def link_table(rates: list[float], runs: list[str], workspace: str, sites: int, job: str, timeout: float,
-               say=print) -> list[dict]:
+def link_table(rates: list[float], runs: list[str], workspace: str, sites: int, job: str, timeout: float, say=print) -> list[dict]:
     """Every run of ``runs`` (names of ``RUNS``) at every rate of ``rates`` (Mbit/s; 0 = unshaped), one after the other."""
     from flap_sam.jobs.writer import write_job
 
@@ -382,28 +426,43 @@ def link_table(rates: list[float], runs: list[str], workspace: str, sites: int, 
             folder = os.path.join(workspace, tag)
             shutil.rmtree(folder, ignore_errors=True)
             written = write_job(job, os.path.join(folder, "job"), {**LINK_JOB, **RUNS[run]})
-            deployment = Deployment(folder, sites, rate or None, name=f"fslink{os.getpid() % 1000}",
-                                    site_policy={"presets": ["flap", "fft"], "max_megabytes_per_result": 0})
+            deployment = Deployment(
+                folder,
+                sites,
+                rate or None,
+                name=f"fslink{os.getpid() % 1000}",
+                site_policy={"presets": ["flap", "fft"], "max_megabytes_per_result": 0},
+            )
             deployment.provision()
             started = time.monotonic()
-            row = {"run": run, "rate_mbit": rate, **time_federation(deployment, written, {"FLAP_SAM_DEMO_ROOT": os.path.join(workspace, "demo")}, timeout)}
+            row = {
+                "run": run,
+                "rate_mbit": rate,
+                **time_federation(deployment, written, {"FLAP_SAM_DEMO_ROOT": os.path.join(workspace, "demo")}, timeout),
+            }
             row["wall_s"] = time.monotonic() - started
             rows.append(row)
-            say(f"{run} at {rate:g} Mbit/s: {row['status']}, rounds {', '.join(f'{t:.0f}' for t in row['rounds_s'])} s, "
-                f"job {row['federation_s'] or 0:.0f} s, {row['bytes_per_site_round'] or 0:,} B per site and round")
+            say(
+                f"{run} at {rate:g} Mbit/s: {row['status']}, rounds {', '.join(f'{t:.0f}' for t in row['rounds_s'])} s, "
+                f"job {row['federation_s'] or 0:.0f} s, {row['bytes_per_site_round'] or 0:,} B per site and round"
+            )
     return rows
 
 
 def link_markdown(rows: list[dict], sites: int) -> str:
     """The table of ``link_table``'s rows, with ratios to ``flap`` at the same rate."""
-    lines = ["| run | link (Mbit/s) | MB per site and round, each way | round (s) | federation (s) | federation / flap | status |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | link (Mbit/s) | MB per site and round, each way | round (s) | federation (s) | federation / flap | status |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         flap = next((r for r in rows if r["run"] == "flap" and r["rate_mbit"] == row["rate_mbit"]), None)
         ratio = f"{row['federation_s'] / flap['federation_s']:.1f}x" if flap and flap["federation_s"] and row["federation_s"] else "-"
         rounds = " / ".join(f"{t:.0f}" for t in row["rounds_s"]) or "-"
         mb = f"{row['bytes_per_site_round'] / 1e6:.2f}" if row["bytes_per_site_round"] else "-"
-        lines.append(f"| {row['run']} | {row['rate_mbit']:g} | {mb} | {rounds} | {row['federation_s'] or 0:.0f} | {ratio} | {row['status']} |")
+        lines.append(
+            f"| {row['run']} | {row['rate_mbit']:g} | {mb} | {rounds} | {row['federation_s'] or 0:.0f} | {ratio} | {row['status']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -426,14 +485,15 @@ def links_main(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="also write the table and the rows (.json beside it) here")
     args = parser.parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    rows = link_table(args.rates, args.runs, args.workspace, args.sites, args.job, args.timeout,
-                      say=lambda line: print(line, flush=True))
+    rows = link_table(args.rates, args.runs, args.workspace, args.sites, args.job, args.timeout, say=lambda line: print(line, flush=True))
     table = link_markdown(rows, args.sites)
     print(table)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
-            f.write(f"Made {started} by `sudo python poc/hospital_network.py links {' '.join(argv)}`: "
-                    f"{args.sites} hospitals, settings {json.dumps(LINK_JOB)}.\n\n" + table)
+            f.write(
+                f"Made {started} by `sudo python poc/hospital_network.py links {' '.join(argv)}`: "
+                f"{args.sites} hospitals, settings {json.dumps(LINK_JOB)}.\n\n" + table
+            )
         with open(os.path.splitext(args.out)[0] + ".json", "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)
     return 0 if all(r["status"] == "FINISHED:COMPLETED" for r in rows) else 1
@@ -466,22 +526,45 @@ def main(argv: list[str] | None = None) -> int:
     deployment.provision()
     try:
         with deployment.network as network:
-            print(f"network {network.name}: server {deployment.server_name} at {SERVER_ADDRESS}; "
-                  + ", ".join(f"{s} at {network.addresses[s]}" for s in deployment.sites)
-                  + (f"; site links {args.rate:g} Mbit/s each way" if args.rate else "; links unshaped"), flush=True)
+            print(
+                f"network {network.name}: server {deployment.server_name} at {SERVER_ADDRESS}; "
+                + ", ".join(f"{s} at {network.addresses[s]}" for s in deployment.sites)
+                + (f"; site links {args.rate:g} Mbit/s each way" if args.rate else "; links unshaped"),
+                flush=True,
+            )
             deployment.start("server")
             for site in deployment.sites:
                 deployment.start(site)
             print(deployment.wait_until_connected(), flush=True)
-            done = subprocess.run(network.command("admin", [sys.executable, "-m", "flap_sam.cli.main", "monitor",
-                                                            "--startup-kit", deployment.kit("admin"), "--username", deployment.admin,
-                                                            "--submit", job, "--download", os.path.join(deployment.workspace, "results"),
-                                                            "--poll", "3"]))
+            done = subprocess.run(
+                network.command(
+                    "admin",
+                    [
+                        sys.executable,
+                        "-m",
+                        "flap_sam.cli.main",
+                        "monitor",
+                        "--startup-kit",
+                        deployment.kit("admin"),
+                        "--username",
+                        deployment.admin,
+                        "--submit",
+                        job,
+                        "--download",
+                        os.path.join(deployment.workspace, "results"),
+                        "--poll",
+                        "3",
+                    ],
+                )
+            )
             code = done.returncode
             if args.hold:
-                print("holding the network up: `ip netns exec "
-                      f"{network.namespace('admin')} bash {deployment.kit('admin')}/startup/fl_admin.sh` is the admin's console; "
-                      "Ctrl-C takes it down", flush=True)
+                print(
+                    "holding the network up: `ip netns exec "
+                    f"{network.namespace('admin')} bash {deployment.kit('admin')}/startup/fl_admin.sh` is the admin's console; "
+                    "Ctrl-C takes it down",
+                    flush=True,
+                )
                 while True:
                     time.sleep(3600)
     except KeyboardInterrupt:

@@ -52,8 +52,14 @@ def poc_project(sites: list[str]) -> dict:
 
 def _nvflare(workspace: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "NVFLARE_POC_WORKSPACE": workspace}
-    return subprocess.run([sys.executable, "-m", "nvflare.cli", "poc", *args], env=env, check=check,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "nvflare.cli", "poc", *args],
+        env=env,
+        check=check,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def kit(workspace: str, participant: str) -> str:
@@ -124,8 +130,15 @@ def connect(workspace: str, sites: list[str], timeout: float = 180.0):
     from nvflare.fuel.flare_api.flare_api import new_secure_session
     from nvflare.tool.api_utils import wait_for_system_start
 
-    wait_for_system_start(len(sites), os.path.dirname(kit(workspace, ADMIN)), username=ADMIN, secure_mode=True,
-                          second_to_wait=0, timeout_in_sec=int(timeout), expected_clients=sites)
+    wait_for_system_start(
+        len(sites),
+        os.path.dirname(kit(workspace, ADMIN)),
+        username=ADMIN,
+        secure_mode=True,
+        second_to_wait=0,
+        timeout_in_sec=int(timeout),
+        expected_clients=sites,
+    )
     return new_secure_session(ADMIN, kit(workspace, ADMIN), timeout=timeout)
 
 
@@ -138,16 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--download", default=None, help="result folder (default: <workspace>/results)")
     args = parser.parse_args(argv)
 
-    from flap_sam.jobs.writer import parse_settings, write_job
     from flap_sam.cli.monitor import follow
+    from flap_sam.jobs.writer import parse_settings, write_job
 
     workspace = os.path.abspath(args.workspace)
     sites = [f"site-{i}" for i in range(1, args.sites + 1)]
     started = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     # Submitted as a user makes a job: carrying no code and naming its privacy scope, as the sites' policies require.
-    job = write_job(args.job, os.path.join(workspace + "_jobs", f"{os.path.basename(args.job)}_{int(time.time())}"),
-                    parse_settings(args.set))
+    job = write_job(
+        args.job, os.path.join(workspace + "_jobs", f"{os.path.basename(args.job)}_{int(time.time())}"), parse_settings(args.set)
+    )
     print(f"POC workspace {workspace}: server + {', '.join(sites)}", flush=True)
     prepare(workspace, sites)
     status = "?"
@@ -157,8 +171,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             job_id = session.submit_job(os.path.abspath(job))
             print(f"submitted {job} as job {job_id}", flush=True)
-            status = follow(session, job_id, args.download or os.path.join(workspace, "results"), poll=3.0, timeout=0,
-                            say=lambda s: print(s, flush=True))
+            status = follow(
+                session,
+                job_id,
+                args.download or os.path.join(workspace, "results"),
+                poll=3.0,
+                timeout=0,
+                say=lambda s: print(s, flush=True),
+            )
         finally:
             session.close()
     except KeyboardInterrupt:

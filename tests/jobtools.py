@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 from flap_sam.jobs.simulator import run_simulator  # noqa: F401 (the tests import it from here)
 from flap_sam.jobs.writer import write_job
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from nvflare.apis.dxo import DXO, DataKind
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_constant import AppConstants
-
-import json
 
 from flap_sam.cli.monitor import final_progress, progress_lines
 from flap_sam.federated.cross_site import CrossSiteDiceFormatter
@@ -14,8 +14,11 @@ from flap_sam.federated.progress import PROGRESS_AT_END
 
 
 def _round(r: int, missing=()) -> dict:
-    return {"round": r, "sites": {"site-1": {"val_dice": 0.5 + r / 100, "bytes_received": 1000}, "site-2": {"val_dice": 0.4}},
-            "missing": list(missing)}
+    return {
+        "round": r,
+        "sites": {"site-1": {"val_dice": 0.5 + r / 100, "bytes_received": 1000}, "site-2": {"val_dice": 0.4}},
+        "missing": list(missing),
+    }
 
 
 def test_rounds_that_finish_between_two_polls_are_each_reported_once():
@@ -29,7 +32,8 @@ def test_rounds_that_finish_between_two_polls_are_each_reported_once():
     progress["failed"] = {"site-3": "it could not start"}
     assert progress_lines(progress, shown_rounds, shown_failures) == [
         "round 8/10: aggregated 2 site(s) [site-1 Dice 0.580 1,000 B, site-2 Dice 0.400]; missing: site-3",
-        "site-3 failed: it could not start"]
+        "site-3 failed: it could not start",
+    ]
 
 
 def test_rounds_finished_after_the_last_poll_are_read_back_from_the_downloaded_server_log(tmp_path):
@@ -37,10 +41,13 @@ def test_rounds_finished_after_the_last_poll_are_read_back_from_the_downloaded_s
     log = tmp_path / "job" / "workspace" / "log.txt"
     log.parent.mkdir(parents=True)
     end = {"round": 2, "num_rounds": 3, "rounds": [_round(r) for r in range(3)], "failed": {}}
-    log.write_text("2026-12-02 10:00:00,000 - ScatterAndGather - INFO - [identity=server] - Round 2 finished.\n"
-                   f"2026-12-02 10:00:01,000 - FederationProgress - INFO - [identity=server] - {PROGRESS_AT_END}{json.dumps(end)}\n")
+    log.write_text(
+        "2026-12-02 10:00:00,000 - ScatterAndGather - INFO - [identity=server] - Round 2 finished.\n"
+        f"2026-12-02 10:00:01,000 - FederationProgress - INFO - [identity=server] - {PROGRESS_AT_END}{json.dumps(end)}\n"
+    )
     assert progress_lines(final_progress(str(tmp_path)), shown_rounds, shown_failures) == [
-        "round 2/3: aggregated 2 site(s) [site-1 Dice 0.520 1,000 B, site-2 Dice 0.400]"]
+        "round 2/3: aggregated 2 site(s) [site-1 Dice 0.520 1,000 B, site-2 Dice 0.400]"
+    ]
     assert final_progress(str(tmp_path / "job" / "workspace" / "absent")) is None
 
 
@@ -53,5 +60,7 @@ def test_cross_site_formatter_prints_each_sites_dice_of_each_model(tmp_path):
     fl_ctx = FLContext()
     fl_ctx.set_prop(AppConstants.VALIDATION_RESULT, paths, private=True, sticky=False)
     text = CrossSiteDiceFormatter().format(fl_ctx)
-    assert text.splitlines() == ["site-1 | SRV_FL_global_model.pt | dice 0.8125 | dice_kidney 0.8125 | volumes 3",
-                                 "site-2 | SRV_FL_global_model.pt | dice 0.5000 | dice_kidney 0.5000 | volumes 3"]
+    assert text.splitlines() == [
+        "site-1 | SRV_FL_global_model.pt | dice 0.8125 | dice_kidney 0.8125 | volumes 3",
+        "site-2 | SRV_FL_global_model.pt | dice 0.5000 | dice_kidney 0.5000 | volumes 3",
+    ]

@@ -16,7 +16,9 @@ SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)
 
 
 def _factors(rng, out, inn, r, n):
-    return [rng.normal(size=(out, r)).astype(np.float32) for _ in range(n)], [rng.normal(size=(r, inn)).astype(np.float32) for _ in range(n)]
+    return [rng.normal(size=(out, r)).astype(np.float32) for _ in range(n)], [
+        rng.normal(size=(r, inn)).astype(np.float32) for _ in range(n)
+    ]
 
 
 def test_exact_lora_aggregation_reproduces_the_weighted_sum_of_products_when_its_rank_fits():
@@ -48,7 +50,9 @@ def test_aggregate_exact_on_a_real_payload_weighs_by_steps_and_averages_the_rest
     site_1, site_2 = noisy_payload(SPEC), {k: v * 0 + 1.0 for k, v in noisy_payload(SPEC).items()}
     result = aggregate_exact([(3.0, site_1), (1.0, site_2)])
     assert set(result) == set(site_1)
-    np.testing.assert_allclose(result["mask_decoder.mask_tokens.weight"], 0.75 * site_1["mask_decoder.mask_tokens.weight"] + 0.25, rtol=1e-6)
+    np.testing.assert_allclose(
+        result["mask_decoder.mask_tokens.weight"], 0.75 * site_1["mask_decoder.mask_tokens.weight"] + 0.25, rtol=1e-6
+    )
     a = "mask_decoder.transformer.final_attn_token_to_image.q_proj.lora_A.q"
     b = a.replace(".lora_A.", ".lora_B.")
     target = 0.75 * site_1[b] @ site_1[a] + 0.25 * site_2[b] @ site_2[a]

@@ -11,8 +11,7 @@ import pytest
 from scipy import ndimage
 
 from flap_sam.cli.main import main
-from flap_sam.data.anatomy import (HELD_OUT_SITE, SITE_ACQUISITIONS, TISSUE_DATALIST, Acquisition, Template,
-                                   make_anatomy_site, make_subject)
+from flap_sam.data.anatomy import HELD_OUT_SITE, SITE_ACQUISITIONS, TISSUE_DATALIST, Acquisition, Template, make_anatomy_site, make_subject
 from flap_sam.data.datalist import load_datalist
 from flap_sam.data.profiles import get_profile
 from flap_sam.data.site import SiteData
@@ -90,8 +89,7 @@ def test_sites_acquire_differently_and_the_held_out_site_is_outside_their_ranges
 def test_the_held_out_site_only_scores_and_trains_nowhere(sites):
     held_out = load_datalist(str(sites / HELD_OUT_SITE / "datalist.json"), require_training=False)
     assert not held_out["training"] and not held_out["validation"] and len(held_out["test"]) == 2
-    trained = {os.path.basename(c.image) for s in TRAINING_SITES
-               for c in load_datalist(str(sites / s / "datalist.json"))["training"]}
+    trained = {os.path.basename(c.image) for s in TRAINING_SITES for c in load_datalist(str(sites / s / "datalist.json"))["training"]}
     assert trained and not trained & {os.path.basename(c.image) for c in held_out["test"]}
     with pytest.raises(DataError, match="'training' list is empty"):
         load_datalist(str(sites / HELD_OUT_SITE / "datalist.json"))  # a site cannot train on it

@@ -11,6 +11,7 @@ from flap_sam.federated.adapter_model import AdapterModel
 from flap_sam.model.adapter_file import base_fingerprint, base_mismatch
 from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.model.presets import exchanged_names
+
 from jobtools import TEST_MODEL, TEST_TRAINING, copy_job, run_simulator, save_tiny_checkpoint
 
 SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)
@@ -22,7 +23,9 @@ def _site_base(checkpoint=None):
 
 
 def _server_base(checkpoint=""):
-    return AdapterModel(dict(model_type="vit_test", image_size=64, dataset="kits", preset="flap", rank=4), checkpoint=str(checkpoint)).base_fingerprint
+    return AdapterModel(
+        {"model_type": "vit_test", "image_size": 64, "dataset": "kits", "preset": "flap", "rank": 4}, checkpoint=str(checkpoint)
+    ).base_fingerprint
 
 
 def test_server_and_site_of_the_same_base_agree(tmp_path):
@@ -35,9 +38,11 @@ def test_server_and_site_of_the_same_base_agree(tmp_path):
 def test_each_kind_of_difference_is_one_line_saying_which_side_has_which(tmp_path):
     ckpt, other = save_tiny_checkpoint(tmp_path / "a.pth"), save_tiny_checkpoint(tmp_path / "b.pth", seed=1)
     assert base_mismatch(_server_base(), _site_base(ckpt)).startswith(
-        "the server built SAM from random weights, this site from its checkpoint: set server_checkpoint")
+        "the server built SAM from random weights, this site from its checkpoint: set server_checkpoint"
+    )
     assert base_mismatch(_server_base(ckpt), _site_base()).startswith(
-        "the server built SAM from its checkpoint, this site from random weights: set checkpoint")
+        "the server built SAM from its checkpoint, this site from random weights: set checkpoint"
+    )
     assert "checkpoint differs from this site's" in base_mismatch(_server_base(ckpt), _site_base(other))
     assert "sent no fingerprint" in base_mismatch(None, _site_base())
 
@@ -70,8 +75,17 @@ def test_sites_with_a_checkpoint_and_a_server_without_stop_before_training(tmp_p
 @pytest.mark.slow
 def test_a_checkpoint_on_every_side_keeps_the_pretrained_decoder_parts(tmp_path):
     ckpt = save_tiny_checkpoint(tmp_path / "sam_vit_test.pth")
-    settings = {**TEST_MODEL, **TEST_TRAINING, "num_rounds": 1, "max_steps_per_round": 2, "checkpoint": str(ckpt), "server_checkpoint": str(ckpt)}
-    result = run_simulator(copy_job("kits_lora", tmp_path, settings), tmp_path / "ws", 2, env={"FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")}, timeout=400)
+    settings = {
+        **TEST_MODEL,
+        **TEST_TRAINING,
+        "num_rounds": 1,
+        "max_steps_per_round": 2,
+        "checkpoint": str(ckpt),
+        "server_checkpoint": str(ckpt),
+    }
+    result = run_simulator(
+        copy_job("kits_lora", tmp_path, settings), tmp_path / "ws", 2, env={"FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")}, timeout=400
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     persisted = torch.load(tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "FL_global_model.pt", weights_only=True)["model"]
     name = "mask_decoder.output_upscaling.0.weight"

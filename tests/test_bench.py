@@ -24,8 +24,27 @@ def test_bench_prints_its_tables_with_the_transport_error(tmp_path, capsys):
 def test_bench_json_holds_every_measured_figure(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FLAP_SAM_DEMO_ROOT", str(tmp_path / "demo"))
     report_path = tmp_path / "bench.json"
-    assert main(["bench", *SMALL, "--steps", "1", "--validation-train-steps", "5", "--site-volumes", "3",
-                 "--site-shape", "96", "96", "12", "--json", str(report_path)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                *SMALL,
+                "--steps",
+                "1",
+                "--validation-train-steps",
+                "5",
+                "--site-volumes",
+                "3",
+                "--site-shape",
+                "96",
+                "96",
+                "12",
+                "--json",
+                str(report_path),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     report = json.loads(report_path.read_text())
     for preset in ("fft", "flap"):

@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+from pathlib import Path
 
 import nibabel as nib
 import nrrd
 import numpy as np
 import pytest
 
-from flap_sam.data.chest_ct import (AIR_HU, CLASS_SEGMENTS, CLASSES, HELD_OUT_SITE, SITE_ACQUISITIONS, ChestCT, CTAcquisition,
-                                    make_chest_ct_site, make_subject)
+from flap_sam.data.chest_ct import (
+    AIR_HU,
+    CLASS_SEGMENTS,
+    CLASSES,
+    HELD_OUT_SITE,
+    SITE_ACQUISITIONS,
+    ChestCT,
+    CTAcquisition,
+    make_chest_ct_site,
+    make_subject,
+)
 from flap_sam.data.demo import DEMO_DATASETS, make_demo_site
 from flap_sam.data.profiles import get_profile
 
@@ -50,8 +60,9 @@ def test_a_subject_is_deterministic_and_each_site_acquires_it_differently():
         assert image.shape[:2] == label.shape[:2] == (round(SITE_ACQUISITIONS[site].field_of_view_mm / ct.affine[0, 0]),) * 2
     # Calibration: the lung's median HU follows each site's offset; noise: the air's spread follows its noise.
     lung = {site: float(np.median(image[label == 1])) for site, (image, label, _) in images.items()}
-    assert lung[HELD_OUT_SITE] - lung["site-3"] == pytest.approx(SITE_ACQUISITIONS[HELD_OUT_SITE].hu_offset
-                                                                   - SITE_ACQUISITIONS["site-3"].hu_offset, abs=25)
+    assert lung[HELD_OUT_SITE] - lung["site-3"] == pytest.approx(
+        SITE_ACQUISITIONS[HELD_OUT_SITE].hu_offset - SITE_ACQUISITIONS["site-3"].hu_offset, abs=25
+    )
     air = {site: float(image[:8, :8].std()) for site, (image, _, _) in images.items()}
     assert air[HELD_OUT_SITE] > max(air["site-1"], air["site-3"])
     assert not np.array_equal(images["site-1"][0][:100, :100], images["site-2"][0][:100, :100])
@@ -61,7 +72,7 @@ def test_the_demo_sites_hold_every_class_and_the_held_out_site_never_trains(tmp_
     assert "chest_ct" in DEMO_DATASETS
     path = make_demo_site("chest_ct", "site-2", str(tmp_path / "site-2"))
     held_out = make_chest_ct_site(HELD_OUT_SITE, str(tmp_path / HELD_OUT_SITE))
-    site, heldout = (json.loads(open(p).read()) for p in (path, held_out))
+    site, heldout = (json.loads(Path(p).read_text()) for p in (path, held_out))
     assert (len(site["training"]), len(site["validation"]), len(site["test"])) == (4, 1, 1)
     assert heldout["training"] == heldout["validation"] == [] and len(heldout["test"]) == 4
     files = {e["image"] for split in site.values() for e in split}

@@ -6,14 +6,35 @@ import json
 
 from flap_sam.cli.main import main
 from flap_sam.jobs.writer import job_settings, read_job
+
 from jobtools import REPO
 
 
 def test_job_copy_resolves_the_new_settings_on_both_sides(tmp_path, capsys):
     out = tmp_path / "kits_lora_dec"
-    assert main(["job", "kits_lora", "--out", str(out), "--set", "preset=lora_dec", "num_rounds=25", "min_clients=6", "data_root=/data/fed_kits"]) == 0
+    assert (
+        main(
+            [
+                "job",
+                "kits_lora",
+                "--out",
+                str(out),
+                "--set",
+                "preset=lora_dec",
+                "num_rounds=25",
+                "min_clients=6",
+                "data_root=/data/fed_kits",
+            ]
+        )
+        == 0
+    )
     settings = job_settings(str(out))
-    assert (settings["preset"], settings["num_rounds"], settings["data_root"], settings["dataset"]) == ("lora_dec", 25, "/data/fed_kits", "kits")
+    assert (settings["preset"], settings["num_rounds"], settings["data_root"], settings["dataset"]) == (
+        "lora_dec",
+        25,
+        "/data/fed_kits",
+        "kits",
+    )
     assert json.loads((out / "meta.json").read_text())["min_clients"] == 6
 
 
@@ -31,8 +52,18 @@ def test_job_copy_refuses_an_unknown_setting(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-RECIPE = {"num_rounds": 25, "batch_size": 24, "max_steps_per_round": 0, "local_epochs": 1.0, "weight_decay": 0.1,
-          "aggregation": "lora_exact", "demo_budget": False, "lr": "auto", "warmup_steps": "auto", "poly_power": "auto"}
+RECIPE = {
+    "num_rounds": 25,
+    "batch_size": 24,
+    "max_steps_per_round": 0,
+    "local_epochs": 1.0,
+    "weight_decay": 0.1,
+    "aggregation": "lora_exact",
+    "demo_budget": False,
+    "lr": "auto",
+    "warmup_steps": "auto",
+    "poly_power": "auto",
+}
 PAPER_SCHEDULE = (0.0008, 250, 7.0)  # what auto is for the paper's model (lr, warm-up steps, poly power)
 
 
@@ -43,8 +74,22 @@ def _schedule(job) -> tuple:
 
 def test_a_job_on_real_data_runs_the_papers_recipe_without_retyping_it(tmp_path, capsys):
     out = tmp_path / "fed_kits"
-    assert main(["job", "kits_lora", "--out", str(out), "--set", "data_root=/data/fed_kits", "min_clients=6",
-                 "checkpoint=/models/sam_vit_b_01ec64.pth", "server_checkpoint=/models/sam_vit_b_01ec64.pth"]) == 0
+    assert (
+        main(
+            [
+                "job",
+                "kits_lora",
+                "--out",
+                str(out),
+                "--set",
+                "data_root=/data/fed_kits",
+                "min_clients=6",
+                "checkpoint=/models/sam_vit_b_01ec64.pth",
+                "server_checkpoint=/models/sam_vit_b_01ec64.pth",
+            ]
+        )
+        == 0
+    )
     settings = job_settings(str(out))
     assert {k: settings[k] for k in RECIPE} == RECIPE
     assert _schedule(out) == PAPER_SCHEDULE

@@ -8,17 +8,23 @@ import pytest
 
 from flap_sam.cli.main import main
 from flap_sam.cli.train import datalist_sites
+
 from jobtools import TEST_MODEL, TEST_TRAINING, copy_job
 
 
 def test_each_datalist_is_its_own_site():
     assert datalist_sites(["/d/site-3.json", "/e/kits/site-1/datalist.json", "mine=/f/datalist.json"]) == {
-        "site-3": "/d/site-3.json", "site-1": "/e/kits/site-1/datalist.json", "mine": "/f/datalist.json"}
+        "site-3": "/d/site-3.json",
+        "site-1": "/e/kits/site-1/datalist.json",
+        "mine": "/f/datalist.json",
+    }
     assert datalist_sites(["/data/run=2/site-4.json"]) == {"site-4": "/data/run=2/site-4.json"}  # '=' in a folder
 
 
 def test_two_datalists_that_would_be_one_site_are_refused_in_one_line():
-    with pytest.raises(ValueError, match=r"^--datalist: /a/site-1.json and /b/site-1.json would both be site 'site-1'; name them: NAME=FILE$"):
+    with pytest.raises(
+        ValueError, match=r"^--datalist: /a/site-1.json and /b/site-1.json would both be site 'site-1'; name them: NAME=FILE$"
+    ):
         datalist_sites(["/a/site-1.json", "/b/site-1.json"])
     with pytest.raises(ValueError, match="would both be site 'x'"):
         datalist_sites(["x=/a/datalist.json", "x=/b/datalist.json"])

@@ -19,15 +19,19 @@ from flap_sam.data.volumes import load_volume, save_mask
 from flap_sam.errors import DataError
 
 
-def _write(path, array, affine=np.eye(4)):
-    nib.save(nib.Nifti1Image(array, affine), str(path))
+def _write(path, array, affine=None):
+    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
     return str(path)
 
 
-def _site(tmp_path, image, label, affine_label=np.eye(4)):
+def _site(tmp_path, image, label, affine_label=None):
     _write(tmp_path / "img.nii.gz", image)
     _write(tmp_path / "lab.nii.gz", label, affine_label)
-    (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"image": "img.nii.gz", "label": "lab.nii.gz"}], "validation": [{"image": "img.nii.gz", "label": "lab.nii.gz"}]}))
+    (tmp_path / "datalist.json").write_text(
+        json.dumps(
+            {"training": [{"image": "img.nii.gz", "label": "lab.nii.gz"}], "validation": [{"image": "img.nii.gz", "label": "lab.nii.gz"}]}
+        )
+    )
     return str(tmp_path)
 
 
@@ -146,8 +150,8 @@ def test_stacks_are_edge_padded_and_augmented_in_range(tmp_path):
 def test_a_4d_image_needs_a_channel_and_gets_the_one_chosen(tmp_path):
     import nibabel as nib
 
-    from flap_sam.errors import DataError
     from flap_sam.data.volumes import load_volume
+    from flap_sam.errors import DataError
 
     image = np.stack([np.full((8, 8, 4), 10.0), np.full((8, 8, 4), 20.0), np.full((8, 8, 4), 30.0)], axis=-1).astype(np.float32)
     path = tmp_path / "four_d.nii.gz"

@@ -21,10 +21,11 @@ import yaml
 from flap_sam.cli.monitor import follow
 from flap_sam.jobs.writer import write_job
 from flap_sam.model.factory import ModelSpec, exchange_schema
+
 from jobtools import REPO, TEST_MODEL, TEST_TRAINING, server_job_log
 
 sys.path.insert(0, str(REPO / "poc"))
-import run_poc  # noqa: E402  (the POC script is the code under test)
+import run_poc
 
 QUICK = {**TEST_MODEL, **TEST_TRAINING, "max_steps_per_round": 5, "cross_site_timeout": 60}
 
@@ -45,8 +46,11 @@ def poc(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_provisioning_gives_tls_kits_and_job_rights_only_to_admin_and_leads(tmp_path):
-    subprocess.run([sys.executable, "-m", "nvflare.cli", "provision", "-p", str(REPO / "provisioning" / "project.yml"),
-                    "-w", str(tmp_path)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "nvflare.cli", "provision", "-p", str(REPO / "provisioning" / "project.yml"), "-w", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
     kits = tmp_path / "flap_sam_fed_kits" / "prod_00"
     project = yaml.safe_load((REPO / "provisioning" / "project.yml").read_text())
     hospitals = [p["name"] for p in project["participants"] if p["type"] == "client"]
@@ -65,8 +69,13 @@ def test_provisioning_gives_tls_kits_and_job_rights_only_to_admin_and_leads(tmp_
 def test_poc_runs_a_federation_of_separate_processes_to_completion(tmp_path, poc):
     job = _job(tmp_path, num_rounds=2)
     started = time.monotonic()
-    done = subprocess.run([sys.executable, str(REPO / "poc" / "run_poc.py"), "--job", job, "--workspace", poc],
-                          capture_output=True, text=True, timeout=900, env=os.environ.copy())
+    done = subprocess.run(
+        [sys.executable, str(REPO / "poc" / "run_poc.py"), "--job", job, "--workspace", poc],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=os.environ.copy(),
+    )
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
     for round_ in (0, 1):  # every round once, with each site's Dice, however fast rounds finish between polls
@@ -112,7 +121,9 @@ def test_a_site_that_cannot_start_is_reported_and_does_not_hang_the_job(tmp_path
     text = "".join(p.read_text(errors="replace") for p in log)
     assert f"site site-2 cannot start: data_root {tmp_path / 'no_such_folder'}: no datalist found" in text
     # The admin sees which site failed and what kind of problem; the path itself stays on the site.
-    assert any("site site-2 failed task train: it could not start: its data failed the start-up checks" in line for line in lines), "\n".join(lines)
+    assert any("site site-2 failed task train: it could not start: its data failed the start-up checks" in line for line in lines), (
+        "\n".join(lines)
+    )
     assert not any("no_such_folder" in line for line in lines)
 
 
@@ -122,8 +133,11 @@ def _provision(tmp_path: Path, name: str, port: int) -> Path:
     server = next(p for p in project["participants"] if p["type"] == "server")
     server.update(name="localhost", fed_learn_port=port, admin_port=port)
     (tmp_path / f"{name}.yml").write_text(yaml.safe_dump(project))
-    subprocess.run([sys.executable, "-m", "nvflare.cli", "provision", "-p", str(tmp_path / f"{name}.yml"), "-w", str(tmp_path / name)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "nvflare.cli", "provision", "-p", str(tmp_path / f"{name}.yml"), "-w", str(tmp_path / name)],
+        check=True,
+        capture_output=True,
+    )
     return tmp_path / name / project["name"] / "prod_00"
 
 
@@ -131,8 +145,20 @@ def _start_kit(kit: Path, server: bool) -> subprocess.Popen:
     module = "server.server_train" if server else "client.client_train"
     config = "fed_server.json" if server else "fed_client.json"
     org = "coordinating_centre" if server else "hospital_a"
-    cmd = [sys.executable, "-u", "-m", f"nvflare.private.fed.app.{module}", "-m", str(kit), "-s", config,
-           "--set", "secure_train=true", f"org={org}", "config_folder=config"] + ([] if server else [f"uid={kit.name}"])
+    cmd = [
+        sys.executable,
+        "-u",
+        "-m",
+        f"nvflare.private.fed.app.{module}",
+        "-m",
+        str(kit),
+        "-s",
+        config,
+        "--set",
+        "secure_train=true",
+        f"org={org}",
+        "config_folder=config",
+    ] + ([] if server else [f"uid={kit.name}"])
     return subprocess.Popen(cmd, cwd=kit, stdout=open(kit / "console.txt", "w"), stderr=subprocess.STDOUT)
 
 
@@ -165,4 +191,3 @@ def test_only_kits_of_this_provisioning_can_join(tmp_path):
         for proc in processes:
             proc.kill()
             proc.wait()
-

@@ -16,6 +16,8 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from pydicom.data import get_testdata_file
+
 from flap_sam.cli.main import main
 from flap_sam.data.demo import ScannerShift, kits_phantom
 from flap_sam.data.dicom import series_tag
@@ -25,7 +27,6 @@ from flap_sam.data.dicom.writers import StudyIdentity, write_rtstruct, write_seg
 from flap_sam.data.volumes import load_volume
 from flap_sam.errors import DataError
 from flap_sam.federated.adapter_model import AdapterModel
-from pydicom.data import get_testdata_file
 
 CLASSES = ("kidney", "tumour")
 ROI_NAMES = ("Kidney_L", "GTV")  # a hospital's names: need structure_names
@@ -54,8 +55,11 @@ def _dicom_case(folder, image_path, label_path, label_kind="SEG", orientation="a
     label = hd.Volume.from_nibabel(nib.load(label_path), frame_of_reference_uid=series.volume.frame_of_reference_uid)
     labels = np.asarray(label.match_geometry(series.volume).array).astype(np.uint8)
     path = str(folder / f"{label_kind}.dcm")
-    (write_seg(labels, series, ROI_NAMES, path, automatic=False) if label_kind == "SEG" else
-     write_rtstruct(labels, series, ROI_NAMES, path))
+    (
+        write_seg(labels, series, ROI_NAMES, path, automatic=False)
+        if label_kind == "SEG"
+        else write_rtstruct(labels, series, ROI_NAMES, path)
+    )
     return str(series_folder), path
 
 
@@ -70,7 +74,9 @@ def test_a_dicom_case_reads_as_the_nifti_it_was_made_from(tmp_path, orientation,
     assert from_dicom.image.dtype == np.int16 and np.array_equal(from_dicom.image, from_nifti.image)
     assert np.array_equal(from_dicom.label, from_nifti.label) and set(np.unique(from_nifti.label)) == {0, 1, 2}
     np.testing.assert_allclose(from_dicom.spacing, from_nifti.spacing, atol=1e-4)
-    canonical = [nib.as_closest_canonical(nib.Nifti1Image(np.zeros(v.source.original_shape), v.affine)).affine for v in (from_dicom, from_nifti)]
+    canonical = [
+        nib.as_closest_canonical(nib.Nifti1Image(np.zeros(v.source.original_shape), v.affine)).affine for v in (from_dicom, from_nifti)
+    ]
     np.testing.assert_allclose(canonical[0], canonical[1], atol=1e-3)  # the same place in the patient, in mm
     assert from_dicom.name == series_tag(str(pydicom.dcmread(os.path.join(series, "0001.dcm")).SeriesInstanceUID))
     assert np.array_equal(from_dicom.source.load_label(), from_nifti.label)
@@ -123,16 +129,19 @@ def _position(path):
     return [float(v) for v in pydicom.dcmread(path).ImagePositionPatient]
 
 
-@pytest.mark.parametrize("spoil, message", [
-    ("remove_one", r"0006\.dcm: 1 missing slice\(s\): 5\.00 mm from 0004\.dcm where series-\w+ steps 2\.50 mm"),
-    ("duplicate", r"0005\.dcm: at the same position as \S+0004\.dcm \(a duplicated slice in series-\w+\)"),
-    ("uneven", r"0005\.dcm: uneven slice spacing: 3\.50 mm from 0004\.dcm where series-\w+ steps 2\.50 mm"),
-    ("tilt", r"series-\w+'s slices are shifted in-plane along the stack by up to 1\d\.\d mm \(gantry tilt"),
-    ("second_series", r"holds 2 series \(series-\w+ \(\d+ files\), series-\w+ \(\d+ files\)\); name a folder with one series"),
-    ("reoriented", r"0003\.dcm: oriented differently from \S+0001\.dcm in series-\w+"),
-    ("multi_frame", r"no single-frame CT or MR DICOM image in it|0001\.dcm: a multi-frame \(enhanced\) image object"),
-    ("compressed", r"0001\.dcm: pixel data compressed as High-Throughput JPEG 2000.*no decoder for it is installed"),
-])
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        ("remove_one", r"0006\.dcm: 1 missing slice\(s\): 5\.00 mm from 0004\.dcm where series-\w+ steps 2\.50 mm"),
+        ("duplicate", r"0005\.dcm: at the same position as \S+0004\.dcm \(a duplicated slice in series-\w+\)"),
+        ("uneven", r"0005\.dcm: uneven slice spacing: 3\.50 mm from 0004\.dcm where series-\w+ steps 2\.50 mm"),
+        ("tilt", r"series-\w+'s slices are shifted in-plane along the stack by up to 1\d\.\d mm \(gantry tilt"),
+        ("second_series", r"holds 2 series \(series-\w+ \(\d+ files\), series-\w+ \(\d+ files\)\); name a folder with one series"),
+        ("reoriented", r"0003\.dcm: oriented differently from \S+0001\.dcm in series-\w+"),
+        ("multi_frame", r"no single-frame CT or MR DICOM image in it|0001\.dcm: a multi-frame \(enhanced\) image object"),
+        ("compressed", r"0001\.dcm: pixel data compressed as High-Throughput JPEG 2000.*no decoder for it is installed"),
+    ],
+)
 def test_a_series_that_is_not_a_volume_is_one_line_naming_a_file(series_folder, spoil, message):
     files = _slices(series_folder)
     if spoil == "remove_one":
@@ -168,8 +177,12 @@ def test_a_localizer_mixed_into_a_series_is_left_out(series_folder):
     files = _slices(series_folder)
     scout = os.path.join(series_folder, "scout.dcm")
     shutil.copy(files[0], scout)
-    _edit(scout, ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"], ImageOrientationPatient=[1, 0, 0, 0, 0, -1],
-          SOPInstanceUID=pydicom.uid.generate_uid())
+    _edit(
+        scout,
+        ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"],
+        ImageOrientationPatient=[1, 0, 0, 0, 0, -1],
+        SOPInstanceUID=pydicom.uid.generate_uid(),
+    )
     assert load_volume(series_folder, None, 2).num_slices == len(files)
 
 
@@ -211,8 +224,22 @@ def _studies(root, n=4, identity=None):
 def test_prepare_dicom_lists_what_it_found_and_writes_a_datalist_the_site_reads(tmp_path, capsys):
     _studies(tmp_path / "pacs")
     out = tmp_path / "datalists"
-    args = ["prepare", "dicom", "--raw", str(tmp_path / "pacs"), "--out", str(out), "--classes", "kidney,tumour",
-            "--modality", "ct", "--structure-names", "kidney=Kidney_L", "--structure-names", "tumour=GTV"]
+    args = [
+        "prepare",
+        "dicom",
+        "--raw",
+        str(tmp_path / "pacs"),
+        "--out",
+        str(out),
+        "--classes",
+        "kidney,tumour",
+        "--modality",
+        "ct",
+        "--structure-names",
+        "kidney=Kidney_L",
+        "--structure-names",
+        "tumour=GTV",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert printed.count("| Kidney_L -> kidney; GTV -> tumour | case |") == 4
@@ -230,8 +257,22 @@ def test_prepare_dicom_skips_a_bad_series_with_its_reason_and_goes_on(tmp_path, 
     _studies(tmp_path / "pacs", n=3)
     files = _slices(tmp_path / "pacs" / "study_1" / "series")
     os.remove(files[5])
-    args = ["prepare", "dicom", "--raw", str(tmp_path / "pacs"), "--out", str(tmp_path / "dl"), "--classes", "kidney,tumour",
-            "--modality", "ct", "--structure-names", "kidney=Kidney_L|Kidney_R", "--structure-names", "tumour=GTV"]
+    args = [
+        "prepare",
+        "dicom",
+        "--raw",
+        str(tmp_path / "pacs"),
+        "--out",
+        str(tmp_path / "dl"),
+        "--classes",
+        "kidney,tumour",
+        "--modality",
+        "ct",
+        "--structure-names",
+        "kidney=Kidney_L|Kidney_R",
+        "--structure-names",
+        "tumour=GTV",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "skipped: study_1/series/0007.dcm: 1 missing slice(s): 5.00 mm from 0005.dcm" in printed
@@ -247,10 +288,33 @@ def test_infer_on_a_series_writes_a_dicom_seg_over_it(tmp_path, capsys):
     image, label = _nifti_case(tmp_path / "nifti")
     series, _ = _dicom_case(tmp_path / "dicom", image, label)
     adapter = tmp_path / "FL_global_model.pt"
-    torch.save({"model": AdapterModel(dict(model_type="vit_test", image_size=64, dataset="kits", preset="flap", rank=4)).state_dict()}, adapter)
+    torch.save(
+        {"model": AdapterModel({"model_type": "vit_test", "image_size": 64, "dataset": "kits", "preset": "flap", "rank": 4}).state_dict()},
+        adapter,
+    )
     out = tmp_path / "prediction.dcm"
-    assert main(["infer", "--image", series, "--out", str(out), "--adapter", str(adapter), "--model", "vit_test",
-                 "--image-size", "64", "--rank", "4", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                "--image",
+                series,
+                "--out",
+                str(out),
+                "--adapter",
+                str(adapter),
+                "--model",
+                "vit_test",
+                "--image-size",
+                "64",
+                "--rank",
+                "4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     seg = hd.seg.segread(str(out))
     source = read_series(series)
     assert seg.SeriesInstanceUID != source.datasets[0].SeriesInstanceUID
@@ -263,14 +327,39 @@ def test_infer_on_a_series_writes_a_dicom_seg_over_it(tmp_path, capsys):
     counts = {"kidney": int((written == 1).sum()), "tumour": int((written == 2).sum())}
     assert capsys.readouterr().out.strip() == f"wrote {out}: voxels per class {counts}"
     nifti_out = tmp_path / "prediction.nii.gz"
-    assert main(["infer", "--image", series, "--out", str(nifti_out), "--adapter", str(adapter), "--model", "vit_test",
-                 "--image-size", "64", "--rank", "4", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                "--image",
+                series,
+                "--out",
+                str(nifti_out),
+                "--adapter",
+                str(adapter),
+                "--model",
+                "vit_test",
+                "--image-size",
+                "64",
+                "--rank",
+                "4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert np.array_equal(np.asarray(nib.load(nifti_out).dataobj), np.asarray(source.nifti(written).dataobj))
 
 
 # What a hospital's headers carry and nothing the server receives or writes, nor any log, may show
-IDENTITY = StudyIdentity(patient_name="Doe^Jane^Quinn", patient_id="MRN-48151623", birth_date="19710412",
-                         accession="ACC-2342-77", study_uid="1.2.826.0.1.3680043.8.498.48151623420815")
+IDENTITY = StudyIdentity(
+    patient_name="Doe^Jane^Quinn",
+    patient_id="MRN-48151623",
+    birth_date="19710412",
+    accession="ACC-2342-77",
+    study_uid="1.2.826.0.1.3680043.8.498.48151623420815",
+)
 
 
 @pytest.mark.slow
@@ -283,16 +372,25 @@ def test_a_federation_over_dicom_sites_scores_as_the_same_data_in_nifti_and_no_i
     dicom_cases, nifti_cases = [], []
     for i in range(4):
         image, label = _nifti_case(data / "nifti" / f"case_{i}", seed=i)
-        series, label_file = _dicom_case(data / "pacs" / f"study_{i}", image, label, "SEG" if i % 2 == 0 else "RTSTRUCT",
-                                         identity=IDENTITY)
+        series, label_file = _dicom_case(data / "pacs" / f"study_{i}", image, label, "SEG" if i % 2 == 0 else "RTSTRUCT", identity=IDENTITY)
         dicom_cases.append({"image": series, "label": label_file})
         nifti_cases.append({"image": image, "label": label})
     for site, cases in (("site-1", dicom_cases), ("site-2", nifti_cases)):
         (data / f"{site}.json").write_text(json.dumps({"training": cases[:3], "validation": cases[3:], "test": []}))
-    uids = {str(pydicom.dcmread(os.path.join(c["image"], "0001.dcm"))[key].value) for c in dicom_cases
-            for key in ("SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")}
-    settings = {**TEST_MODEL, **TEST_TRAINING, "max_steps_per_round": 4, "num_rounds": 2, "min_clients": 2, "data_root": str(data),
-                "structure_names": {"kidney": "Kidney_L", "tumour": "GTV"}}
+    uids = {
+        str(pydicom.dcmread(os.path.join(c["image"], "0001.dcm"))[key].value)
+        for c in dicom_cases
+        for key in ("SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+    }
+    settings = {
+        **TEST_MODEL,
+        **TEST_TRAINING,
+        "max_steps_per_round": 4,
+        "num_rounds": 2,
+        "min_clients": 2,
+        "data_root": str(data),
+        "structure_names": {"kidney": "Kidney_L", "tumour": "GTV"},
+    }
     ws = tmp_path / "ws"
     result = run_simulator(copy_job("kits_lora", tmp_path, settings), ws, 2, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
@@ -300,8 +398,16 @@ def test_a_federation_over_dicom_sites_scores_as_the_same_data_in_nifti_and_no_i
     scores = json.loads((job_dir / "cross_site_val" / "cross_val_results.json").read_text())
     on_dicom, on_nifti = scores["site-1"]["SRV_FL_global_model.pt"], scores["site-2"]["SRV_FL_global_model.pt"]
     assert on_dicom["dice"] > 0 and on_dicom == pytest.approx(on_nifti, abs=1e-6)
-    identifying = [IDENTITY.patient_name, "Doe", "Quinn", IDENTITY.patient_id, IDENTITY.birth_date, IDENTITY.accession,
-                   IDENTITY.study_uid, *uids]
+    identifying = [
+        IDENTITY.patient_name,
+        "Doe",
+        "Quinn",
+        IDENTITY.patient_id,
+        IDENTITY.birth_date,
+        IDENTITY.accession,
+        IDENTITY.study_uid,
+        *uids,
+    ]
     written = [p for p in ws.rglob("*") if p.is_file()]
     assert any(p.name == "log.txt" and "site-1" in str(p) for p in written)  # the site's own log is searched too
     for path in written:
@@ -311,11 +417,14 @@ def test_a_federation_over_dicom_sites_scores_as_the_same_data_in_nifti_and_no_i
     assert (result.stdout + result.stderr).find("Doe^") < 0 and all(u not in result.stdout + result.stderr for u in uids)
 
 
-@pytest.mark.parametrize("value, message", [
-    ({"liver": "Liver"}, r"structure_names: 'liver' is not a class of this job \(classes: kidney, tumour\)"),
-    ({"tumour": 3}, r"structure_names: the names of tumour must be a list of texts or one text separated by '\|', not 3"),
-    ({"kidney": "GTV", "tumour": "gtv"}, r"structure_names: 'gtv' is given to tumour and to kidney"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ({"liver": "Liver"}, r"structure_names: 'liver' is not a class of this job \(classes: kidney, tumour\)"),
+        ({"tumour": 3}, r"structure_names: the names of tumour must be a list of texts or one text separated by '\|', not 3"),
+        ({"kidney": "GTV", "tumour": "gtv"}, r"structure_names: 'gtv' is given to tumour and to kidney"),
+    ],
+)
 def test_a_bad_structure_names_setting_is_refused_when_the_job_is_written(value, message):
     from flap_sam.jobs.settings import check_settings
 

@@ -12,6 +12,7 @@ from flap_sam.cli.main import build_parser
 from flap_sam.jobs.recipe import FLARE_RECIPE_FLAGS
 from flap_sam.jobs.recipe import build_parser as job_py_parser
 from flap_sam.jobs.settings_page import settings_page_of_package
+
 from jobtools import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]

@@ -36,7 +36,9 @@ def test_perfect_prediction_scores_one_and_empty_scores_zero(tmp_path, capsys):
     site = ensure_demo_site("kits", "site-1", str(tmp_path / "demo"))
     datalist = f"{site}/datalist.json"
     perfect = _predictions(tmp_path, site, "training", lambda label: label)
-    assert main(["evaluate", "--datalist", datalist, "--split", "training", "--predictions", str(perfect), "--out", str(tmp_path / "a")]) == 0
+    assert (
+        main(["evaluate", "--datalist", datalist, "--split", "training", "--predictions", str(perfect), "--out", str(tmp_path / "a")]) == 0
+    )
     rows = _rows(tmp_path / "a" / "dice.csv")
     assert [r["case"] for r in rows] == ["demo_000", "demo_001", "demo_002", "demo_003", "mean"]
     assert all(float(r[k]) == 1.0 for r in rows for k in ("dice_kidney", "dice_tumour", "mean_dice", "flamby_dice"))
@@ -49,7 +51,11 @@ def test_perfect_prediction_scores_one_and_empty_scores_zero(tmp_path, capsys):
     rows = _rows(tmp_path / "b" / "dice.csv")
     assert all(float(r["dice_kidney"]) == 0.0 for r in rows)
     assert all(r["hd95_kidney"] == "nan" for r in rows)  # nothing predicted: no distance is defined
-    assert (tmp_path / "b" / "dice.md").read_text().startswith("| case | dice_kidney | dice_tumour | mean_dice | hd95_kidney | hd95_tumour | flamby_dice |")
+    assert (
+        (tmp_path / "b" / "dice.md")
+        .read_text()
+        .startswith("| case | dice_kidney | dice_tumour | mean_dice | hd95_kidney | hd95_tumour | flamby_dice |")
+    )
 
 
 def test_flamby_kits_metric_is_the_mean_of_kidney_plus_tumour_and_tumour():
@@ -64,9 +70,31 @@ def test_flamby_kits_metric_is_the_mean_of_kidney_plus_tumour_and_tumour():
 def test_evaluate_runs_the_adapted_model_and_writes_overlays(tmp_path, capsys):
     site = ensure_demo_site("ixi", "site-1", str(tmp_path / "demo"))
     adapter = tmp_path / "FL_global_model.pt"
-    torch.save({"model": AdapterModel(dict(model_type="vit_test", image_size=64, dataset="ixi", preset="flap", rank=4)).state_dict()}, adapter)
-    args = ["evaluate", "--datalist", f"{site}/datalist.json", "--adapter", str(adapter), "--dataset", "ixi",
-            "--model", "vit_test", "--image-size", "64", "--rank", "4", "--device", "cpu", "--out", str(tmp_path / "e"), "--overlays", "2"]
+    torch.save(
+        {"model": AdapterModel({"model_type": "vit_test", "image_size": 64, "dataset": "ixi", "preset": "flap", "rank": 4}).state_dict()},
+        adapter,
+    )
+    args = [
+        "evaluate",
+        "--datalist",
+        f"{site}/datalist.json",
+        "--adapter",
+        str(adapter),
+        "--dataset",
+        "ixi",
+        "--model",
+        "vit_test",
+        "--image-size",
+        "64",
+        "--rank",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "e"),
+        "--overlays",
+        "2",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "| case | dice_brain | mean_dice |" in out and "| site-1_005 |" in out  # the demo's test case

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from flap_sam.jobs.settings import training_settings
 from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.training.local_trainer import LocalTrainer

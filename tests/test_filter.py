@@ -14,7 +14,7 @@ from flap_sam.federated.filters import PresetResultFilter
 from flap_sam.model.factory import ModelSpec, build_model, exchange_schema, export_weights
 from flap_sam.model.presets import exchanged_names
 
-SETTINGS = dict(model_type="vit_test", image_size=64, dataset="kits", preset="flap", rank=4)
+SETTINGS = {"model_type": "vit_test", "image_size": 64, "dataset": "kits", "preset": "flap", "rank": 4}
 SPEC = ModelSpec(model_type="vit_test", image_size=64, num_classes=2, preset="flap", rank=4)  # kits: 2 classes
 
 

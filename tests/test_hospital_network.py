@@ -23,14 +23,18 @@ import pytest
 from flap_sam.federated.resume import read_adapter, run_adapter_path
 from flap_sam.jobs.writer import write_job
 from flap_sam.model.factory import ModelSpec, exchange_schema
+
 from jobtools import REPO, TEST_MODEL, TEST_TRAINING
 
 sys.path.insert(0, str(REPO / "poc"))
-import hospital_network  # noqa: E402  (the harness is the code under test)
+import hospital_network
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(hospital_network.can_build_networks() is not None,
-                                 reason=f"hospital network: {hospital_network.can_build_networks()}")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        hospital_network.can_build_networks() is not None, reason=f"hospital network: {hospital_network.can_build_networks()}"
+    ),
+]
 
 QUICK = {**TEST_MODEL, **TEST_TRAINING, "max_steps_per_round": 5, "cross_site_timeout": 60}
 
@@ -69,8 +73,22 @@ class Monitor:
     """``flap-sam monitor`` run in the admin's namespace in the background; its lines as they come."""
 
     def __init__(self, d: hospital_network.Deployment, *args: str):
-        argv = d.network.command("admin", [sys.executable, "-m", "flap_sam.cli.main", "monitor", "--startup-kit", d.kit("admin"),
-                                           "--username", d.admin, "--poll", "2", *args])
+        argv = d.network.command(
+            "admin",
+            [
+                sys.executable,
+                "-m",
+                "flap_sam.cli.main",
+                "monitor",
+                "--startup-kit",
+                d.kit("admin"),
+                "--username",
+                d.admin,
+                "--poll",
+                "2",
+                *args,
+            ],
+        )
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=lambda: self.lines.extend(line.rstrip() for line in self.proc.stdout), daemon=True)
@@ -118,8 +136,13 @@ def test_a_federation_across_network_hosts_survives_a_cut_link_and_a_site_cut_pa
     # A round waits up to 45 s for its results; two of three sites are enough. NVFlare's own weighted average
     # this time: its per-site weights are explicit (no "Aggregation_weight missing").
     rounds = 4
-    monitor = Monitor(d, "--submit", _job(tmp_path, num_rounds=rounds, min_clients=2, train_timeout=45, aggregation="average"),
-                      "--download", str(tmp_path / "results"))
+    monitor = Monitor(
+        d,
+        "--submit",
+        _job(tmp_path, num_rounds=rounds, min_clients=2, train_timeout=45, aggregation="average"),
+        "--download",
+        str(tmp_path / "results"),
+    )
     job_id = monitor.job_id()
     assert _wait_for(lambda: "Round 1 started" in _server_job_log(d, job_id), 300), _server_job_log(d, job_id)[-3000:]
     d.network.cut("hospital-b")  # back within the round's timeout
@@ -144,8 +167,9 @@ def test_a_federation_across_network_hosts_survives_a_cut_link_and_a_site_cut_pa
     assert "site weights (x training steps)" in server_log and "Aggregation_weight missing" not in server_log
     # The traffic went through each site's shaped link: its token bucket counted more than the site's payloads.
     for site in d.sites:
-        shaped = subprocess.run(["tc", "-s", "-n", d.network.namespace(site), "qdisc", "show", "dev", "eth0"],
-                                capture_output=True, text=True).stdout
+        shaped = subprocess.run(
+            ["tc", "-s", "-n", d.network.namespace(site), "qdisc", "show", "dev", "eth0"], capture_output=True, text=True
+        ).stdout
         assert "rate 8Mbit" in shaped and int(re.search(r"Sent (\d+) bytes", shaped).group(1)) > 2 * 73_000, shaped
     # The admin's console, from the admin's own host, shows the job and every site back.
     console = d.admin_console(["list_jobs", f"show_errors {job_id} server", "check_status client"])
@@ -183,8 +207,9 @@ def test_a_crashed_server_is_restarted_by_its_kit_and_the_job_resumes_from_its_l
     server_log = Path(tmp_path, "results", new_id, "workspace", "log.txt").read_text(errors="replace")  # as downloaded
     started = [int(n) for n in re.findall(r"Round (\d+) started", server_log)]
     assert started == list(range(finished, rounds)), started  # no finished round repeated, none skipped
-    assert (f"Its adapter holds {finished} finished round(s): submit the same job with resume_from = {job_id}"
-            in Path(d.kit("server"), "log.txt").read_text(errors="replace"))  # what the restarted server says
+    assert f"Its adapter holds {finished} finished round(s): submit the same job with resume_from = {job_id}" in Path(
+        d.kit("server"), "log.txt"
+    ).read_text(errors="replace")  # what the restarted server says
     state, total = read_adapter(str(Path(tmp_path, "results", new_id, "workspace", "app_server", "FL_global_model.pt")))
     assert total == rounds
     assert set(state) == set(exchange_schema(ModelSpec("vit_test", 64, 2, "flap", 4)))  # the adapter only
@@ -199,18 +224,29 @@ def test_a_site_whose_uplink_is_too_slow_for_the_round_gets_one_clear_line_and_t
     d.network.shape("hospital-b", 0.05, uplink_only=True)
     _start_all(d, tmp_path)
     started = time.monotonic()
-    monitor = Monitor(d, "--submit", _job(tmp_path, num_rounds=5, min_clients=1, train_timeout=15, max_steps_per_round=3),
-                      "--download", str(tmp_path / "results"))
+    monitor = Monitor(
+        d,
+        "--submit",
+        _job(tmp_path, num_rounds=5, min_clients=1, train_timeout=15, max_steps_per_round=3),
+        "--download",
+        str(tmp_path / "results"),
+    )
     out = monitor.wait(400)
     assert "FINISHED" in out and time.monotonic() - started < 400, out  # not a hang
     # The server's log names the site and the setting to raise; the admin's monitor shows the rounds without it.
     server_log = Path(tmp_path, "results", monitor.job_id(), "workspace", "log.txt").read_text(errors="replace")
-    assert re.search(r"round 0: no result from hospital-b after \d+ s: each dropped out, or is still training or sending "
-                     r"\(a slow link\); the round goes on without them. To wait longer for a slow site, raise "
-                     r"(train_timeout \(now 15 s\)|min_clients \(now 1;)", server_log), server_log[-4000:]
+    assert re.search(
+        r"round 0: no result from hospital-b after \d+ s: each dropped out, or is still training or sending "
+        r"\(a slow link\); the round goes on without them. To wait longer for a slow site, raise "
+        r"(train_timeout \(now 15 s\)|min_clients \(now 1;)",
+        server_log,
+    ), server_log[-4000:]
     # Its round-0 result arrives while a later round runs: counted for none, and said so with the time it took.
-    late = re.search(r"site hospital-b: its round 0 result arrived (\d+) s after the round started, (\d+) s after the round "
-                     r"closed without it: its link is too slow for this job's timing; raise (train_timeout|min_clients)", server_log)
+    late = re.search(
+        r"site hospital-b: its round 0 result arrived (\d+) s after the round started, (\d+) s after the round "
+        r"closed without it: its link is too slow for this job's timing; raise (train_timeout|min_clients)",
+        server_log,
+    )
     assert late and int(late.group(1)) > int(late.group(2)) > 0, server_log[-4000:]
     assert "hospital-b late: its round 0 result arrived" in out, out
     # A late result counts for no round: the aggregators discard it, and the rounds do not list it.

@@ -50,8 +50,9 @@ HEAVY = ("torch", "monai", "nvflare", "segment_anything", "matplotlib", "nilearn
 
 def test_building_the_command_line_imports_no_heavy_library():
     """``flap-sam --help`` and ``flap-sam CMD --help`` stay quick: a command imports what it needs when it runs."""
-    probe = ("import sys; from flap_sam.cli.main import build_parser; build_parser(); "
-             f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
+    probe = (
+        f"import sys; from flap_sam.cli.main import build_parser; build_parser(); print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.split() == [], f"building the parser imported {done.stdout.strip()}"
 

@@ -27,7 +27,13 @@ LAYERS = {p.name for p in PACKAGE.iterdir() if p.is_dir() and not p.name.startsw
 def _imported_layers(path: Path) -> set[str]:
     layers = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        names = (
+            [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else []
+        )
         for name in names:
             parts = name.split(".")
             if parts[0] == "flap_sam" and len(parts) > 1:
@@ -37,7 +43,11 @@ def _imported_layers(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_a_layer_imports_no_higher_layer(layer):
-    wrong = {f"{p.relative_to(PACKAGE)} imports flap_sam.{l}" for p in (PACKAGE / layer).rglob("*.py") for l in _imported_layers(p) & FORBIDDEN[layer]}
+    wrong = {
+        f"{p.relative_to(PACKAGE)} imports flap_sam.{l}"
+        for p in (PACKAGE / layer).rglob("*.py")
+        for l in _imported_layers(p) & FORBIDDEN[layer]
+    }
     assert not wrong, sorted(wrong)
 
 

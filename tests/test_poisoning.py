@@ -35,7 +35,9 @@ def global_weights():
 
 def _server_ctx(global_weights) -> FLContext:
     ctx = FLContext()
-    ctx.set_prop(AppConstants.GLOBAL_MODEL, make_model_learnable({k: v.copy() for k, v in global_weights.items()}, {}), private=True, sticky=False)
+    ctx.set_prop(
+        AppConstants.GLOBAL_MODEL, make_model_learnable({k: v.copy() for k, v in global_weights.items()}, {}), private=True, sticky=False
+    )
     ctx.set_prop(AppConstants.CURRENT_ROUND, ROUND, private=True, sticky=False)
     return ctx
 
@@ -45,14 +47,22 @@ def _arrived(site: str, weights: dict, steps, mode: str) -> Shareable:
     codec (``mode``), decoded by the server's. Bad values are put into the wire arrays, as a site
     that bypassed its own checks would send them."""
     clean = {k: np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for k, v in weights.items()}
-    sent = TransportCodec(mode, "encode").process(DXO(DataKind.WEIGHTS, data=clean, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: steps}).to_shareable(), FLContext())
+    sent = TransportCodec(mode, "encode").process(
+        DXO(DataKind.WEIGHTS, data=clean, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: steps}).to_shareable(), FLContext()
+    )
     if mode != "int8":
         dxo = from_shareable(sent)
         for name, value in weights.items():
             bad = ~np.isfinite(value)
             if bad.any():
                 wire = dxo.data[name]
-                wire[bad] = value[bad].astype(np.float16) if mode == "fp16" else (value[bad].astype(np.float32).view(np.uint32) >> 16).astype(np.uint16) if mode == "bf16" else value[bad]
+                wire[bad] = (
+                    value[bad].astype(np.float16)
+                    if mode == "fp16"
+                    else (value[bad].astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+                    if mode == "bf16"
+                    else value[bad]
+                )
         sent = dxo.update_shareable(sent)
     else:
         dxo = from_shareable(sent)
@@ -102,7 +112,9 @@ def test_a_bad_update_is_left_out_with_the_site_and_reason(kind, aggregation, mo
     good = {k: v + np.float32(0.01) for k, v in global_weights.items()}
     bad = _poisoned(global_weights, kind) if kind != "zero_weight" else good
     with caplog.at_level(logging.ERROR):
-        accepted, result = _aggregate(aggregation, global_weights, [("site-1", good, 4), ("site-2", bad, 0 if kind == "zero_weight" else 4)], mode)
+        accepted, result = _aggregate(
+            aggregation, global_weights, [("site-1", good, 4), ("site-2", bad, 0 if kind == "zero_weight" else 4)], mode
+        )
     assert accepted == [True, False]
     assert any("leaving out the update of site-2" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
     assert set(result) == set(global_weights)
@@ -115,8 +127,12 @@ def test_a_bad_update_is_left_out_with_the_site_and_reason(kind, aggregation, mo
 @pytest.mark.parametrize("aggregation", choices_of("aggregation"))
 def test_no_usable_update_keeps_the_previous_global_model(aggregation, global_weights, caplog):
     with caplog.at_level(logging.WARNING):
-        accepted, result = _aggregate(aggregation, global_weights, [("site-1", _poisoned(global_weights, "nan"), 4),
-                                                                     ("site-2", _poisoned(global_weights, "wrong_shape"), 4)], "fp32")
+        accepted, result = _aggregate(
+            aggregation,
+            global_weights,
+            [("site-1", _poisoned(global_weights, "nan"), 4), ("site-2", _poisoned(global_weights, "wrong_shape"), 4)],
+            "fp32",
+        )
     assert accepted == [False, False]
     assert all(np.array_equal(result[k], global_weights[k]) for k in global_weights)
     assert any("the global model stays as it was" in r.getMessage() for r in caplog.records)
@@ -152,8 +168,12 @@ def test_a_late_result_and_a_second_result_of_a_site_count_for_no_round(aggregat
     aggregator.handle_event(EventType.START_RUN, ctx)
     late = _arrived("site-3", other, 4, "fp32")
     late.add_cookie(AppConstants.CONTRIBUTION_ROUND, ROUND - 1)
-    accepted = [aggregator.accept(_arrived("site-1", first, 4, "fp32"), ctx), aggregator.accept(_arrived("site-2", first, 4, "fp32"), ctx),
-                aggregator.accept(_arrived("site-2", other, 4, "fp32"), ctx), aggregator.accept(late, ctx)]
+    accepted = [
+        aggregator.accept(_arrived("site-1", first, 4, "fp32"), ctx),
+        aggregator.accept(_arrived("site-2", first, 4, "fp32"), ctx),
+        aggregator.accept(_arrived("site-2", other, 4, "fp32"), ctx),
+        aggregator.accept(late, ctx),
+    ]
     result = from_shareable(aggregator.aggregate(ctx)).data
     assert accepted == [True, True, False, False]
     _, only_first = _aggregate(aggregation, global_weights, [("site-1", first, 4), ("site-2", first, 4)], "fp32")

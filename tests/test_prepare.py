@@ -83,13 +83,13 @@ def test_kits19_reports_every_broken_case_and_writes_nothing(kits_raw, tmp_path,
     for case_id, _, _ in kits19.read_split()[4:]:
         os.symlink(kits_raw / case_id, raw / case_id)
     ids = [c for c, _, _ in kits19.read_split()]
-    os.remove(raw / ids[0] / "segmentation.nii.gz")                       # missing file
+    os.remove(raw / ids[0] / "segmentation.nii.gz")  # missing file
     os.remove(raw / ids[1] / "imaging.nii.gz")
     (raw / ids[1] / "imaging.nii.gz").write_bytes(b"\x1f\x8b truncated")  # unreadable
     os.remove(raw / ids[2] / "segmentation.nii.gz")
     _nifti(raw / ids[2] / "segmentation.nii.gz", label_value=1, shape=(8, 8, 5))  # shape mismatch
     os.remove(raw / ids[3] / "segmentation.nii.gz")
-    _nifti(raw / ids[3] / "segmentation.nii.gz", label_value=7)           # label out of range
+    _nifti(raw / ids[3] / "segmentation.nii.gz", label_value=7)  # label out of range
     out = tmp_path / "out"
     assert main(["prepare", "kits19", "--raw", str(raw), "--out", str(out)]) == 2
     err = capsys.readouterr().err

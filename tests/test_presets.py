@@ -36,7 +36,10 @@ def test_exact_counts_vit_b_224(counts):
 
 def test_lora_building_blocks():
     assert count_parameters(ModelSpec("vit_b", 224, 2, "lora_ft", 1))["exchanged"] == 36_864 + 5_888
-    assert count_parameters(ModelSpec("vit_b", 224, 2, "samed", 32))["exchanged"] == count_parameters(ModelSpec("vit_b", 224, 2, "samed", 4))["exchanged"]
+    assert (
+        count_parameters(ModelSpec("vit_b", 224, 2, "samed", 32))["exchanged"]
+        == count_parameters(ModelSpec("vit_b", 224, 2, "samed", 4))["exchanged"]
+    )
 
 
 def test_paper_ratios(counts):

@@ -10,6 +10,7 @@ from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.fl_context import FLContext
 
 from flap_sam.federated.privacy import UpdatePrivacyFilter
+
 from jobtools import TEST_MODEL, TEST_TRAINING, copy_job, run_simulator, scalars
 
 
@@ -36,7 +37,7 @@ def test_svt_privacy_sends_a_noisy_fraction_as_float32():
 
 
 def test_only_differences_are_filtered_and_bad_settings_are_refused():
-    shareable, data = _update(DataKind.METRICS)
+    shareable, _data = _update(DataKind.METRICS)
     assert UpdatePrivacyFilter("percentile").process(shareable, FLContext()) is shareable
     with pytest.raises(ValueError, match=r"^privacy: 'dp' is not one of \['none', 'percentile', 'svt'\]$"):
         UpdatePrivacyFilter("dp")
@@ -46,8 +47,11 @@ def test_only_differences_are_filtered_and_bad_settings_are_refused():
 
 @pytest.mark.slow
 def test_a_federation_with_percentile_privacy_trains_through_differences(tmp_path):
-    job = copy_job("kits_lora", tmp_path, {**TEST_MODEL, **TEST_TRAINING, "num_rounds": 2, "privacy": "percentile",
-                                            "privacy_percentile": 50, "percentile_gamma": 1.0})
+    job = copy_job(
+        "kits_lora",
+        tmp_path,
+        {**TEST_MODEL, **TEST_TRAINING, "num_rounds": 2, "privacy": "percentile", "privacy_percentile": 50, "percentile_gamma": 1.0},
+    )
     result = run_simulator(job, tmp_path / "ws", 2, env={"FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")})
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]

@@ -15,6 +15,7 @@ import torch
 from flap_sam.jobs.recipe import FlapSamRecipe, resolved_config
 from flap_sam.jobs.writer import jobs_folder, write_job
 from flap_sam.model.factory import ModelSpec, exchange_schema
+
 from jobtools import TEST_MODEL, TEST_TRAINING, scalars
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,8 +62,13 @@ def test_recipe_settings_equal_those_of_flap_sam_job(tmp_path):
 def test_job_py_runs_the_demo_in_flares_simulator_env(tmp_path):
     settings = [f"{k}={json.dumps(v)}" for k, v in {**TEST_MODEL, **TEST_TRAINING, "num_rounds": 2}.items()]
     env = {**os.environ, "FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")}
-    done = subprocess.run([sys.executable, str(REPO / "jobs" / "kits_lora" / "job.py"), "--set", *settings,
-                           "--workspace", str(tmp_path / "ws")], capture_output=True, text=True, timeout=900, env=env)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "kits_lora" / "job.py"), "--set", *settings, "--workspace", str(tmp_path / "ws")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     job_dir = tmp_path / "ws" / "kits_lora" / "server" / "simulate_job"
     state = torch.load(job_dir / "app_server" / "FL_global_model.pt", weights_only=True)["model"]

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from flap_sam.cli.main import main
+
 from jobtools import TEST_MODEL, TEST_TRAINING
 
 ROUNDS = 2
@@ -29,8 +30,27 @@ def test_sweep_baselines_and_report_on_the_demo(tmp_path, monkeypatch, capsys):
         baseline = json.loads((tmp_path / kind / "baseline.json").read_text())
         assert len(log) == ROUNDS and all(math.isfinite(e["train_loss"]) for e in log)
         assert baseline["best_val_dice"] == max(e["val_dice"] for e in log)  # the kept adapter is the best epoch's
-    assert main(["sweep", "kits_lora", "--presets", "flap", "dec_ft", "--out", str(sweep), "--set", *_set(SETTINGS),
-                 "--run-timeout", "600", "--baselines", str(tmp_path / "local"), str(tmp_path / "pooled")]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "kits_lora",
+                "--presets",
+                "flap",
+                "dec_ft",
+                "--out",
+                str(sweep),
+                "--set",
+                *_set(SETTINGS),
+                "--run-timeout",
+                "600",
+                "--baselines",
+                str(tmp_path / "local"),
+                str(tmp_path / "pooled"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((sweep / "report" / "report.json").read_text())
     assert sorted(r["name"] for r in report["runs"]) == ["dec_ft-fp32", "flap-fp32"]
     for run in report["runs"]:  # the report's numbers are the workspaces' own
@@ -41,8 +61,10 @@ def test_sweep_baselines_and_report_on_the_demo(tmp_path, monkeypatch, capsys):
         expected = sum(v["SRV_FL_global_model.pt"]["dice"] for v in cross.values()) / len(cross)
         assert run["test_dice"] == pytest.approx(expected)
         assert sorted(map(int, run["val_dice"]["site-1"])) == list(range(ROUNDS))
-        assert f"| {run['name']} | vit_test | {run['preset']} | fp32 | {ROUNDS} | {run['total_bytes']:,} | {run['test_dice']:.4f} |" in \
-            (sweep / "report" / "report.md").read_text()
+        assert (
+            f"| {run['name']} | vit_test | {run['preset']} | fp32 | {ROUNDS} | {run['total_bytes']:,} | {run['test_dice']:.4f} |"
+            in (sweep / "report" / "report.md").read_text()
+        )
     flap, dec = (next(r for r in report["runs"] if r["preset"] == p) for p in ("flap", "dec_ft"))
     assert flap["total_bytes"] < dec["total_bytes"]  # flap sends fewer tensors than the whole decoder
     kinds = {b["kind"]: b for b in report["baselines"]}

@@ -39,10 +39,13 @@ def test_a_job_id_points_into_the_servers_run_folder(tmp_path, adapter):
     assert rounds == 2 and set(state) == set(adapter)
 
 
-@pytest.mark.parametrize("resume_from, message", [
-    ("../other_server/job", "expected a job id of this server or an absolute path"),
-    ("no-such-job", "resume_from no-such-job: no persisted adapter at"),
-])
+@pytest.mark.parametrize(
+    "resume_from, message",
+    [
+        ("../other_server/job", "expected a job id of this server or an absolute path"),
+        ("no-such-job", "resume_from no-such-job: no persisted adapter at"),
+    ],
+)
 def test_nothing_to_resume_from_is_one_line_naming_the_setting(tmp_path, resume_from, message):
     with pytest.raises(ValueError, match=message):
         resume_checkpoint(resume_from, str(tmp_path), "FL_global_model.pt")
@@ -111,7 +114,13 @@ def test_an_adapter_trained_from_another_base_is_refused(tmp_path, adapter):
     from flap_sam.model.adapter_file import FINGERPRINT_KEY
 
     path = tmp_path / "other_base.pt"
-    torch.save({"model": adapter, "meta_props": {FINISHED_ROUNDS_KEY: 2, FINGERPRINT_KEY: {"source": "checkpoint", "frozen": "a", "exchanged": "b"}}}, path)
+    torch.save(
+        {
+            "model": adapter,
+            "meta_props": {FINISHED_ROUNDS_KEY: 2, FINGERPRINT_KEY: {"source": "checkpoint", "frozen": "a", "exchanged": "b"}},
+        },
+        path,
+    )
     server_base = AdapterModel(MODEL).base_fingerprint
     with pytest.raises(ValueError, match=r"was trained from another SAM base \(checkpoint\) than this server built \(random\)"):
         check_resumable(str(path), adapter, num_rounds=5, base=server_base)

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
 from nvflare.apis.fl_constant import FLContextKey, ReservedKey
 from nvflare.apis.fl_context import FLContext
 
+from flap_sam.federated.aggregation_rules import (
+    ChangeLayout,
+    aggregate_robust,
+    concordance_ratios,
+    coordinate_median,
+    fedseca,
+    trimmed_mean,
+)
 from flap_sam.federated.attacks import attack_contributions, attack_refusal, crafted_change, flipped_labels
-from flap_sam.federated.aggregation_rules import (ChangeLayout, aggregate_robust, concordance_ratios, coordinate_median, fedseca,
-                                                   trimmed_mean)
-from flap_sam.training.settings import AttackSettings
 from flap_sam.model.factory import ModelSpec
 from flap_sam.model.lora import factorize
+from flap_sam.training.settings import AttackSettings
 
 from modeltools import noisy_payload
 
@@ -35,12 +43,14 @@ def test_concordance_ratios_count_agreeing_and_disagreeing_nonzero_signs():
 
 
 def test_fedseca_elects_the_sign_of_the_concordant_sites_and_averages_only_what_agrees():
-    changes = np.array([
-        [1.0, 2.0, -1.0, 0.5],
-        [2.0, 1.0, -2.0, 0.5],
-        [1.5, 1.5, -1.0, -0.5],
-        [-9.0, -9.0, 9.0, 9.0],   # the attacker: every sign flipped, large
-    ])
+    changes = np.array(
+        [
+            [1.0, 2.0, -1.0, 0.5],
+            [2.0, 1.0, -2.0, 0.5],
+            [1.5, 1.5, -1.0, -0.5],
+            [-9.0, -9.0, 9.0, 9.0],  # the attacker: every sign flipped, large
+        ]
+    )
     change, vote = fedseca(changes, sparsity=0.0)
     # Clip: each coordinate to the median magnitude over sites (1.75, 1.75, 1.5, 0.5).
     # Concordance: the three honest sites agree with each other (ratios > 0), the attacker with none.
@@ -153,7 +163,7 @@ def test_a_server_outside_the_simulator_and_poc_stops_an_attacked_job_at_its_sta
             return str(tmp_path / "hospital-kits" / "server1")
 
     class Engine:  # records what the aggregator fires (FLARE's engine ends the run on FATAL_SYSTEM_ERROR)
-        fired = []
+        fired: ClassVar[list] = []
 
         def fire_event(self, event_type, fl_ctx):
             self.fired.append((event_type, fl_ctx.get_prop(FLContextKey.EVENT_DATA)))

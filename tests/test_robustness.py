@@ -9,6 +9,7 @@ import torch
 
 from flap_sam.cli.main import main
 from flap_sam.model.factory import ModelSpec, exchange_schema
+
 from jobtools import TEST_MODEL, TEST_TRAINING
 
 SETTINGS = {**TEST_MODEL, **TEST_TRAINING, "num_rounds": 2, "max_steps_per_round": 10, "cpu_threads": 1}
@@ -18,10 +19,32 @@ SETTINGS = {**TEST_MODEL, **TEST_TRAINING, "num_rounds": 2, "max_steps_per_round
 def test_a_sign_flipping_site_under_fedseca_in_the_simulator(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FLAP_SAM_DEMO_ROOT", str(tmp_path / "demo"))
     out = tmp_path / "matrix"
-    assert main(["robustness", "kits_lora", "--aggregations", "fedseca", "--attacks", "sign_flip", "--sites", "3",
-                 "--byzantine", "1", "--out", str(out), "--set", *(f"{k}={json.dumps(v)}" for k, v in SETTINGS.items())]) == 0
+    assert (
+        main(
+            [
+                "robustness",
+                "kits_lora",
+                "--aggregations",
+                "fedseca",
+                "--attacks",
+                "sign_flip",
+                "--sites",
+                "3",
+                "--byzantine",
+                "1",
+                "--out",
+                str(out),
+                "--set",
+                *(f"{k}={json.dumps(v)}" for k, v in SETTINGS.items()),
+            ]
+        )
+        == 0
+    )
     runs = json.loads((out / "robustness.json").read_text())["runs"]
-    assert [(r["aggregation"], r["attack"], r["byzantine"]) for r in runs] == [("fedseca", "none", []), ("fedseca", "sign_flip", ["site-3"])]
+    assert [(r["aggregation"], r["attack"], r["byzantine"]) for r in runs] == [
+        ("fedseca", "none", []),
+        ("fedseca", "sign_flip", ["site-3"]),
+    ]
     assert all(len(r["val_dice"]) == 2 and 0.0 <= r["test_dice"] <= 1.0 for r in runs)
     table = (out / "robustness.md").read_text()
     assert "| aggregation | none | sign_flip |" in table and (out / "robustness.png").stat().st_size > 0
@@ -39,6 +62,23 @@ def test_a_sign_flipping_site_under_fedseca_in_the_simulator(tmp_path, monkeypat
 def test_an_attack_needs_its_sites_and_robustness_needs_honest_ones(tmp_path, capsys):
     assert main(["job", "kits_lora", "--out", str(tmp_path / "j"), "--set", "attack=ipm"]) == 2
     assert "attack = ipm needs attack_sites" in capsys.readouterr().err
-    assert main(["robustness", "kits_lora", "--aggregations", "median", "--attacks", "ipm", "--sites", "2", "--byzantine", "2",
-                 "--out", str(tmp_path / "m")]) == 2
+    assert (
+        main(
+            [
+                "robustness",
+                "kits_lora",
+                "--aggregations",
+                "median",
+                "--attacks",
+                "ipm",
+                "--sites",
+                "2",
+                "--byzantine",
+                "2",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 2
+    )
     assert "needs at least one honest and one Byzantine site" in capsys.readouterr().err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from flap_sam.data.demo import ensure_demo_site
 from flap_sam.data.profiles import get_profile
 from flap_sam.data.site import SiteData
@@ -93,9 +94,15 @@ def test_the_papers_warm_up_stays_in_the_papers_federations_and_shrinks_in_a_sho
 
 def test_auto_recipe_settings_take_the_bases_values_and_a_set_value_wins():
     paper = check_settings({}).training
-    assert (paper.lr, paper.warmup_steps, paper.poly_power) == (PAPER_RECIPE["lr"], PAPER_RECIPE["warmup_steps"], PAPER_RECIPE["poly_power"])
+    assert (paper.lr, paper.warmup_steps, paper.poly_power) == (
+        PAPER_RECIPE["lr"],
+        PAPER_RECIPE["warmup_steps"],
+        PAPER_RECIPE["poly_power"],
+    )
     lite = check_settings({"model_type": "lite_medsam"}).training
-    assert (lite.lr, lite.warmup_steps, lite.poly_power) == tuple(base_recipe("lite_medsam")[k] for k in ("lr", "warmup_steps", "poly_power"))
+    assert (lite.lr, lite.warmup_steps, lite.poly_power) == tuple(
+        base_recipe("lite_medsam")[k] for k in ("lr", "warmup_steps", "poly_power")
+    )
     assert base_recipe("lite_medsam") != PAPER_RECIPE  # LiteMedSAM declares a recipe of its own
     mine = check_settings({"model_type": "lite_medsam", "lr": "0.0005", "poly_power": 7}).training
     assert (mine.lr, mine.poly_power, mine.warmup_steps) == (0.0005, 7.0, base_recipe("lite_medsam")["warmup_steps"])

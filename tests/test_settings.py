@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -17,32 +18,36 @@ from flap_sam.jobs.writer import config_path, job_settings, read_job, source_job
 from flap_sam.training import schema
 from flap_sam.training.schema import BLOCKS, SCHEMA, SERVER, TRAINING, Setting, block_keys, package_defaults, settings_conf_text
 from flap_sam.training.settings import SettingsBlock, SiteSettings, TrainingSettings, settings_block
+
 from jobtools import REPO
 
 CONFIGS = REPO / "custom" / "flap_sam" / "federated" / "job_config"
 
 
-@pytest.mark.parametrize("item, error", [
-    ("batch_size=abc", "batch_size: 'abc' is not a whole number"),
-    ("classes=liver,liver", "classes: a name appears twice"),
-    ("modality=pet", "modality: 'pet' is not one of ['ct', 'mri']"),
-    ("transport=fp8", "transport: 'fp8' is not one of"),
-    ("lr=-1", "lr: -1.0 must be at least 0.0"),
-    ("num_rounds=0", "num_rounds: 0 must be at least 1"),
-    ("device=gpu0", "device: 'gpu0' is not auto, cpu, cuda or cuda:N"),
-    ("round_inference=fast", "round_inference: 'fast' is not one of"),
-    ("augment=3", "augment: 3 is not true or false"),
-    ('aggregation_weights={"site-1":0}', "aggregation_weights: the weight of site-1 must be positive"),
-    ("privacy=svt svt_fraction=2", "svt_fraction: 2.0 must be at most 1"),
-    ("aggregation=trimmed_mean trim_fraction=0.5", "trim_fraction: 0.5 must be below 0.5 (it is cut at both ends)"),
-    ("scope=a/b", "scope: 'a/b' is not of the form"),
-    ("cpu_threads=0", "cpu_threads: 0 must be at least 1"),
-    ('site_ranks={"site-1":64}', "site_ranks: site-1 at rank 64 is above the job's rank 32"),
-    ('site_ranks={"site-1":0}', "site_ranks: the rank of site-1: 0 must be at least 1"),
-    ('site_ranks={"site-1":4} aggregation=average', "site_ranks: aggregation = average averages A and B one by one"),
-    ('site_ranks={"site-1":2} preset=samed', "site_ranks: preset samed fixes the LoRA rank at 4"),
-    ('site_ranks={"site-1":2} preset=pdec_ft', "site_ranks: preset pdec_ft trains no LoRA adapter"),
-])
+@pytest.mark.parametrize(
+    "item, error",
+    [
+        ("batch_size=abc", "batch_size: 'abc' is not a whole number"),
+        ("classes=liver,liver", "classes: a name appears twice"),
+        ("modality=pet", "modality: 'pet' is not one of ['ct', 'mri']"),
+        ("transport=fp8", "transport: 'fp8' is not one of"),
+        ("lr=-1", "lr: -1.0 must be at least 0.0"),
+        ("num_rounds=0", "num_rounds: 0 must be at least 1"),
+        ("device=gpu0", "device: 'gpu0' is not auto, cpu, cuda or cuda:N"),
+        ("round_inference=fast", "round_inference: 'fast' is not one of"),
+        ("augment=3", "augment: 3 is not true or false"),
+        ('aggregation_weights={"site-1":0}', "aggregation_weights: the weight of site-1 must be positive"),
+        ("privacy=svt svt_fraction=2", "svt_fraction: 2.0 must be at most 1"),
+        ("aggregation=trimmed_mean trim_fraction=0.5", "trim_fraction: 0.5 must be below 0.5 (it is cut at both ends)"),
+        ("scope=a/b", "scope: 'a/b' is not of the form"),
+        ("cpu_threads=0", "cpu_threads: 0 must be at least 1"),
+        ('site_ranks={"site-1":64}', "site_ranks: site-1 at rank 64 is above the job's rank 32"),
+        ('site_ranks={"site-1":0}', "site_ranks: the rank of site-1: 0 must be at least 1"),
+        ('site_ranks={"site-1":4} aggregation=average', "site_ranks: aggregation = average averages A and B one by one"),
+        ('site_ranks={"site-1":2} preset=samed', "site_ranks: preset samed fixes the LoRA rank at 4"),
+        ('site_ranks={"site-1":2} preset=pdec_ft', "site_ranks: preset pdec_ft trains no LoRA adapter"),
+    ],
+)
 def test_a_bad_value_is_refused_in_one_line_before_the_job_is_written(tmp_path, capsys, item, error):
     out = tmp_path / "job"
     assert main(["job", "kits_lora", "--out", str(out), "--set", *item.split()]) == 2
@@ -122,8 +127,9 @@ def test_every_allowed_value_list_named_by_reference_exists_below_the_schema():
 
 
 def test_settings_conf_is_generated_from_the_schema():
-    assert open(SETTINGS_CONF, encoding="utf-8").read() == settings_conf_text(), \
+    assert Path(SETTINGS_CONF).read_text(encoding="utf-8") == settings_conf_text(), (
         "settings.conf is stale: python -m flap_sam.jobs.settings_page --out docs/settings.md"
+    )
 
 
 def test_the_shipped_jobs_resolve_to_the_configuration_they_had_before_the_schema(tmp_path):
@@ -131,14 +137,19 @@ def test_the_shipped_jobs_resolve_to_the_configuration_they_had_before_the_schem
     config loader, to the configuration it resolved to when settings.conf was written by hand (``fixtures/``)."""
     from nvflare.fuel.utils.config_factory import ConfigFactory
 
-    real = {"kits_lora": {"data_root": "/data/kits", "min_clients": 6}, "ixi_lora": {"data_root": "/data/ixi", "min_clients": 3},
-            "prostate_lora": {"data_root": "/data/prostate", "min_clients": 6}}
+    real = {
+        "kits_lora": {"data_root": "/data/kits", "min_clients": 6},
+        "ixi_lora": {"data_root": "/data/ixi", "min_clients": 3},
+        "prostate_lora": {"data_root": "/data/prostate", "min_clients": 6},
+    }
     before = json.loads((REPO / "tests" / "fixtures" / "resolved_jobs.json").read_text())
     for job, real_data in real.items():
         for kind, settings in (("shipped", {}), ("real", real_data)):
             folder = write_job(source_job(job), os.path.join(tmp_path, f"{job}_{kind}"), settings)
-            resolved = {side: _without(ConfigFactory.load_config(config_path(folder, side)).to_dict(), ADDED_SINCE_FIXTURE)
-                        for side in ("server", "client")}
+            resolved = {
+                side: _without(ConfigFactory.load_config(config_path(folder, side)).to_dict(), ADDED_SINCE_FIXTURE)
+                for side in ("server", "client")
+            }
             assert json.loads(json.dumps(resolved)) == before[f"{job}/{kind}"], f"{job} ({kind})"
 
 
@@ -164,8 +175,23 @@ def test_the_package_defaults_are_the_papers_recipe():
 
 def test_settings_no_job_could_set_before_now_reach_the_learner_and_flap_sam_train(tmp_path, capsys):
     out = tmp_path / "job"
-    assert main(["job", "kits_lora", "--out", str(out), "--set", "seed=7", "amp=false", "foreground_fraction=0.75",
-                 "fedprox_mu=0.01", 'aggregation_weights={"site-1": 2.0, "site-2": 0.5}']) == 0
+    assert (
+        main(
+            [
+                "job",
+                "kits_lora",
+                "--out",
+                str(out),
+                "--set",
+                "seed=7",
+                "amp=false",
+                "foreground_fraction=0.75",
+                "fedprox_mu=0.01",
+                'aggregation_weights={"site-1": 2.0, "site-2": 0.5}',
+            ]
+        )
+        == 0
+    )
     job = read_job(str(out))
     assert (job.training.seed, job.training.amp, job.training.foreground_fraction, job.training.fedprox_mu) == (7, False, 0.75, 0.01)
     assert job_settings(str(out))["aggregation_weights"] == {"site-1": 2.0, "site-2": 0.5}
@@ -201,8 +227,7 @@ def test_bf16_autocast_runs_on_a_cpu_only_where_the_site_asks_and_the_cpu_comput
     assert devices.cpu_flags(str(tmp_path / "none")) == frozenset()  # no /proc/cpuinfo: no bf16 claimed
     cpu, cuda, recipe = torch.device("cpu"), torch.device("cuda"), training_settings()
     # The CPUs this machine cannot be: one without native bf16 (AVX-512 alone), and ones with AVX512-BF16 or AMX.
-    for flags, native in ((frozenset({"avx512f"}), False), (frozenset({"avx512f", "avx512_bf16"}), True),
-                          (frozenset({"amx_bf16"}), True)):
+    for flags, native in ((frozenset({"avx512f"}), False), (frozenset({"avx512f", "avx512_bf16"}), True), (frozenset({"amx_bf16"}), True)):
         monkeypatch.setattr(devices, "cpu_flags", lambda flags=flags: flags)
         devices.cpu_has_native_bf16.cache_clear()
         assert recipe.uses_amp(cpu, cpu_bf16=True) is native

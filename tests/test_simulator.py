@@ -17,6 +17,7 @@ import torch
 from flap_sam.data.demo import demo_site_dir
 from flap_sam.federated.resume import read_adapter
 from flap_sam.model.factory import ModelSpec, exchange_schema
+
 from jobtools import TEST_MODEL, TEST_TRAINING, copy_job, run_simulator, scalars
 
 ROUNDS = 3
@@ -71,7 +72,7 @@ def test_bad_data_root_stops_the_site_at_start_with_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_a_job_resumed_from_a_persisted_adapter_runs_only_the_rounds_left(finished_run, tmp_path):
-    job_dir, first_log = finished_run
+    job_dir, _first_log = finished_run
     adapter = tmp_path / "interrupted.pt"  # the simulator wipes its workspace: keep the adapter outside
     adapter.write_bytes((job_dir / "app_server" / "FL_global_model.pt").read_bytes())
     job = copy_job("kits_lora", tmp_path, {**TEST_MODEL, **TEST_TRAINING, "num_rounds": ROUNDS + 1, "resume_from": str(adapter)})
@@ -94,8 +95,17 @@ def test_a_job_resumed_from_a_persisted_adapter_runs_only_the_rounds_left(finish
 @pytest.mark.slow
 def test_resuming_from_an_adapter_of_other_settings_stops_at_start(finished_run, tmp_path):
     job_dir, _ = finished_run
-    job = copy_job("kits_lora", tmp_path, {**TEST_MODEL, **TEST_TRAINING, "rank": 8, "num_rounds": ROUNDS + 1,
-                                           "resume_from": str(job_dir / "app_server" / "FL_global_model.pt")})
+    job = copy_job(
+        "kits_lora",
+        tmp_path,
+        {
+            **TEST_MODEL,
+            **TEST_TRAINING,
+            "rank": 8,
+            "num_rounds": ROUNDS + 1,
+            "resume_from": str(job_dir / "app_server" / "FL_global_model.pt"),
+        },
+    )
     result = run_simulator(job, tmp_path / "ws", 2, timeout=300)
     log = result.stdout + result.stderr
     assert result.returncode != 0
@@ -124,8 +134,14 @@ def test_a_site_that_fails_on_a_named_volume_keeps_the_name_on_the_site(tmp_path
     data = tmp_path / "data"
     data.mkdir()
     missing = "imagesTr/patient_doe_0042.nii.gz"
-    (data / "datalist.json").write_text(json.dumps({"training": [{"image": missing, "label": "labelsTr/patient_doe_0042.nii.gz"}],
-                                                    "validation": [{"image": missing, "label": "labelsTr/patient_doe_0042.nii.gz"}]}))
+    (data / "datalist.json").write_text(
+        json.dumps(
+            {
+                "training": [{"image": missing, "label": "labelsTr/patient_doe_0042.nii.gz"}],
+                "validation": [{"image": missing, "label": "labelsTr/patient_doe_0042.nii.gz"}],
+            }
+        )
+    )
     job = copy_job("kits_lora", tmp_path, {**TEST_MODEL, **TEST_TRAINING, "data_root": str(data)})
     result = run_simulator(job, tmp_path / "ws", 2, timeout=300)
     assert result.returncode != 0
@@ -134,7 +150,10 @@ def test_a_site_that_fails_on_a_named_volume_keeps_the_name_on_the_site(tmp_path
     for private in [ws / "site-1" / "error_log.txt", ws / "server" / "log.txt", ws / "server" / "error_log.txt"]:
         assert "patient_doe_0042" not in private.read_text(), private
     # Both sites fail the same way; whichever reports first ends the job.
-    assert re.search(r"site site-[12] failed task train: it could not start: its data failed the start-up checks", (ws / "server" / "log.txt").read_text())
+    assert re.search(
+        r"site site-[12] failed task train: it could not start: its data failed the start-up checks",
+        (ws / "server" / "log.txt").read_text(),
+    )
 
 
 @pytest.mark.slow

@@ -24,8 +24,7 @@ from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import make_reply
 
-from flap_sam.federated.filters import PresetResultFilter
-from flap_sam.federated.filters import SITE_ERROR_HEADER, SITE_ERROR_KINDS
+from flap_sam.federated.filters import SITE_ERROR_HEADER, SITE_ERROR_KINDS, PresetResultFilter
 from flap_sam.federated.site_policy import SitePolicyFilter
 from flap_sam.jobs.recipe import resolved_config
 from flap_sam.jobs.simulator import prepare_workspace, simulator_command
@@ -33,10 +32,11 @@ from flap_sam.jobs.writer import SIDES, write_job
 from flap_sam.model.factory import ModelSpec, exchange_schema
 from flap_sam.provisioning.builder import SitePolicyBuilder
 from flap_sam.provisioning.policy_files import AUTHORIZATION, SCOPES, class_allow_list
+
 from jobtools import REPO, TEST_MODEL, TEST_TRAINING, server_job_log
 
 sys.path.insert(0, str(REPO / "poc"))
-import run_poc  # noqa: E402  (the POC script prepares the federation from the shipped project file)
+import run_poc
 
 SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)
 QUICK = {**TEST_MODEL, **TEST_TRAINING, "max_steps_per_round": 3, "num_rounds": 2, "cross_site_timeout": 60}
@@ -52,6 +52,7 @@ def _refusal(result) -> str | None:
 
 
 # ---- the site's result filter -------------------------------------------------------------------
+
 
 def test_the_site_filter_lets_out_the_allowed_presets_tensors_unchanged():
     site = SitePolicyFilter(presets=["flap"])
@@ -82,25 +83,31 @@ def test_the_site_filter_holds_a_byte_ceiling_and_the_scopes_data_kind():
 
 def test_a_refusal_reaches_the_server_as_one_word_through_the_jobs_own_filters():
     refused = SitePolicyFilter(["flap"]).process(_update("fft"), FLContext())
-    after_job_filter = PresetResultFilter(spec={"model_type": "vit_test", "image_size": 64, "rank": 4, "preset": "fft", "dataset": "kits"}).process(refused, FLContext())
+    after_job_filter = PresetResultFilter(
+        spec={"model_type": "vit_test", "image_size": 64, "rank": 4, "preset": "fft", "dataset": "kits"}
+    ).process(refused, FLContext())
     assert after_job_filter.get_return_code() == ReturnCode.EXECUTION_RESULT_ERROR
     assert SITE_ERROR_KINDS[after_job_filter.get_header(SITE_ERROR_HEADER)].startswith("its site policy refused the result")
     error = make_reply(ReturnCode.EXECUTION_EXCEPTION)
     assert SitePolicyFilter(["flap"]).process(error, FLContext()) is error  # an error reply carries no data
 
 
-@pytest.mark.parametrize("args, message", [
-    ({"presets": ["lora_everything"]}, "preset 'lora_everything' is unknown"),
-    ({"presets": "flap"}, "presets must be a non-empty list"),
-    ({"max_bytes_per_result": -1}, "max_bytes_per_result must be a whole number >= 0"),
-    ({"update_kinds": ["METRICS"]}, "update_kinds must be some of"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"presets": ["lora_everything"]}, "preset 'lora_everything' is unknown"),
+        ({"presets": "flap"}, "presets must be a non-empty list"),
+        ({"max_bytes_per_result": -1}, "max_bytes_per_result must be a whole number >= 0"),
+        ({"update_kinds": ["METRICS"]}, "update_kinds must be some of"),
+    ],
+)
 def test_a_bad_site_policy_is_refused_in_one_line(args, message):
     with pytest.raises(ValueError, match=message):
         SitePolicyFilter(**args)
 
 
 # ---- the policy documents ---------------------------------------------------------------------
+
 
 def test_the_builder_refuses_a_bad_policy_in_one_line():
     with pytest.raises(ValueError, match="preset 'everything' is unknown"):
@@ -144,10 +151,14 @@ def test_a_job_made_by_flap_sam_job_carries_no_code_and_names_its_scope(tmp_path
 
 # ---- real FLARE: provisioning, simulator, POC ---------------------------------------------------
 
+
 @pytest.mark.slow
 def test_the_provisioned_kits_carry_each_sites_policy(tmp_path):
-    subprocess.run([sys.executable, "-m", "nvflare.cli", "provision", "-p", str(REPO / "provisioning" / "project.yml"), "-w", str(tmp_path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "nvflare.cli", "provision", "-p", str(REPO / "provisioning" / "project.yml"), "-w", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
     project = yaml.safe_load((REPO / "provisioning" / "project.yml").read_text())
     kits = tmp_path / project["name"] / "prod_00"
     for participant in (p for p in project["participants"] if p["type"] in ("server", "client")):
@@ -172,8 +183,13 @@ def test_the_shipped_demo_job_still_runs_in_plain_nvflare_simulator(tmp_path):
         with open(job / "app" / "config" / f"config_fed_{side}.conf", "a") as f:
             f.writelines(f"{k} = {json.dumps(v)}\n" for k, v in {**QUICK, "num_rounds": 1}.items())
     workspace = tmp_path / "ws"
-    done = subprocess.run([sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(workspace), "-n", "2", "-t", "2"],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")})
+    done = subprocess.run(
+        [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(workspace), "-n", "2", "-t", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert not (workspace / "local" / "resources.json").exists()
     assert (workspace / "server" / "simulate_job" / "app_server" / "FL_global_model.pt").is_file()
@@ -190,8 +206,13 @@ def test_the_simulator_workspace_enforces_the_sites_allow_list(tmp_path):
     assert policy["class_allow_list"] == class_allow_list() and policy["class_list_enforcement_mode"] == "enforce"
     policy["class_allow_list"].remove("flap_sam.")
     resources.write_text(json.dumps(policy))
-    refused = subprocess.run(simulator_command(job, str(tmp_path / "ws"), 2), capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")})
+    refused = subprocess.run(
+        simulator_command(job, str(tmp_path / "ws"), 2),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")},
+    )
     assert refused.returncode != 0
     assert "Component 'flap_sam.federated." in refused.stdout + refused.stderr and "is not in allow_list" in refused.stdout + refused.stderr
 
@@ -236,7 +257,7 @@ def _server_log(workspace: str) -> str:
 
 @pytest.mark.slow
 def test_a_job_under_the_policy_trains_and_persists_its_adapter(federation):
-    workspace, root, session = federation
+    _workspace, root, session = federation
     job_id, status = _run(session, _job(root, "normal", num_rounds=1))
     assert status == "FINISHED:COMPLETED"
     result = _download(session, job_id, root)
@@ -247,7 +268,7 @@ def test_a_job_under_the_policy_trains_and_persists_its_adapter(federation):
 @pytest.mark.slow
 def test_the_percentile_scope_runs_flares_percentile_privacy_at_the_site(federation):
     workspace, root, session = federation
-    job_id, status = _run(session, _job(root, "percentile", scope="flap_percentile", privacy="percentile", num_rounds=1))
+    _job_id, status = _run(session, _job(root, "percentile", scope="flap_percentile", privacy="percentile", num_rounds=1))
     assert status == "FINISHED:COMPLETED"  # (whole weights under this scope: refused, test_the_site_filter_holds_...)
     site_log = "".join(p.read_text(errors="replace") for p in Path(run_poc.kit(workspace, "site-1")).rglob("log.txt"))
     # FLARE's PercentilePrivacy ran twice on the one update: the site's (from its privacy.json), then the job's.
@@ -284,14 +305,14 @@ def test_a_job_that_brings_code_is_refused_at_deployment_even_from_the_project_a
 @pytest.mark.slow
 def test_a_job_naming_an_unknown_scope_or_none_is_refused_by_the_sites(federation):
     workspace, root, session = federation
-    job_id, status = _run(session, _job(root, "unknown_scope", scope="everything"))
+    _, status = _run(session, _job(root, "unknown_scope", scope="everything"))
     assert status == "FINISHED:FAILED_TO_RUN"
     assert "site-1: NVFLARE_ERROR: privacy scope 'everything' is not allowed" in _server_log(workspace)
     job = Path(_job(root, "no_scope"))
     meta = json.loads((job / "meta.json").read_text())
     del meta["scope"]
     (job / "meta.json").write_text(json.dumps(meta))
-    job_id, status = _run(session, str(job))
+    _job_id, status = _run(session, str(job))
     assert status == "FINISHED:FAILED_TO_RUN"
     assert "site-2: NVFLARE_ERROR: privacy scope '' is not allowed" in _server_log(workspace)
 

@@ -23,11 +23,10 @@ from nvflare.app_common.app_constant import AppConstants
 from flap_sam.cli.main import main
 from flap_sam.cli.sweep import rank_settings
 from flap_sam.evaluation.report import read_run
+from flap_sam.federated.aggregation_rules import aggregate_exact, aggregate_robust
 from flap_sam.federated.contributions import contribution_problem
 from flap_sam.federated.filters import PresetResultFilter
-from flap_sam.federated.aggregation_rules import aggregate_exact
 from flap_sam.federated.lora_aggregation import FlapSamAggregator
-from flap_sam.federated.aggregation_rules import aggregate_robust
 from flap_sam.federated.site_ranks import SiteRankFilter, record_site_rank, recorded_site_ranks
 from flap_sam.federated.transport import TransportCodec
 from flap_sam.jobs.settings import check_settings
@@ -122,7 +121,7 @@ def test_the_server_takes_a_lower_rank_and_refuses_a_higher_one_or_one_average_c
 
 
 def test_the_sites_result_filter_lets_a_lower_rank_out_and_nothing_larger():
-    spec = dict(model_type="vit_test", image_size=64, dataset="kits", preset="flap", rank=4)
+    spec = {"model_type": "vit_test", "image_size": 64, "dataset": "kits", "preset": "flap", "rank": 4}
     weights = at_rank(noisy_payload(SPEC, 4), 2)
     out = from_shareable(PresetResultFilter(spec).process(DXO(DataKind.WEIGHTS, data=weights).to_shareable(), FLContext()))
     assert set(out.data) == set(weights) and payload_rank(out.data) == 2
@@ -180,8 +179,9 @@ def test_the_server_sends_each_site_its_rank_and_leaves_the_other_sites_copies_a
 @pytest.mark.slow
 def test_a_mixed_rank_federation_keeps_the_jobs_rank_and_sends_each_site_its_own(tmp_path):
     """kits_lora, 2 sites, 2 rounds: site-1 at rank 2 of the job's 4 (named in the job; a site may name itself locally)."""
-    job = copy_job("kits_lora", tmp_path, {**TEST_MODEL, **TEST_TRAINING, "num_rounds": 2, "max_steps_per_round": 10,
-                                           "site_ranks": {"site-1": 2}})
+    job = copy_job(
+        "kits_lora", tmp_path, {**TEST_MODEL, **TEST_TRAINING, "num_rounds": 2, "max_steps_per_round": 10, "site_ranks": {"site-1": 2}}
+    )
     result = run_simulator(job, tmp_path / "ws", 2, env={"FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")})
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
@@ -224,13 +224,17 @@ def test_params_prints_the_bytes_of_a_site_at_each_rank(capsys):
 
 def _server_ctx(reference: dict) -> FLContext:
     ctx = FLContext()
-    ctx.set_prop(AppConstants.GLOBAL_MODEL, make_model_learnable({k: v.copy() for k, v in reference.items()}, {}), private=True, sticky=False)
+    ctx.set_prop(
+        AppConstants.GLOBAL_MODEL, make_model_learnable({k: v.copy() for k, v in reference.items()}, {}), private=True, sticky=False
+    )
     ctx.set_prop(AppConstants.CURRENT_ROUND, 1, private=True, sticky=False)
     return ctx
 
 
 def _result(site: str, kind: str, data: dict, transport: str) -> Shareable:
-    sent = TransportCodec(transport, "encode").process(DXO(kind, data=data, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 5}).to_shareable(), FLContext())
+    sent = TransportCodec(transport, "encode").process(
+        DXO(kind, data=data, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 5}).to_shareable(), FLContext()
+    )
     received = TransportCodec(transport, "decode").process(sent, FLContext())
     received.set_peer_props({ReservedKey.IDENTITY_NAME: site})
     received.add_cookie(AppConstants.CONTRIBUTION_ROUND, 1)

@@ -25,10 +25,10 @@ from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.model.sam_builder import build_sam
 from flap_sam.training.inference import dice_per_class
 from flap_sam.training.local_trainer import resolve_data_workers, round_batches
+
 from modeltools import trained_looking
 
 SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)
-
 
 
 def _pair(**kwargs) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -138,7 +138,7 @@ def test_dice_without_one_hot_equals_monai():
     rng = np.random.default_rng(0)
     prediction, label = rng.integers(0, 3, (20, 18, 9)), rng.integers(0, 3, (20, 18, 9))
     label[label == 2] = 0  # class 2 absent from the label only: Dice 0
-    as_one_hot = lambda a: one_hot(torch.as_tensor(a)[None, None], 3)  # noqa: E731
+    as_one_hot = lambda a: one_hot(torch.as_tensor(a)[None, None], 3)
     expected = compute_dice(as_one_hot(prediction), as_one_hot(label), include_background=False, ignore_empty=False)[0].numpy()
     np.testing.assert_allclose(dice_per_class(prediction, label, 2), expected, rtol=1e-6)
     assert dice_per_class(np.zeros((4, 4, 2)), np.zeros((4, 4, 2)), 2).tolist() == [1.0, 1.0]
@@ -172,7 +172,9 @@ print((psutil.Process().memory_info().rss - base) / 2**20)
 def test_a_cpu_site_gives_freed_activations_back_to_the_os():
     # The same allocations as a training step's activations (large, freed but one): with glibc's growing
     # threshold the freed 312 MiB stay resident in the heap; with the fixed threshold they are returned.
-    held = {mode: float(subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], capture_output=True, text=True,
-                                       check=True).stdout) for mode in ("glibc", "fixed")}
+    held = {
+        mode: float(subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], capture_output=True, text=True, check=True).stdout)
+        for mode in ("glibc", "fixed")
+    }
     assert held["glibc"] > 200, held
     assert held["fixed"] < 40, held

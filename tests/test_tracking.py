@@ -7,6 +7,7 @@ import os
 import pytest
 
 from flap_sam.federated.tracking import TrackingReceiver
+
 from jobtools import TEST_MODEL, TEST_TRAINING, copy_job, run_simulator
 
 
@@ -19,8 +20,18 @@ def test_an_unknown_tracker_is_refused_in_one_line():
 def test_mlflow_tracking_gets_each_sites_metrics_from_a_simulator_run(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    job = copy_job("kits_lora", tmp_path, {**TEST_MODEL, **TEST_TRAINING, "num_rounds": 2, "max_steps_per_round": 3,
-                                            "tracking": "mlflow", "tracking_experiment": "fed-kits-demo"})
+    job = copy_job(
+        "kits_lora",
+        tmp_path,
+        {
+            **TEST_MODEL,
+            **TEST_TRAINING,
+            "num_rounds": 2,
+            "max_steps_per_round": 3,
+            "tracking": "mlflow",
+            "tracking_experiment": "fed-kits-demo",
+        },
+    )
     result = run_simulator(job, tmp_path / "ws", 2, env={"FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")})
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     store = tmp_path / "ws" / "server" / "simulate_job" / "mlruns"

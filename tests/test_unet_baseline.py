@@ -20,10 +20,11 @@ from flap_sam.model.encoders import FAMILIES, family_of
 from flap_sam.model.factory import ModelSpec, build_model, exchange_schema, export_weights, refuses_random_base
 from flap_sam.model.presets import exchanged_names
 from flap_sam.training.settings import base_recipe
+
 from jobtools import TEST_TRAINING, scalars
 
 SPEC = ModelSpec("unet", 64, 3, "fft", 32)  # chest CT: lung, vertebrae, ribs
-SETTINGS = dict(model_type="unet", image_size=64, dataset="chest_ct", preset="fft", rank=32)
+SETTINGS = {"model_type": "unet", "image_size": 64, "dataset": "chest_ct", "preset": "fft", "rank": 32}
 
 
 def test_the_unet_is_nvflares_example_shape_behind_sams_forward_and_its_whole_state_travels():
@@ -86,9 +87,30 @@ def test_a_sweep_runs_the_unet_federation_on_the_real_ct_demo_scores_the_held_ou
     assert main(["demo-data", "--dataset", "chest_ct", "--site-names", "heldout"]) == 0
     held_out = tmp_path / "demo" / "chest_ct-ctchest4-v1" / "heldout" / "datalist.json"
     settings = {**TEST_TRAINING, "num_rounds": 3, "max_steps_per_round": 15, "lr": 0.003}
-    assert main(["sweep", "chest_ct_lora", "--models", "unet", "--presets", "fft", "flap", "--train-volumes", "1", "--held-out",
-                 str(held_out), "--out", str(tmp_path / "sweep"), "--run-timeout", "900",
-                 "--set", *(f"{k}={json.dumps(v)}" for k, v in settings.items())]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "chest_ct_lora",
+                "--models",
+                "unet",
+                "--presets",
+                "fft",
+                "flap",
+                "--train-volumes",
+                "1",
+                "--held-out",
+                str(held_out),
+                "--out",
+                str(tmp_path / "sweep"),
+                "--run-timeout",
+                "900",
+                "--set",
+                *(f"{k}={json.dumps(v)}" for k, v in settings.items()),
+            ]
+        )
+        == 0
+    )
     assert "unet-flap: not run (unet trains with preset fft only)" in capsys.readouterr().out
     job_dir = tmp_path / "sweep" / "runs" / "unet-fft-fp32-v1" / "server" / "simulate_job"
     state = torch.load(job_dir / "app_server" / "FL_global_model.pt", weights_only=True)["model"]

@@ -26,7 +26,6 @@ import os
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 
-
 SERVER_APP = "app_server"
 SIMULATOR_JOB = os.path.join("server", "simulate_job")  # a simulator workspace's job folder
 GLOBAL_MODEL_FILE = "FL_global_model.pt"
@@ -62,6 +61,7 @@ def write_atomically(path: str, write: Callable[[str], None], suffix: str = "") 
 
 def write_text(path: str, text: str, newline: str | None = None) -> None:
     """``text`` into ``path`` (UTF-8), atomically."""
+
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8", newline=newline) as f:
             f.write(text)
@@ -101,6 +101,7 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence], float_format
     Args:
         float_format: format of float cells (e.g. ``".4f"``); None: ``str`` like every other cell.
     """
+
     def cell(value) -> str:
         return format(value, float_format) if float_format and isinstance(value, float) else str(value)
 

@@ -52,6 +52,7 @@ def _per_tensor_int8(value: np.ndarray) -> np.ndarray:
 
 def round_trip_errors(payload: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """Per mode: ``rel_rms`` (‖x̂ − x‖ / ‖x‖ over the whole payload), ``worst_tensor_rel_rms`` and ``max_abs``."""
+
     def round_trip(name: str, value: np.ndarray, mode: str) -> np.ndarray:
         wire, scales = encode_tensor(name, value, mode)
         return decode_tensor(wire, mode, scales)
@@ -64,7 +65,7 @@ def round_trip_errors(payload: dict[str, np.ndarray]) -> dict[str, dict[str, flo
         diffs = {name: back[name].astype(np.float64) - payload[name] for name in payload}
         per_tensor = [np.linalg.norm(d) / max(np.linalg.norm(payload[n]), 1e-30) for n, d in diffs.items() if np.abs(payload[n]).max() > 0]
         errors[mode] = {
-            "rel_rms": float(np.sqrt(sum(float((d ** 2).sum()) for d in diffs.values())) / total),
+            "rel_rms": float(np.sqrt(sum(float((d**2).sum()) for d in diffs.values())) / total),
             "worst_tensor_rel_rms": float(max(per_tensor)),
             "max_abs": float(max(np.abs(d).max() for d in diffs.values())),
         }

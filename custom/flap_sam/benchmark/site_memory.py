@@ -67,20 +67,42 @@ def measure(data_root: str, model_type: str, image_size: int, mode: str) -> dict
     with RssPeak() as sampler:
         data = SiteData.load(profile, data_root, SITE, image_size, profile.num_classes)
         loaded = time.perf_counter()
-        model = build_model(ModelSpec(model_type, image_size, profile.num_classes, "flap", 32 if model_type != "vit_test" else 4), None, device)
+        model = build_model(
+            ModelSpec(model_type, image_size, profile.num_classes, "flap", 32 if model_type != "vit_test" else 4), None, device
+        )
         evaluate_volumes(model, data.validation, profile.num_classes, device, mode=mode)
     done = time.perf_counter()
     resident = sum(v.image.numel() * v.image.element_size() + v.label.numel() for v in data.train + data.validation)
-    return {"peak_rss_bytes": int(sampler.peak), "runtime_rss_bytes": int(baseline), "peak_above_runtime_bytes": int(sampler.peak - baseline),
-            "prepared_bytes": int(resident), "volumes": len(data.train) + len(data.validation), "validation_volumes": len(data.validation),
-            "load_s": loaded - started, "validate_s": done - loaded, "model": f"{model_type}/{image_size}", "inference": mode,
-            "device": str(device), "torch_threads": torch.get_num_threads()}
+    return {
+        "peak_rss_bytes": int(sampler.peak),
+        "runtime_rss_bytes": int(baseline),
+        "peak_above_runtime_bytes": int(sampler.peak - baseline),
+        "prepared_bytes": int(resident),
+        "volumes": len(data.train) + len(data.validation),
+        "validation_volumes": len(data.validation),
+        "load_s": loaded - started,
+        "validate_s": done - loaded,
+        "model": f"{model_type}/{image_size}",
+        "inference": mode,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def run_in_fresh_process(data_root: str, model_type: str, image_size: int, mode: str) -> dict:
     """``measure`` in a new Python process, so nothing the caller allocated counts."""
-    cmd = [sys.executable, "-m", "flap_sam.benchmark.site_memory", data_root, "--model", model_type,
-           "--image-size", str(image_size), "--inference", mode]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flap_sam.benchmark.site_memory",
+        data_root,
+        "--model",
+        model_type,
+        "--image-size",
+        str(image_size),
+        "--inference",
+        mode,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"site memory benchmark failed: {done.stderr.strip().splitlines()[-1:]}")

@@ -17,6 +17,7 @@ import time
 
 import psutil
 import torch
+from typing_extensions import Self
 
 from flap_sam.jobs.settings import training_settings
 from flap_sam.model.factory import ModelSpec, build_model
@@ -38,7 +39,7 @@ class RssPeak:
             self.peak = max(self.peak, self.process.memory_info().rss)
             time.sleep(self.interval_s)
 
-    def __enter__(self) -> "RssPeak":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -51,16 +52,26 @@ class RssPeak:
         return self.peak / 2**20
 
 
-def measure(spec: ModelSpec, batch_size: int, steps: int, device: torch.device, amp: bool, attention: str = "fused",
-            checkpointing: str = "off", compile_model: bool = False, cpu_return_memory: bool = False) -> dict:
+def measure(
+    spec: ModelSpec,
+    batch_size: int,
+    steps: int,
+    device: torch.device,
+    amp: bool,
+    attention: str = "fused",
+    checkpointing: str = "off",
+    compile_model: bool = False,
+    cpu_return_memory: bool = False,
+) -> dict:
     """Seconds per step (after one warm-up step), slices per second and peak memory in MiB (``cpu_return_memory``: the site setting)."""
     baseline_mib = psutil.Process().memory_info().rss / 2**20
     with RssPeak() as sampler:
         model = build_model(spec, None, device, attention=attention, checkpointing=checkpointing)
         if compile_model:
             model = torch.compile(model)
-        trainer = LocalTrainer(model, [], training_settings(batch_size=batch_size, amp=amp), device, cpu_bf16=amp,
-                               cpu_return_memory=cpu_return_memory)
+        trainer = LocalTrainer(
+            model, [], training_settings(batch_size=batch_size, amp=amp), device, cpu_bf16=amp, cpu_return_memory=cpu_return_memory
+        )
         generator = torch.Generator().manual_seed(0)
         stacks = torch.rand(batch_size, 5, spec.image_size, spec.image_size, generator=generator)
         labels = torch.randint(0, spec.num_classes + 1, (batch_size, 5, spec.image_size, spec.image_size), generator=generator)
@@ -99,8 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)  # random weights are fine for speed and memory
     spec = ModelSpec(args.model, args.image_size, args.num_classes, args.preset, args.rank)
-    print(json.dumps(measure(spec, args.batch_size, args.steps, pick_device(args.device), args.amp, args.attention,
-                             args.checkpointing, args.compile, args.return_memory)))
+    print(
+        json.dumps(
+            measure(
+                spec,
+                args.batch_size,
+                args.steps,
+                pick_device(args.device),
+                args.amp,
+                args.attention,
+                args.checkpointing,
+                args.compile,
+                args.return_memory,
+            )
+        )
+    )
     return 0
 
 

@@ -21,8 +21,18 @@ from flap_sam.files import CROSS_SITE_FILE, FINAL_MODEL, SERVER_APP, TB_FOLDER, 
 from flap_sam.jobs.simulator import output_tail, run_simulator
 from flap_sam.jobs.writer import jobs_folder, write_job
 
-SETTINGS = {"model_type": "vit_test", "image_size": 64, "rank": 4, "batch_size": 4, "local_epochs": 3.0,
-            "max_steps_per_round": 60, "lr": 0.01, "poly_power": 1.0, "augment": False, "num_rounds": 3}
+SETTINGS = {
+    "model_type": "vit_test",
+    "image_size": 64,
+    "rank": 4,
+    "batch_size": 4,
+    "local_epochs": 3.0,
+    "max_steps_per_round": 60,
+    "lr": 0.01,
+    "poly_power": 1.0,
+    "augment": False,
+    "num_rounds": 3,
+}
 
 
 def run_mode(mode: str, out: str, setting: str = "transport") -> dict:
@@ -58,9 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--values", "--modes", nargs="+", default=["fp32", "fp16", "bf16", "int8"])
     args = parser.parse_args(argv)
     rows = {mode: run_mode(mode, args.out, args.setting) for mode in args.values}
-    print(markdown_table([args.setting, "bytes per site and round (site -> server)", "val Dice, last round", "cross-site test Dice"],
-                         [[mode, f"{r['sent_per_site_round']:,}", r["val_dice_last_round"], r["cross_site_dice"]] for mode, r in rows.items()],
-                         float_format=".4f"))
+    print(
+        markdown_table(
+            [args.setting, "bytes per site and round (site -> server)", "val Dice, last round", "cross-site test Dice"],
+            [[mode, f"{r['sent_per_site_round']:,}", r["val_dice_last_round"], r["cross_site_dice"]] for mode, r in rows.items()],
+            float_format=".4f",
+        )
+    )
     return 0
 
 

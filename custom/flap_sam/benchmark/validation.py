@@ -34,8 +34,11 @@ def compare_modes(model, volumes, num_classes: int, device: torch.device) -> dic
     for mode in MODES:
         started = time.perf_counter()
         scores = evaluate_volumes(model, volumes, num_classes, device, mode=mode)
-        out[mode] = {"dice": float(scores.mean()), "s_per_volume": (time.perf_counter() - started) / len(volumes),
-                     "per_volume": scores.mean(axis=1).tolist()}
+        out[mode] = {
+            "dice": float(scores.mean()),
+            "s_per_volume": (time.perf_counter() - started) / len(volumes),
+            "per_volume": scores.mean(axis=1).tolist(),
+        }
     return out
 
 
@@ -49,14 +52,23 @@ def dice_agreement(train_steps: int) -> dict:
     volumes = [v for data in sites for v in data.validation + data.test]
     torch.manual_seed(0)
     model = build_model(DICE_MODEL)
-    trainer = LocalTrainer(model, SliceStackDataset(sites[0].train, None, seed=0),
-                           training_settings(lr=2e-3, batch_size=2, warmup_steps=2, poly_power=1.0), torch.device("cpu"))
+    trainer = LocalTrainer(
+        model,
+        SliceStackDataset(sites[0].train, None, seed=0),
+        training_settings(lr=2e-3, batch_size=2, warmup_steps=2, poly_power=1.0),
+        torch.device("cpu"),
+    )
     trainer.train(train_steps, first_step=0, total_steps=train_steps, round_seed=0)
     result = compare_modes(model, volumes, profile.num_classes, torch.device("cpu"))
     diffs = np.abs(np.array(result["overlap"]["per_volume"]) - np.array(result["centre"]["per_volume"]))
-    return {"model": f"{DICE_MODEL.model_type}/{DICE_MODEL.image_size}", "train_steps": train_steps, "volumes": len(volumes),
-            "dice_overlap": result["overlap"]["dice"],
-            "dice_single": result["centre"]["dice"], "max_volume_abs_diff": float(diffs.max())}
+    return {
+        "model": f"{DICE_MODEL.model_type}/{DICE_MODEL.image_size}",
+        "train_steps": train_steps,
+        "volumes": len(volumes),
+        "dice_overlap": result["overlap"]["dice"],
+        "dice_single": result["centre"]["dice"],
+        "max_volume_abs_diff": float(diffs.max()),
+    }
 
 
 def mode_timing(spec: ModelSpec) -> dict:
@@ -65,8 +77,12 @@ def mode_timing(spec: ModelSpec) -> dict:
     volumes = SiteData.load(profile, "demo", "site-1", spec.image_size, profile.num_classes).validation
     device = pick_device("auto")
     result = compare_modes(build_model(spec, None, device), volumes, profile.num_classes, device)
-    return {"model": f"{spec.model_type}/{spec.image_size}", "slices_per_volume": int(volumes[0].image.shape[0]),
-            "overlap_s_per_volume": result["overlap"]["s_per_volume"], "single_s_per_volume": result["centre"]["s_per_volume"]}
+    return {
+        "model": f"{spec.model_type}/{spec.image_size}",
+        "slices_per_volume": int(volumes[0].image.shape[0]),
+        "overlap_s_per_volume": result["overlap"]["s_per_volume"],
+        "single_s_per_volume": result["centre"]["s_per_volume"],
+    }
 
 
 def main() -> None:
@@ -75,10 +91,14 @@ def main() -> None:
     args = parser.parse_args()
     dice = dice_agreement(args.train_steps)
     timing = mode_timing(ModelSpec("vit_b", 224, 2, "flap", 32))
-    print(f"{dice['model']} trained {args.train_steps} steps, {dice['volumes']} demo volumes: Dice overlap {dice['dice_overlap']:.4f}, "
-          f"centre {dice['dice_single']:.4f}, largest per-volume difference {dice['max_volume_abs_diff']:.4f}")
-    print(f"{timing['model']}: {timing['overlap_s_per_volume']:.2f} s (overlap) vs {timing['single_s_per_volume']:.2f} s (centre) "
-          f"per {timing['slices_per_volume']}-slice volume: {timing['overlap_s_per_volume'] / timing['single_s_per_volume']:.1f}x")
+    print(
+        f"{dice['model']} trained {args.train_steps} steps, {dice['volumes']} demo volumes: Dice overlap {dice['dice_overlap']:.4f}, "
+        f"centre {dice['dice_single']:.4f}, largest per-volume difference {dice['max_volume_abs_diff']:.4f}"
+    )
+    print(
+        f"{timing['model']}: {timing['overlap_s_per_volume']:.2f} s (overlap) vs {timing['single_s_per_volume']:.2f} s (centre) "
+        f"per {timing['slices_per_volume']}-slice volume: {timing['overlap_s_per_volume'] / timing['single_s_per_volume']:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -8,10 +8,14 @@ built-in task, each defaulting to the package default (``flap_sam.training.schem
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from flap_sam.data.profiles import PROFILES, get_profile
 from flap_sam.model.presets import PRESETS
 from flap_sam.training.schema import package_defaults
+
+if TYPE_CHECKING:
+    from flap_sam.jobs.spec import JobSpec
 
 
 def model_defaults() -> dict:
@@ -23,10 +27,16 @@ def model_defaults() -> dict:
 def add_model_arguments(parser: argparse.ArgumentParser, adapter_required: bool = True) -> None:
     defaults = model_defaults()
     parser.add_argument("--adapter", required=adapter_required, help="persisted adapter, e.g. .../app_server/FL_global_model.pt")
-    parser.add_argument("--job", default=None, help="the job folder the federation ran: every model and task setting is read "
-                                                     "from it (then --model ... --dataset are not used)")
-    parser.add_argument("--checkpoint", default=defaults["checkpoint"],
-                        help="the base SAM checkpoint the federation used ('' = lite_medsam's bundled weights; random for a ViT)")
+    parser.add_argument(
+        "--job",
+        default=None,
+        help="the job folder the federation ran: every model and task setting is read from it (then --model ... --dataset are not used)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=defaults["checkpoint"],
+        help="the base SAM checkpoint the federation used ('' = lite_medsam's bundled weights; random for a ViT)",
+    )
     parser.add_argument("--model", default=defaults["model_type"])
     parser.add_argument("--image-size", type=int, default=defaults["image_size"])
     parser.add_argument("--preset", default=defaults["preset"], choices=list(PRESETS))
@@ -34,11 +44,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, adapter_required: bool 
     parser.add_argument("--lora-scale", type=float, default=defaults["lora_scale"])
     parser.add_argument("--dataset", default=defaults["dataset"], choices=sorted(PROFILES))
     parser.add_argument("--device", default=defaults["device"])
-    parser.add_argument("--inference", default=defaults["final_inference"],
-                        help="overlap: 5 windows per slice averaged (the paper's); centre: one forward per slice, 5x faster")
+    parser.add_argument(
+        "--inference",
+        default=defaults["final_inference"],
+        help="overlap: 5 windows per slice averaged (the paper's); centre: one forward per slice, 5x faster",
+    )
 
 
-def job_spec_of(args: argparse.Namespace) -> "JobSpec":
+def job_spec_of(args: argparse.Namespace) -> JobSpec:
     """The model and task settings: from ``--job`` (the job folder's resolved settings) or from the flags."""
     from flap_sam.jobs.spec import JobSpec
 
@@ -46,8 +59,16 @@ def job_spec_of(args: argparse.Namespace) -> "JobSpec":
         from flap_sam.jobs.writer import read_job_spec
 
         return read_job_spec(args.job)
-    return JobSpec.from_settings(dict(model_type=args.model, image_size=args.image_size, dataset=args.dataset,
-                                      preset=args.preset, rank=args.rank, lora_scale=args.lora_scale))
+    return JobSpec.from_settings(
+        {
+            "model_type": args.model,
+            "image_size": args.image_size,
+            "dataset": args.dataset,
+            "preset": args.preset,
+            "rank": args.rank,
+            "lora_scale": args.lora_scale,
+        }
+    )
 
 
 def structures_of(args: argparse.Namespace, class_names: tuple[str, ...]):
@@ -68,8 +89,8 @@ def load_adapted_model(args: argparse.Namespace):
     Raises:
         ValueError: one line naming the adapter file and what does not match.
     """
-    from flap_sam.model.factory import build_model, import_weights, resolve_checkpoint
     from flap_sam.model.adapter_file import read_adapter_file
+    from flap_sam.model.factory import build_model, import_weights, resolve_checkpoint
     from flap_sam.model.presets import exchanged_names
     from flap_sam.training.device import pick_device
     from flap_sam.training.inference import INFERENCE_MODES
@@ -85,5 +106,7 @@ def load_adapted_model(args: argparse.Namespace):
     try:
         import_weights(model, state, exchanged_names(model, spec.preset_obj), f"adapter {args.adapter}")
     except ValueError as e:
-        raise ValueError(f"{e}; " + ("is it this job's adapter?" if args.job else "check --model/--image-size/--preset/--rank/--dataset, or give --job")) from None
+        raise ValueError(
+            f"{e}; " + ("is it this job's adapter?" if args.job else "check --model/--image-size/--preset/--rank/--dataset, or give --job")
+        ) from None
     return model.eval(), profile, device

@@ -18,10 +18,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job", default=None, help="a job folder: its task's demo data (built-in tasks only)")
     parser.add_argument("--sites", type=int, default=2, help="make site-1 .. site-N")
     parser.add_argument("--site-names", nargs="*", default=None, help="explicit site names instead of --sites")
-    parser.add_argument("--format", default="nifti", choices=("nifti", "dicom"),
-                        help="dicom: also write each site's cases as DICOM studies (a series and a SEG or RTSTRUCT per case)")
-    parser.add_argument("--held-out", action="store_true",
-                        help=f"also make the '{HELD_OUT_SITE}' site (ixi, chest_ct: an acquisition no training site has, test split only)")
+    parser.add_argument(
+        "--format",
+        default="nifti",
+        choices=("nifti", "dicom"),
+        help="dicom: also write each site's cases as DICOM studies (a series and a SEG or RTSTRUCT per case)",
+    )
+    parser.add_argument(
+        "--held-out",
+        action="store_true",
+        help=f"also make the '{HELD_OUT_SITE}' site (ixi, chest_ct: an acquisition no training site has, test split only)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
 
         task = read_job_spec(args.job).task
         if task.name not in DEMO_DATASETS:
-            raise ValueError(f"job {args.job}: its own task ({', '.join(task.class_names)}) has no built-in demo data; "
-                             f"demo data exist for {', '.join(DEMO_DATASETS)}")
+            raise ValueError(
+                f"job {args.job}: its own task ({', '.join(task.class_names)}) has no built-in demo data; "
+                f"demo data exist for {', '.join(DEMO_DATASETS)}"
+            )
         args.dataset = task.name
     names = args.site_names or [f"site-{i}" for i in range(1, args.sites + 1)]
     if args.held_out and HELD_OUT_SITE not in names:

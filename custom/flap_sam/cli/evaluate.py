@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
 from flap_sam.cli.adapted_model import add_model_arguments, job_spec_of, load_adapted_model, structures_of
 from flap_sam.files import records_table
+
+if TYPE_CHECKING:
+    from flap_sam.data.intensity import IntensityNormalizer
 
 SPLITS = ("test", "validation", "training")
 
@@ -23,19 +27,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=SPLITS, help="which cases to score (default: test)")
     parser.add_argument("--predictions", default=None, help="score these masks (<dir>/<image file name>) instead of running a model")
     parser.add_argument("--out", default="evaluation", help="folder for dice.csv, dice.md and overlays (default: ./evaluation)")
-    parser.add_argument("--overlays", type=int, default=0, metavar="N",
-                        help="write PNG overlays of the N slices with the most foreground per case (default: none)")
-    parser.add_argument("--ct-window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                        help="CT clip window in HU (default: statistics of the datalist's training volumes, as in training; "
-                             "without any, the task's ct_window)")
+    parser.add_argument(
+        "--overlays",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write PNG overlays of the N slices with the most foreground per case (default: none)",
+    )
+    parser.add_argument(
+        "--ct-window",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="CT clip window in HU (default: statistics of the datalist's training volumes, as in training; "
+        "without any, the task's ct_window)",
+    )
     add_model_arguments(parser, adapter_required=False)
 
 
 def _normalizer(profile, cases, ct_window, structures) -> IntensityNormalizer:
     """The site's intensity recipe: for CT, the clip statistics of its training volumes (as the Learner fits them)."""
-    from flap_sam.errors import DataError
     from flap_sam.data.intensity import CTStatistics, ForegroundSamples, IntensityNormalizer
     from flap_sam.data.volumes import load_volume
+    from flap_sam.errors import DataError
 
     if profile.modality != "ct":
         return IntensityNormalizer(profile.modality)
@@ -45,7 +60,9 @@ def _normalizer(profile, cases, ct_window, structures) -> IntensityNormalizer:
         if profile.ct_window:  # a site that only scores (a held-out hospital): the task's window, as flap-sam infer uses
             print(f"CT window {profile.ct_window[0]:g}..{profile.ct_window[1]:g} HU: the task's (the datalist lists no training volumes)")
             return IntensityNormalizer("ct", CTStatistics.from_window(*profile.ct_window))
-        raise DataError("a CT site's clip statistics come from its training volumes, and its datalist lists none: give --ct-window LOW HIGH")
+        raise DataError(
+            "a CT site's clip statistics come from its training volumes, and its datalist lists none: give --ct-window LOW HIGH"
+        )
     samples = ForegroundSamples(len(cases["training"]))
     for case in cases["training"]:  # one volume in memory at a time, as the Learner does
         samples.add(load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel, structures))
@@ -62,9 +79,9 @@ def _case_name(image: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from flap_sam.data.datalist import load_datalist
-    from flap_sam.errors import DataError
     from flap_sam.data.stacks import prepare_volume
     from flap_sam.data.volumes import load_volume
+    from flap_sam.errors import DataError
     from flap_sam.evaluation.overlays import write_overlays
     from flap_sam.evaluation.scores import score_volume, summarize, write_tables
     from flap_sam.training.inference import segment_volume
@@ -88,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
             path = os.path.join(args.predictions, os.path.basename(case.image))
             if not os.path.isfile(path):
                 raise DataError(f"prediction {path}: file not found (one mask per image, named like the image)")
-            prediction = load_volume(case.image, path, profile.num_classes, channel=profile.channel).label  # checks it is on the image's grid
+            prediction = load_volume(
+                case.image, path, profile.num_classes, channel=profile.channel
+            ).label  # checks it is on the image's grid
             volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel, structures)
         else:
             volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel, structures)

@@ -17,10 +17,20 @@ from flap_sam.cli.adapted_model import add_model_arguments, load_adapted_model
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", required=True, help="input NIfTI volume, or a folder holding one DICOM series")
-    parser.add_argument("--out", required=True, help="output mask: NIfTI for a NIfTI image (same grid and affine); for a DICOM "
-                                                     "series a DICOM SEG file referencing it (a NIfTI mask if it ends in .nii.gz)")
-    parser.add_argument("--ct-window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                        help="HU clip window for CT (default: the job's ct_window, or the dataset's)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output mask: NIfTI for a NIfTI image (same grid and affine); for a DICOM "
+        "series a DICOM SEG file referencing it (a NIfTI mask if it ends in .nii.gz)",
+    )
+    parser.add_argument(
+        "--ct-window",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="HU clip window for CT (default: the job's ct_window, or the dataset's)",
+    )
     add_model_arguments(parser)
 
 

@@ -11,12 +11,21 @@ from flap_sam.datasets.decathlon.task import read_task
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", help="a job folder, or the name of a shipped job (kits_lora, ixi_lora, prostate_lora, chest_ct_lora)")
     parser.add_argument("--out", required=True, help="new job folder")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="settings to change, e.g. preset=lora_dec num_rounds=25; a data_root other than demo "
-                             "drops the demo's short budget (the job then runs the paper's recipe)")
-    parser.add_argument("--task", default=None, metavar="DATASET_JSON",
-                        help="a Decathlon dataset.json: fills classes, modality (and label_map) from it; "
-                             "images with several sequences also need --set channel=N")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings to change, e.g. preset=lora_dec num_rounds=25; a data_root other than demo "
+        "drops the demo's short budget (the job then runs the paper's recipe)",
+    )
+    parser.add_argument(
+        "--task",
+        default=None,
+        metavar="DATASET_JSON",
+        help="a Decathlon dataset.json: fills classes, modality (and label_map) from it; "
+        "images with several sequences also need --set channel=N",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
         settings = {**read_task(args.task).settings(settings.get("channel")), **settings}
     out = write_job(source, args.out, settings)
     written = job_settings(out)
-    print(f"wrote {out} (privacy scope {written['scope']}, no code: what provisioned sites accept; "
-          f"in the simulator: flap-sam simulate {out} -w WORKSPACE)")
+    print(
+        f"wrote {out} (privacy scope {written['scope']}, no code: what provisioned sites accept; "
+        f"in the simulator: flap-sam simulate {out} -w WORKSPACE)"
+    )
     note = random_base_note(written)
     if note:
         print(f"note: {note}", file=sys.stderr)
@@ -38,12 +49,19 @@ def run(args: argparse.Namespace) -> int:
 
 def random_base_note(settings: dict) -> str | None:
     """A line when the job would start a ViT from random weights on real data (sites may still set checkpoint locally)."""
-    from flap_sam.model.factory import random_base_remedy
     from flap_sam.model.encoders import FAMILY_OF_TYPE
+    from flap_sam.model.factory import random_base_remedy
 
     model_type = str(settings.get("model_type"))
-    if (model_type not in FAMILY_OF_TYPE or FAMILY_OF_TYPE[model_type].official_checkpoint(model_type) is None
-            or settings.get("checkpoint") or str(settings.get("data_root")) == "demo" or settings.get("random_weights") is True):
+    if (
+        model_type not in FAMILY_OF_TYPE
+        or FAMILY_OF_TYPE[model_type].official_checkpoint(model_type) is None
+        or settings.get("checkpoint")
+        or str(settings.get("data_root")) == "demo"
+        or settings.get("random_weights") is True
+    ):
         return None
-    return (f"this job names no checkpoint for {model_type}: a site refuses to train its data from random weights "
-            f"unless it sets checkpoint in its local/flap_sam_site.json. {random_base_remedy(model_type)}")
+    return (
+        f"this job names no checkpoint for {model_type}: a site refuses to train its data from random weights "
+        f"unless it sets checkpoint in its local/flap_sam_site.json. {random_base_remedy(model_type)}"
+    )

@@ -18,7 +18,6 @@ import time
 
 from flap_sam.files import CROSS_SITE_FILE, TRAFFIC_FILE
 
-
 CROSS_SITE_NAME = os.path.basename(CROSS_SITE_FILE)
 
 
@@ -39,7 +38,7 @@ def server_progress(session, job_id: str) -> dict | None:
 
     try:
         stats = session.show_stats(job_id, "server")
-    except Exception:  # the job's server process is not up yet, or already gone
+    except Exception:  # the job's server process is not up yet, or already gone  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
         return None
     return (stats.get("server") or {}).get(STATS_GROUP) if isinstance(stats, dict) else None
 
@@ -122,7 +121,7 @@ def _site_errors(session, job_id: str) -> list[str]:
     """``site: report`` for every site that reported an error for the job."""
     try:
         errors = session.show_errors(job_id, "client") or {}
-    except Exception:
+    except Exception:  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
         return []
     return [f"{site}: {report}" for site, report in (errors.items() if isinstance(errors, dict) else []) if report]
 
@@ -174,8 +173,10 @@ def follow(session, job_id: str, download: str, poll: float, timeout: float, say
         return status
     say(f"job {job_id}: {status}")
     if status == RunStatus.ABANDONED.value:  # what InterruptedJobs marks a job that a server restart cut off
-        say(f"the server stopped while job {job_id} ran; to go on from its last finished round, submit the same job "
-            f"with resume_from={job_id} (flap-sam job JOB --out DIR --set resume_from={job_id})")
+        say(
+            f"the server stopped while job {job_id} ran; to go on from its last finished round, submit the same job "
+            f"with resume_from={job_id} (flap-sam job JOB --out DIR --set resume_from={job_id})"
+        )
         return status
     os.makedirs(download, exist_ok=True)
     target = session.download_job_result(job_id, os.path.abspath(download))

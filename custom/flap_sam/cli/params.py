@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from flap_sam.cli.adapted_model import model_defaults
 from flap_sam.model.presets import PRESETS
 
+if TYPE_CHECKING:
+    from flap_sam.model.factory import ModelSpec
 
-def count_parameters(spec: "ModelSpec") -> dict[str, int]:
+
+def count_parameters(spec: ModelSpec) -> dict[str, int]:
     """Counts for one preset, built on the meta device (no weights are allocated).
 
     Returns ``{"trainable", "exchanged", "total"}`` parameter counts.
@@ -37,9 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank", type=int, default=model["rank"])
     parser.add_argument("--classes", type=int, default=model["num_classes"], help="foreground classes")
     parser.add_argument("--image-size", type=int, default=model["image_size"])
-    parser.add_argument("--site-ranks", type=int, nargs="+", default=None, metavar="R",
-                        help="also the bytes a site at each of these LoRA ranks sends and receives per round (site_ranks; "
-                             "at most --rank)")
+    parser.add_argument(
+        "--site-ranks",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="R",
+        help="also the bytes a site at each of these LoRA ranks sends and receives per round (site_ranks; at most --rank)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +59,12 @@ def run(args: argparse.Namespace) -> int:
 
         settings = read_job(args.job)
         job = settings.spec
-        args.model, args.image_size, args.rank, args.classes = job.model.model_type, job.model.image_size, job.model.rank, job.model.num_classes
+        args.model, args.image_size, args.rank, args.classes = (
+            job.model.model_type,
+            job.model.image_size,
+            job.model.rank,
+            job.model.num_classes,
+        )
         args.preset = args.preset or job.model.preset
         named = settings.site.site_ranks.values()  # the job's site_ranks, beside its own rank
         args.site_ranks = args.site_ranks or (sorted({*named, job.model.rank}) if named else None)
@@ -68,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.model} at {args.image_size} px, {args.classes} classes, LoRA rank {args.rank}")
     print(f"{'preset':<9} {'trainable':>12} {'exchanged':>12} {'fp32 bytes':>13} {'fp32 MB':>8} {'fft/preset':>10}")
     for name, c in rows:
-        print(f"{name:<9} {c['trainable']:>12,} {c['exchanged']:>12,} {4 * c['exchanged']:>13,} {4 * c['exchanged'] / 1e6:>8.2f} {fft / c['exchanged']:>10.1f}")
+        print(
+            f"{name:<9} {c['trainable']:>12,} {c['exchanged']:>12,} {4 * c['exchanged']:>13,} {4 * c['exchanged'] / 1e6:>8.2f} {fft / c['exchanged']:>10.1f}"
+        )
     if args.site_ranks:
         return _site_rank_table(args, presets)
     return 0

@@ -34,10 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from flap_sam.evaluation.robustness import read_robustness_run, write_robustness
     from flap_sam.jobs.simulator import output_tail, run_simulator
-    from flap_sam.training.schema import choices_of
     from flap_sam.jobs.writer import parse_settings, source_job, write_job
+    from flap_sam.training.schema import choices_of
 
-    for flag, given, known in (("--aggregations", args.aggregations, choices_of("aggregation")), ("--attacks", args.attacks, choices_of("attack"))):
+    for flag, given, known in (
+        ("--aggregations", args.aggregations, choices_of("aggregation")),
+        ("--attacks", args.attacks, choices_of("attack")),
+    ):
         unknown = [v for v in given if v not in known]
         if unknown:  # before the first run, not hours into the matrix
             raise ValueError(f"{flag} {' '.join(unknown)}: not a value of the setting; choose from {', '.join(known)}")
@@ -62,14 +65,29 @@ def run(args: argparse.Namespace) -> int:
                 try:
                     result = run_simulator(job, workspace, args.sites, timeout=args.run_timeout or None)
                 except subprocess.TimeoutExpired:
-                    raise ValueError(f"robustness run {name}: no result after {args.run_timeout:.0f} s; its log is in {workspace}") from None
+                    raise ValueError(
+                        f"robustness run {name}: no result after {args.run_timeout:.0f} s; its log is in {workspace}"
+                    ) from None
                 if result.returncode != 0:
                     raise ValueError(f"robustness run {name} failed; its log is in {workspace}: {output_tail(result)}")
                 write_text(os.path.join(workspace, DONE), "finished\n")
             runs.append(read_robustness_run(simulator_job(workspace), aggregation, attack, attackers, args.sites))
             print(f"{name}: final test Dice of the honest sites {runs[-1].test_dice:.4f}", flush=True)
-    command = "flap-sam robustness " + shlex.join([args.job, "--aggregations", *args.aggregations, "--attacks", *args.attacks,
-                                                    "--byzantine", str(args.byzantine), "--sites", str(args.sites), "--out", args.out,
-                                                    *(["--set", *args.set] if args.set else [])])
+    command = "flap-sam robustness " + shlex.join(
+        [
+            args.job,
+            "--aggregations",
+            *args.aggregations,
+            "--attacks",
+            *args.attacks,
+            "--byzantine",
+            str(args.byzantine),
+            "--sites",
+            str(args.sites),
+            "--out",
+            args.out,
+            *(["--set", *args.set] if args.set else []),
+        ]
+    )
     print(f"wrote {write_robustness(runs, args.out, command)}")
     return 0

@@ -21,26 +21,46 @@ import os
 import shutil
 import subprocess
 
-
 DONE = "DONE"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", help="a job folder or the name of a shipped job")
     parser.add_argument("--presets", nargs="+", required=True)
-    parser.add_argument("--models", nargs="+", default=None, metavar="MODEL_TYPE",
-                        help="model types to sweep too, e.g. lite_medsam unet (the U-Net baseline); each runs the presets "
-                             "that apply to it (default: the job's model_type)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="MODEL_TYPE",
+        help="model types to sweep too, e.g. lite_medsam unet (the U-Net baseline); each runs the presets "
+        "that apply to it (default: the job's model_type)",
+    )
     parser.add_argument("--transports", nargs="+", default=None, help="transport modes to sweep too (default: the job's)")
-    parser.add_argument("--ranks", nargs="+", default=None, metavar="R[,R...]",
-                        help="LoRA ranks to sweep too: R (every site at R) or one rank per site, site-1 first (site_ranks; "
-                             "the job's rank is the largest)")
-    parser.add_argument("--train-volumes", nargs="+", type=int, default=None, metavar="N",
-                        help="labelled training volumes per site to sweep too (train_volumes; 0 = all)")
-    parser.add_argument("--held-out", default=None, metavar="DATALIST",
-                        help="score each run's final model on this datalist's test split, a site that never trained "
-                             "(the demo's: <demo root>/<dataset>-.../heldout/datalist.json, flap-sam demo-data --held-out)")
-    parser.add_argument("--tag", default="", help="a prefix of this sweep's run names, e.g. equal-cpu (runs of other settings in one --out)")
+    parser.add_argument(
+        "--ranks",
+        nargs="+",
+        default=None,
+        metavar="R[,R...]",
+        help="LoRA ranks to sweep too: R (every site at R) or one rank per site, site-1 first (site_ranks; the job's rank is the largest)",
+    )
+    parser.add_argument(
+        "--train-volumes",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="N",
+        help="labelled training volumes per site to sweep too (train_volumes; 0 = all)",
+    )
+    parser.add_argument(
+        "--held-out",
+        default=None,
+        metavar="DATALIST",
+        help="score each run's final model on this datalist's test split, a site that never trained "
+        "(the demo's: <demo root>/<dataset>-.../heldout/datalist.json, flap-sam demo-data --held-out)",
+    )
+    parser.add_argument(
+        "--tag", default="", help="a prefix of this sweep's run names, e.g. equal-cpu (runs of other settings in one --out)"
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="settings for every run, as flap-sam job")
     parser.add_argument("--sites", type=int, default=None, help="simulated sites (default: the job's min_clients)")
@@ -92,11 +112,21 @@ def run(args: argparse.Namespace) -> int:
             print(f"{model}-{preset}: not run ({model} trains with preset {', '.join(presets_of_model)} only)", flush=True)
             continue
         for transport, (ranks, rank_setting), volumes in ((t, r, v) for t in transports for r in rank_sets for v in volume_counts):
-            settings = {**common, "preset": preset, **({"transport": transport} if transport else {}), **rank_setting,
-                        **({"model_type": model} if model else {}), **({"train_volumes": volumes} if volumes is not None else {})}
-            name = ((f"{args.tag}-" if args.tag else "") + (f"{model}-" if model else "")
-                    + f"{preset}-{transport or job_settings(source)['transport']}"
-                    + (f"-r{ranks}" if ranks else "") + (f"-v{volumes}" if volumes is not None else ""))
+            settings = {
+                **common,
+                "preset": preset,
+                **({"transport": transport} if transport else {}),
+                **rank_setting,
+                **({"model_type": model} if model else {}),
+                **({"train_volumes": volumes} if volumes is not None else {}),
+            }
+            name = (
+                (f"{args.tag}-" if args.tag else "")
+                + (f"{model}-" if model else "")
+                + f"{preset}-{transport or job_settings(source)['transport']}"
+                + (f"-r{ranks}" if ranks else "")
+                + (f"-v{volumes}" if volumes is not None else "")
+            )
             workspace = os.path.join(args.out, "runs", name)
             if os.path.isfile(os.path.join(workspace, DONE)):
                 print(f"{name}: finished before, not run again", flush=True)
@@ -117,12 +147,28 @@ def run(args: argparse.Namespace) -> int:
             if not os.path.isfile(final):
                 raise ValueError(f"sweep run {name} ended without a global model (no site trained?); its log is in {workspace}")
             usage = result.usage
-            write_json(os.path.join(job_dir, RUN_COST_FILE), {"wall_s": round(usage.wall_s, 1), "cpu_s": round(usage.cpu_s, 1),
-                                                              "peak_process_rss_bytes": usage.peak_process_rss_bytes})
+            write_json(
+                os.path.join(job_dir, RUN_COST_FILE),
+                {"wall_s": round(usage.wall_s, 1), "cpu_s": round(usage.cpu_s, 1), "peak_process_rss_bytes": usage.peak_process_rss_bytes},
+            )
             if args.held_out:
                 print(f"{name}: scoring the final model on {args.held_out} ...", flush=True)
-                if flap_sam(["evaluate", "--job", job, "--adapter", final, "--datalist", args.held_out,
-                             "--out", os.path.join(job_dir, HELD_OUT_FOLDER)]) != 0:
+                if (
+                    flap_sam(
+                        [
+                            "evaluate",
+                            "--job",
+                            job,
+                            "--adapter",
+                            final,
+                            "--datalist",
+                            args.held_out,
+                            "--out",
+                            os.path.join(job_dir, HELD_OUT_FOLDER),
+                        ]
+                    )
+                    != 0
+                ):
                     raise ValueError(f"sweep run {name}: the held-out evaluation failed (above)")
             write_text(os.path.join(workspace, DONE), "finished\n")
     runs, baselines = collect([os.path.join(args.out, "runs"), *args.baselines])

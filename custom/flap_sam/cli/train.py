@@ -20,9 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--job", required=True, help="the job folder whose recipe and settings to train with")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--sites", nargs="+", metavar="SITE", help="sites' datalists under the job's data_root (demo data too)")
-    source.add_argument("--datalist", nargs="+", metavar="[NAME=]FILE",
-                        help="datalist files (their folder is the data root); each is a site named NAME, else the file's "
-                             "name (site-3.json: site-3), or its folder's for a file called datalist.json")
+    source.add_argument(
+        "--datalist",
+        nargs="+",
+        metavar="[NAME=]FILE",
+        help="datalist files (their folder is the data root); each is a site named NAME, else the file's "
+        "name (site-3.json: site-3), or its folder's for a file called datalist.json",
+    )
     parser.add_argument("--out", required=True, help="folder for the adapters, train_log.json and baseline.json")
     parser.add_argument("--epochs", type=int, default=None, help="default: the job's num_rounds x local_epochs")
     parser.add_argument("--checkpoint", default=None, help="SAM checkpoint (default: the job's checkpoint setting)")
@@ -57,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from flap_sam.data.site import DEMO, SiteData
+    from flap_sam.errors import CheckpointError
     from flap_sam.jobs.writer import read_job
     from flap_sam.model.factory import build_model, random_base_refusal, refuses_random_base, resolve_checkpoint
-    from flap_sam.errors import CheckpointError
     from flap_sam.training.baseline import train_baseline
     from flap_sam.training.device import pick_device
     from flap_sam.training.local_trainer import resolve_data_workers
@@ -71,11 +75,16 @@ def run(args: argparse.Namespace) -> int:
     if args.sites:
         sources = {name: (site.data_root, name, site.datalist or None) for name in args.sites}
     else:
-        sources = {name: (os.path.dirname(os.path.abspath(path)), "site", os.path.abspath(path))
-                   for name, path in datalist_sites(args.datalist).items()}
-    sites = {name: SiteData.load(profile, root, site_name, spec.image_size, spec.num_classes, datalist, site.train_volumes,
-                                 site.structures(profile.class_names))
-             for name, (root, site_name, datalist) in sources.items()}
+        sources = {
+            name: (os.path.dirname(os.path.abspath(path)), "site", os.path.abspath(path))
+            for name, path in datalist_sites(args.datalist).items()
+        }
+    sites = {
+        name: SiteData.load(
+            profile, root, site_name, spec.image_size, spec.num_classes, datalist, site.train_volumes, site.structures(profile.class_names)
+        )
+        for name, (root, site_name, datalist) in sources.items()
+    }
     epochs = args.epochs or max(1, round(job["num_rounds"] * job.training.local_epochs))
     checkpoint = resolve_checkpoint(args.checkpoint if args.checkpoint is not None else site.checkpoint, spec.model_type)
     on_demo = bool(args.sites) and site.data_root == DEMO
@@ -83,9 +92,23 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(random_base_refusal(spec.model_type))
     model = build_model(spec, checkpoint, device, site.attention, site.checkpointing)
     kind = "local" if len(sites) == 1 else "pooled"
-    print(f"{kind} baseline: {spec.model_type}/{spec.image_size} preset {spec.preset} on {', '.join(sites)}, {epochs} epochs "
-          f"(job {args.job}), {device}", flush=True)
-    train_baseline(model, spec, sites, job.training, epochs, args.out, device, kind,
-                   data_workers=resolve_data_workers(site.data_workers, device), say=lambda s: print(s, flush=True),
-                   cpu_bf16=site.cpu_bf16, cpu_return_memory=site.cpu_return_memory)
+    print(
+        f"{kind} baseline: {spec.model_type}/{spec.image_size} preset {spec.preset} on {', '.join(sites)}, {epochs} epochs "
+        f"(job {args.job}), {device}",
+        flush=True,
+    )
+    train_baseline(
+        model,
+        spec,
+        sites,
+        job.training,
+        epochs,
+        args.out,
+        device,
+        kind,
+        data_workers=resolve_data_workers(site.data_workers, device),
+        say=lambda s: print(s, flush=True),
+        cpu_bf16=site.cpu_bf16,
+        cpu_return_memory=site.cpu_return_memory,
+    )
     return 0

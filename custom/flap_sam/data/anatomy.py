@@ -67,16 +67,20 @@ class Acquisition:
     white_matter_level: float
 
     @classmethod
-    def for_site(cls, site_name: str) -> "Acquisition":
+    def for_site(cls, site_name: str) -> Acquisition:
         """The declared acquisition of ``site-1`` .. ``site-3`` and ``heldout``; another name draws one
         in the training sites' ranges, deterministically from the name."""
         if site_name in SITE_ACQUISITIONS:
             return SITE_ACQUISITIONS[site_name]
         rng = np.random.default_rng(zlib.crc32(site_name.encode("utf-8")))
-        return cls(contrast_gamma=float(rng.uniform(0.8, 1.25)), bias=float(rng.uniform(0.1, 0.3)),
-                   noise=float(rng.uniform(0.02, 0.05)), slice_thickness_mm=float(rng.choice([2.0, 4.0])),
-                   field_of_view_mm=(float(rng.uniform(180, 200)), float(rng.uniform(220, 240))),
-                   white_matter_level=float(rng.uniform(300, 1500)))
+        return cls(
+            contrast_gamma=float(rng.uniform(0.8, 1.25)),
+            bias=float(rng.uniform(0.1, 0.3)),
+            noise=float(rng.uniform(0.02, 0.05)),
+            slice_thickness_mm=float(rng.choice([2.0, 4.0])),
+            field_of_view_mm=(float(rng.uniform(180, 200)), float(rng.uniform(220, 240))),
+            white_matter_level=float(rng.uniform(300, 1500)),
+        )
 
 
 # Three training sites that differ as IXI's Guys (1.5 T), HH (3 T) and IOP (1.5 T) do in kind (contrast,
@@ -108,7 +112,7 @@ class Template:
 
     @classmethod
     @functools.cache
-    def load(cls, resolution_mm: int = 2) -> "Template":
+    def load(cls, resolution_mm: int = 2) -> Template:
         """The template, brain mask and tissue maps from the nilearn wheel (no download); read once per process."""
         if resolution_mm not in TEMPLATE_RESOLUTIONS:
             raise ValueError(f"resolution: {resolution_mm} mm is not one of the template's {list(TEMPLATE_RESOLUTIONS)}")
@@ -160,19 +164,26 @@ def _deform(image: np.ndarray, anatomy: np.ndarray, seed: int, resolution_mm: in
     """A random smooth affine and elastic deformation (one subject), image bilinear, labels nearest."""
     from monai.transforms import Rand3DElasticd
 
-    voxels = lambda mm: mm / resolution_mm  # noqa: E731
+    voxels = lambda mm: mm / resolution_mm
     deform = Rand3DElasticd(
-        keys=("image", "anatomy"), prob=1.0, mode=("bilinear", "nearest"), padding_mode="zeros",
-        sigma_range=(voxels(12.0), voxels(16.0)), magnitude_range=(voxels(60.0), voxels(120.0)),
-        rotate_range=(0.12, 0.08, 0.08), scale_range=(0.08, 0.08, 0.08),
-        translate_range=(voxels(4.0), voxels(4.0), voxels(3.0)))
+        keys=("image", "anatomy"),
+        prob=1.0,
+        mode=("bilinear", "nearest"),
+        padding_mode="zeros",
+        sigma_range=(voxels(12.0), voxels(16.0)),
+        magnitude_range=(voxels(60.0), voxels(120.0)),
+        rotate_range=(0.12, 0.08, 0.08),
+        scale_range=(0.08, 0.08, 0.08),
+        translate_range=(voxels(4.0), voxels(4.0), voxels(3.0)),
+    )
     deform.set_random_state(seed=seed)
     out = deform({"image": image[None], "anatomy": anatomy[None].astype(np.float32)})
     return np.asarray(out["image"][0], np.float32), np.rint(np.asarray(out["anatomy"][0])).astype(np.uint8)
 
 
-def _acquire(image: np.ndarray, anatomy: np.ndarray, affine: np.ndarray, acquisition: Acquisition, seed: int,
-             resolution_mm: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _acquire(
+    image: np.ndarray, anatomy: np.ndarray, affine: np.ndarray, acquisition: Acquisition, seed: int, resolution_mm: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The site's image of one subject: (int16 image, uint8 anatomy, affine) on the site's grid."""
     from monai.transforms import RandBiasField, RandRicianNoise
 
@@ -196,8 +207,10 @@ def _acquire(image: np.ndarray, anatomy: np.ndarray, affine: np.ndarray, acquisi
     centre = (head.min(axis=0) + head.max(axis=0)) / 2 if len(head) else np.array(image.shape[:2]) / 2
     box = [int(round(mm / resolution_mm)) for mm in acquisition.field_of_view_mm]
     starts = [int(round(c - n / 2)) for c, n in zip(centre, box)]
-    padded = [np.pad(a, [(max(0, -s), max(0, s + n - a.shape[i])) for i, (s, n) in enumerate(zip(starts, box))] + [(0, 0)])
-              for a in (image, anatomy)]
+    padded = [
+        np.pad(a, [(max(0, -s), max(0, s + n - a.shape[i])) for i, (s, n) in enumerate(zip(starts, box))] + [(0, 0)])
+        for a in (image, anatomy)
+    ]
     lo = [max(0, s) for s in starts]
     image, anatomy = (a[lo[0] : lo[0] + box[0], lo[1] : lo[1] + box[1]] for a in padded)
     affine[:3, 3] += affine[:3, :2] @ np.array(starts, dtype=float)
@@ -228,8 +241,9 @@ def split_sizes(site_name: str) -> tuple[int, int, int]:
     return (0, 0, 4) if site_name == HELD_OUT_SITE else (4, 1, 1)
 
 
-def make_anatomy_site(site_name: str, out_dir: str, seed: int = 0, resolution_mm: int = 2,
-                      sizes: tuple[int, int, int] | None = None) -> str:
+def make_anatomy_site(
+    site_name: str, out_dir: str, seed: int = 0, resolution_mm: int = 2, sizes: tuple[int, int, int] | None = None
+) -> str:
     """Write one site's volumes, brain masks, tissue labels and datalists into ``out_dir``.
 
     ``datalist.json`` (brain, the ``ixi`` task) and ``tissue.json`` (grey/white matter) list the same
@@ -242,13 +256,15 @@ def make_anatomy_site(site_name: str, out_dir: str, seed: int = 0, resolution_mm
         os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
     brain, tissue = [], []
     for i in range(n_train + n_val + n_test):
-        image, anatomy, affine = make_subject(template, acquisition, int(np.random.SeedSequence(
-            [seed, zlib.crc32(site_name.encode("utf-8")), i]).generate_state(1)[0]))
+        image, anatomy, affine = make_subject(
+            template, acquisition, int(np.random.SeedSequence([seed, zlib.crc32(site_name.encode("utf-8")), i]).generate_state(1)[0])
+        )
         name = f"{site_name}_{i:03d}.nii.gz"
         nib.save(nib.Nifti1Image(image, affine), os.path.join(out_dir, "imagesTr", name))
         nib.save(nib.Nifti1Image((anatomy > 0).astype(np.uint8), affine), os.path.join(out_dir, "labelsTr", name))
-        nib.save(nib.Nifti1Image(np.where(anatomy <= 2, anatomy, 0).astype(np.uint8), affine),
-                 os.path.join(out_dir, "labelsTissueTr", name))
+        nib.save(
+            nib.Nifti1Image(np.where(anatomy <= 2, anatomy, 0).astype(np.uint8), affine), os.path.join(out_dir, "labelsTissueTr", name)
+        )
         brain.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
         tissue.append({"image": f"imagesTr/{name}", "label": f"labelsTissueTr/{name}"})
     for entries, file in ((brain, "datalist.json"), (tissue, TISSUE_DATALIST)):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-import os
 import zlib
 from dataclasses import dataclass
 
@@ -65,16 +64,21 @@ class CTAcquisition:
     field_of_view_mm: float
 
     @classmethod
-    def for_site(cls, site_name: str) -> "CTAcquisition":
+    def for_site(cls, site_name: str) -> CTAcquisition:
         """The declared acquisition of ``site-1`` .. ``site-3`` and ``heldout``; another name draws one in
         the training sites' ranges, deterministically from the name."""
         if site_name in SITE_ACQUISITIONS:
             return SITE_ACQUISITIONS[site_name]
         rng = np.random.default_rng(zlib.crc32(site_name.encode("utf-8")))
         soft = bool(rng.integers(2))
-        return cls(hu_offset=float(rng.uniform(-20, 20)), noise_hu=float(rng.uniform(10, 30)),
-                   kernel="soft" if soft else "sharp", kernel_strength=float(rng.uniform(0.5, 0.8) if soft else rng.uniform(0.3, 0.6)),
-                   slice_profile=float(rng.choice([0.0, 0.15])), field_of_view_mm=float(rng.uniform(360, 390)))
+        return cls(
+            hu_offset=float(rng.uniform(-20, 20)),
+            noise_hu=float(rng.uniform(10, 30)),
+            kernel="soft" if soft else "sharp",
+            kernel_strength=float(rng.uniform(0.5, 0.8) if soft else rng.uniform(0.3, 0.6)),
+            slice_profile=float(rng.choice([0.0, 0.15])),
+            field_of_view_mm=float(rng.uniform(360, 390)),
+        )
 
 
 # Three training sites with soft and sharp kernels, low to moderate noise, small calibration errors;
@@ -111,7 +115,7 @@ class ChestCT:
 
     @classmethod
     @functools.cache
-    def load(cls) -> "ChestCT":
+    def load(cls) -> ChestCT:
         """Read the image (MONAI ``NrrdReader``) and the segmentation (``slicerio``) from the slicerio wheel; once per process."""
         import slicerio
         from monai.transforms import LoadImage
@@ -139,16 +143,24 @@ def _deform(hu: np.ndarray, label: np.ndarray, seed: int, spacing_mm: tuple[floa
 
     voxels = np.asarray(spacing_mm)
     deform = Rand3DElasticd(
-        keys=("image", "label"), prob=1.0, mode=("bilinear", "nearest"), padding_mode="zeros",
-        sigma_range=(30.0 / voxels.max(), 40.0 / voxels.max()), magnitude_range=(80.0 / voxels.max(), 160.0 / voxels.max()),
-        rotate_range=(0.0, 0.0, 0.1), scale_range=(0.08, 0.08, 0.05), translate_range=(4.0, 4.0, 0.5))
+        keys=("image", "label"),
+        prob=1.0,
+        mode=("bilinear", "nearest"),
+        padding_mode="zeros",
+        sigma_range=(30.0 / voxels.max(), 40.0 / voxels.max()),
+        magnitude_range=(80.0 / voxels.max(), 160.0 / voxels.max()),
+        rotate_range=(0.0, 0.0, 0.1),
+        scale_range=(0.08, 0.08, 0.05),
+        translate_range=(4.0, 4.0, 0.5),
+    )
     deform.set_random_state(seed=seed)
     out = deform({"image": (hu - AIR_HU)[None], "label": label[None].astype(np.float32)})  # air -> 0 so padding is air
     return np.asarray(out["image"][0], np.float32) + AIR_HU, np.rint(np.asarray(out["label"][0])).astype(np.uint8)
 
 
-def _acquire(hu: np.ndarray, label: np.ndarray, affine: np.ndarray, acquisition: CTAcquisition, seed: int,
-             pixel_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _acquire(
+    hu: np.ndarray, label: np.ndarray, affine: np.ndarray, acquisition: CTAcquisition, seed: int, pixel_mm: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The site's image of one subject: (int16 HU image, uint8 label, affine) on the site's grid."""
     from scipy import ndimage
 

@@ -39,8 +39,9 @@ def find_datalist(data_root: str, site_name: str, datalist: str | None = None) -
     raise DataError(f"data_root {data_root}: no datalist found (looked for {site_name}.json and datalist.json)")
 
 
-def load_datalist(path: str, data_root: str | None = None, require_labels: bool = True,
-                  require_training: bool = True) -> dict[str, list[Case]]:
+def load_datalist(
+    path: str, data_root: str | None = None, require_labels: bool = True, require_training: bool = True
+) -> dict[str, list[Case]]:
     """Read and check a datalist; returns ``{"training": [...], "validation": [...], "test": [...]}`` with absolute paths.
 
     Paths inside the file are relative to ``data_root`` (default: the datalist's folder).
@@ -88,8 +89,7 @@ def write_datalist(path: str, training: list[dict], validation: list[dict], test
     write_json(path, content)
 
 
-def write_labelled_site(out_dir: str, cases: Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray]], n_train: int,
-                        n_val: int) -> str:
+def write_labelled_site(out_dir: str, cases: Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray]], n_train: int, n_val: int) -> str:
     """Write a site's cases as NIfTI files and their ``datalist.json``; returns the datalist's path.
 
     Args:

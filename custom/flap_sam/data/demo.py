@@ -47,7 +47,7 @@ class ScannerShift:
     pixel_spacing_mm: float
 
     @classmethod
-    def for_site(cls, site_name: str, pixel_spacing_mm: tuple[float, float] = (5.0, 6.5)) -> "ScannerShift":
+    def for_site(cls, site_name: str, pixel_spacing_mm: tuple[float, float] = (5.0, 6.5)) -> ScannerShift:
         """``pixel_spacing_mm``: range of in-plane spacing, which sets the 64-pixel field of view."""
         rng = np.random.default_rng(_seed(site_name))
         return cls(
@@ -175,9 +175,12 @@ def make_demo_site(dataset: str, site_name: str, out_dir: str, n_train: int = 4,
 
 
 # What each dataset's demo data are, as a site's log and `flap-sam demo-data` say it.
-DEMO_KINDS = {"kits": "SYNTHETIC phantoms", "prostate": "SYNTHETIC phantoms",
-              "ixi": "REAL ANATOMY (MNI152 template) with SIMULATED subjects and scanners",
-              "chest_ct": "a REAL CHEST CT (slicerio's) with SIMULATED subjects and scanners"}
+DEMO_KINDS = {
+    "kits": "SYNTHETIC phantoms",
+    "prostate": "SYNTHETIC phantoms",
+    "ixi": "REAL ANATOMY (MNI152 template) with SIMULATED subjects and scanners",
+    "chest_ct": "a REAL CHEST CT (slicerio's) with SIMULATED subjects and scanners",
+}
 
 
 def default_demo_root() -> str:

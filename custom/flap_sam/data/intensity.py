@@ -27,7 +27,7 @@ class CTStatistics:
     std: float
 
     @classmethod
-    def from_samples(cls, samples: list[np.ndarray]) -> "CTStatistics":
+    def from_samples(cls, samples: list[np.ndarray]) -> CTStatistics:
         """Percentiles/mean/std of foreground intensities sampled from the training volumes (``ForegroundSamples``)."""
         values = np.concatenate(samples) if samples else np.empty(0, np.float32)
         if values.size < 10:
@@ -37,7 +37,7 @@ class CTStatistics:
         return cls(float(low), float(high), float(clipped.mean()), float(max(clipped.std(), 1e-6)))
 
     @classmethod
-    def from_window(cls, low: float, high: float) -> "CTStatistics":
+    def from_window(cls, low: float, high: float) -> CTStatistics:
         return cls(low, high, (low + high) / 2.0, max((high - low) / 4.0, 1e-6))
 
 

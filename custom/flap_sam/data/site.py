@@ -5,16 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-
 from flap_sam.data.datalist import find_datalist, load_datalist
 from flap_sam.data.demo import DEMO_DATASETS, ensure_demo_site
 from flap_sam.data.dicom.labels import StructureNames
-from flap_sam.errors import DataError
-
 from flap_sam.data.intensity import ForegroundSamples, IntensityNormalizer
 from flap_sam.data.profiles import DatasetProfile
 from flap_sam.data.stacks import PreparedVolume, normalize_resized, resize_volume
 from flap_sam.data.volumes import load_volume
+from flap_sam.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +34,17 @@ class SiteData:
     datalist_path: str
 
     @classmethod
-    def load(cls, profile: DatasetProfile, data_root: str, site_name: str, image_size: int, num_classes: int, datalist: str | None = None,
-             train_volumes: int = 0, structures: StructureNames | None = None) -> "SiteData":
+    def load(
+        cls,
+        profile: DatasetProfile,
+        data_root: str,
+        site_name: str,
+        image_size: int,
+        num_classes: int,
+        datalist: str | None = None,
+        train_volumes: int = 0,
+        structures: StructureNames | None = None,
+    ) -> SiteData:
         """Load and check every volume of the site's datalist.
 
         ``data_root == "demo"`` makes (once) and uses this site's synthetic demo data. ``train_volumes`` > 0
@@ -47,8 +54,10 @@ class SiteData:
         """
         if data_root == DEMO:
             if profile.name not in DEMO_DATASETS:
-                raise DataError(f"data_root demo: the built-in demo data are for the {', '.join(DEMO_DATASETS)} tasks; this "
-                                f"job's own task ({', '.join(profile.class_names)}) needs its own data_root")
+                raise DataError(
+                    f"data_root demo: the built-in demo data are for the {', '.join(DEMO_DATASETS)} tasks; this "
+                    f"job's own task ({', '.join(profile.class_names)}) needs its own data_root"
+                )
             data_root = ensure_demo_site(profile.name, site_name)
         path = find_datalist(data_root, site_name, datalist)
         cases = load_datalist(path, data_root)
@@ -60,8 +69,9 @@ class SiteData:
         return cls._prepare(profile, cases, image_size, num_classes, path, structures)
 
     @classmethod
-    def _prepare(cls, profile: DatasetProfile, cases: dict, image_size: int, num_classes: int, path: str,
-                 structures: StructureNames) -> "SiteData":
+    def _prepare(
+        cls, profile: DatasetProfile, cases: dict, image_size: int, num_classes: int, path: str, structures: StructureNames
+    ) -> SiteData:
         """Load, check and resize one volume at a time; only model-resolution stacks stay in memory.
 
         CT statistics come from foreground samples taken while each training volume is loaded,
@@ -83,10 +93,17 @@ class SiteData:
         normalizer = IntensityNormalizer(profile.modality)
         if profile.modality == "ct":
             normalizer.ct_stats = samples.statistics()
-        prepared = {section: [PreparedVolume(normalize_resized(image, normalizer), label, source) for image, label, source in items]
-                    for section, items in resized.items()}
-        logger.info("Site data: %d training, %d validation and %d test volumes from %s",
-                    len(prepared["training"]), len(prepared["validation"]), len(prepared["test"]), path)
+        prepared = {
+            section: [PreparedVolume(normalize_resized(image, normalizer), label, source) for image, label, source in items]
+            for section, items in resized.items()
+        }
+        logger.info(
+            "Site data: %d training, %d validation and %d test volumes from %s",
+            len(prepared["training"]),
+            len(prepared["validation"]),
+            len(prepared["test"]),
+            path,
+        )
         return cls(
             train=prepared["training"],
             validation=prepared["validation"],

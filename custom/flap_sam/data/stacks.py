@@ -64,7 +64,7 @@ def resize_volume(volume: Volume, image_size: int) -> tuple[torch.Tensor, torch.
     torch's interpolation, as MONAI's ``Resize(mode="bilinear" / "nearest", anti_aliasing=False)`` calls
     it (the same numbers), a few slices at a time, so a volume stored as int16 is never held as float32 whole.
     """
-    x, y, depth = volume.image.shape
+    _x, _y, depth = volume.image.shape
     image = torch.empty(depth, image_size, image_size)
     label = None if volume.label is None else torch.empty(depth, image_size, image_size, dtype=torch.uint8)
     for z0 in range(0, depth, RESIZE_SLICES):

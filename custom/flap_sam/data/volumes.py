@@ -59,8 +59,7 @@ class VolumeSource:
         if self.label_path is None:
             raise ValueError(f"image {self.image_path}: has no label")
         if is_dicom(self.label_path):
-            return load_volume(self.image_path, self.label_path, self.num_classes, self.label_map,
-                               structures=self.structures).label
+            return load_volume(self.image_path, self.label_path, self.num_classes, self.label_map, structures=self.structures).label
         return _load_label(self.label_path, _read(self.label_path, "label"), self.num_classes, self.label_map)
 
     def to_original_orientation(self, array: np.ndarray) -> np.ndarray:
@@ -111,14 +110,16 @@ def _read(path: str, what: str, channel: int | None = None) -> nib.Nifti1Image:
     try:
         img = nib.load(path)
         data = np.asanyarray(img.dataobj)
-    except Exception as e:  # nibabel raises many types for corrupt or truncated files
+    except Exception as e:  # nibabel raises many types for corrupt or truncated files  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
         raise DataError(f"{what} {path}: cannot be read as NIfTI ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     elif data.ndim == 4:
         if channel is None:
-            raise DataError(f"{what} {path}: has {data.shape[3]} channels (sequences or phases); set channel to the "
-                            f"index of the one to use (0..{data.shape[3] - 1})")
+            raise DataError(
+                f"{what} {path}: has {data.shape[3]} channels (sequences or phases); set channel to the "
+                f"index of the one to use (0..{data.shape[3] - 1})"
+            )
         if not 0 <= channel < data.shape[3]:
             raise DataError(f"{what} {path}: channel {channel} does not exist (the file has {data.shape[3]}: 0..{data.shape[3] - 1})")
         data = data[..., channel]
@@ -135,8 +136,14 @@ def _canonical(img: nib.Nifti1Image) -> np.ndarray:
     return nib.orientations.apply_orientation(np.asanyarray(img.dataobj), ornt)
 
 
-def load_volume(image_path: str, label_path: str | None, num_classes: int, label_map: tuple[tuple[int, int], ...] = (),
-                channel: int | None = None, structures: StructureNames | None = None) -> Volume:
+def load_volume(
+    image_path: str,
+    label_path: str | None,
+    num_classes: int,
+    label_map: tuple[tuple[int, int], ...] = (),
+    channel: int | None = None,
+    structures: StructureNames | None = None,
+) -> Volume:
     """Read, check and reorient one case: a NIfTI image, or a DICOM series (a folder), and its label.
 
     A DICOM image's label is a DICOM SEG or RTSTRUCT of that series; ``structures`` says which of its
@@ -177,8 +184,18 @@ def load_volume(image_path: str, label_path: str | None, num_classes: int, label
     ornt = nib.orientations.io_orientation(image_img.affine)
     spacing = tuple(float(zooms[int(ax)]) for ax in ornt[:, 0].argsort())
     name = series.tag if series is not None else os.path.basename(image_path)
-    source = VolumeSource(image_path, label_path, tuple(image.shape), image_img.affine, image_img.shape, spacing,
-                          name, num_classes, tuple(label_map), structures)
+    source = VolumeSource(
+        image_path,
+        label_path,
+        tuple(image.shape),
+        image_img.affine,
+        image_img.shape,
+        spacing,
+        name,
+        num_classes,
+        tuple(label_map),
+        structures,
+    )
     return Volume(image, label, source)
 
 

@@ -108,8 +108,9 @@ def _progress(done: int, total: int, what: str) -> None:
         print(f"  checked {done}/{total} cases ({what})", file=sys.stderr, flush=True)
 
 
-def check_cases(cases: list[RawCase], profile: DatasetProfile,
-                structures: StructureNames | None = None) -> tuple[dict[str, CaseStats], list[str]]:
+def check_cases(
+    cases: list[RawCase], profile: DatasetProfile, structures: StructureNames | None = None
+) -> tuple[dict[str, CaseStats], list[str]]:
     """Read every case (one at a time); returns ({case_id: stats}, problems). ``structures``: DICOM labels' classes."""
     checked, problems = {}, []
     for i, case in enumerate(cases, start=1):
@@ -192,8 +193,17 @@ def convert(
             "dataset": dataset,
             "copied": copy,
             "val_fraction": val_fraction,
-            "sites": {s: {"centre": v.centre, "cases": v.cases, "slices": v.slices, "foreground_slices": v.foreground_slices,
-                          "spacing_mm_min": v.spacing_min, "spacing_mm_max": v.spacing_max} for s, v in summaries.items()},
+            "sites": {
+                s: {
+                    "centre": v.centre,
+                    "cases": v.cases,
+                    "slices": v.slices,
+                    "foreground_slices": v.foreground_slices,
+                    "spacing_mm_min": v.spacing_min,
+                    "spacing_mm_max": v.spacing_max,
+                }
+                for s, v in summaries.items()
+            },
         }
         write_json(os.path.join(tmp, "summary.json"), record)
         _move_into_place(tmp, out)
@@ -214,6 +224,18 @@ def _move_into_place(tmp: str, out: str) -> None:
 
 def format_summary(summaries: dict[str, SiteSummary]) -> str:
     """A Markdown table: site, centre, train/val/test cases, slices with foreground, voxel spacing range."""
-    return markdown_table(["site", "centre", "train", "val", "test", "slices with foreground", "spacing (mm, x*y*z)"],
-                          [[s.site, s.centre, s.cases["training"], s.cases["validation"], s.cases["test"],
-                            f"{s.foreground_slices}/{s.slices}", s.spacing_range()] for s in summaries.values()])
+    return markdown_table(
+        ["site", "centre", "train", "val", "test", "slices with foreground", "spacing (mm, x*y*z)"],
+        [
+            [
+                s.site,
+                s.centre,
+                s.cases["training"],
+                s.cases["validation"],
+                s.cases["test"],
+                f"{s.foreground_slices}/{s.slices}",
+                s.spacing_range(),
+            ]
+            for s in summaries.values()
+        ],
+    )

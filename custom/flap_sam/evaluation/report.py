@@ -19,8 +19,19 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-from flap_sam.files import (CROSS_SITE_FILE, FINAL_MODEL, HELD_OUT_FOLDER, RUN_COST_FILE, SERVER_APP, SIMULATOR_JOB, TB_FOLDER,
-                            TRAFFIC_FILE, markdown_table, write_json, write_text)
+from flap_sam.files import (
+    CROSS_SITE_FILE,
+    FINAL_MODEL,
+    HELD_OUT_FOLDER,
+    RUN_COST_FILE,
+    SERVER_APP,
+    SIMULATOR_JOB,
+    TB_FOLDER,
+    TRAFFIC_FILE,
+    markdown_table,
+    write_json,
+    write_text,
+)
 from flap_sam.model.presets import PRESETS
 
 SERVER_MARKER = os.path.join(SERVER_APP, TRAFFIC_FILE)  # a job folder of a finished run holds it
@@ -62,7 +73,7 @@ class FederatedRun:
 
     @property
     def test_dice_summary(self) -> str:
-        """"mean test Dice D" and, with a personal part, the sites' personalised models' mean beside it."""
+        """ "mean test Dice D" and, with a personal part, the sites' personalised models' mean beside it."""
         text = f"mean test Dice {self.test_dice:.4f}"
         if self.personal_dice_per_site:
             personal = sum(self.personal_dice_per_site.values()) / len(self.personal_dice_per_site)
@@ -143,21 +154,31 @@ def read_run(job_dir: str, name: str) -> FederatedRun:
     settings = _settings(job_dir)
     site_ranks = settings.get("site_ranks") or {}
     lora = settings.get("preset") in PRESETS and PRESETS[settings["preset"]].uses_lora
-    per_site_bytes = {site: sum(int(e.get("sent", 0)) + int(e.get("received", 0)) for rounds in tasks.values() for e in rounds.values())
-                      for site, tasks in traffic["sites"].items()}
+    per_site_bytes = {
+        site: sum(int(e.get("sent", 0)) + int(e.get("received", 0)) for rounds in tasks.values() for e in rounds.values())
+        for site, tasks in traffic["sites"].items()
+    }
     return FederatedRun(
-        name=name, folder=job_dir, model_type=str(settings.get("model_type", "?")), preset=str(settings.get("preset", "?")),
+        name=name,
+        folder=job_dir,
+        model_type=str(settings.get("model_type", "?")),
+        preset=str(settings.get("preset", "?")),
         transport=str(settings.get("transport", "?")),
         num_rounds=int(settings.get("num_rounds", len(up))),
         val_dice={s: _scalars(os.path.join(tb, s), "val_dice") for s in sites},
         train_loss={s: _scalars(os.path.join(tb, s), "train_loss") for s in sites},
-        bytes_down=dict(sorted(down.items())), bytes_up=dict(sorted(up.items())),
+        bytes_down=dict(sorted(down.items())),
+        bytes_up=dict(sorted(up.items())),
         total_bytes=int(traffic["totals"]["sent"]) + int(traffic["totals"]["received"]),
-        test_dice=sum(per_site.values()) / len(per_site) if per_site else float("nan"), test_dice_per_site=per_site,
+        test_dice=sum(per_site.values()) / len(per_site) if per_site else float("nan"),
+        test_dice_per_site=per_site,
         personal_dice_per_site=personal,
         lora_ranks={site: int(site_ranks.get(site, settings.get("rank", 0))) for site in per_site_bytes} if lora else {},
-        bytes_per_site=dict(sorted(per_site_bytes.items())), train_volumes=int(settings.get("train_volumes", 0) or 0),
-        cost=cost, held_out=_held_out(job_dir))
+        bytes_per_site=dict(sorted(per_site_bytes.items())),
+        train_volumes=int(settings.get("train_volumes", 0) or 0),
+        cost=cost,
+        held_out=_held_out(job_dir),
+    )
 
 
 def _held_out(folder: str) -> dict[str, float]:
@@ -176,8 +197,18 @@ def _held_out(folder: str) -> dict[str, float]:
 def read_baseline(folder: str) -> BaselineRun:
     with open(os.path.join(folder, "baseline.json"), encoding="utf-8") as f:
         b = json.load(f)
-    return BaselineRun(os.path.basename(os.path.normpath(folder)), folder, b["kind"], list(b["sites"]), int(b["epochs"]),
-                       float(b["test_dice"]), b["test_split"], _held_out(folder), str(b.get("model", "?")), str(b.get("preset", "?")))
+    return BaselineRun(
+        os.path.basename(os.path.normpath(folder)),
+        folder,
+        b["kind"],
+        list(b["sites"]),
+        int(b["epochs"]),
+        float(b["test_dice"]),
+        b["test_split"],
+        _held_out(folder),
+        str(b.get("model", "?")),
+        str(b.get("preset", "?")),
+    )
 
 
 def collect(paths: list[str]) -> tuple[list[FederatedRun], list[BaselineRun]]:
@@ -239,15 +270,22 @@ def _plot_dice_vs_bytes(runs: list[FederatedRun], baselines: list[BaselineRun], 
         ax.annotate(run.name, (run.total_bytes / 1e6, run.test_dice), textcoords="offset points", xytext=(6, 4), fontsize=9)
     styles = {"local": ":", "pooled": "--"}
     for b in baselines:
-        ax.axhline(b.test_dice, linestyle=styles.get(b.kind, "-."), color="grey",
-                   label=f"{b.kind} baseline, {b.model.split('/')[0]} ({', '.join(b.sites)}): {b.test_dice:.3f}")
+        ax.axhline(
+            b.test_dice,
+            linestyle=styles.get(b.kind, "-."),
+            color="grey",
+            label=f"{b.kind} baseline, {b.model.split('/')[0]} ({', '.join(b.sites)}): {b.test_dice:.3f}",
+        )
     from matplotlib.ticker import FuncFormatter
 
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-    ax.set(xlabel="total bytes transmitted (MB, both directions, log scale)", ylabel="mean test Dice over sites",
-           title="Dice against communication")
+    ax.set(
+        xlabel="total bytes transmitted (MB, both directions, log scale)",
+        ylabel="mean test Dice over sites",
+        title="Dice against communication",
+    )
     ax.margins(x=0.15, y=0.15)
     ax.grid(alpha=0.3, which="both")
     if baselines:
@@ -261,21 +299,63 @@ def _side_by_side(runs: list[FederatedRun], baselines: list[BaselineRun]) -> lis
     """The runs (and baselines) against each other: held-out Dice per class (a site that never trained), bytes, CPU, memory."""
     scored = [*(r.held_out for r in runs), *(b.held_out for b in baselines)]
     classes = list(dict.fromkeys(k for held_out in scored for k in held_out if k.startswith("dice_")))  # the task's class order
-    cell = lambda value, fmt: format(value, fmt) if value is not None else "-"  # noqa: E731
-    rows = [[run.name, run.model_type, run.preset, run.train_volumes or "all",
-             *(cell(run.held_out.get(c), ".4f") for c in classes), cell(run.held_out.get("mean_dice"), ".4f"),
-             f"{run.test_dice:.4f}", f"{run.mean_bytes_per_site_and_round / 1e6:.2f}",
-             cell(run.cost["cpu_s"] / 60 if "cpu_s" in run.cost else None, ".1f"),
-             cell(run.cost["peak_process_rss_bytes"] / 2**30 if "peak_process_rss_bytes" in run.cost else None, ".2f")]
-            for run in runs]
-    rows += [[f"{b.name} ({b.kind} baseline)", b.model.split("/")[0], b.preset, "all", *(cell(b.held_out.get(c), ".4f") for c in classes),
-              cell(b.held_out.get("mean_dice"), ".4f"), f"{b.test_dice:.4f}", "0", "-", "-"] for b in baselines]
-    return ["## Side by side", "", "Held-out: the final model on a site that never trained (`flap-sam sweep --held-out`); test: the "
+    cell = lambda value, fmt: format(value, fmt) if value is not None else "-"
+    rows = [
+        [
+            run.name,
+            run.model_type,
+            run.preset,
+            run.train_volumes or "all",
+            *(cell(run.held_out.get(c), ".4f") for c in classes),
+            cell(run.held_out.get("mean_dice"), ".4f"),
+            f"{run.test_dice:.4f}",
+            f"{run.mean_bytes_per_site_and_round / 1e6:.2f}",
+            cell(run.cost["cpu_s"] / 60 if "cpu_s" in run.cost else None, ".1f"),
+            cell(run.cost["peak_process_rss_bytes"] / 2**30 if "peak_process_rss_bytes" in run.cost else None, ".2f"),
+        ]
+        for run in runs
+    ]
+    rows += [
+        [
+            f"{b.name} ({b.kind} baseline)",
+            b.model.split("/")[0],
+            b.preset,
+            "all",
+            *(cell(b.held_out.get(c), ".4f") for c in classes),
+            cell(b.held_out.get("mean_dice"), ".4f"),
+            f"{b.test_dice:.4f}",
+            "0",
+            "-",
+            "-",
+        ]
+        for b in baselines
+    ]
+    return [
+        "## Side by side",
+        "",
+        (
+            "Held-out: the final model on a site that never trained (`flap-sam sweep --held-out`); test: the "
             "mean of the training sites' own test splits; MB: what one site sends per round (the server sends as much back); "
-            "CPU minutes: the whole run, server and sites; memory: the largest process's peak (a site's).", "", markdown_table(
-                ["run", "model", "preset", "labelled volumes per site", *(f"held-out {c.removeprefix('dice_')}" for c in classes),
-                 "held-out mean", "test mean (training sites)", "MB per site and round", "CPU minutes", "peak process memory GB"],
-                rows), ""]
+            "CPU minutes: the whole run, server and sites; memory: the largest process's peak (a site's)."
+        ),
+        "",
+        markdown_table(
+            [
+                "run",
+                "model",
+                "preset",
+                "labelled volumes per site",
+                *(f"held-out {c.removeprefix('dice_')}" for c in classes),
+                "held-out mean",
+                "test mean (training sites)",
+                "MB per site and round",
+                "CPU minutes",
+                "peak process memory GB",
+            ],
+            rows,
+        ),
+        "",
+    ]
 
 
 def _slug(name: str) -> str:
@@ -285,39 +365,110 @@ def _slug(name: str) -> str:
 def write_report(runs: list[FederatedRun], baselines: list[BaselineRun], out: str) -> str:
     """``report.md``, ``report.json`` and the PNG figures in ``out``; returns the path of ``report.md``."""
     os.makedirs(out, exist_ok=True)
-    lines = ["# FLAP-SAM report", "",
-             "Every number below comes from the runs' own files (TensorBoard events, traffic_summary.json, "
-             "cross_val_results.json) and the baselines' baseline.json; the figures show the same numbers.", ""]
+    lines = [
+        "# FLAP-SAM report",
+        "",
+        (
+            "Every number below comes from the runs' own files (TensorBoard events, traffic_summary.json, "
+            "cross_val_results.json) and the baselines' baseline.json; the figures show the same numbers."
+        ),
+        "",
+    ]
     if runs:
         _plot_dice_vs_bytes(runs, baselines, os.path.join(out, "dice_vs_bytes.png"))
-        lines += ["## Dice against bytes transmitted", "", "![Dice against bytes](dice_vs_bytes.png)", "", markdown_table(
-            ["run", "model", "preset", "transport", "rounds", "total bytes (both directions)", "mean test Dice", "test Dice per site"],
-            [[run.name, run.model_type, run.preset, run.transport, run.num_rounds, f"{run.total_bytes:,}", f"{run.test_dice:.4f}",
-              ", ".join(f"{s} {d:.4f}" for s, d in sorted(run.test_dice_per_site.items()))] for run in runs]), ""]
+        lines += [
+            "## Dice against bytes transmitted",
+            "",
+            "![Dice against bytes](dice_vs_bytes.png)",
+            "",
+            markdown_table(
+                ["run", "model", "preset", "transport", "rounds", "total bytes (both directions)", "mean test Dice", "test Dice per site"],
+                [
+                    [
+                        run.name,
+                        run.model_type,
+                        run.preset,
+                        run.transport,
+                        run.num_rounds,
+                        f"{run.total_bytes:,}",
+                        f"{run.test_dice:.4f}",
+                        ", ".join(f"{s} {d:.4f}" for s, d in sorted(run.test_dice_per_site.items())),
+                    ]
+                    for run in runs
+                ],
+            ),
+            "",
+        ]
     if any(run.cost or run.held_out for run in runs) or any(b.held_out for b in baselines):
         lines += _side_by_side(runs, baselines)
     if runs:
-        dice = lambda scores, site: f"{scores[site]:.4f}" if site in scores else "-"  # noqa: E731
-        lines += ["## Per site", "", "Each site's LoRA rank as the job set it (`rank`, `site_ranks`), its bytes (both directions, "
-                  "every task) and the final adapter's test Dice on its own split: the global model, and with a personal "
-                  "part (`flap_personal`) the site's personalised model.", "", markdown_table(
-            ["run", "site", "LoRA rank", "bytes (both directions)", "test Dice (global)", "test Dice (personalised)"],
-            [[run.name, site, run.lora_ranks.get(site, "-"), f"{n:,}", dice(run.test_dice_per_site, site),
-              dice(run.personal_dice_per_site, site)] for run in runs for site, n in run.bytes_per_site.items()]), ""]
+        dice = lambda scores, site: f"{scores[site]:.4f}" if site in scores else "-"
+        lines += [
+            "## Per site",
+            "",
+            (
+                "Each site's LoRA rank as the job set it (`rank`, `site_ranks`), its bytes (both directions, "
+                "every task) and the final adapter's test Dice on its own split: the global model, and with a personal "
+                "part (`flap_personal`) the site's personalised model."
+            ),
+            "",
+            markdown_table(
+                ["run", "site", "LoRA rank", "bytes (both directions)", "test Dice (global)", "test Dice (personalised)"],
+                [
+                    [
+                        run.name,
+                        site,
+                        run.lora_ranks.get(site, "-"),
+                        f"{n:,}",
+                        dice(run.test_dice_per_site, site),
+                        dice(run.personal_dice_per_site, site),
+                    ]
+                    for run in runs
+                    for site, n in run.bytes_per_site.items()
+                ],
+            ),
+            "",
+        ]
     if baselines:
-        lines += ["## Baselines (flap-sam train: the same recipe without FLARE)", "", markdown_table(
-            ["baseline", "kind", "sites", "epochs", "test Dice", "split"],
-            [[b.name, b.kind, ", ".join(b.sites), b.epochs, f"{b.test_dice:.4f}", b.test_split] for b in baselines]), ""]
+        lines += [
+            "## Baselines (flap-sam train: the same recipe without FLARE)",
+            "",
+            markdown_table(
+                ["baseline", "kind", "sites", "epochs", "test Dice", "split"],
+                [[b.name, b.kind, ", ".join(b.sites), b.epochs, f"{b.test_dice:.4f}", b.test_split] for b in baselines],
+            ),
+            "",
+        ]
     for run in runs:
         figure = f"run_{_slug(run.name)}.png"
         _plot_run(run, os.path.join(out, figure))
         sites = sorted(run.val_dice)
         rounds = sorted(set(run.bytes_up) | {r for v in run.val_dice.values() for r in v})
-        value = lambda v: f"{v:.4f}" if v is not None else "-"  # noqa: E731
-        lines += [f"## Run {run.name} ({run.label})", "", f"![{run.name}]({figure})", "", markdown_table(
-            ["round", *(f"{s} {what}" for s in sites for what in ("val Dice", "train loss")), "bytes server -> sites", "bytes sites -> server"],
-            [[r, *(value(series[s].get(r)) for s in sites for series in (run.val_dice, run.train_loss)),
-              f"{run.bytes_down.get(r, 0):,}", f"{run.bytes_up.get(r, 0):,}"] for r in rounds]), ""]
+        value = lambda v: f"{v:.4f}" if v is not None else "-"
+        lines += [
+            f"## Run {run.name} ({run.label})",
+            "",
+            f"![{run.name}]({figure})",
+            "",
+            markdown_table(
+                [
+                    "round",
+                    *(f"{s} {what}" for s in sites for what in ("val Dice", "train loss")),
+                    "bytes server -> sites",
+                    "bytes sites -> server",
+                ],
+                [
+                    [
+                        r,
+                        *(value(series[s].get(r)) for s in sites for series in (run.val_dice, run.train_loss)),
+                        f"{run.bytes_down.get(r, 0):,}",
+                        f"{run.bytes_up.get(r, 0):,}",
+                    ]
+                    for r in rounds
+                ],
+            ),
+            "",
+        ]
     path = os.path.join(out, "report.md")
     write_text(path, "\n".join(lines))
     write_json(os.path.join(out, "report.json"), {"runs": [asdict(r) for r in runs], "baselines": [asdict(b) for b in baselines]})

@@ -46,8 +46,10 @@ def robustness_table(runs: list[RobustnessRun]) -> str:
     attacks = list(dict.fromkeys(r.attack for r in runs))
     dice = {(r.aggregation, r.attack): r.test_dice for r in runs}
     best = {k: max((dice.get((a, k), -1.0) for a in aggregations), default=-1.0) for k in attacks}
-    rows = [[a, *(f"**{_cell(dice.get((a, k)))}**" if dice.get((a, k)) == best[k] else _cell(dice.get((a, k))) for k in attacks)]
-            for a in aggregations]
+    rows = [
+        [a, *(f"**{_cell(dice.get((a, k)))}**" if dice.get((a, k)) == best[k] else _cell(dice.get((a, k))) for k in attacks)]
+        for a in aggregations
+    ]
     return markdown_table(["aggregation", *attacks], rows)
 
 
@@ -58,8 +60,10 @@ def fedseca_comparison(runs: list[RobustnessRun]) -> str:
     others = [a for a in dict.fromkeys(r.aggregation for r in runs) if a != "fedseca"]
     if not others or not any(a == "fedseca" for a, _ in dice):
         return ""
-    rows = [[a, *(f"{dice[(a, k)] - dice[('fedseca', k)]:+.3f}" if (a, k) in dice and ("fedseca", k) in dice else "-" for k in attacks)]
-            for a in others]
+    rows = [
+        [a, *(f"{dice[(a, k)] - dice[('fedseca', k)]:+.3f}" if (a, k) in dice and ("fedseca", k) in dice else "-" for k in attacks)]
+        for a in others
+    ]
     return markdown_table(["minus fedseca", *attacks], rows)
 
 
@@ -91,10 +95,19 @@ def write_robustness(runs: list[RobustnessRun], out: str, command: str) -> str:
     write_json(os.path.join(out, "robustness.json"), {"runs": [asdict(r) for r in runs]})
     _plot(runs, os.path.join(out, "robustness.png"))
     byzantine = sorted({s for r in runs for s in r.byzantine})
-    lines = ["# Robustness: final test Dice of the honest sites", "",
-             f"`{command}`", "",
-             f"{runs[0].sites} sites, Byzantine: {', '.join(byzantine) or 'none'}. Each cell is one simulator federation; "
-             "the best of each column is bold.", "", robustness_table(runs), ""]
+    lines = [
+        "# Robustness: final test Dice of the honest sites",
+        "",
+        f"`{command}`",
+        "",
+        (
+            f"{runs[0].sites} sites, Byzantine: {', '.join(byzantine) or 'none'}. Each cell is one simulator federation; "
+            "the best of each column is bold."
+        ),
+        "",
+        robustness_table(runs),
+        "",
+    ]
     comparison = fedseca_comparison(runs)
     if comparison:
         lines += ["Each aggregation against FedSECA (its Dice minus FedSECA's; positive: better than FedSECA):", "", comparison, ""]

@@ -39,14 +39,16 @@ def hd95_per_class(prediction: np.ndarray, label: np.ndarray, num_classes: int, 
         if not pred.any() or not true.any():
             scores[c - 1] = np.nan
             continue
-        as_batch = lambda mask: torch.from_numpy(np.ascontiguousarray(mask))[None, None]  # noqa: E731  (B, C, X, Y, Z)
-        scores[c - 1] = float(compute_hausdorff_distance(as_batch(pred), as_batch(true), include_background=True,
-                                                         percentile=95, spacing=list(spacing)))
+        as_batch = lambda mask: torch.from_numpy(np.ascontiguousarray(mask))[None, None]
+        scores[c - 1] = float(
+            compute_hausdorff_distance(as_batch(pred), as_batch(true), include_background=True, percentile=95, spacing=list(spacing))
+        )
     return scores
 
 
-def score_volume(prediction: np.ndarray, label: np.ndarray, profile: DatasetProfile,
-                 spacing: tuple[float, ...] | None = None) -> dict[str, float]:
+def score_volume(
+    prediction: np.ndarray, label: np.ndarray, profile: DatasetProfile, spacing: tuple[float, ...] | None = None
+) -> dict[str, float]:
     """Scores of one volume: ``dice_<class>`` per foreground class, their ``mean_dice``, with ``spacing``
     also ``hd95_<class>`` (mm), and the dataset's own metrics.
 
@@ -71,7 +73,7 @@ def summarize(rows: list[dict]) -> dict:
     NaN entries (an HD95 with the class in only one of prediction and label) are left out of the mean.
     """
     columns = [k for k in rows[0] if k != "case"]
-    mean = lambda values: float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")  # noqa: E731
+    mean = lambda values: float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
     return {"case": "mean", **{k: mean(np.array([r[k] for r in rows], dtype=float)) for k in columns}}
 
 

@@ -56,8 +56,9 @@ DEFAULT = package_defaults()
 ROBUST_AGGREGATIONS = ("median", "trimmed_mean", "fedseca")
 
 
-def aggregate_exact(contributions: list[tuple[float, dict[str, np.ndarray]]], reference: dict[str, np.ndarray] | None = None
-                    ) -> dict[str, np.ndarray]:
+def aggregate_exact(
+    contributions: list[tuple[float, dict[str, np.ndarray]]], reference: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
     """Weighted aggregation of whole payloads: exact for LoRA pairs, averaging for the rest.
 
     Sites at a lower LoRA rank r_i than the global model ``reference`` (rank r, ``site_ranks``) started from
@@ -111,7 +112,7 @@ class ChangeLayout:
     entries: tuple
 
     @classmethod
-    def of(cls, names) -> "ChangeLayout":
+    def of(cls, names) -> ChangeLayout:
         pairs = sorted(lora_pairs(names).values())
         in_pairs = {n for pair in pairs for n in pair}
         return cls(tuple([(n, None) for n in sorted(names) if n not in in_pairs] + [(pair, None) for pair in pairs]))
@@ -132,7 +133,7 @@ class ChangeLayout:
         result, offset = {}, 0
         for key, _ in self.entries:
             base = self._value(reference, key)
-            moved = base + change[offset:offset + base.size].reshape(base.shape)
+            moved = base + change[offset : offset + base.size].reshape(base.shape)
             offset += base.size
             if isinstance(key, tuple):
                 a, b = key
@@ -162,7 +163,7 @@ def trimmed_mean(changes: np.ndarray, fraction: float) -> np.ndarray:
     if 2 * cut >= changes.shape[0]:
         raise ValueError(f"trim_fraction {fraction} leaves no value of {changes.shape[0]} sites")
     ordered = np.sort(changes, axis=0)
-    return ordered[cut:changes.shape[0] - cut].mean(axis=0)
+    return ordered[cut : changes.shape[0] - cut].mean(axis=0)
 
 
 @dataclass(frozen=True)
@@ -195,15 +196,15 @@ def fedseca(changes: np.ndarray, sparsity: float = DEFAULT["fedseca_sparsity"]) 
     """(sites, d) -> the aggregated change (d,) and the vote; see the module docstring for the four steps."""
     checked_value("fedseca_sparsity", sparsity)
     bound = np.median(np.abs(changes), axis=0)
-    clipped = np.clip(changes, -bound, bound)                                          # 1. clip
+    clipped = np.clip(changes, -bound, bound)  # 1. clip
     if sparsity > 0:
-        threshold = np.quantile(np.abs(clipped), sparsity, axis=1, keepdims=True)     # 2. sparsify per site
+        threshold = np.quantile(np.abs(clipped), sparsity, axis=1, keepdims=True)  # 2. sparsify per site
         clipped = np.where(np.abs(clipped) < threshold, 0.0, clipped)
     signs = np.sign(clipped)
-    concordance = concordance_ratios(signs)                                            # 3. CRISE
+    concordance = concordance_ratios(signs)  # 3. CRISE
     weights = np.clip(np.sign(concordance).mean(axis=1), 0.0, None)
     elected = np.sign((weights[:, None] * signs).sum(axis=0))
-    agrees = clipped * elected > 0                                                     # 4. RoCA
+    agrees = clipped * elected > 0  # 4. RoCA
     count = agrees.sum(axis=0)
     change = np.divide((clipped * agrees).sum(axis=0), count, out=np.zeros(changes.shape[1]), where=count > 0)
     return change, FedSecaVote(weights, concordance, elected, agrees.sum(axis=1))
@@ -218,14 +219,20 @@ def robust_change(aggregation: str, changes: np.ndarray, trim_fraction: float, s
         return trimmed_mean(changes, trim_fraction), f"coordinate-wise trimmed mean ({cut} cut at each end)"
     if aggregation == "fedseca":
         change, vote = fedseca(changes, sparsity)
-        return change, (f"FedSECA: vote weights {np.round(vote.weights, 3).tolist()}, coordinates kept per site {vote.kept.tolist()} "
-                        f"of {changes.shape[1]}")
+        return change, (
+            f"FedSECA: vote weights {np.round(vote.weights, 3).tolist()}, coordinates kept per site {vote.kept.tolist()} "
+            f"of {changes.shape[1]}"
+        )
     raise ValueError(f"aggregation {aggregation!r} is not one of {list(ROBUST_AGGREGATIONS)}")
 
 
-def aggregate_robust(aggregation: str, contributions: list[dict[str, np.ndarray]], reference: dict[str, np.ndarray],
-                     trim_fraction: float = DEFAULT["trim_fraction"], sparsity: float = DEFAULT["fedseca_sparsity"]
-                     ) -> tuple[dict[str, np.ndarray], str]:
+def aggregate_robust(
+    aggregation: str,
+    contributions: list[dict[str, np.ndarray]],
+    reference: dict[str, np.ndarray],
+    trim_fraction: float = DEFAULT["trim_fraction"],
+    sparsity: float = DEFAULT["fedseca_sparsity"],
+) -> tuple[dict[str, np.ndarray], str]:
     """The new global model from the sites' models ``contributions`` and the global model ``reference`` they started from."""
     layout = ChangeLayout.of(reference)
     changes = np.stack([layout.flatten(c, starting_point(c, reference)) for c in contributions])

@@ -44,8 +44,10 @@ def attack_refusal(fl_ctx: FLContext) -> str | None:
     parts = root.split(os.sep)
     if len(parts) >= 3 and parts[-3] == POC_PROJECT and parts[-2].startswith("prod_"):
         return None
-    return (f"attack simulation is for FLARE's simulator and POC deployments only; this {root or 'process'} is neither, "
-            "so the job stops (remove the attack setting)")
+    return (
+        f"attack simulation is for FLARE's simulator and POC deployments only; this {root or 'process'} is neither, "
+        "so the job stops (remove the attack setting)"
+    )
 
 
 def crafted_change(attack: str, strength: float, own: np.ndarray, honest: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -55,7 +57,7 @@ def crafted_change(attack: str, strength: float, own: np.ndarray, honest: np.nda
     if attack == "scale":
         return strength * own
     if attack == "gaussian":
-        return rng.normal(0.0, strength * float(np.sqrt(np.mean(own ** 2))), own.shape)
+        return rng.normal(0.0, strength * float(np.sqrt(np.mean(own**2))), own.shape)
     if attack == "alie":
         return honest.mean(axis=0) + strength * honest.std(axis=0, ddof=1 if len(honest) > 1 else 0)
     if attack == "ipm":

@@ -38,7 +38,7 @@ class CrossSiteDiceFormatter(Formatter):
             for model, path in (models or {}).items():
                 try:
                     dxo = from_file(path)
-                except Exception:  # a result still being written: shown on the next call
+                except Exception:  # a result still being written: shown on the next call  # noqa: BLE001, S112
                     continue
                 if dxo.data_kind == DataKind.METRICS:
                     scores.setdefault(site, {})[model] = dict(dxo.data)

@@ -118,7 +118,7 @@ class PresetResultFilter(Filter):
             return reply
         try:
             dxo = from_shareable(shareable)
-        except Exception:
+        except Exception:  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
             return self._blocked(fl_ctx, "the result is not a DXO")
         if dxo.data_kind in _WEIGHT_KINDS:
             data = self._filter_weights(dxo.data or {}, fl_ctx)

@@ -25,8 +25,7 @@ from flap_sam.federated.filters import SITE_ERROR_HEADER, SITE_ERROR_KINDS, Base
 from flap_sam.files import PERSONAL_ADAPTER_FILE, save_torch
 from flap_sam.jobs.spec import JobSpec
 from flap_sam.model.adapter_file import FINGERPRINT_KEY, base_fingerprint, base_mismatch
-from flap_sam.model.factory import (build_model, export_weights, import_weights, random_base_refusal, refuses_random_base,
-                                     resolve_checkpoint)
+from flap_sam.model.factory import build_model, export_weights, import_weights, random_base_refusal, refuses_random_base, resolve_checkpoint
 from flap_sam.model.lora import at_rank, lower_lora_rank
 from flap_sam.model.presets import exchanged_names, personal_names
 from flap_sam.training.device import apply_cpu_threads, pick_device
@@ -67,8 +66,15 @@ class FlapSamLearner(Learner):
     stay in the site's own log; the server only learns a fixed error kind.
     """
 
-    def __init__(self, spec: dict, training: dict, site: dict, privacy: str = DEFAULT["privacy"], attack: dict | None = None,
-                 analytic_sender_id: str = "analytic_sender") -> None:
+    def __init__(
+        self,
+        spec: dict,
+        training: dict,
+        site: dict,
+        privacy: str = DEFAULT["privacy"],
+        attack: dict | None = None,
+        analytic_sender_id: str = "analytic_sender",
+    ) -> None:
         """
         Args:
             spec: the ``job_spec`` block (``JobSpec``); training: the ``training`` block (``TrainingSettings``);
@@ -124,7 +130,7 @@ class FlapSamLearner(Learner):
             return
         try:
             self._setup(fl_ctx)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
             self._fail(fl_ctx, e)
 
     def _fail(self, fl_ctx: FLContext, error: Exception) -> None:
@@ -159,14 +165,23 @@ class FlapSamLearner(Learner):
             raise ValueError(
                 f"data_root {site.data_root}: this job runs the demo's short budget (demo_budget = true) and would "
                 "not train real data with the paper's recipe; make the job with `flap-sam job JOB --out DIR --set "
-                "data_root=DIR` or, when sites set data_root locally, `--set demo_budget=false` (either runs the recipe)")
+                "data_root=DIR` or, when sites set data_root locally, `--set demo_budget=false` (either runs the recipe)"
+            )
         self.device = pick_device(site.device)
         if self.device.type == "cpu":
             apply_cpu_threads(site.cpu_threads)
         data_workers = resolve_data_workers(site.data_workers, self.device)
         torch.manual_seed(self.training.seed)
-        self.data = SiteData.load(self.profile, site.data_root, self.site_name, self.spec.image_size, self.spec.num_classes,
-                                  site.datalist or None, site.train_volumes, site.structures(self.profile.class_names))
+        self.data = SiteData.load(
+            self.profile,
+            site.data_root,
+            self.site_name,
+            self.spec.image_size,
+            self.spec.num_classes,
+            site.datalist or None,
+            site.train_volumes,
+            site.structures(self.profile.class_names),
+        )
         checkpoint = resolve_checkpoint(site.checkpoint, self.spec.model_type)
         if refuses_random_base(self.spec.model_type, checkpoint, site.data_root == DEMO_DATA_ROOT, site.random_weights):
             raise CheckpointError(random_base_refusal(self.spec.model_type))
@@ -183,14 +198,17 @@ class FlapSamLearner(Learner):
             self.log_info(fl_ctx, f"site_ranks: this site trains and exchanges LoRA at rank {self.lora_rank} (the job's: {job_rank})")
         augment = build_augmentation(self.spec.image_size) if self.training.augment else None
         dataset = SliceStackDataset(self.data.train, augment, seed=self.training.seed)
-        self.trainer = LocalTrainer(self.model, dataset, self.training, self.device, data_workers, self.site_settings.cpu_bf16,
-                                    self.site_settings.cpu_return_memory)
+        self.trainer = LocalTrainer(
+            self.model, dataset, self.training, self.device, data_workers, self.site_settings.cpu_bf16, self.site_settings.cpu_return_memory
+        )
         if self.attack.attack == "label_flip" and self.site_name in self.attack.sites:
             refusal = attack_refusal(fl_ctx)
             if refusal:
                 raise ValueError(refusal)
             self.trainer.label_permutation = torch.as_tensor(flipped_labels(self.spec.num_classes))
-            self.log_warning(fl_ctx, f"{self.attack.describe()}: this site trains on permuted classes {self.trainer.label_permutation.tolist()}")
+            self.log_warning(
+                fl_ctx, f"{self.attack.describe()}: this site trains on permuted classes {self.trainer.label_permutation.tolist()}"
+            )
         self.log_info(
             fl_ctx,
             f"{self.spec.model_type} preset={self.spec.preset} on {self.device}: {len(self.exchanged)} tensors, "
@@ -258,15 +276,21 @@ class FlapSamLearner(Learner):
         weights = export_weights(self.model, self.exchanged)
         bad = [name for name, value in weights.items() if not np.isfinite(value).all()]
         if bad or not np.isfinite(loss):
-            self.log_error(fl_ctx, f"round {current_round}: local training diverged (loss {loss}, {len(bad)} tensor(s) with "
-                                   f"non-finite values, e.g. {bad[:1]}); no update is sent. Lower lr or check the data.")
+            self.log_error(
+                fl_ctx,
+                f"round {current_round}: local training diverged (loss {loss}, {len(bad)} tensor(s) with "
+                f"non-finite values, e.g. {bad[:1]}); no update is sent. Lower lr or check the data.",
+            )
             return self._error_reply("diverged")
         self._log("train_loss", loss, current_round)
         self._log("lr", self.trainer.optimizer.param_groups[0]["lr"], current_round)
         if self.trainer.label_permutation is not None:
             self.log_warning(fl_ctx, f"round {current_round}: {self.attack.describe()}")
-        self.log_info(fl_ctx, f"round {current_round}: {done} local steps (global steps {first_step}-{first_step + done - 1} "
-                              f"of {total_steps}), mean loss {loss:.4f}")
+        self.log_info(
+            fl_ctx,
+            f"round {current_round}: {done} local steps (global steps {first_step}-{first_step + done - 1} "
+            f"of {total_steps}), mean loss {loss:.4f}",
+        )
         self.local_weights = weights
         if self.personal:
             self._save_personal(current_round, fl_ctx)
@@ -281,8 +305,13 @@ class FlapSamLearner(Learner):
         """The personal part as trained so far, atomically into this site's app folder (it never leaves the site)."""
         path = os.path.join(fl_ctx.get_engine().get_workspace().get_app_dir(fl_ctx.get_job_id()), PERSONAL_ADAPTER_FILE)
         params = dict(self.model.named_parameters())
-        save_torch({"model": {name: params[name].detach().cpu().clone() for name in self.personal},
-                    "meta_props": {"preset": self.spec.preset, "round": current_round}}, path)
+        save_torch(
+            {
+                "model": {name: params[name].detach().cpu().clone() for name in self.personal},
+                "meta_props": {"preset": self.spec.preset, "round": current_round},
+            },
+            path,
+        )
 
     def _dice(self, volumes, mode: str) -> np.ndarray:
         """(classes,) mean Dice of the model as it is over ``volumes``."""
@@ -341,7 +370,9 @@ class FlapSamLearner(Learner):
         metrics = {"dice": mean_dice, "volumes": len(volumes)}
         metrics.update({f"dice_{name}": float(value) for name, value in zip(self.profile.class_names, per_class)})
         if personalised is not None:  # this site's personalised model: the global one with its own personal part
-            self.log_info(fl_ctx, f"cross-site evaluation of {model_name} with this site's personal part: Dice {float(personalised.mean()):.4f}")
+            self.log_info(
+                fl_ctx, f"cross-site evaluation of {model_name} with this site's personal part: Dice {float(personalised.mean()):.4f}"
+            )
             metrics["personal_dice"] = float(personalised.mean())
             metrics.update({f"personal_dice_{name}": float(value) for name, value in zip(self.profile.class_names, personalised)})
         return DXO(DataKind.METRICS, data=metrics).to_shareable()

@@ -14,14 +14,14 @@ from nvflare.apis.fl_constant import ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.aggregator import Aggregator
+from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.aggregators.assembler import Assembler
 from nvflare.app_common.aggregators.collect_and_assemble_aggregator import CollectAndAssembleAggregator
-from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
+from flap_sam.federated.aggregation_rules import aggregate_exact, aggregate_robust
 from flap_sam.federated.attacks import ATTACK_META_KEY, attack_contributions, attack_refusal
 from flap_sam.federated.contributions import contribution_problem
-from flap_sam.federated.aggregation_rules import aggregate_exact, aggregate_robust
 from flap_sam.federated.site_ranks import record_site_rank
 from flap_sam.jobs.settings import check_aggregation_weights
 from flap_sam.model.adapter_file import FINGERPRINT_KEY
@@ -47,7 +47,7 @@ class CollectAndAssemble(CollectAndAssembleAggregator):
     assembler at ``aggregate``; it looks the assembler up by id only when it has none, so it gets it here.
     """
 
-    def __init__(self, assembler: "WeightedAssembler") -> None:
+    def __init__(self, assembler: WeightedAssembler) -> None:
         super().__init__(assembler_id="")
         self.assembler = assembler
 
@@ -67,8 +67,10 @@ class WeightedAssembler(Assembler):
         return {"steps": float(dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 1) or 1), "weights": dict(dxo.data)}
 
     def assemble(self, data: dict[str, dict], fl_ctx: FLContext) -> DXO:
-        contributions = {site: (params["steps"] * float(self.aggregation_weights.get(site, 1.0)), params["weights"])
-                         for site, params in sorted(data.items())}
+        contributions = {
+            site: (params["steps"] * float(self.aggregation_weights.get(site, 1.0)), params["weights"])
+            for site, params in sorted(data.items())
+        }
         result, account = self.combine(contributions, fl_ctx)
         self.log_info(fl_ctx, f"round {fl_ctx.get_prop(AppConstants.CURRENT_ROUND)}: {account}; sites {', '.join(contributions)}")
         return DXO(DataKind.WEIGHTS, data=result)
@@ -93,8 +95,9 @@ class RobustAssembler(WeightedAssembler):
     """``aggregate_robust`` (``median`` | ``trimmed_mean`` | ``fedseca``) of the round's results against the
     global model they started from; one vote per site (``flap_sam.federated.aggregation_rules``)."""
 
-    def __init__(self, aggregation: str, trim_fraction: float = DEFAULT["trim_fraction"],
-                 fedseca_sparsity: float = DEFAULT["fedseca_sparsity"]) -> None:
+    def __init__(
+        self, aggregation: str, trim_fraction: float = DEFAULT["trim_fraction"], fedseca_sparsity: float = DEFAULT["fedseca_sparsity"]
+    ) -> None:
         super().__init__()
         self.aggregation = aggregation
         self.trim_fraction = checked_value("trim_fraction", trim_fraction)
@@ -104,8 +107,9 @@ class RobustAssembler(WeightedAssembler):
         reference = global_weights(fl_ctx)
         if reference is None:
             raise RuntimeError("robust aggregation needs the global model the sites started from")
-        return aggregate_robust(self.aggregation, [model for _, model in contributions.values()], reference,
-                                self.trim_fraction, self.sparsity)
+        return aggregate_robust(
+            self.aggregation, [model for _, model in contributions.values()], reference, self.trim_fraction, self.sparsity
+        )
 
 
 class FlapSamAggregator(Aggregator):
@@ -126,9 +130,14 @@ class FlapSamAggregator(Aggregator):
     a round is usable, the global model stays as it was (and the log says so).
     """
 
-    def __init__(self, aggregation: str = DEFAULT["aggregation"], aggregation_weights: dict | None = None,
-                 trim_fraction: float = DEFAULT["trim_fraction"], fedseca_sparsity: float = DEFAULT["fedseca_sparsity"],
-                 attack: dict | None = None) -> None:
+    def __init__(
+        self,
+        aggregation: str = DEFAULT["aggregation"],
+        aggregation_weights: dict | None = None,
+        trim_fraction: float = DEFAULT["trim_fraction"],
+        fedseca_sparsity: float = DEFAULT["fedseca_sparsity"],
+        attack: dict | None = None,
+    ) -> None:
         super().__init__()
         checked_value("aggregation", aggregation)
         from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
@@ -181,7 +190,9 @@ class FlapSamAggregator(Aggregator):
         with self._lock:
             held, self._held = self._held, {}
         models = {site: from_shareable(s).data for site, s in held.items()}
-        attacked = attack_contributions(self.attack, models, global_weights(fl_ctx), seed=int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND) or 0))
+        attacked = attack_contributions(
+            self.attack, models, global_weights(fl_ctx), seed=int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND) or 0)
+        )
         for site, shareable in held.items():
             if site in self.attack.sites:
                 dxo = from_shareable(shareable)
@@ -190,8 +201,11 @@ class FlapSamAggregator(Aggregator):
             if self.impl.accept(shareable, fl_ctx):
                 with self._lock:
                     self._accepted += 1
-        self.log_warning(fl_ctx, f"round {fl_ctx.get_prop(AppConstants.CURRENT_ROUND)}: {self.attack.describe()} "
-                                 f"(sites in this round: {', '.join(sorted(held))})")
+        self.log_warning(
+            fl_ctx,
+            f"round {fl_ctx.get_prop(AppConstants.CURRENT_ROUND)}: {self.attack.describe()} "
+            f"(sites in this round: {', '.join(sorted(held))})",
+        )
 
     def _lower_ranks_refusal(self) -> str | None:
         """Why this job's aggregation cannot take a site at a LoRA rank below the job's; None when it can."""
@@ -208,7 +222,7 @@ class FlapSamAggregator(Aggregator):
             reference = global_weights(fl_ctx)
             try:
                 dxo = from_shareable(shareable)
-            except Exception:
+            except Exception:  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
                 problem = "it is not a DXO"
             else:
                 if reference is None:
@@ -216,8 +230,9 @@ class FlapSamAggregator(Aggregator):
                 elif dxo.data_kind not in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF):
                     problem = f"it is {dxo.data_kind}, not WEIGHTS or WEIGHT_DIFF"
                 else:
-                    problem = contribution_problem(dxo.data, dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND), reference,
-                                                   self._lower_ranks_refusal())
+                    problem = contribution_problem(
+                        dxo.data, dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND), reference, self._lower_ranks_refusal()
+                    )
             if problem:
                 self.log_error(fl_ctx, f"round {current_round}: leaving out the update of {contributor}: {problem}")
                 return False
@@ -249,8 +264,10 @@ class FlapSamAggregator(Aggregator):
             accepted, self._accepted = self._accepted, 0
         if accepted == 0:
             current = global_weights(fl_ctx)
-            self.log_warning(fl_ctx, f"round {fl_ctx.get_prop(AppConstants.CURRENT_ROUND)}: no usable update from any site; "
-                                     "the global model stays as it was")
+            self.log_warning(
+                fl_ctx,
+                f"round {fl_ctx.get_prop(AppConstants.CURRENT_ROUND)}: no usable update from any site; the global model stays as it was",
+            )
             self.impl.reset(fl_ctx)
             result = DXO(DataKind.WEIGHTS, data={k: np.array(v, copy=True) for k, v in (current or {}).items()}).to_shareable()
         else:

@@ -39,27 +39,48 @@ class UpdatePrivacyFilter(DXOFilter):
     The filtered differences are float32 again.
     """
 
-    def __init__(self, privacy: str = DEFAULT["privacy"], privacy_percentile: float = DEFAULT["privacy_percentile"],
-                 percentile_gamma: float = DEFAULT["percentile_gamma"], svt_fraction: float = DEFAULT["svt_fraction"],
-                 svt_epsilon: float = DEFAULT["svt_epsilon"], svt_noise_var: float = DEFAULT["svt_noise_var"],
-                 svt_gamma: float = DEFAULT["svt_gamma"], svt_tau: float = DEFAULT["svt_tau"]) -> None:
+    def __init__(
+        self,
+        privacy: str = DEFAULT["privacy"],
+        privacy_percentile: float = DEFAULT["privacy_percentile"],
+        percentile_gamma: float = DEFAULT["percentile_gamma"],
+        svt_fraction: float = DEFAULT["svt_fraction"],
+        svt_epsilon: float = DEFAULT["svt_epsilon"],
+        svt_noise_var: float = DEFAULT["svt_noise_var"],
+        svt_gamma: float = DEFAULT["svt_gamma"],
+        svt_tau: float = DEFAULT["svt_tau"],
+    ) -> None:
         super().__init__(supported_data_kinds=[DataKind.WEIGHT_DIFF], data_kinds_to_filter=None)
-        for name, value in (("privacy", privacy), ("privacy_percentile", privacy_percentile), ("percentile_gamma", percentile_gamma),
-                            ("svt_fraction", svt_fraction), ("svt_epsilon", svt_epsilon), ("svt_noise_var", svt_noise_var),
-                            ("svt_gamma", svt_gamma), ("svt_tau", svt_tau)):
+        for name, value in (
+            ("privacy", privacy),
+            ("privacy_percentile", privacy_percentile),
+            ("percentile_gamma", percentile_gamma),
+            ("svt_fraction", svt_fraction),
+            ("svt_epsilon", svt_epsilon),
+            ("svt_noise_var", svt_noise_var),
+            ("svt_gamma", svt_gamma),
+            ("svt_tau", svt_tau),
+        ):
             checked_value(name, value)
         self.privacy = privacy
         self.impl = None
         if privacy == "percentile":
             from nvflare.app_common.filters.percentile_privacy import PercentilePrivacy
 
-            self.impl = PercentilePrivacy(percentile=float(privacy_percentile), gamma=float(percentile_gamma),
-                                          data_kinds=[DataKind.WEIGHT_DIFF])
+            self.impl = PercentilePrivacy(
+                percentile=float(privacy_percentile), gamma=float(percentile_gamma), data_kinds=[DataKind.WEIGHT_DIFF]
+            )
         elif privacy == "svt":
             from nvflare.app_common.filters.svt_privacy import SVTPrivacy
 
-            self.impl = SVTPrivacy(fraction=float(svt_fraction), epsilon=float(svt_epsilon), noise_var=float(svt_noise_var),
-                                   gamma=float(svt_gamma), tau=float(svt_tau), data_kinds=[DataKind.WEIGHT_DIFF])
+            self.impl = SVTPrivacy(
+                fraction=float(svt_fraction),
+                epsilon=float(svt_epsilon),
+                noise_var=float(svt_noise_var),
+                gamma=float(svt_gamma),
+                tau=float(svt_tau),
+                data_kinds=[DataKind.WEIGHT_DIFF],
+            )
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if self.impl is not None:

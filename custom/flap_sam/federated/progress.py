@@ -49,14 +49,24 @@ class FederationProgress(FLComponent):
         self._lock = threading.Lock()
         # "rounds": every aggregated round, in order: {"round", "sites": {site: {"val_dice", "bytes_received"}}, "missing"},
         # so a reader that polls less often than rounds finish still sees each round once.
-        self.state = {"round": None, "num_rounds": None, "reported": {}, "missing_last_round": [], "finished_rounds": 0,
-                      "failed": {}, "late": {}, "rounds": []}
+        self.state = {
+            "round": None,
+            "num_rounds": None,
+            "reported": {},
+            "missing_last_round": [],
+            "finished_rounds": 0,
+            "failed": {},
+            "late": {},
+            "rounds": [],
+        }
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == AppEventType.ROUND_STARTED:
             self._round_times[fl_ctx.get_prop(AppConstants.CURRENT_ROUND)] = [time.monotonic()]
             with self._lock:
-                self.state.update(round=fl_ctx.get_prop(AppConstants.CURRENT_ROUND), num_rounds=fl_ctx.get_prop(AppConstants.NUM_ROUNDS), reported={})
+                self.state.update(
+                    round=fl_ctx.get_prop(AppConstants.CURRENT_ROUND), num_rounds=fl_ctx.get_prop(AppConstants.NUM_ROUNDS), reported={}
+                )
         elif event_type == EventType.BEFORE_PROCESS_SUBMISSION:
             self._record_failure(fl_ctx)
         elif event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
@@ -82,7 +92,7 @@ class FederationProgress(FLComponent):
             return  # a late result of an earlier round: the aggregators discard it, so it is not this round's
         try:
             dice = from_shareable(result).get_meta_prop(MetaKey.INITIAL_METRICS)
-        except Exception:
+        except Exception:  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
             dice = None
         with self._lock:
             round_ = self.state["round"]
@@ -116,9 +126,11 @@ class FederationProgress(FLComponent):
         if len(times) < 2:
             return  # not a round this server closed (e.g. before a restart)
         took, closed = time.monotonic() - times[0], times[1] - times[0]
-        reason = (f"its round {round_} result arrived {took:.0f} s after the round started, {took - closed:.0f} s after "
-                  f"the round closed without it: its link is too slow for this job's timing; raise {self._closer(closed)} "
-                  f"so that a round waits at least {1.5 * took:.0f} s for it")
+        reason = (
+            f"its round {round_} result arrived {took:.0f} s after the round started, {took - closed:.0f} s after "
+            f"the round closed without it: its link is too slow for this job's timing; raise {self._closer(closed)} "
+            f"so that a round waits at least {1.5 * took:.0f} s for it"
+        )
         with self._lock:
             self.state["late"][site] = reason
         self.log_warning(fl_ctx, f"site {site}: {reason}")
@@ -144,9 +156,12 @@ class FederationProgress(FLComponent):
         dice = {s: v["val_dice"] for s, v in sites.items()}
         self.log_info(fl_ctx, f"round {round_}: aggregating {len(reported)} site(s) {reported}; validation Dice {dice}")
         if missing:
-            self.log_warning(fl_ctx, f"round {round_}: no result from {', '.join(missing)} after {times[1] - times[0]:.0f} s: each "
-                                     f"dropped out, or is still training or sending (a slow link); the round goes on without them. "
-                                     f"To wait longer for a slow site, raise {self._closer(times[1] - times[0])}")
+            self.log_warning(
+                fl_ctx,
+                f"round {round_}: no result from {', '.join(missing)} after {times[1] - times[0]:.0f} s: each "
+                f"dropped out, or is still training or sending (a slow link); the round goes on without them. "
+                f"To wait longer for a slow site, raise {self._closer(times[1] - times[0])}",
+            )
 
     @staticmethod
     def _bytes_received(fl_ctx: FLContext, site: str, round_) -> int | None:

@@ -62,9 +62,15 @@ class InterruptedJobs(FLComponent):
             jobs.set_status(job.job_id, RunStatus.ABANDONED, fl_ctx)
             rounds = persisted_rounds(workspace.get_root_dir(), job.job_id)
             if rounds:
-                self.log_warning(fl_ctx, f"job {job.job_id} was running when the server stopped; marked {RunStatus.ABANDONED.value}. "
-                                 f"Its adapter holds {rounds} finished round(s): submit the same job with "
-                                 f"resume_from = {job.job_id} to go on from there")
+                self.log_warning(
+                    fl_ctx,
+                    f"job {job.job_id} was running when the server stopped; marked {RunStatus.ABANDONED.value}. "
+                    f"Its adapter holds {rounds} finished round(s): submit the same job with "
+                    f"resume_from = {job.job_id} to go on from there",
+                )
             else:
-                self.log_warning(fl_ctx, f"job {job.job_id} was running when the server stopped; marked "
-                                 f"{RunStatus.ABANDONED.value}. It had finished no round: submit it again")
+                self.log_warning(
+                    fl_ctx,
+                    f"job {job.job_id} was running when the server stopped; marked "
+                    f"{RunStatus.ABANDONED.value}. It had finished no round: submit it again",
+                )

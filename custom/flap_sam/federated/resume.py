@@ -81,15 +81,20 @@ def check_resumable(path: str, expected: dict[str, torch.Tensor], num_rounds: in
     """
     state, meta = read_adapter_file(path)
     done = int(meta.get(FINISHED_ROUNDS_KEY, 0))
-    wrong = sorted(k for k in set(state) | set(expected)
-                   if k not in state or k not in expected or tuple(state[k].shape) != tuple(expected[k].shape))
+    wrong = sorted(
+        k for k in set(state) | set(expected) if k not in state or k not in expected or tuple(state[k].shape) != tuple(expected[k].shape)
+    )
     if wrong:
-        raise ValueError(f"resume_from {path}: holds another adapter than this job's ({len(wrong)} tensor(s) differ, "
-                         f"e.g. {wrong[0]}); resume with the same model settings as the interrupted job")
+        raise ValueError(
+            f"resume_from {path}: holds another adapter than this job's ({len(wrong)} tensor(s) differ, "
+            f"e.g. {wrong[0]}); resume with the same model settings as the interrupted job"
+        )
     recorded = meta.get(FINGERPRINT_KEY)
     if base is not None and recorded is not None and recorded != base:
-        raise ValueError(f"resume_from {path}: was trained from another SAM base ({recorded.get('source')}) than this "
-                         f"server built ({base.get('source')}); set the same server_checkpoint as the interrupted job")
+        raise ValueError(
+            f"resume_from {path}: was trained from another SAM base ({recorded.get('source')}) than this "
+            f"server built ({base.get('source')}); set the same server_checkpoint as the interrupted job"
+        )
     if done <= 0:
         raise ValueError(f"resume_from {path}: records no finished round")
     if done >= num_rounds:

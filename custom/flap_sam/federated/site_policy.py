@@ -29,8 +29,7 @@ from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 
-from flap_sam.federated.filters import is_number
-from flap_sam.federated.filters import SITE_ERROR_HEADER
+from flap_sam.federated.filters import SITE_ERROR_HEADER, is_number
 from flap_sam.model.presets import get_preset
 from flap_sam.provisioning.policy_files import UPDATE_KINDS, check_site_filter
 
@@ -57,8 +56,7 @@ class SitePolicyFilter(Filter):
         ValueError: an unknown preset or data kind, or a negative ceiling (when the site starts the job).
     """
 
-    def __init__(self, presets: list[str] = ("flap",), max_bytes_per_result: int = 0,
-                 update_kinds: list[str] = UPDATE_KINDS) -> None:
+    def __init__(self, presets: list[str] = ("flap",), max_bytes_per_result: int = 0, update_kinds: list[str] = UPDATE_KINDS) -> None:
         super().__init__()
         check_site_filter(presets, max_bytes_per_result, update_kinds)
         self.presets = [get_preset(name) for name in presets]
@@ -87,7 +85,7 @@ class SitePolicyFilter(Filter):
         """Raises ``PolicyRefusal`` when ``shareable`` (an OK result) may not leave under this policy."""
         try:
             dxo = from_shareable(shareable)
-        except Exception:
+        except Exception:  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
             raise PolicyRefusal("policy_kind", "the result is not a DXO") from None
         if dxo.data_kind == DataKind.METRICS:
             for key, value in (dxo.data or {}).items():
@@ -103,4 +101,3 @@ class SitePolicyFilter(Filter):
             total += np.asarray(value).nbytes
         if self.max_bytes and total > self.max_bytes:
             raise PolicyRefusal("policy_bytes", f"{total:,} bytes of tensors, above the ceiling of {self.max_bytes:,} bytes per result")
-

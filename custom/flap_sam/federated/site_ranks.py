@@ -52,7 +52,7 @@ class SiteRankFilter(Filter):
             return shareable
         try:
             dxo = from_shareable(shareable)
-        except Exception:
+        except Exception:  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
             return shareable
         if dxo.data_kind != DataKind.WEIGHTS or not dxo.data or (payload_rank(dxo.data) or 0) <= rank:
             return shareable

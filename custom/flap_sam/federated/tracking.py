@@ -44,8 +44,12 @@ class TrackingReceiver(FLComponent):
         experiment: MLflow experiment / W&B project name.
     """
 
-    def __init__(self, tracking: str = DEFAULT["tracking"], tracking_uri: str = DEFAULT["tracking_uri"],
-                 experiment: str = DEFAULT["tracking_experiment"]) -> None:
+    def __init__(
+        self,
+        tracking: str = DEFAULT["tracking"],
+        tracking_uri: str = DEFAULT["tracking_uri"],
+        experiment: str = DEFAULT["tracking_experiment"],
+    ) -> None:
         super().__init__()
         checked_value("tracking", tracking)
         needs = {"mlflow": ("mlflow", "mlflow-skinny"), "wandb": ("wandb", "wandb")}.get(tracking)

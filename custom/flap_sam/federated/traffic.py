@@ -43,7 +43,7 @@ def raw_float32_bytes(shareable: Shareable) -> int:
     """Bytes the payload's tensors would take as plain float32 (0 for metrics and errors)."""
     try:
         dxo = from_shareable(shareable)
-    except Exception:
+    except Exception:  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
         return 0
     if dxo.data_kind not in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF) or not dxo.data:
         return 0
@@ -56,7 +56,7 @@ def payload_round(shareable: Shareable, fl_ctx: FLContext) -> int:
     if value is None:
         try:
             value = from_shareable(shareable).get_meta_prop(AppConstants.CURRENT_ROUND)
-        except Exception:
+        except Exception:  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
             value = None
     if value is None:
         value = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)

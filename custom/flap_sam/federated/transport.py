@@ -156,8 +156,10 @@ class TransportCodec(DXOFilter):
         else:
             codec = meta.pop(CODEC_META_KEY, None)
             if codec is None or codec.get("mode") != self.mode:
-                raise ValueError(f"payload transport {codec and codec.get('mode')!r} differs from this side's '{self.mode}'; "
-                                 "set the same 'transport' on server and sites")
+                raise ValueError(
+                    f"payload transport {codec and codec.get('mode')!r} differs from this side's '{self.mode}'; "
+                    "set the same 'transport' on server and sites"
+                )
             dxo.data = decode_weights(dxo.data, codec)
         dxo.meta = meta
         return dxo

@@ -28,7 +28,7 @@ from nvflare.fuel.utils.config_factory import ConfigFactory
 from nvflare.job_config.api import FedJob
 from nvflare.recipe.spec import Recipe
 
-from flap_sam.jobs.writer import SIDES, config_path, parse_settings, source_job, write_job  # noqa: F401 (source_job: part of the recipe API)
+from flap_sam.jobs.writer import SIDES, config_path, parse_settings, source_job, write_job
 from flap_sam.training.schema import package_defaults
 
 ENVS = ("sim", "poc", "prod")
@@ -63,8 +63,11 @@ class FlapSamRecipe(Recipe):
             folder = write_job(source, os.path.join(tmp, "job"), settings)
             self.configs = {side: resolved_config(folder, side) for side in SIDES}
         self.settings = dict(settings)
-        fed_job = FedJob(name=name or os.path.basename(os.path.normpath(source)), min_clients=int(self.configs["server"]["min_clients"]),
-                         meta_props={"scope": self.configs["server"]["scope"]})
+        fed_job = FedJob(
+            name=name or os.path.basename(os.path.normpath(source)),
+            min_clients=int(self.configs["server"]["min_clients"]),
+            meta_props={"scope": self.configs["server"]["scope"]},
+        )
         fed_job.to_server(self.configs["server"])
         fed_job.to_clients(self.configs["client"])
         super().__init__(fed_job)
@@ -89,8 +92,7 @@ def _setting_keywords(init) -> inspect.Signature:
 FlapSamRecipe.__signature__ = _setting_keywords(FlapSamRecipe.__init__)
 
 
-def make_env(env: str, num_clients: int, workspace: str | None = None, startup_kit: str | None = None,
-             username: str = "admin@nvidia.com"):
+def make_env(env: str, num_clients: int, workspace: str | None = None, startup_kit: str | None = None, username: str = "admin@nvidia.com"):
     """FLARE's execution environment: ``sim`` (SimEnv: ``num_clients`` sites, results under ``workspace``),
     ``poc`` (PocEnv: a fresh local POC with ``num_clients`` sites) or ``prod`` (ProdEnv: a provisioned
     deployment, through the admin's ``startup_kit``)."""
@@ -113,9 +115,12 @@ FLARE_RECIPE_FLAGS = ("--export", "--export-dir")  # FLARE takes these off sys.a
 
 
 def build_parser(job: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python {job}/job.py", description="the job as a FLARE Job API recipe in the environment asked for")
-    parser.add_argument("--env", default="sim", choices=ENVS, help="sim: FLARE's simulator (default); poc: a local POC; "
-                        "prod: a provisioned deployment")
+    parser = argparse.ArgumentParser(
+        prog=f"python {job}/job.py", description="the job as a FLARE Job API recipe in the environment asked for"
+    )
+    parser.add_argument(
+        "--env", default="sim", choices=ENVS, help="sim: FLARE's simulator (default); poc: a local POC; prod: a provisioned deployment"
+    )
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="settings, as flap-sam job --set takes them")
     parser.add_argument("--workspace", default="/tmp/nvflare/simulation", help="sim: where the simulator's results go")
     parser.add_argument("--sites", type=int, default=None, help="sim / poc: number of sites (default: the job's min_clients)")

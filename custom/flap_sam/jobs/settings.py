@@ -26,7 +26,7 @@ def check_aggregation_weights(weights) -> dict[str, float]:
     if not weights:
         return {}
     if not isinstance(weights, Mapping):
-        raise ValueError(f"aggregation_weights: expected a mapping site -> weight, got {weights!r}")
+        raise ValueError(f"aggregation_weights: expected a mapping site -> weight, got {weights!r}")  # noqa: TRY004 (a bad setting)
     checked = {}
     for site, weight in weights.items():
         try:
@@ -77,8 +77,10 @@ def check_settings(settings: Mapping, where: str = "") -> JobSettings:
             site.lora_rank(name, spec.model)
         site.structures(spec.task.class_names)
         if site.site_ranks and values["aggregation"] == "average":
-            raise ValueError("site_ranks: aggregation = average averages A and B one by one, which needs every site at the "
-                             "job's rank; use lora_exact (or a robust aggregation), which aggregate B·A")
+            raise ValueError(
+                "site_ranks: aggregation = average averages A and B one by one, which needs every site at the "
+                "job's rank; use lora_exact (or a robust aggregation), which aggregate B·A"
+            )
         if site.site_ranks and values["attack"] != "none":
             raise ValueError("site_ranks: the attack simulation crafts updates of the job's rank; run it with every site at that rank")
         return JobSettings(spec, TrainingSettings.from_settings(block["training"], model_type=spec.model.model_type), site, values)

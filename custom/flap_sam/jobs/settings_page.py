@@ -67,8 +67,14 @@ def settings_page(demo: dict) -> str:
     parts = [HEADER.format(overridable=", ".join(f"`{name}`" for name in SITE_OVERRIDABLE))]
     for section, rows in sections.items():
         title = section.title
-        parts += [f"## {title[0].upper()}{title[1:]}", "", f"Read by: {READERS[section.party]}.", "",
-                  markdown_table(["setting", "default", "demo", "allowed", "meaning"], rows), ""]
+        parts += [
+            f"## {title[0].upper()}{title[1:]}",
+            "",
+            f"Read by: {READERS[section.party]}.",
+            "",
+            markdown_table(["setting", "default", "demo", "allowed", "meaning"], rows),
+            "",
+        ]
     parts += [_base_recipes_section()]
     return "\n".join(parts).rstrip() + "\n"
 
@@ -79,13 +85,21 @@ def _base_recipes_section() -> str:
     from flap_sam.training.settings import PAPER_RECIPE, base_recipe
 
     rows = [[f"`{base}`"] + [f"`{base_recipe(base)[name]:g}`" for name in PAPER_RECIPE] for base in MODEL_TYPES]
-    return "\n".join([
-        "## Each base's recipe (`auto`)", "",
-        "A recipe setting left at `auto` takes its base's value: the paper's recipe for the ViTs, and what a base "
-        "declares of its own in its encoder family's `recipe` (`flap_sam.model.encoders`; LiteMedSAM: measured in "
-        "[the recipe on a pretrained base](real-anatomy.md#the-recipe-on-a-pretrained-base)). A value set in a job wins "
-        "for any base. Warm-up is at most a quarter of the federation's steps, and the decay ends at its last step.", "",
-        markdown_table(["model_type"] + [f"`{name}`" for name in PAPER_RECIPE], rows), ""])
+    return "\n".join(
+        [
+            "## Each base's recipe (`auto`)",
+            "",
+            (
+                "A recipe setting left at `auto` takes its base's value: the paper's recipe for the ViTs, and what a base "
+                "declares of its own in its encoder family's `recipe` (`flap_sam.model.encoders`; LiteMedSAM: measured in "
+                "[the recipe on a pretrained base](real-anatomy.md#the-recipe-on-a-pretrained-base)). A value set in a job wins "
+                "for any base. Warm-up is at most a quarter of the federation's steps, and the decay ends at its last step."
+            ),
+            "",
+            markdown_table(["model_type"] + [f"`{name}`" for name in PAPER_RECIPE], rows),
+            "",
+        ]
+    )
 
 
 def _escape(text: str) -> str:

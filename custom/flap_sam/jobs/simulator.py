@@ -79,8 +79,10 @@ def prepare_workspace(workspace: str) -> None:
     """``WORKSPACE/local/resources.json`` with the kits' ``class_allow_list`` (FLARE's simulator keeps ``local/`` between runs
     and copies it to every participant)."""
     os.makedirs(os.path.join(workspace, "local"), exist_ok=True)
-    write_json(os.path.join(workspace, "local", "resources.json"),
-               {"format_version": 2, "class_list_enforcement_mode": "enforce", "class_allow_list": class_allow_list()})
+    write_json(
+        os.path.join(workspace, "local", "resources.json"),
+        {"format_version": 2, "class_list_enforcement_mode": "enforce", "class_allow_list": class_allow_list()},
+    )
 
 
 def simulator_command(job: str, workspace: str, n_clients: int) -> list[str]:
@@ -88,8 +90,9 @@ def simulator_command(job: str, workspace: str, n_clients: int) -> list[str]:
     return [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(workspace), "-n", str(n_clients), "-t", str(n_clients)]
 
 
-def run_simulator(job: str, workspace: str, n_clients: int, env: dict | None = None, timeout: float | None = None,
-                  attempts: int = 2) -> SimulatorRun:
+def run_simulator(
+    job: str, workspace: str, n_clients: int, env: dict | None = None, timeout: float | None = None, attempts: int = 2
+) -> SimulatorRun:
     """``nvflare simulator JOB -w WORKSPACE -n N -t N`` in a subprocess, in a ``prepare_workspace``; returns the
     completed process with what it cost (``SimulatorRun.usage``).
 

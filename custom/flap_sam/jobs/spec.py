@@ -108,7 +108,7 @@ class JobSpec:
     task: DatasetProfile
 
     @classmethod
-    def from_settings(cls, settings: Mapping) -> "JobSpec":
+    def from_settings(cls, settings: Mapping) -> JobSpec:
         """Build and validate the spec from a job's settings (the ``job_spec`` block, or any mapping with some of
         its keys: the others are the package defaults).
 
@@ -136,7 +136,12 @@ class JobSpec:
         # A task of its own (other classes or modality) is not the built-in dataset: no demo data, no dataset metric.
         name = base.name if (classes, modality) == (base.class_names, base.modality) else CUSTOM_TASK
         task = DatasetProfile(name, modality, classes, ct_window, label_map, parse_channel(settings.get("channel")))
-        model = ModelSpec(checked_value("model_type", settings["model_type"]), checked_value("image_size", settings["image_size"]),
-                          task.num_classes, checked_value("preset", settings["preset"]), checked_value("rank", settings["rank"]),
-                          checked_value("lora_scale", settings["lora_scale"]))
+        model = ModelSpec(
+            checked_value("model_type", settings["model_type"]),
+            checked_value("image_size", settings["image_size"]),
+            task.num_classes,
+            checked_value("preset", settings["preset"]),
+            checked_value("rank", settings["rank"]),
+            checked_value("lora_scale", settings["lora_scale"]),
+        )
         return cls(model, task)

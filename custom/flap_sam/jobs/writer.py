@@ -110,7 +110,7 @@ def _drop_demo_budget(config_file: str) -> None:
     with open(config_file, encoding="utf-8") as f:
         lines = f.read().splitlines(keepends=True)
     with open(config_file, "w", encoding="utf-8") as f:
-        f.writelines(line for line in lines if not (line.lstrip().startswith("include") and f"/{DEMO_CONF}\"" in line))
+        f.writelines(line for line in lines if not (line.lstrip().startswith("include") and f'/{DEMO_CONF}"' in line))
 
 
 def write_job(source: str, out: str, settings: dict) -> str:
@@ -136,8 +136,7 @@ def write_job(source: str, out: str, settings: dict) -> str:
             _drop_demo_budget(config_path(tmp, side))
         with open(config_path(tmp, side), "a", encoding="utf-8") as f:
             f.write("\n# set by flap-sam job\n")
-            for key, value in settings.items():
-                f.write(f"{key} = {json.dumps(value)}\n")
+            f.writelines(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
     with open(os.path.join(tmp, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
     meta["name"] = os.path.basename(os.path.normpath(out))

@@ -59,15 +59,23 @@ def base_mismatch(server: dict | None, site: dict) -> str | None:
         return None
     if server["source"] != site["source"]:
         if server["source"] == "random":
-            return ("the server built SAM from random weights, this site from its checkpoint: set server_checkpoint "
-                    "to the same official SAM file at the server")
-        return ("the server built SAM from its checkpoint, this site from random weights: set checkpoint to the "
-                "same official SAM file at this site")
+            return (
+                "the server built SAM from random weights, this site from its checkpoint: set server_checkpoint "
+                "to the same official SAM file at the server"
+            )
+        return (
+            "the server built SAM from its checkpoint, this site from random weights: set checkpoint to the "
+            "same official SAM file at this site"
+        )
     if server["source"] == "checkpoint":
-        return ("the server's SAM checkpoint differs from this site's: use the same official SAM file "
-                "(checkpoint, server_checkpoint) everywhere")
-    return ("the server's random SAM initialisation differs from this site's: run the same flap-sam, torch and "
-            "segment-anything versions everywhere")
+        return (
+            "the server's SAM checkpoint differs from this site's: use the same official SAM file "
+            "(checkpoint, server_checkpoint) everywhere"
+        )
+    return (
+        "the server's random SAM initialisation differs from this site's: run the same flap-sam, torch and "
+        "segment-anything versions everywhere"
+    )
 
 
 def read_adapter_file(path: str, allow_state_dict: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
@@ -83,7 +91,7 @@ def read_adapter_file(path: str, allow_state_dict: bool = False) -> tuple[dict[s
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ValueError(f"{path}: file not found") from None
-    except Exception as error:  # truncated, corrupt, not a torch file: torch raises many kinds
+    except Exception as error:  # truncated, corrupt, not a torch file: torch raises many kinds  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
         raise ValueError(f"{path}: cannot be read as a persisted adapter ({type(error).__name__})") from None
     if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
         return saved["model"], dict(saved.get("meta_props") or {})

@@ -60,8 +60,9 @@ class ModelSpec:
         return get_preset(self.preset)
 
 
-def build_model(spec: ModelSpec, checkpoint: str | None = None, device: str | torch.device = "cpu",
-                attention: str = "fused", checkpointing: str = "off") -> nn.Module:
+def build_model(
+    spec: ModelSpec, checkpoint: str | None = None, device: str | torch.device = "cpu", attention: str = "fused", checkpointing: str = "off"
+) -> nn.Module:
     """Build SAM, load the official checkpoint (if any), inject the preset's LoRA, set trainability.
 
     Args:
@@ -76,8 +77,9 @@ def build_model(spec: ModelSpec, checkpoint: str | None = None, device: str | to
     """
     checkpoint = resolve_checkpoint(checkpoint, spec.model_type)
     if not checkpoint and not family_for(spec.model_type).trains_from_scratch:
-        logger.warning("NO SAM CHECKPOINT configured: %s starts from RANDOM weights. %s", spec.model_type,
-                       random_base_remedy(spec.model_type))
+        logger.warning(
+            "NO SAM CHECKPOINT configured: %s starts from RANDOM weights. %s", spec.model_type, random_base_remedy(spec.model_type)
+        )
     model = assemble_model(spec, checkpoint)
     set_attention(model, attention)
     set_checkpointing(model, checkpointing)
@@ -127,16 +129,20 @@ def refuses_random_base(model_type: str, checkpoint: str | None, demo_data: bool
 
 def random_base_refusal(model_type: str) -> str:
     """The one line that stops real data from training a random base."""
-    return (f"checkpoint is not set: {model_type} would train this site's data from RANDOM weights. "
-            f"{random_base_remedy(model_type)}; or set random_weights=true if random weights are meant (tests only)")
+    return (
+        f"checkpoint is not set: {model_type} would train this site's data from RANDOM weights. "
+        f"{random_base_remedy(model_type)}; or set random_weights=true if random weights are meant (tests only)"
+    )
 
 
 def random_base_remedy(model_type: str) -> str:
     """One sentence with both ways to a pretrained base, for the messages about a random one."""
     file = family_for(model_type).official_checkpoint(model_type)
     official = f" ({file} from the segment-anything release)" if file else ""
-    return (f"Set 'checkpoint' (sites) and 'server_checkpoint' (server) to the official SAM file{official}, "
-            f"or use model_type={LITE_MEDSAM} (LiteMedSAM, pretrained weights bundled with flap-sam)")
+    return (
+        f"Set 'checkpoint' (sites) and 'server_checkpoint' (server) to the official SAM file{official}, "
+        f"or use model_type={LITE_MEDSAM} (LiteMedSAM, pretrained weights bundled with flap-sam)"
+    )
 
 
 def exchanged_state(model: SemanticSam, preset: Preset) -> dict[str, torch.Tensor]:

@@ -72,8 +72,9 @@ class LoRALinear(nn.Linear):
         self.segments = ranges
         factory = {"device": device, "dtype": dtype}
         self.lora_A = nn.ParameterDict({n: nn.Parameter(torch.empty(rank, in_features, **factory)) for n in ranges})
-        self.lora_B = nn.ParameterDict({n: nn.Parameter(torch.zeros(sum(hi - lo for lo, hi in parts), rank, **factory))
-                                        for n, parts in ranges.items()})
+        self.lora_B = nn.ParameterDict(
+            {n: nn.Parameter(torch.zeros(sum(hi - lo for lo, hi in parts), rank, **factory)) for n, parts in ranges.items()}
+        )
         for a in self.lora_A.values():
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         # One range per segment: the update is concatenated in; several: added at its columns (index_add).
@@ -83,7 +84,7 @@ class LoRALinear(nn.Linear):
             self.register_buffer(f"_columns_{name}", columns, persistent=False)
 
     @classmethod
-    def wrap(cls, linear: nn.Linear, rank: int, scale: float, segments: dict[str, Columns]) -> "LoRALinear":
+    def wrap(cls, linear: nn.Linear, rank: int, scale: float, segments: dict[str, Columns]) -> LoRALinear:
         """Adapt an existing linear layer; its weight and bias parameters are shared, not copied."""
         lora = cls(
             linear.in_features,
@@ -129,8 +130,9 @@ class LoRALinear(nn.Linear):
 
     def to_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` whose weight has the LoRA updates merged in."""
-        merged = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.weight.device, dtype=self.weight.dtype)
+        merged = nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None, device=self.weight.device, dtype=self.weight.dtype
+        )
         with torch.no_grad():
             weight = self.weight.detach().clone()
             for name in self.segments:
@@ -246,10 +248,10 @@ def refactorize(b_factors: list[np.ndarray], a_factors: list[np.ndarray], weight
     b_cat = torch.cat([w * torch.as_tensor(b, dtype=torch.float32) for b, w in zip(b_factors, weights)], dim=1)
     a_cat = torch.cat([torch.as_tensor(a, dtype=torch.float32) for a in a_factors], dim=0)
     # M = Q_b (R_b R_a^T) Q_a^T: only the small core (k, k') is factorised, never the (out, in) product.
-    q_b, r_b = torch.linalg.qr(b_cat)        # (out, k), (k, sum r_i)
-    q_a, r_a = torch.linalg.qr(a_cat.T)      # (in, k'), (k', sum r_i)
+    q_b, r_b = torch.linalg.qr(b_cat)  # (out, k), (k, sum r_i)
+    q_a, r_a = torch.linalg.qr(a_cat.T)  # (in, k'), (k', sum r_i)
     core_b, core_a = factorize((r_b @ r_a.T).numpy(), rank)  # (k, rank), (rank, k'), zero-padded past k
-    new_b = q_b @ torch.from_numpy(core_b)   # (out, rank)
+    new_b = q_b @ torch.from_numpy(core_b)  # (out, rank)
     new_a = torch.from_numpy(core_a) @ q_a.T  # (rank, in)
     return new_b.numpy(), new_a.numpy()
 

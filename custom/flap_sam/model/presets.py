@@ -27,7 +27,9 @@ A_TAG, B_TAG = ".lora_A.", ".lora_B."
 _DEC = r"mask_decoder\."
 # ViT: image_encoder.blocks.N.attn.*; LiteMedSAM's TinyViT: image_encoder.layers.L.blocks.N.attn.* (biases included)
 _ENCODER_ATTENTION = r"image_encoder\.(layers\.\d+\.)?blocks\.\d+\.attn\."
-_DECODER_ATTENTION = _DEC + r"transformer\.(layers\.\d+\.(self_attn|cross_attn_token_to_image|cross_attn_image_to_token)|final_attn_token_to_image)\."
+_DECODER_ATTENTION = (
+    _DEC + r"transformer\.(layers\.\d+\.(self_attn|cross_attn_token_to_image|cross_attn_image_to_token)|final_attn_token_to_image)\."
+)
 _DECODER_OUTPUT = (_DEC + r"output_upscaling\.", _DEC + r"output_hypernetworks_mlps\.", _DEC + r"mask_tokens\.")
 
 

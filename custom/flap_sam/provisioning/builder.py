@@ -35,8 +35,9 @@ class SitePolicyBuilder(Builder):
         percentile, percentile_gamma: FLARE PercentilePrivacy's parameters in scope ``flap_percentile``.
     """
 
-    def __init__(self, presets: list[str] = ("flap",), max_megabytes_per_result: float = 16,
-                 percentile: float = 10, percentile_gamma: float = 0.01) -> None:
+    def __init__(
+        self, presets: list[str] = ("flap",), max_megabytes_per_result: float = 16, percentile: float = 10, percentile_gamma: float = 0.01
+    ) -> None:
         self.privacy = privacy_policy(list(presets), int(max_megabytes_per_result * MEGABYTE), percentile, percentile_gamma)
 
     def build(self, project: Project, ctx: ProvisionContext) -> None:

@@ -43,18 +43,36 @@ AUTHORIZATION = {
         # The coordinating centre runs the federation: any job, any site's status, restarts;
         # shell commands only at sites of its own org (the server), never in a hospital.
         "project_admin": {
-            "submit_job": "any", "clone_job": "any", "manage_job": "any", "download_job": "any",
-            "view": "any", "operate": "any", "shell_commands": "o:site", **_NO_CODE,
+            "submit_job": "any",
+            "clone_job": "any",
+            "manage_job": "any",
+            "download_job": "any",
+            "view": "any",
+            "operate": "any",
+            "shell_commands": "o:site",
+            **_NO_CODE,
         },
         # A hospital's lead: submits jobs, manages and downloads only its own, operates and
         # inspects only its own hospital's client.
         "lead": {
-            "submit_job": "any", "clone_job": "n:submitter", "manage_job": "n:submitter", "download_job": "n:submitter",
-            "view": "any", "operate": "o:site", "shell_commands": "o:site", **_NO_CODE,
+            "submit_job": "any",
+            "clone_job": "n:submitter",
+            "manage_job": "n:submitter",
+            "download_job": "n:submitter",
+            "view": "any",
+            "operate": "o:site",
+            "shell_commands": "o:site",
+            **_NO_CODE,
         },
         "org_admin": {
-            "submit_job": "none", "clone_job": "none", "manage_job": "o:submitter", "download_job": "o:submitter",
-            "view": "any", "operate": "o:site", "shell_commands": "o:site", **_NO_CODE,
+            "submit_job": "none",
+            "clone_job": "none",
+            "manage_job": "o:submitter",
+            "download_job": "o:submitter",
+            "view": "any",
+            "operate": "o:site",
+            "shell_commands": "o:site",
+            **_NO_CODE,
         },
         "member": {"view": "any", **_NO_CODE},
     },
@@ -101,9 +119,12 @@ def privacy_policy(presets: list[str], max_bytes_per_result: int, percentile: fl
     return {
         "scopes": [
             {"name": "flap", "task_result_filters": [site_filter]},
-            {"name": "flap_percentile", "task_result_filters": [
-                differences_only,
-                {"path": PERCENTILE_PRIVACY, "args": {"percentile": percentile, "gamma": percentile_gamma}},
-            ]},
+            {
+                "name": "flap_percentile",
+                "task_result_filters": [
+                    differences_only,
+                    {"path": PERCENTILE_PRIVACY, "args": {"percentile": percentile, "gamma": percentile_gamma}},
+                ],
+            },
         ],
     }

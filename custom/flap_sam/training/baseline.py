@@ -48,13 +48,23 @@ def _save_adapter(model: SemanticSam, spec: ModelSpec, path: str, meta: dict) ->
 
 def _progress(epoch: int, epochs: int, loss: float, lr: float, dice: float, seconds: float) -> str:
     done = int(20 * epoch / epochs)
-    return (f"epoch {epoch}/{epochs} [{'#' * done}{'.' * (20 - done)}] loss {loss:.4f} lr {lr:.2e} "
-            f"val Dice {dice:.4f} ({seconds:.0f} s)")
+    return f"epoch {epoch}/{epochs} [{'#' * done}{'.' * (20 - done)}] loss {loss:.4f} lr {lr:.2e} val Dice {dice:.4f} ({seconds:.0f} s)"
 
 
-def train_baseline(model: SemanticSam, spec: ModelSpec, sites: dict[str, SiteData], settings: TrainingSettings, epochs: int,
-                   out: str, device: torch.device, kind: str, data_workers: int = 0, say=print,
-                   cpu_bf16: bool = False, cpu_return_memory: bool = False) -> BaselineResult:
+def train_baseline(
+    model: SemanticSam,
+    spec: ModelSpec,
+    sites: dict[str, SiteData],
+    settings: TrainingSettings,
+    epochs: int,
+    out: str,
+    device: torch.device,
+    kind: str,
+    data_workers: int = 0,
+    say=print,
+    cpu_bf16: bool = False,
+    cpu_return_memory: bool = False,
+) -> BaselineResult:
     """Train on the union of ``sites``' training volumes for ``epochs`` epochs; write the adapters and logs into ``out``.
 
     An epoch is capped by ``max_steps_per_round``, as a round of the federation is.
@@ -90,10 +100,24 @@ def train_baseline(model: SemanticSam, spec: ModelSpec, sites: dict[str, SiteDat
     _save_adapter(model, spec, os.path.join(out, ADAPTER_FILE), {"baseline": kind, "epoch": epochs - 1})
     test_dice = float(evaluate_volumes(model, test, spec.num_classes, device, amp=amp, mode=settings.final_inference).mean())
     split = "test" if has_test else "validation"
-    write_json(os.path.join(out, BASELINE_FILE), {
-        "kind": kind, "sites": sorted(sites), "preset": spec.preset, "model": f"{spec.model_type}/{spec.image_size}",
-        "epochs": epochs, "steps_per_epoch": steps, "best_val_dice": best, "test_dice": test_dice, "test_split": split,
-        "test_volumes": len(test), "bytes_transmitted": 0})
-    say(f"{kind} baseline of {', '.join(sorted(sites))}: final {split} Dice {test_dice:.4f} ({len(test)} volumes), "
-        f"best validation Dice {best:.4f}; wrote {out}")
+    write_json(
+        os.path.join(out, BASELINE_FILE),
+        {
+            "kind": kind,
+            "sites": sorted(sites),
+            "preset": spec.preset,
+            "model": f"{spec.model_type}/{spec.image_size}",
+            "epochs": epochs,
+            "steps_per_epoch": steps,
+            "best_val_dice": best,
+            "test_dice": test_dice,
+            "test_split": split,
+            "test_volumes": len(test),
+            "bytes_transmitted": 0,
+        },
+    )
+    say(
+        f"{kind} baseline of {', '.join(sorted(sites))}: final {split} Dice {test_dice:.4f} ({len(test)} volumes), "
+        f"best validation Dice {best:.4f}; wrote {out}"
+    )
     return BaselineResult(log, best, test_dice, split)

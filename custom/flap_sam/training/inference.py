@@ -24,13 +24,13 @@ from monai.inferers import sliding_window_inference
 from flap_sam.data.stacks import HALF, STACK_DEPTH, PreparedVolume, scale_stack, stack_indices, stacks_to_images
 from flap_sam.model.semantic_sam import SemanticSam
 
-
 INFERENCE_MODES = ("overlap", "centre")
 
 
 @torch.no_grad()
-def predict_probabilities(model: SemanticSam, volume: PreparedVolume, device: torch.device, windows_per_batch: int = 4,
-                          amp: bool = False, mode: str = "overlap") -> torch.Tensor:
+def predict_probabilities(
+    model: SemanticSam, volume: PreparedVolume, device: torch.device, windows_per_batch: int = 4, amp: bool = False, mode: str = "overlap"
+) -> torch.Tensor:
     """Class probabilities of a prepared volume at model resolution: (K + 1, Z, S, S) float32 on CPU.
 
     Args:
@@ -54,15 +54,20 @@ def predict_probabilities(model: SemanticSam, volume: PreparedVolume, device: to
         return probs.reshape(n, STACK_DEPTH, -1, size, size).transpose(1, 2).cpu()
 
     probs = sliding_window_inference(
-        padded, roi_size=(STACK_DEPTH, size, size), sw_batch_size=windows_per_batch, predictor=predictor,
-        overlap=((STACK_DEPTH - 1) / STACK_DEPTH, 0.0, 0.0), mode="constant",
+        padded,
+        roi_size=(STACK_DEPTH, size, size),
+        sw_batch_size=windows_per_batch,
+        predictor=predictor,
+        overlap=((STACK_DEPTH - 1) / STACK_DEPTH, 0.0, 0.0),
+        mode="constant",
     )
     return probs[0, :, HALF:-HALF]
 
 
 @torch.no_grad()
-def _centre_chunks(model: SemanticSam, volume: PreparedVolume, device: torch.device, slices_per_batch: int,
-                   amp: bool) -> Iterator[tuple[int, torch.Tensor]]:
+def _centre_chunks(
+    model: SemanticSam, volume: PreparedVolume, device: torch.device, slices_per_batch: int, amp: bool
+) -> Iterator[tuple[int, torch.Tensor]]:
     """``centre`` mode, batch by batch: (first slice, (n, K+1, S, S) probabilities on CPU), each slice from the
     min-max scaled stack centred on it, one forward per slice."""
     model.eval()
@@ -71,12 +76,13 @@ def _centre_chunks(model: SemanticSam, volume: PreparedVolume, device: torch.dev
         centres = range(start, min(depth, start + slices_per_batch))
         stacks = scale_stack(torch.stack([volume.image[stack_indices(z, depth)].float() for z in centres]))  # (n, 5, S, S)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(stacks_to_images(stacks[:, HALF:HALF + 1].to(device)))  # the centre slice only: (n, K+1, S, S)
+            logits = model(stacks_to_images(stacks[:, HALF : HALF + 1].to(device)))  # the centre slice only: (n, K+1, S, S)
         yield start, torch.softmax(logits.float(), dim=1).cpu()
 
 
-def _centre_probabilities(model: SemanticSam, volume: PreparedVolume, device: torch.device, slices_per_batch: int,
-                          amp: bool) -> torch.Tensor:
+def _centre_probabilities(
+    model: SemanticSam, volume: PreparedVolume, device: torch.device, slices_per_batch: int, amp: bool
+) -> torch.Tensor:
     return torch.cat([probs for _, probs in _centre_chunks(model, volume, device, slices_per_batch, amp)]).transpose(0, 1)
 
 
@@ -94,14 +100,15 @@ def probabilities_to_mask(probs: torch.Tensor, volume: PreparedVolume, slices_pe
     x, y, depth = volume.source.shape
     mask = np.empty((x, y, depth), np.uint8)
     for start in range(0, depth, slices_per_chunk):
-        chunk = probs[:, start:start + slices_per_chunk].transpose(0, 1)  # (n, K+1, S, S)
-        mask[:, :, start:start + chunk.shape[0]] = _slices_to_mask(chunk, (x, y))
+        chunk = probs[:, start : start + slices_per_chunk].transpose(0, 1)  # (n, K+1, S, S)
+        mask[:, :, start : start + chunk.shape[0]] = _slices_to_mask(chunk, (x, y))
     return mask
 
 
 @torch.no_grad()
-def segment_volume(model: SemanticSam, volume: PreparedVolume, device: torch.device, amp: bool = False,
-                   mode: str = "overlap", windows_per_batch: int = 4) -> np.ndarray:
+def segment_volume(
+    model: SemanticSam, volume: PreparedVolume, device: torch.device, amp: bool = False, mode: str = "overlap", windows_per_batch: int = 4
+) -> np.ndarray:
     """Class-index mask (X, Y, Z) of one volume, canonical orientation, original in-plane size (``mode``: see above).
 
     ``centre`` writes each batch of slices into the mask as it comes: the volume's probabilities are never held whole.
@@ -111,12 +118,13 @@ def segment_volume(model: SemanticSam, volume: PreparedVolume, device: torch.dev
     x, y, depth = volume.source.shape
     mask = np.empty((x, y, depth), np.uint8)
     for start, probs in _centre_chunks(model, volume, device, windows_per_batch * STACK_DEPTH, amp):
-        mask[:, :, start:start + probs.shape[0]] = _slices_to_mask(probs, (x, y))
+        mask[:, :, start : start + probs.shape[0]] = _slices_to_mask(probs, (x, y))
     return mask
 
 
-def dice_per_class(prediction: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor, num_classes: int,
-                   device: torch.device | str = "cpu") -> np.ndarray:
+def dice_per_class(
+    prediction: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor, num_classes: int, device: torch.device | str = "cpu"
+) -> np.ndarray:
     """Binary Dice of each foreground class for one volume.
 
     The same numbers as MONAI's ``compute_dice(one_hot(pred), one_hot(label), include_background=False,

@@ -28,7 +28,6 @@ from flap_sam.training.device import auto_or_count, release_freed_tensors_on_cpu
 from flap_sam.training.inference import dice_per_class, segment_volume
 from flap_sam.training.settings import TrainingSettings
 
-
 # Warm-up never takes more than this share of the federation's steps: a short budget (4 rounds of 20
 # steps) must not sit in the paper's 250-step warm-up; the paper's own federations (25 local epochs of
 # about 40 steps and more) keep their 250 steps.
@@ -46,13 +45,26 @@ def resolve_data_workers(setting: str | int, device: torch.device) -> int:
     return workers
 
 
-def round_batches(dataset: SliceStackDataset, batch_size: int, num_steps: int, foreground_fraction: float, seed: int,
-                  workers: int = 0, pin_memory: bool = False) -> DataLoader:
+def round_batches(
+    dataset: SliceStackDataset,
+    batch_size: int,
+    num_steps: int,
+    foreground_fraction: float,
+    seed: int,
+    workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
     """``num_steps`` batches of ``{"image": (B, 5, S, S) float32, "label": (B, 5, S, S) int64}``, reproducible from ``seed``."""
     sampler = foreground_sampler(dataset, foreground_fraction, num_steps * batch_size, seed=seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=workers,
-                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
-
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def fitted_warmup(warmup_steps: int, total_steps: int) -> int:
@@ -96,8 +108,16 @@ class LocalTrainer:
             back to the OS at once (``release_freed_tensors_on_cpu``).
     """
 
-    def __init__(self, model: SemanticSam, dataset: SliceStackDataset, settings: TrainingSettings, device: torch.device,
-                 data_workers: int = 0, cpu_bf16: bool = False, cpu_return_memory: bool = False) -> None:
+    def __init__(
+        self,
+        model: SemanticSam,
+        dataset: SliceStackDataset,
+        settings: TrainingSettings,
+        device: torch.device,
+        data_workers: int = 0,
+        cpu_bf16: bool = False,
+        cpu_return_memory: bool = False,
+    ) -> None:
         if device.type == "cpu" and cpu_return_memory:
             release_freed_tensors_on_cpu()
         self.model = model
@@ -118,8 +138,17 @@ class LocalTrainer:
 
     def _batches(self, num_steps: int, round_seed: int) -> Iterator[dict[str, torch.Tensor]]:
         s = self.settings
-        return iter(round_batches(self.dataset, s.batch_size, num_steps, s.foreground_fraction, round_seed,
-                                  workers=self.data_workers, pin_memory=self.device.type == "cuda"))
+        return iter(
+            round_batches(
+                self.dataset,
+                s.batch_size,
+                num_steps,
+                s.foreground_fraction,
+                round_seed,
+                workers=self.data_workers,
+                pin_memory=self.device.type == "cuda",
+            )
+        )
 
     def start_round(self) -> None:
         """Start local training from the just received global tensors.
@@ -156,8 +185,9 @@ class LocalTrainer:
         self.global_step += 1
         return float(loss.detach())
 
-    def train(self, num_steps: int, first_step: int, total_steps: int, round_seed: int,
-              should_stop: Callable[[], bool] = lambda: False) -> tuple[int, float]:
+    def train(
+        self, num_steps: int, first_step: int, total_steps: int, round_seed: int, should_stop: Callable[[], bool] = lambda: False
+    ) -> tuple[int, float]:
         """Run ``num_steps`` optimiser steps from global step ``first_step``; the lr follows the
         schedule over the federation's ``total_steps`` (see ``federation_steps``).
 
@@ -177,12 +207,14 @@ class LocalTrainer:
         return len(losses), float(np.mean(losses)) if losses else float("nan")
 
 
-def evaluate_volumes(model: SemanticSam, volumes, num_classes: int, device: torch.device, amp: bool = False,
-                     mode: str = "overlap") -> np.ndarray:
+def evaluate_volumes(
+    model: SemanticSam, volumes, num_classes: int, device: torch.device, amp: bool = False, mode: str = "overlap"
+) -> np.ndarray:
     """Dice of every labelled volume at full resolution: (num_volumes, num_classes); ``mode``: see ``flap_sam.training.inference``.
 
     Each volume's full-resolution label is read from its file only while the volume is scored.
     """
-    scores = [dice_per_class(segment_volume(model, v, device, amp=amp, mode=mode), v.source.load_label(), num_classes, device)
-              for v in volumes]
+    scores = [
+        dice_per_class(segment_volume(model, v, device, amp=amp, mode=mode), v.source.load_label(), num_classes, device) for v in volumes
+    ]
     return np.stack(scores) if scores else np.zeros((0, num_classes))

@@ -39,8 +39,11 @@ def settings_block(block: str):
     def build(cls):
         names = block_keys(block)
         cls.__annotations__ = {n: SETTING[n].type.__name__ + (" | str" if SETTING[n].auto else "") for n in names}
-        cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n\n    Attributes (``flap_sam.training.schema``):\n" + "".join(
-            f"        {n}: {SETTING[n].doc}\n" for n in names)
+        cls.__doc__ = (
+            (cls.__doc__ or "").rstrip()
+            + "\n\n    Attributes (``flap_sam.training.schema``):\n"
+            + "".join(f"        {n}: {SETTING[n].doc}\n" for n in names)
+        )
         cls.BLOCK = block
         return dataclass(frozen=True)(cls)
 
@@ -93,7 +96,7 @@ class TrainingSettings(SettingsBlock):
     """
 
     @classmethod
-    def from_settings(cls, settings: Mapping, where: str = "", model_type: str = "vit_b") -> "TrainingSettings":
+    def from_settings(cls, settings: Mapping, where: str = "", model_type: str = "vit_b") -> TrainingSettings:
         """Build and check the block from a mapping with exactly its keys (``where`` prefixes an error);
         ``auto`` values take ``model_type``'s base recipe."""
         recipe = base_recipe(model_type)
@@ -122,8 +125,7 @@ def _names(class_name: str, names) -> tuple[str, ...]:
     if isinstance(names, str):
         names = names.split("|")
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in names) or not names:
-        raise ValueError(f"structure_names: the names of {class_name} must be a list of texts or one text separated by '|', "
-                         f"not {names!r}")
+        raise ValueError(f"structure_names: the names of {class_name} must be a list of texts or one text separated by '|', not {names!r}")
     return tuple(n.strip() for n in names)
 
 
@@ -141,8 +143,9 @@ class SiteSettings(SettingsBlock):
     @classmethod
     def _checked(cls, values: dict) -> dict:
         resolve_device(values["device"])  # auto | cpu | cuda | cuda:N
-        values["site_ranks"] = {str(site): checked_value("rank", rank, label=f"site_ranks: the rank of {site}")
-                                for site, rank in values["site_ranks"].items()}
+        values["site_ranks"] = {
+            str(site): checked_value("rank", rank, label=f"site_ranks: the rank of {site}") for site, rank in values["site_ranks"].items()
+        }
         values["structure_names"] = {str(name): _names(name, names) for name, names in values["structure_names"].items()}
         return values
 
@@ -152,7 +155,7 @@ class SiteSettings(SettingsBlock):
 
         return StructureNames.build(class_names, self.structure_names)
 
-    def lora_rank(self, site: str, spec: "ModelSpec") -> int:
+    def lora_rank(self, site: str, spec: ModelSpec) -> int:
         """The LoRA rank ``site`` trains at under ``spec``: its ``site_ranks`` entry, else the job's.
 
         Raises:
@@ -172,7 +175,7 @@ class SiteSettings(SettingsBlock):
             raise ValueError(f"site_ranks: {site} at rank {rank} is above the job's rank {job_rank} (the global adapter's)")
         return rank
 
-    def with_overrides(self, overrides: Mapping, where: str) -> "SiteSettings":
+    def with_overrides(self, overrides: Mapping, where: str) -> SiteSettings:
         """This block with a site's own values (only ``OVERRIDABLE`` keys), checked again."""
         unknown = sorted(set(overrides) - set(self.OVERRIDABLE))
         if unknown:
@@ -198,13 +201,13 @@ class AttackSettings:
     strength: float
 
     @classmethod
-    def from_settings(cls, settings: Mapping | None) -> "AttackSettings":
+    def from_settings(cls, settings: Mapping | None) -> AttackSettings:
         """From the block (or some of its keys: the rest take their defaults; None: no attack)."""
         values = block_values("attack_simulation", {**block_defaults("attack_simulation"), **(settings or {})})
         attack, sites = values["attack"], values["attack_sites"]
         sites = tuple(s.strip() for s in sites.split(",") if s.strip())
         if attack != "none" and not sites:
-            raise ValueError(f"attack = {attack} needs attack_sites (e.g. \"site-4\")")
+            raise ValueError(f'attack = {attack} needs attack_sites (e.g. "site-4")')
         return cls(attack, sites, values["attack_strength"] or DEFAULT_STRENGTH.get(attack, 0.0))
 
     @property

@@ -44,8 +44,9 @@ class StructureNames:
     names: tuple[tuple[str, int], ...]
 
     @classmethod
-    def build(cls, class_names: Sequence[str], extra: Mapping[str, Sequence[str] | str] | None = None,
-              setting: str = "structure_names") -> StructureNames:
+    def build(
+        cls, class_names: Sequence[str], extra: Mapping[str, Sequence[str] | str] | None = None, setting: str = "structure_names"
+    ) -> StructureNames:
         """The classes' own names plus ``extra`` (class -> names, a list or one text separated by ``|``).
 
         Raises:
@@ -116,10 +117,14 @@ def _rois(ds) -> list[tuple[int, str]]:
 def describe_label(path: str, structures: StructureNames, header=None) -> StructureMapping:
     """What the SEG or RTSTRUCT at ``path`` holds and how its structures map (headers only for a SEG)."""
     ds = header if header is not None else pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    names = ([(label or meaning, structures.class_of(label, meaning)) for _, label, meaning in _segments(ds)]
-             if ds.Modality == "SEG" else [(name, structures.class_of(name)) for _, name in _rois(ds)])
-    return StructureMapping(str(ds.Modality), _referenced_series(ds) or "",
-                            tuple((name, structures.class_names[c - 1] if c else None) for name, c in names))
+    names = (
+        [(label or meaning, structures.class_of(label, meaning)) for _, label, meaning in _segments(ds)]
+        if ds.Modality == "SEG"
+        else [(name, structures.class_of(name)) for _, name in _rois(ds)]
+    )
+    return StructureMapping(
+        str(ds.Modality), _referenced_series(ds) or "", tuple((name, structures.class_names[c - 1] if c else None) for name, c in names)
+    )
 
 
 def read_label(path: str, series: DicomSeries, structures: StructureNames) -> np.ndarray:
@@ -134,7 +139,7 @@ def read_label(path: str, series: DicomSeries, structures: StructureNames) -> np
     """
     try:
         ds = pydicom.dcmread(path, force=True)  # force: some writers leave out the preamble and file meta
-    except Exception as e:  # pydicom raises many types for a damaged file
+    except Exception as e:  # pydicom raises many types for a damaged file  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
         raise DataError(f"label {path}: cannot be read as DICOM ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
     if ds.get("Modality") not in ("SEG", "RTSTRUCT"):
         raise DataError(f"label {path}: a DICOM {ds.get('Modality', 'object')}, not a SEG or an RTSTRUCT")
@@ -145,8 +150,10 @@ def read_label(path: str, series: DicomSeries, structures: StructureNames) -> np
     mapping = describe_label(path, structures, ds)
     if not any(class_name for _, class_name in mapping.structures):
         listed = ", ".join(repr(name) for name, _ in mapping.structures) or "none"
-        raise DataError(f"label {path}: none of its structures ({listed}) is a class of this job "
-                        f"({', '.join(structures.class_names)}); name them in the site setting structure_names")
+        raise DataError(
+            f"label {path}: none of its structures ({listed}) is a class of this job "
+            f"({', '.join(structures.class_names)}); name them in the site setting structure_names"
+        )
     return _read_seg(path, ds, series, structures) if ds.Modality == "SEG" else _read_rtstruct(path, ds, series, structures)
 
 
@@ -154,14 +161,17 @@ def _read_seg(path: str, ds, series: DicomSeries, structures: StructureNames) ->
     import highdicom as hd
 
     seg = hd.seg.Segmentation.from_dataset(ds)
-    mapped = sorted(((structures.class_of(label, meaning), number) for number, label, meaning in _segments(ds)
-                     if structures.class_of(label, meaning)))
+    mapped = sorted(
+        ((structures.class_of(label, meaning), number) for number, label, meaning in _segments(ds) if structures.class_of(label, meaning))
+    )
     try:
-        masks = seg.get_pixels_by_source_instance(series.sop_instance_uids, segment_numbers=[n for _, n in mapped],
-                                                  assert_missing_frames_are_empty=True)
-    except Exception as e:  # highdicom raises several types for frames it cannot place
-        raise DataError(f"label {path}: its frames do not match its series {series.tag} ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:160]})") from None
+        masks = seg.get_pixels_by_source_instance(
+            series.sop_instance_uids, segment_numbers=[n for _, n in mapped], assert_missing_frames_are_empty=True
+        )
+    except Exception as e:  # highdicom raises several types for frames it cannot place  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
+        raise DataError(
+            f"label {path}: its frames do not match its series {series.tag} ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+        ) from None
     label = np.zeros(tuple(series.volume.spatial_shape), np.uint8)
     for k, (class_index, _) in enumerate(mapped):  # ascending class: the higher class wins where segments overlap
         label[masks[..., k] > 0] = class_index
@@ -172,12 +182,14 @@ def _read_rtstruct(path: str, ds, series: DicomSeries, structures: StructureName
     from matplotlib.path import Path
 
     shape = tuple(series.volume.spatial_shape)
-    rows, cols = np.mgrid[0:shape[1], 0:shape[2]]
+    rows, cols = np.mgrid[0 : shape[1], 0 : shape[2]]
     centres = np.column_stack([rows.ravel(), cols.ravel()])
     names = dict(_rois(ds))
     label = np.zeros(shape, np.uint8)
-    by_class = sorted(((structures.class_of(names.get(int(item.ReferencedROINumber), "")), item)
-                       for item in ds.get("ROIContourSequence", [])), key=lambda pair: pair[0] or 0)
+    by_class = sorted(
+        ((structures.class_of(names.get(int(item.ReferencedROINumber), "")), item) for item in ds.get("ROIContourSequence", [])),
+        key=lambda pair: pair[0] or 0,
+    )
     for class_index, roi in by_class:
         if not class_index:
             continue
@@ -189,8 +201,10 @@ def _read_rtstruct(path: str, ds, series: DicomSeries, structures: StructureName
             indices = series.volume.map_reference_to_indices(points)  # (N, 3) float (slice, row, col)
             k = int(np.round(indices[:, 0].mean()))
             if np.abs(indices[:, 0] - k).max() > 0.25 or not 0 <= k < shape[0]:
-                raise DataError(f"label {path}: a contour of ROI {names.get(int(roi.ReferencedROINumber), '?')!r} does not "
-                                f"lie on a slice of {series.tag}")
+                raise DataError(
+                    f"label {path}: a contour of ROI {names.get(int(roi.ReferencedROINumber), '?')!r} does not "
+                    f"lie on a slice of {series.tag}"
+                )
             inside = Path(indices[:, 1:]).contains_points(centres).reshape(shape[1:])
             mask[k] ^= inside
         label[mask] = class_index

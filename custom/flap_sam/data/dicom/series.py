@@ -62,7 +62,7 @@ def _read_header(path: str) -> Dataset | None:
         return None
     try:
         return pydicom.dcmread(path, stop_before_pixels=True, force=True)  # force: a *.dcm without preamble
-    except Exception as e:  # pydicom raises many types for a damaged file
+    except Exception as e:  # pydicom raises many types for a damaged file  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
         raise DataError(f"{path}: cannot be read as DICOM ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
 
 
@@ -98,8 +98,10 @@ def scan(path: str) -> tuple[list[SeriesFiles], list[Dataset], list[str]]:
         if sop_class in IMAGE_SOP_CLASSES:
             images[str(header.SeriesInstanceUID)].append((file, header))
         elif sop_class in ENHANCED_SOP_CLASSES or int(header.get("NumberOfFrames", 1) or 1) > 1 and "PixelData" in header:
-            problems.append(f"{file}: a multi-frame (enhanced) image object; the product reads single-frame CT and MR "
-                            "series: export the series as single-frame images")
+            problems.append(
+                f"{file}: a multi-frame (enhanced) image object; the product reads single-frame CT and MR "
+                "series: export the series as single-frame images"
+            )
         elif header.get("Modality") in ("SEG", "RTSTRUCT"):
             header.filename = file
             others.append(header)
@@ -124,8 +126,10 @@ def find_series(path: str, what: str = "image") -> SeriesFiles:
         raise DataError(f"{what} {path}: no single-frame CT or MR DICOM image in it{detail}")
     if len(series) > 1:
         listing = ", ".join(f"{s.tag} ({len(s.files)} files)" for s in series)
-        raise DataError(f"{what} {path}: holds {len(series)} series ({listing}); name a folder with one series "
-                        "(`flap-sam prepare dicom` lists and separates them)")
+        raise DataError(
+            f"{what} {path}: holds {len(series)} series ({listing}); name a folder with one series "
+            "(`flap-sam prepare dicom` lists and separates them)"
+        )
     found = series[0]
     if found.localizers:
         logger.info("%s %s: left out %d localizer image(s) of %s", what, path, len(found.localizers), found.tag)
@@ -144,8 +148,7 @@ def _check_decoder(file: str, header: Dataset) -> None:
         raise DataError(f"{file}: pixel data compressed as {syntax.name}, which pydicom cannot decode") from None
     if not decoder.is_available:
         needs = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
-        raise DataError(f"{file}: pixel data compressed as {syntax.name} and no decoder for it is installed "
-                        f"(pydicom's options: {needs})")
+        raise DataError(f"{file}: pixel data compressed as {syntax.name} and no decoder for it is installed (pydicom's options: {needs})")
 
 
 def check_series(series: SeriesFiles, headers: list[Dataset]) -> list[int]:
@@ -166,8 +169,10 @@ def check_series(series: SeriesFiles, headers: list[Dataset]) -> list[int]:
     orientations = np.array([[float(v) for v in h.ImageOrientationPatient] for h in headers])
     odd = np.flatnonzero(np.abs(orientations - orientations[0]).max(axis=1) > ORIENTATION_TOL)
     if odd.size:
-        raise DataError(f"{files[odd[0]]}: oriented differently from {files[0]} in {series.tag} "
-                        "(a reformatted or localizer image mixed into the series?)")
+        raise DataError(
+            f"{files[odd[0]]}: oriented differently from {files[0]} in {series.tag} "
+            "(a reformatted or localizer image mixed into the series?)"
+        )
     row, col = orientations[0, :3], orientations[0, 3:]
     normal = np.cross(row, col)
     positions = np.array([[float(v) for v in h.ImagePositionPatient] for h in headers])
@@ -177,8 +182,10 @@ def check_series(series: SeriesFiles, headers: list[Dataset]) -> list[int]:
     in_plane = (positions - positions[0]) - np.outer(along - along[0], normal)
     shift = float(np.abs(in_plane).max())
     if shift > POSITION_TOL_MM * len(headers):
-        raise DataError(f"{os.path.dirname(files[0])}: {series.tag}'s slices are shifted in-plane along the stack by up to "
-                        f"{shift:.1f} mm (gantry tilt or a sheared series); resample it to an orthogonal grid first")
+        raise DataError(
+            f"{os.path.dirname(files[0])}: {series.tag}'s slices are shifted in-plane along the stack by up to "
+            f"{shift:.1f} mm (gantry tilt or a sheared series); resample it to an orthogonal grid first"
+        )
     steps = np.diff(along)
     duplicates = np.flatnonzero(steps < POSITION_TOL_MM)
     if duplicates.size:
@@ -189,10 +196,14 @@ def check_series(series: SeriesFiles, headers: list[Dataset]) -> list[int]:
     if uneven.size:
         i = uneven[0]
         gap = float(steps[i])
-        kind = (f"{round(gap / step) - 1} missing slice(s)" if gap > step and abs(gap / step - round(gap / step)) < SPACING_TOL
-                else "uneven slice spacing")
-        raise DataError(f"{files[order[i + 1]]}: {kind}: {gap:.2f} mm from {os.path.basename(files[order[i]])} where "
-                        f"{series.tag} steps {step:.2f} mm")
+        kind = (
+            f"{round(gap / step) - 1} missing slice(s)"
+            if gap > step and abs(gap / step - round(gap / step)) < SPACING_TOL
+            else "uneven slice spacing"
+        )
+        raise DataError(
+            f"{files[order[i + 1]]}: {kind}: {gap:.2f} mm from {os.path.basename(files[order[i]])} where {series.tag} steps {step:.2f} mm"
+        )
     return [int(i) for i in order]
 
 
@@ -241,18 +252,18 @@ def read_series(path: str, what: str = "image") -> DicomSeries:
     for file in files.files:
         try:
             datasets.append(pydicom.dcmread(file))
-        except Exception as e:  # pydicom raises many types for a damaged file
+        except Exception as e:  # pydicom raises many types for a damaged file  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
             raise DataError(f"{file}: cannot be read as DICOM ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
     check_series(files, datasets)
     try:
         # the stack order highdicom gives the volume's first axis (a SEG's frames and the SEG written are matched to it)
         _, positions = hd.spatial.get_series_volume_positions(datasets)
         datasets = [datasets[positions.index(i)] for i in range(len(datasets))]
-        volume = hd.get_volume_from_series(datasets, dtype=np.float32, apply_voi_transform=False,
-                                           apply_presentation_lut=False)
-    except Exception as e:  # decoding and geometry errors come as several types
-        raise DataError(f"{what} {path}: {files.tag} cannot be read as a volume ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:160]})") from None
+        volume = hd.get_volume_from_series(datasets, dtype=np.float32, apply_voi_transform=False, apply_presentation_lut=False)
+    except Exception as e:  # decoding and geometry errors come as several types  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
+        raise DataError(
+            f"{what} {path}: {files.tag} cannot be read as a volume ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+        ) from None
     array = np.asarray(volume.array)
     if not np.isfinite(array).all():
         raise DataError(f"{what} {path}: {files.tag} has NaN or infinite values after its rescale")

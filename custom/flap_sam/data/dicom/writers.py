@@ -75,14 +75,19 @@ def _save(ds: Dataset, path: str) -> None:
 
 
 def _identify(ds: Dataset, identity: StudyIdentity) -> None:
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (identity.patient_name, identity.patient_id,
-                                                                         identity.birth_date, "O")
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+        identity.patient_name,
+        identity.patient_id,
+        identity.birth_date,
+        "O",
+    )
     ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime, ds.StudyID = identity.study_uid, identity.study_date, "120000", "1"
     ds.AccessionNumber, ds.ReferringPhysicianName = identity.accession, ""
 
 
-def write_series(image, folder: str, modality: str, identity: StudyIdentity, orientation: str = "axial",
-                 series_number: int = 1) -> list[str]:
+def write_series(
+    image, folder: str, modality: str, identity: StudyIdentity, orientation: str = "axial", series_number: int = 1
+) -> list[str]:
     """Write a NIfTI image as a single-frame DICOM series (one file per slice) in ``folder``.
 
     Args:
@@ -146,13 +151,22 @@ def segment_descriptions(class_names: Sequence[str], automatic: bool) -> list:
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    algorithm = hd.AlgorithmIdentificationSequence(name=MANUFACTURER, version=_version(),
-                                                   family=codes.cid7162.ArtificialIntelligence) if automatic else None
-    return [hd.seg.SegmentDescription(
-        segment_number=i, segment_label=name, segmented_property_category=codes.SCT.AnatomicalStructure,
-        segmented_property_type=_property_type(name),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC if automatic else hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-        algorithm_identification=algorithm) for i, name in enumerate(class_names, start=1)]
+    algorithm = (
+        hd.AlgorithmIdentificationSequence(name=MANUFACTURER, version=_version(), family=codes.cid7162.ArtificialIntelligence)
+        if automatic
+        else None
+    )
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=i,
+            segment_label=name,
+            segmented_property_category=codes.SCT.AnatomicalStructure,
+            segmented_property_type=_property_type(name),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC if automatic else hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+            algorithm_identification=algorithm,
+        )
+        for i, name in enumerate(class_names, start=1)
+    ]
 
 
 def _version() -> str:
@@ -177,13 +191,21 @@ def write_seg(labels: np.ndarray, series: DicomSeries, class_names: Sequence[str
     if labels.shape != tuple(series.volume.spatial_shape):
         raise ValueError(f"{path}: labels {labels.shape} are not on the series' grid {tuple(series.volume.spatial_shape)}")
     seg = hd.seg.Segmentation(
-        source_images=series.datasets, pixel_array=labels.astype(np.uint8),
+        source_images=series.datasets,
+        pixel_array=labels.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segment_descriptions(class_names, automatic), series_instance_uid=_uid(), series_number=300,
-        sop_instance_uid=_uid(), instance_number=1, manufacturer=MANUFACTURER,
-        manufacturer_model_name="FLAP-SAM LoRA-SAM" if automatic else "demo ground truth", software_versions=_version(),
-        device_serial_number="0", series_description="FLAP-SAM segmentation" if automatic else "ground truth",
-        omit_empty_frames=False)
+        segment_descriptions=segment_descriptions(class_names, automatic),
+        series_instance_uid=_uid(),
+        series_number=300,
+        sop_instance_uid=_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name="FLAP-SAM LoRA-SAM" if automatic else "demo ground truth",
+        software_versions=_version(),
+        device_serial_number="0",
+        series_description="FLAP-SAM segmentation" if automatic else "ground truth",
+        omit_empty_frames=False,
+    )
     write_atomically(path, lambda tmp: seg.save_as(tmp), suffix=".dcm")
     return path
 
@@ -217,8 +239,18 @@ def write_rtstruct(labels: np.ndarray, series: DicomSeries, roi_names: Sequence[
     """
     first = series.datasets[0]
     ds = _file_dataset(pydicom.uid.RTStructureSetStorage, _uid())
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
-                    "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "StudyID",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+    ):
         setattr(ds, keyword, first.get(keyword, ""))
     ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = "RTSTRUCT", _uid(), 200, 1
     ds.Manufacturer, ds.StructureSetLabel = MANUFACTURER, "ground truth"
@@ -251,7 +283,10 @@ def write_rtstruct(labels: np.ndarray, series: DicomSeries, roi_names: Sequence[
                 contour.ContourGeometricType, contour.NumberOfContourPoints = "CLOSED_PLANAR", len(points)
                 contour.ContourData = [f"{v:.4f}" for v in patient.ravel()]
                 image = Dataset()
-                image.ReferencedSOPClassUID, image.ReferencedSOPInstanceUID = series.datasets[k].SOPClassUID, series.datasets[k].SOPInstanceUID
+                image.ReferencedSOPClassUID, image.ReferencedSOPInstanceUID = (
+                    series.datasets[k].SOPClassUID,
+                    series.datasets[k].SOPInstanceUID,
+                )
                 contour.ContourImageSequence = [image]
                 contours.append(contour)
         roi_contour = Dataset()
@@ -267,8 +302,7 @@ def write_rtstruct(labels: np.ndarray, series: DicomSeries, roi_names: Sequence[
 
 # The demo data's ROI and segment names, as a hospital might name the classes (one per class, label order): some
 # need the site setting structure_names (tumour = GTV), some match a class by its own name (Kidney = kidney).
-DEMO_STRUCTURE_NAMES = {"kits": ("Kidney", "GTV"), "chest_ct": ("Lungs", "Spine", "Ribs"), "ixi": ("Brain",),
-                        "prostate": ("Prostate",)}
+DEMO_STRUCTURE_NAMES = {"kits": ("Kidney", "GTV"), "chest_ct": ("Lungs", "Spine", "Ribs"), "ixi": ("Brain",), "prostate": ("Prostate",)}
 DEMO_MODALITY = {"kits": "CT", "chest_ct": "CT", "ixi": "MR", "prostate": "MR"}
 
 

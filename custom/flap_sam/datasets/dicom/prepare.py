@@ -67,7 +67,7 @@ def survey(raw: str, structures: StructureNames) -> tuple[list[FoundSeries], lis
         series_folders = {os.path.dirname(f) for f in series.files}
         folder = os.path.relpath(next(iter(series_folders)), raw)
         candidates = by_series.get(series.uid, [])
-        label, mapping = (candidates[0] if candidates else ("", None))
+        label, mapping = candidates[0] if candidates else ("", None)
         reason = ""
         if not candidates:
             reason = "no SEG or RTSTRUCT references it"
@@ -90,8 +90,18 @@ def survey(raw: str, structures: StructureNames) -> tuple[list[FoundSeries], lis
 
 def format_survey(found: list[FoundSeries], notes: list[str]) -> str:
     """The table of what was found (series, files, label, structures and how each mapped) and the skipped series."""
-    rows = [[f.series.tag, f.series.modality, len(f.series.files), f.folder, f.label or "-", _structures_cell(f.mapping),
-             "case" if not f.skipped else f"skipped: {f.skipped}"] for f in found]
+    rows = [
+        [
+            f.series.tag,
+            f.series.modality,
+            len(f.series.files),
+            f.folder,
+            f.label or "-",
+            _structures_cell(f.mapping),
+            "case" if not f.skipped else f"skipped: {f.skipped}",
+        ]
+        for f in found
+    ]
     table = markdown_table(["series", "modality", "slices", "folder", "label", "structures -> classes", "use"], rows)
     return table + "".join(f"\nnote: {note}" for note in notes)
 

@@ -140,4 +140,4 @@ def family_of(encoder: nn.Module) -> EncoderFamily:
     return FAMILIES[name]
 
 
-__all__ = ["Columns", "DecoderSizes", "EncoderFamily", "FAMILIES", "MODEL_TYPES", "family_for", "family_of"]
+__all__ = ["FAMILIES", "MODEL_TYPES", "Columns", "DecoderSizes", "EncoderFamily", "family_for", "family_of"]

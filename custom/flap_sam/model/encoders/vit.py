@@ -33,7 +33,7 @@ class VitSizes:
     num_heads: int
     global_attn_indexes: tuple[int, ...]
     window_size: int = 14
-    decoder: DecoderSizes = DecoderSizes()
+    decoder: DecoderSizes = DecoderSizes()  # noqa: RUF009 (frozen: one shared default is safe)
     official_checkpoint: str | None = None
 
 
@@ -94,20 +94,32 @@ class VitFamily(EncoderFamily):
 
     def build(self, model_type: str, image_size: int) -> ImageEncoderViT:
         sizes = SIZES[model_type]
-        return self.tag(ImageEncoderViT(
-            depth=sizes.depth, embed_dim=sizes.embed_dim, img_size=image_size, mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=sizes.num_heads, patch_size=PATCH_SIZE,
-            qkv_bias=True, use_rel_pos=True, global_attn_indexes=sizes.global_attn_indexes,
-            window_size=sizes.window_size, out_chans=sizes.decoder.prompt_dim,
-        ))
+        return self.tag(
+            ImageEncoderViT(
+                depth=sizes.depth,
+                embed_dim=sizes.embed_dim,
+                img_size=image_size,
+                mlp_ratio=4,
+                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                num_heads=sizes.num_heads,
+                patch_size=PATCH_SIZE,
+                qkv_bias=True,
+                use_rel_pos=True,
+                global_attn_indexes=sizes.global_attn_indexes,
+                window_size=sizes.window_size,
+                out_chans=sizes.decoder.prompt_dim,
+            )
+        )
 
     def blocks(self, encoder: ImageEncoderViT) -> list[nn.Module]:
         return list(encoder.blocks)
 
     def qv_columns(self, encoder: ImageEncoderViT) -> list[tuple[nn.Module, dict[str, Columns]]]:
         # qkv's output is [q | k | v], each as wide as its input.
-        return [(block.attn, {"q": (0, block.attn.qkv.in_features), "v": (2 * block.attn.qkv.in_features, 3 * block.attn.qkv.in_features)})
-                for block in encoder.blocks]
+        return [
+            (block.attn, {"q": (0, block.attn.qkv.in_features), "v": (2 * block.attn.qkv.in_features, 3 * block.attn.qkv.in_features)})
+            for block in encoder.blocks
+        ]
 
     def use_fused_attention(self, encoder: ImageEncoderViT) -> int:
         for block in encoder.blocks:
@@ -125,5 +137,6 @@ class VitFamily(EncoderFamily):
         return SIZES[model_type].official_checkpoint
 
 
-FAMILY = VitFamily(name="vit", model_types=tuple(SIZES), stride=PATCH_SIZE,
-                   pixel_mean=(123.675, 116.28, 103.53), pixel_std=(58.395, 57.12, 57.375))
+FAMILY = VitFamily(
+    name="vit", model_types=tuple(SIZES), stride=PATCH_SIZE, pixel_mean=(123.675, 116.28, 103.53), pixel_std=(58.395, 57.12, 57.375)
+)

@@ -59,3 +59,27 @@ def test_bench_json_holds_every_measured_figure(tmp_path, monkeypatch, capsys):
     wire_mb = report["presets"]["flap"]["wire_bytes"] / 1e6
     assert f"| flap | {report['presets']['flap']['params']:,} |" in text and f"{wire_mb:.2f}" in text
     assert any(t["target"].startswith("flap with checkpointing peak memory") for t in report["targets"])
+
+
+def test_the_aggregation_growth_table_has_a_row_per_site_count_and_a_column_per_rule(tmp_path, capsys):
+    """``--sites 2 4``: every rule timed at each count; the bytes the server receives grow exactly linearly."""
+    from flap_sam.benchmark.payloads import AGGREGATION_RULES
+
+    report_path = tmp_path / "bench.json"
+    args = ["bench", *SMALL[:-1], "4", "2", "--no-speed", "--no-validation", "--no-site-memory", "--json", str(report_path)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    growth = json.loads(report_path.read_text())["aggregation"]["growth"]
+    assert [row["sites"] for row in growth] == [2, 4]
+    assert all(row[rule] > 0 for row in growth for rule in AGGREGATION_RULES)
+    assert growth[1]["received_bytes"] == 2 * growth[0]["received_bytes"]
+    header = "| sites | MB received | " + " | ".join(AGGREGATION_RULES) + " |"
+    assert header in text and "| growth exponent (1 = linear) | 1.00 |" in text
+
+
+def test_the_growth_exponent_reads_linear_and_quadratic_growth():
+    from flap_sam.benchmark.payloads import growth_exponent
+
+    rows = [{"sites": n, "linear": 0.01 * n, "quadratic": 0.001 * n * n} for n in (2, 4, 8, 16, 32)]
+    assert growth_exponent(rows, "linear") == pytest.approx(1.0) and growth_exponent(rows, "quadratic") == pytest.approx(2.0)
+    assert growth_exponent(rows[:1], "linear") is None

@@ -89,3 +89,57 @@ def time_exact_lora(payloads: list[dict[str, np.ndarray]]) -> float:
     start = time.perf_counter()
     aggregate_exact([(1.0, p) for p in payloads])
     return time.perf_counter() - start
+
+
+# ---- how the server's aggregation grows with the number of sites ----
+
+AGGREGATION_RULES = ("average", "lora_exact", "median", "trimmed_mean", "fedseca", "lora_exact_mixed_ranks")
+MIXED_RANKS = (4, 8, 16, 32)  # site_ranks cycled over the sites for lora_exact_mixed_ranks (capped at the job's rank)
+
+
+def time_rule(rule: str, payloads: list[dict[str, np.ndarray]], reference: dict[str, np.ndarray]) -> float:
+    """Seconds for one aggregation ``rule`` (``AGGREGATION_RULES``) of ``payloads``, sites that started from ``reference``."""
+    from flap_sam.federated.aggregation_rules import ROBUST_AGGREGATIONS, aggregate_robust
+    from flap_sam.model.lora import at_rank
+
+    if rule == "average":
+        return time_averaging(payloads)
+    if rule == "lora_exact":
+        return time_exact_lora(payloads)
+    if rule == "lora_exact_mixed_ranks":
+        mixed = [at_rank(p, MIXED_RANKS[i % len(MIXED_RANKS)]) for i, p in enumerate(payloads)]
+        start = time.perf_counter()
+        aggregate_exact([(1.0, p) for p in mixed], reference)
+        return time.perf_counter() - start
+    if rule in ROBUST_AGGREGATIONS:
+        start = time.perf_counter()
+        aggregate_robust(rule, payloads, reference)
+        return time.perf_counter() - start
+    raise ValueError(f"rule {rule!r} is not one of {list(AGGREGATION_RULES)}")
+
+
+def aggregation_growth(spec: ModelSpec, site_counts: list[int]) -> list[dict]:
+    """Per site count: each rule's seconds and the bytes the server receives in a round (fp32 on the wire).
+
+    The payloads are the preset's exchanged tensors filled with noise (the arithmetic does not depend on
+    the values); ``reference`` is the global model the sites started from.
+    """
+    reference = random_payload(spec, seed=10_000)
+    per_site = wire_bytes(reference, "fp32")
+    rows = []
+    for n in site_counts:
+        payloads = [random_payload(spec, seed=i) for i in range(n)]
+        rows.append(
+            {"sites": n, "received_bytes": n * per_site, **{rule: time_rule(rule, payloads, reference) for rule in AGGREGATION_RULES}}
+        )
+        del payloads
+    return rows
+
+
+def growth_exponent(rows: list[dict], key: str) -> float | None:
+    """The slope of log(``key``) against log(sites): 1 is linear growth, 2 quadratic (None below two counts)."""
+    points = [(np.log(r["sites"]), np.log(max(r[key], 1e-9))) for r in rows]
+    if len(points) < 2:
+        return None
+    x, y = np.array(points).T
+    return float(np.polyfit(x, y, 1)[0])

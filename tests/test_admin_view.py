@@ -64,3 +64,25 @@ def test_cross_site_formatter_prints_each_sites_dice_of_each_model(tmp_path):
         "site-1 | SRV_FL_global_model.pt | dice 0.8125 | dice_kidney 0.8125 | volumes 3",
         "site-2 | SRV_FL_global_model.pt | dice 0.5000 | dice_kidney 0.5000 | volumes 3",
     ]
+
+
+def test_a_sites_progress_within_a_round_reaches_the_servers_view_and_monitor_until_its_result():
+    """The Learner's federated event, as FLARE fires it on the server: kept per site, shown once per report."""
+    from nvflare.apis.fl_constant import FLContextKey, ReservedKey
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.apis.shareable import Shareable
+
+    from flap_sam.federated.progress import ROUND_PROGRESS_EVENT, ROUND_PROGRESS_KEY, FederationProgress
+
+    widget = FederationProgress()
+    event = Shareable()
+    event[ROUND_PROGRESS_KEY] = {"round": 2, "steps_done": 40, "steps": 80, "mean_loss": 0.5, "seconds_per_step": 1.5}
+    event.set_peer_props({ReservedKey.IDENTITY_NAME: "site-2"})
+    fl_ctx = FLContext()
+    fl_ctx.set_prop(FLContextKey.EVENT_DATA, event, private=True, sticky=False)
+    widget.handle_event(ROUND_PROGRESS_EVENT, fl_ctx)
+    assert widget.state["training"] == {"site-2": event[ROUND_PROGRESS_KEY]}
+    shown_rounds, shown = set(), set()
+    line = "site-2 training: round 2: 40/80 steps, loss 0.5000, 1.5 s a step, about 60 s left"
+    assert progress_lines(widget.state, shown_rounds, shown) == [line]
+    assert progress_lines(widget.state, shown_rounds, shown) == []  # the same report is not shown twice

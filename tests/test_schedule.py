@@ -108,3 +108,19 @@ def test_auto_recipe_settings_take_the_bases_values_and_a_set_value_wins():
     assert (mine.lr, mine.poly_power, mine.warmup_steps) == (0.0005, 7.0, base_recipe("lite_medsam")["warmup_steps"])
     with pytest.raises(ValueError, match="^lr: 'fast' is not a number$"):
         check_settings({"lr": "fast"})
+
+
+def test_a_round_reports_its_progress_within_the_round_and_not_after_its_last_step(stacks):
+    trainer, _ = _trainer(training_settings(lr=1e-3, warmup_steps=0, batch_size=1), stacks)
+    reports = []
+    done, _ = trainer.train(4, 0, 8, 0, on_progress=reports.append, progress_every_s=0.0, current_round=3)
+    assert done == 4 and [r.steps_done for r in reports] == [1, 2, 3] and {(r.round, r.steps) for r in reports} == {(3, 4)}
+    assert all(r.seconds_per_step > 0 and np.isfinite(r.mean_loss) for r in reports)
+    last = reports[-1]
+    assert last.seconds_left == pytest.approx(last.seconds_per_step)
+    assert last.describe() == (
+        f"round 3: 3/4 steps, loss {last.mean_loss:.4f}, {last.seconds_per_step:.1f} s a step, about {last.seconds_per_step:.0f} s left"
+    )
+    quiet = []
+    trainer.train(4, 4, 8, 1, on_progress=quiet.append, progress_every_s=3600.0)
+    assert quiet == []  # at most every progress_every_s

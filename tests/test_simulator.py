@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from flap_sam.data.demo import demo_site_dir
+from flap_sam.federated.progress import PROGRESS_AT_END
 from flap_sam.federated.resume import read_adapter
 from flap_sam.model.factory import ModelSpec, exchange_schema
 
@@ -27,7 +28,12 @@ ROUNDS = 3
 def finished_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kits_lora")
     # The memory and loader settings are on, as a GPU site would use them: same gradients, batches from a worker.
-    job = copy_job("kits_lora", tmp, {**TEST_MODEL, **TEST_TRAINING, "num_rounds": ROUNDS, "checkpointing": "encoder", "data_workers": 1})
+    # progress_every_s: a report within every round (the default, 30 s, is longer than this test's rounds)
+    job = copy_job(
+        "kits_lora",
+        tmp,
+        {**TEST_MODEL, **TEST_TRAINING, "num_rounds": ROUNDS, "checkpointing": "encoder", "data_workers": 1, "progress_every_s": 0.5},
+    )
     result = run_simulator(job, tmp / "ws", 2, env={"FLAP_SAM_DEMO_ROOT": str(tmp / "demo")})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return tmp / "ws" / "server" / "simulate_job", result.stdout + result.stderr
@@ -58,6 +64,20 @@ def test_validation_dice_every_round_and_training_helps(finished_run):
     assert np.mean(after) > np.mean(before) + 0.05, f"Dice before {before}, after {after}"
     assert "result blocked" not in log
     assert log.count("attention fused, checkpointing encoder, 1 data worker(s)") >= 2  # the settings reached both sites
+
+
+@pytest.mark.slow
+def test_a_site_reports_its_progress_within_each_round_to_its_log_and_to_the_server(finished_run):
+    job_dir, _ = finished_run
+    workspace = job_dir.parents[1]
+    pattern = r"- round (\d+): (\d+)/(\d+) steps, loss [\d.]+, [\d.]+ s a step, about \d+ s left"
+    for site in ("site-1", "site-2"):
+        lines = re.findall(pattern, (workspace / site / "log.txt").read_text())
+        assert {int(r) for r, _, _ in lines} == set(range(ROUNDS)), site
+        assert all(0 < int(done) < int(steps) for _, done, steps in lines)
+    end = json.loads((workspace / "server" / "log.txt").read_text().split(PROGRESS_AT_END)[-1].splitlines()[0])
+    assert end["progress_reports"]["site-1"] > 0 and end["progress_reports"]["site-2"] > 0
+    assert end["training"] == {}  # each report was cleared when its site's result arrived
 
 
 @pytest.mark.slow

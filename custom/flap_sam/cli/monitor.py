@@ -54,12 +54,15 @@ def _site_cell(site: str, figures: dict) -> str:
 
 def progress_lines(progress: dict | None, shown_rounds: set, shown_failures: set) -> list[str]:
     """New lines from the server's progress: one per aggregated round not shown yet (however many finished
-    since the last poll), with its sites' Dice and bytes and the sites missing, then new site failures.
+    since the last poll), with its sites' Dice and bytes and the sites missing, then each site's new report
+    from within its round (steps, loss, time left), then new site failures.
 
     ``shown_rounds`` / ``shown_failures`` are updated with what the lines report.
     """
     if not progress:
         return []
+    from flap_sam.training.local_trainer import RoundProgress
+
     lines = []
     for record in progress.get("rounds", []):
         if record["round"] in shown_rounds:
@@ -71,6 +74,11 @@ def progress_lines(progress: dict | None, shown_rounds: set, shown_failures: set
         if record.get("missing"):
             line += f"; missing: {', '.join(record['missing'])}"
         lines.append(line)
+    for site, figures in sorted(progress.get("training", {}).items()):
+        key = (site, figures.get("round"), figures.get("steps_done"))
+        if key not in shown_failures:
+            shown_failures.add(key)
+            lines.append(f"{site} training: {RoundProgress(**figures).describe()}")
     for site, reason in sorted(progress.get("failed", {}).items()):
         if (site, reason) not in shown_failures:
             shown_failures.add((site, reason))

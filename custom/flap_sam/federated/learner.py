@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -22,6 +23,7 @@ from flap_sam.data.stacks import SliceStackDataset, build_augmentation
 from flap_sam.errors import CheckpointError
 from flap_sam.federated.attacks import attack_refusal, flipped_labels
 from flap_sam.federated.filters import SITE_ERROR_HEADER, SITE_ERROR_KINDS, BaseMismatchError, site_error_kind
+from flap_sam.federated.progress import ROUND_PROGRESS_EVENT, ROUND_PROGRESS_KEY
 from flap_sam.files import PERSONAL_ADAPTER_FILE, save_torch
 from flap_sam.jobs.spec import JobSpec
 from flap_sam.model.adapter_file import FINGERPRINT_KEY, base_fingerprint, base_mismatch
@@ -29,7 +31,7 @@ from flap_sam.model.factory import build_model, export_weights, import_weights, 
 from flap_sam.model.lora import at_rank, lower_lora_rank
 from flap_sam.model.presets import exchanged_names, personal_names
 from flap_sam.training.device import apply_cpu_threads, pick_device
-from flap_sam.training.local_trainer import LocalTrainer, evaluate_volumes, federation_steps, resolve_data_workers
+from flap_sam.training.local_trainer import LocalTrainer, RoundProgress, evaluate_volumes, federation_steps, resolve_data_workers
 from flap_sam.training.schema import checked_value, package_defaults
 from flap_sam.training.settings import AttackSettings, SiteSettings, TrainingSettings
 
@@ -249,6 +251,13 @@ class FlapSamLearner(Learner):
             self.log_error(fl_ctx, str(e))
             return make_reply(ReturnCode.BAD_TASK_DATA)
 
+    def _report_progress(self, progress: RoundProgress, fl_ctx: FLContext) -> None:
+        """A round's progress, within the round: to this site's log, and to the server (its progress view)."""
+        self.log_info(fl_ctx, progress.describe())
+        event = Shareable()
+        event[ROUND_PROGRESS_KEY] = dataclasses.asdict(progress)
+        self.fire_fed_event(ROUND_PROGRESS_EVENT, event, fl_ctx)
+
     def _log(self, tag: str, value: float, step: int) -> None:
         if self.writer is not None:
             self.writer.add_scalar(tag, float(value), global_step=step)
@@ -270,6 +279,9 @@ class FlapSamLearner(Learner):
             total_steps=total_steps,
             round_seed=self.training.round_seed(current_round),
             should_stop=lambda: abort_signal.triggered or self._aborted,
+            on_progress=lambda progress: self._report_progress(progress, fl_ctx),
+            progress_every_s=self.site_settings.progress_every_s,
+            current_round=current_round,
         )
         if abort_signal.triggered or self._aborted:
             return make_reply(ReturnCode.TASK_ABORTED)

@@ -34,6 +34,10 @@ STATS_GROUP = "flap_sam"
 
 
 PROGRESS_AT_END = "federation progress at the end: "  # logged at END_RUN; `flap-sam monitor` reads it back
+# A site's progress within a round (flap_sam.training.local_trainer.RoundProgress as a dict), sent by the Learner
+# as a FLARE federated event: FLARE relays a client's "fed." event to the server, which fires it there.
+ROUND_PROGRESS_EVENT = "fed.flap_sam_round_progress"
+ROUND_PROGRESS_KEY = "round_progress"
 
 
 class FederationProgress(FLComponent):
@@ -58,6 +62,8 @@ class FederationProgress(FLComponent):
             "failed": {},
             "late": {},
             "rounds": [],
+            "training": {},  # site -> its latest progress within the current round (until its result arrives)
+            "progress_reports": {},  # site -> how many such reports the server received
         }
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
@@ -80,6 +86,8 @@ class FederationProgress(FLComponent):
             if collector is not None:
                 with self._lock:
                     collector.add_info(STATS_GROUP, json.loads(json.dumps(self.state)))
+        elif event_type == ROUND_PROGRESS_EVENT:
+            self._record_progress(fl_ctx)
         elif event_type == EventType.END_RUN:
             self.log_info(fl_ctx, PROGRESS_AT_END + json.dumps(self.state))
 
@@ -97,6 +105,21 @@ class FederationProgress(FLComponent):
         with self._lock:
             round_ = self.state["round"]
             self.state["reported"][site] = {"val_dice": dice, "bytes_received": self._bytes_received(fl_ctx, site, round_)}
+            self.state["training"].pop(site, None)
+
+    def _record_progress(self, fl_ctx: FLContext) -> None:
+        """A site's report from within its round: kept for show_stats / flap-sam monitor until its result arrives."""
+        event = fl_ctx.get_prop(FLContextKey.EVENT_DATA)
+        progress = event.get(ROUND_PROGRESS_KEY) if event is not None else None
+        if not isinstance(progress, dict):
+            return
+        site = event.get_peer_prop(ReservedKey.IDENTITY_NAME, None)
+        if site is None:
+            peer = fl_ctx.get_peer_context()
+            site = peer.get_identity_name() if peer else "?"
+        with self._lock:
+            self.state["training"][site] = progress
+            self.state["progress_reports"][site] = self.state["progress_reports"].get(site, 0) + 1
 
     def _record_failure(self, fl_ctx: FLContext) -> None:
         """A site's error result: logged for the admin with the site and, if it could not start, what failed."""

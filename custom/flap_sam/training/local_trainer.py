@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,6 +37,34 @@ MAX_WARMUP_SHARE = 0.25
 
 
 MAX_AUTO_WORKERS = 4
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    """How far a round's local training is (a site's log and the server's progress view).
+
+    Attributes:
+        round: the federation's round.
+        steps_done / steps: optimiser steps done and planned this round.
+        mean_loss: mean training loss of the steps done.
+        seconds_per_step: wall seconds a step so far this round (batches included).
+    """
+
+    round: int
+    steps_done: int
+    steps: int
+    mean_loss: float
+    seconds_per_step: float
+
+    @property
+    def seconds_left(self) -> float:
+        return (self.steps - self.steps_done) * self.seconds_per_step
+
+    def describe(self) -> str:
+        return (
+            f"round {self.round}: {self.steps_done}/{self.steps} steps, loss {self.mean_loss:.4f}, "
+            f"{self.seconds_per_step:.1f} s a step, about {self.seconds_left:.0f} s left"
+        )
 
 
 def resolve_data_workers(setting: str | int, device: torch.device) -> int:
@@ -186,10 +216,21 @@ class LocalTrainer:
         return float(loss.detach())
 
     def train(
-        self, num_steps: int, first_step: int, total_steps: int, round_seed: int, should_stop: Callable[[], bool] = lambda: False
+        self,
+        num_steps: int,
+        first_step: int,
+        total_steps: int,
+        round_seed: int,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_progress: Callable[[RoundProgress], None] | None = None,
+        progress_every_s: float = 30.0,
+        current_round: int = 0,
     ) -> tuple[int, float]:
         """Run ``num_steps`` optimiser steps from global step ``first_step``; the lr follows the
         schedule over the federation's ``total_steps`` (see ``federation_steps``).
+
+        ``on_progress`` gets the round's ``RoundProgress`` after a step once ``progress_every_s`` seconds
+        have passed since the round started or since its last call (never after the round's last step).
 
         Returns (steps done, mean loss).
         """
@@ -197,6 +238,7 @@ class LocalTrainer:
         self.start_round()
         self.global_step = first_step
         losses = []
+        started = last_report = time.monotonic()
         for batch in self._batches(num_steps, round_seed):
             if should_stop():
                 break
@@ -204,6 +246,10 @@ class LocalTrainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.settings.lr * factor
             losses.append(self.step(batch["image"], batch["label"]))
+            now = time.monotonic()
+            if on_progress is not None and len(losses) < num_steps and now - last_report >= progress_every_s:
+                last_report = now
+                on_progress(RoundProgress(current_round, len(losses), num_steps, float(np.mean(losses)), (now - started) / len(losses)))
         return len(losses), float(np.mean(losses)) if losses else float("nan")
 
 

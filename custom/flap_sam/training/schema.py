@@ -365,6 +365,16 @@ SCHEMA: tuple[Setting, ...] = (
         site_overridable=True,
     ),
     Setting(
+        "progress_every_s",
+        30.0,
+        "seconds between a site's reports within a round (steps done, loss, s a step, time left) to its log and to the "
+        "server (flap-sam monitor, show_stats)",
+        SITE,
+        "site",
+        minimum=0,
+        site_overridable=True,
+    ),
+    Setting(
         "site_ranks",
         {},
         "site -> the LoRA rank it trains at and exchanges, at most rank, e.g. { site-1 = 4 } (sites not named: "

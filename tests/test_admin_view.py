@@ -86,3 +86,35 @@ def test_a_sites_progress_within_a_round_reaches_the_servers_view_and_monitor_un
     line = "site-2 training: round 2: 40/80 steps, loss 0.5000, 1.5 s a step, about 60 s left"
     assert progress_lines(widget.state, shown_rounds, shown) == [line]
     assert progress_lines(widget.state, shown_rounds, shown) == []  # the same report is not shown twice
+
+
+def test_a_session_whose_polls_go_unanswered_is_replaced_and_the_monitor_goes_on():
+    """A server that restarted under the admin's session: its polls never return. The monitor gives the session
+    up, connects again, and follows the job to its end on the new one (FLARE's Session API, its two calls faked)."""
+    import threading
+
+    from nvflare.apis.job_def import RunStatus
+    from nvflare.fuel.flare_api.api_spec import MonitorReturnCode
+
+    from flap_sam.cli.monitor import follow
+
+    class DeadSession:
+        def monitor_job(self, job_id, timeout, poll_interval, cb):
+            threading.Event().wait()  # never answers
+
+    class LiveSession:
+        def monitor_job(self, job_id, timeout, poll_interval, cb):
+            cb(self, job_id, {"status": RunStatus.ABANDONED.value})
+            return MonitorReturnCode.JOB_FINISHED
+
+        def show_stats(self, job_id, target):
+            return {}
+
+        def show_errors(self, job_id, target):
+            return {}
+
+    lines = []
+    status = follow(DeadSession(), "job-1", "unused", poll=0.1, timeout=30, say=lines.append, reconnect=LiveSession, silent_after=0.5)
+    assert status == RunStatus.ABANDONED.value
+    assert lines[0] == "the server stopped answering (no answer for 0 s; restarted?): connecting again"
+    assert "submit the same job with resume_from=job-1" in lines[-1]

@@ -12,8 +12,10 @@ outage; for a job the restarted server abandoned it prints the ``resume_from`` t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import threading
 import time
 
 from flap_sam.files import CROSS_SITE_FILE, TRAFFIC_FILE
@@ -134,21 +136,55 @@ def _site_errors(session, job_id: str) -> list[str]:
     return [f"{site}: {report}" for site, report in (errors.items() if isinstance(errors, dict) else []) if report]
 
 
-def follow(session, job_id: str, download: str, poll: float, timeout: float, say=print) -> str:
+class ServerSilent(Exception):
+    """The server stopped answering a session's polls (e.g. it restarted and the session's replies go nowhere)."""
+
+
+def _monitor_job(session, job_id: str, timeout: float, poll: float, cb, state: dict, silent_after: float):
+    """``session.monitor_job`` in a thread, given up with ``ServerSilent`` once no poll has been answered for
+    ``silent_after`` s (``state["answered"]``: when ``cb`` last ran). The thread is a daemon: a call that never
+    returns ends with the process."""
+    result: dict = {}
+
+    def target() -> None:
+        try:
+            result["outcome"] = session.monitor_job(job_id, timeout=timeout, poll_interval=poll, cb=cb)
+        except BaseException as error:  # noqa: BLE001 (handed to the caller's thread as it is)
+            result["error"] = error
+
+    worker = threading.Thread(target=target, daemon=True)
+    state["answered"] = time.monotonic()
+    worker.start()
+    while worker.is_alive():
+        worker.join(min(poll, 5.0))
+        if worker.is_alive() and time.monotonic() - state["answered"] > silent_after:
+            raise ServerSilent(f"no answer for {silent_after:.0f} s")
+    if "error" in result:
+        raise result["error"]
+    return result["outcome"]
+
+
+def follow(
+    session, job_id: str, download: str, poll: float, timeout: float, say=print, reconnect=None, silent_after: float | None = None
+) -> str:
     """Print progress until the job ends; download its result; returns the final status.
 
     FLARE's ``Session.monitor_job`` polls the job and decides when it has ended; each poll prints
     the rounds and site errors not shown yet. While the server is unreachable (e.g. restarting)
-    it waits and says so once, then monitors again. A job the server abandoned when it restarted
-    has no result to download; it says how to resume it.
+    it waits and says so once, then monitors again. A session whose polls go unanswered (a server
+    that restarted under it) is replaced by a new one from ``reconnect`` (a function returning a
+    session). A job the server abandoned when it restarted has no result to download; it says how
+    to resume it.
     """
     from nvflare.apis.job_def import RunStatus
     from nvflare.fuel.flare_api.api_spec import MonitorReturnCode, NoConnection
 
     started, seen_errors, shown_rounds, shown_failures = time.monotonic(), set(), set(), set()
-    state = {"status": "?", "server_down": False}
+    state = {"status": "?", "server_down": False, "answered": time.monotonic()}
+    silent_after = silent_after or max(60.0, 10 * poll)  # a poll unanswered this long: the session is dead
 
     def on_poll(session, job_id: str, job_meta: dict) -> bool:
+        state["answered"] = time.monotonic()
         state["status"] = str(job_meta.get("status", "?"))
         if state["server_down"]:
             say(f"server reachable again; job {job_id} is {state['status']}")
@@ -167,13 +203,22 @@ def follow(session, job_id: str, download: str, poll: float, timeout: float, say
             outcome = MonitorReturnCode.TIMEOUT
             break
         try:
-            outcome = session.monitor_job(job_id, timeout=remaining, poll_interval=poll, cb=on_poll)
+            outcome = _monitor_job(session, job_id, remaining, poll, on_poll, state, silent_after)
             break
         except NoConnection as error:
             if not state["server_down"]:
                 say(f"server not reachable ({error}); waiting for it to come back")
             state["server_down"] = True
             time.sleep(poll)
+        except ServerSilent as error:
+            if reconnect is None:
+                raise
+            say(f"the server stopped answering ({error}; restarted?): connecting again")
+            state["server_down"] = True
+            try:
+                session = reconnect()
+            except NoConnection:
+                time.sleep(poll)
     status = state["status"]
     if outcome == MonitorReturnCode.TIMEOUT:
         where = "the server is not reachable" if state["server_down"] else f"job {job_id} is {status}"
@@ -200,10 +245,18 @@ def run(args: argparse.Namespace) -> int:
     from nvflare.fuel.flare_api.flare_api import new_secure_session
 
     session = new_secure_session(args.username, args.startup_kit)
+    sessions = [session]
+
+    def reconnect():
+        sessions.append(new_secure_session(args.username, args.startup_kit))
+        return sessions[-1]
+
     try:
         job_id = args.job or session.submit_job(os.path.abspath(args.submit))
         print(f"following job {job_id}", flush=True)
-        status = follow(session, job_id, args.download, args.poll, args.timeout, say=lambda s: print(s, flush=True))
+        status = follow(session, job_id, args.download, args.poll, args.timeout, say=lambda s: print(s, flush=True), reconnect=reconnect)
     finally:
-        session.close()
+        for opened in sessions:
+            with contextlib.suppress(Exception):  # a session to a server that restarted may not close cleanly
+                opened.close()
     return 0 if status == "FINISHED:COMPLETED" else 1

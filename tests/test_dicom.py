@@ -432,3 +432,23 @@ def test_a_bad_structure_names_setting_is_refused_when_the_job_is_written(value,
         check_settings({"dataset": "kits", "structure_names": value})
     names = check_settings({"dataset": "kits", "structure_names": {"tumour": ["GTV", "GTV_primary"]}}).site.structures(CLASSES)
     assert names.class_of("gtv primary") == 2
+
+
+def test_a_datalist_may_list_a_series_file_by_file_even_in_a_folder_with_another_series(tmp_path):
+    from flap_sam.data.datalist import load_datalist
+
+    image, label = _nifti_case(tmp_path / "nifti")
+    series, seg = _dicom_case(tmp_path / "dicom", image, label)
+    files = [os.path.relpath(f, tmp_path) for f in _slices(series)]
+    other, _ = _dicom_case(tmp_path / "other", image, label)
+    for i, path in enumerate(_slices(other)):  # a second series in the same folder: the folder alone is ambiguous
+        shutil.copy(path, os.path.join(series, f"other_{i:04d}.dcm"))
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"image": files, "label": os.path.relpath(seg, tmp_path)}]}))
+    case = load_datalist(str(tmp_path / "datalist.json"))["training"][0]
+    assert isinstance(case.image, tuple) and len(case.image) == 16
+    volume = load_volume(case.image, case.label, 2, structures=STRUCTURES)
+    assert np.array_equal(volume.label, load_volume(image, label, 2).label)
+    with pytest.raises(DataError, match=r"holds 2 series"):
+        load_volume(series, None, 2)
+    with pytest.raises(DataError, match=rf"image {tmp_path / 'nope.dcm'}: file not found \(1 of the series' 17 files missing\)"):
+        load_volume((*case.image, str(tmp_path / "nope.dcm")), None, 2)

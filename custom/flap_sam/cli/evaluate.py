@@ -69,8 +69,10 @@ def _normalizer(profile, cases, ct_window, structures) -> IntensityNormalizer:
     return IntensityNormalizer("ct", samples.statistics())
 
 
-def _case_name(image: str) -> str:
+def _case_name(image: str | tuple[str, ...]) -> str:
     """A case's name in the tables: the NIfTI file's stem, or a DICOM series folder with its parent (``study_1_CT``)."""
+    if isinstance(image, tuple):  # a series given file by file: its (first) folder
+        image = os.path.dirname(min(image))
     if os.path.isdir(image):
         parent, folder = os.path.split(os.path.normpath(image))
         return f"{os.path.basename(parent)}_{folder}"

@@ -15,9 +15,12 @@ from flap_sam.files import write_json
 
 @dataclass(frozen=True)
 class Case:
-    """One volume of a site: absolute paths; ``label`` may be None for inference-only lists."""
+    """One volume of a site: absolute paths; ``label`` may be None for inference-only lists.
 
-    image: str
+    ``image`` is a file or a folder (a DICOM series), or a tuple of files (a DICOM series given file by file).
+    """
+
+    image: str | tuple[str, ...]
     label: str | None
 
 
@@ -65,12 +68,17 @@ def load_datalist(
             raise DataError(f"datalist {path}: '{section}' must be a list")
         cases = []
         for i, entry in enumerate(entries):
-            if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
-                raise DataError(f"datalist {path}: {section}[{i}] needs an 'image' path")
+            image = entry.get("image") if isinstance(entry, dict) else None
+            if isinstance(image, list) and image and all(isinstance(f, str) for f in image):
+                image = tuple(_absolute(root, f) for f in image)  # a DICOM series, file by file
+            elif isinstance(image, str):
+                image = _absolute(root, image)
+            else:
+                raise DataError(f"datalist {path}: {section}[{i}] needs an 'image' path (or a list of a DICOM series' files)")
             label = entry.get("label")
             if label is None and require_labels:
                 raise DataError(f"datalist {path}: {section}[{i}] needs a 'label' path")
-            cases.append(Case(_absolute(root, entry["image"]), _absolute(root, label) if label else None))
+            cases.append(Case(image, _absolute(root, label) if label else None))
         result[section] = cases
     if require_training and not result["training"]:
         raise DataError(f"datalist {path}: the 'training' list is empty or absent")

@@ -34,7 +34,7 @@ class VolumeSource:
     """Where a case comes from and its grid, without its voxels: what a site keeps of a volume it has prepared.
 
     Attributes:
-        image_path / label_path: the files (label_path None: unlabelled).
+        image_path / label_path: the files (label_path None: unlabelled); a DICOM image: its folder or files.
         shape: canonical (X, Y, Z) array shape.
         affine: 4x4 voxel-to-world matrix of the ORIGINAL file (mm).
         original_shape: array shape in the original file.
@@ -43,7 +43,7 @@ class VolumeSource:
         num_classes / label_map / structures: how the label is read (see ``load_volume``).
     """
 
-    image_path: str
+    image_path: str | tuple[str, ...]
     label_path: str | None
     shape: tuple[int, int, int]
     affine: np.ndarray
@@ -137,7 +137,7 @@ def _canonical(img: nib.Nifti1Image) -> np.ndarray:
 
 
 def load_volume(
-    image_path: str,
+    image_path: str | tuple[str, ...],
     label_path: str | None,
     num_classes: int,
     label_map: tuple[tuple[int, int], ...] = (),

@@ -33,9 +33,10 @@ def is_dicom_file(path: str) -> bool:
         return False
 
 
-def is_dicom(path: str) -> bool:
-    """True when a datalist entry names DICOM: a folder (a series), or a DICOM file (a SEG or an RTSTRUCT)."""
-    return os.path.isdir(path) or is_dicom_file(path)
+def is_dicom(path: str | tuple[str, ...]) -> bool:
+    """True when a datalist entry names DICOM: a folder or a tuple of files (a series), or a DICOM file (a SEG or
+    an RTSTRUCT)."""
+    return isinstance(path, tuple) or os.path.isdir(path) or is_dicom_file(path)
 
 
 def series_tag(uid: str) -> str:

@@ -66,7 +66,12 @@ def _read_header(path: str) -> Dataset | None:
         raise DataError(f"{path}: cannot be read as DICOM ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
 
 
-def _files_under(path: str) -> list[str]:
+def _files_under(path: str | tuple[str, ...]) -> list[str]:
+    if isinstance(path, tuple):
+        missing = [f for f in path if not os.path.isfile(f)]
+        if missing:
+            raise DataError(f"image {missing[0]}: file not found ({len(missing)} of the series' {len(path)} files missing)")
+        return sorted(path)
     if os.path.isfile(path):
         return [path]
     return sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
@@ -77,8 +82,9 @@ def _is_localizer(header: Dataset) -> bool:
     return "LOCALIZER" in image_type
 
 
-def scan(path: str) -> tuple[list[SeriesFiles], list[Dataset], list[str]]:
-    """The image series, the other DICOM objects (SEG, RTSTRUCT, ...) and the problems under ``path``.
+def scan(path: str | tuple[str, ...]) -> tuple[list[SeriesFiles], list[Dataset], list[str]]:
+    """The image series, the other DICOM objects (SEG, RTSTRUCT, ...) and the problems under ``path`` (a folder,
+    a file, or a tuple of files).
 
     Returns:
         (series in tag order, headers of non-image objects, one line per file that could not be read
@@ -116,9 +122,12 @@ def scan(path: str) -> tuple[list[SeriesFiles], list[Dataset], list[str]]:
     return sorted(found, key=lambda s: s.tag), others, problems
 
 
-def find_series(path: str, what: str = "image") -> SeriesFiles:
-    """The one image series of a folder (or file); ``DataError`` naming the folder otherwise."""
-    if not os.path.exists(path):
+def find_series(path: str | tuple[str, ...], what: str = "image") -> SeriesFiles:
+    """The one image series of a folder (or a tuple of files); ``DataError`` naming the folder otherwise."""
+    if isinstance(path, tuple):
+        if not path:
+            raise DataError(f"{what}: an empty list of files")
+    elif not os.path.exists(path):
         raise DataError(f"{what} {path}: not found")
     series, _, problems = scan(path)
     if not series:
@@ -236,8 +245,8 @@ class DicomSeries:
         return volume.to_nibabel()
 
 
-def read_series(path: str, what: str = "image") -> DicomSeries:
-    """Read the one image series of ``path`` (a folder, or a file of the series' folder).
+def read_series(path: str | tuple[str, ...], what: str = "image") -> DicomSeries:
+    """Read the one image series of ``path`` (a folder, or a tuple of the series' files).
 
     CT values are in HU (int16 when the rescale keeps them whole numbers); MR values as stored, scaled
     by their rescale if any (float32).

@@ -222,12 +222,16 @@ def test_a_site_whose_uplink_is_too_slow_for_the_round_gets_one_clear_line_and_t
     d = deployment(2)
     # hospital-b's uplink (an asymmetric line) needs 12 s or more for its 74 KB result; a round waits 15 s at most.
     d.network.shape("hospital-b", 0.05, uplink_only=True)
+    # Its round-0 result must arrive while later rounds run, on any machine: on this link it took 12-61 s (FLARE
+    # resends a stalled stream after 60 s), and every round lasts at least the 10 s the workflow waits after
+    # min_clients reported (server.conf: wait_time_after_min_received), so 10 rounds outlast it whatever the CPU.
+    rounds = 10
     _start_all(d, tmp_path)
     started = time.monotonic()
     monitor = Monitor(
         d,
         "--submit",
-        _job(tmp_path, num_rounds=5, min_clients=1, train_timeout=15, max_steps_per_round=3),
+        _job(tmp_path, num_rounds=rounds, min_clients=1, train_timeout=15, max_steps_per_round=3),
         "--download",
         str(tmp_path / "results"),
     )
@@ -250,8 +254,10 @@ def test_a_site_whose_uplink_is_too_slow_for_the_round_gets_one_clear_line_and_t
     assert late and int(late.group(1)) > int(late.group(2)) > 0, server_log[-4000:]
     assert "hospital-b late: its round 0 result arrived" in out, out
     # A late result counts for no round: the aggregators discard it, and the rounds do not list it.
-    assert re.search(r"discarding DXO from hospital-b at round: 0\. Current round is: [1-4]", server_log), server_log[-4000:]
+    assert re.search(r"discarding DXO from hospital-b at round: 0\. Current round is: [1-9]", server_log), server_log[-4000:]
     # The admin's console shows hospital-b still connected: its link is slow, not down.
     assert "hospital-b" in d.admin_console(["check_status client"])
-    assert [line.endswith("missing: hospital-b") for line in out.splitlines() if re.match(r"round \d/5:", line)] == [True] * 5, out
+    # Every round is listed; round 0 went on without hospital-b (a later round may or may not get its next result in time).
+    listed = [line.endswith("missing: hospital-b") for line in out.splitlines() if re.match(rf"round \d+/{rounds}:", line)]
+    assert len(listed) == rounds and listed[0], out
     print(out)

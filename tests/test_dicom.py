@@ -292,29 +292,9 @@ def test_infer_on_a_series_writes_a_dicom_seg_over_it(tmp_path, capsys):
         {"model": AdapterModel({"model_type": "vit_test", "image_size": 64, "dataset": "kits", "preset": "flap", "rank": 4}).state_dict()},
         adapter,
     )
+    model = ["--adapter", str(adapter), "--model", "vit_test", "--image-size", "64", "--rank", "4", "--device", "cpu"]
     out = tmp_path / "prediction.dcm"
-    assert (
-        main(
-            [
-                "infer",
-                "--image",
-                series,
-                "--out",
-                str(out),
-                "--adapter",
-                str(adapter),
-                "--model",
-                "vit_test",
-                "--image-size",
-                "64",
-                "--rank",
-                "4",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert main(["infer", "--image", series, "--out", str(out), *model]) == 0
     seg = hd.seg.segread(str(out))
     source = read_series(series)
     assert seg.SeriesInstanceUID != source.datasets[0].SeriesInstanceUID
@@ -327,28 +307,7 @@ def test_infer_on_a_series_writes_a_dicom_seg_over_it(tmp_path, capsys):
     counts = {"kidney": int((written == 1).sum()), "tumour": int((written == 2).sum())}
     assert capsys.readouterr().out.strip() == f"wrote {out}: voxels per class {counts}"
     nifti_out = tmp_path / "prediction.nii.gz"
-    assert (
-        main(
-            [
-                "infer",
-                "--image",
-                series,
-                "--out",
-                str(nifti_out),
-                "--adapter",
-                str(adapter),
-                "--model",
-                "vit_test",
-                "--image-size",
-                "64",
-                "--rank",
-                "4",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert main(["infer", "--image", series, "--out", str(nifti_out), *model]) == 0
     assert np.array_equal(np.asarray(nib.load(nifti_out).dataobj), np.asarray(source.nifti(written).dataobj))
 
 

@@ -45,7 +45,12 @@ def run(args: argparse.Namespace) -> int:
     if dicom_out and os.path.isdir(args.out):
         raise ValueError(f"--out {args.out}: a folder; name the DICOM SEG file to write (e.g. {os.path.join(args.out, 'seg.dcm')})")
     model, profile, device = load_adapted_model(args)
-    volume = load_volume(args.image, None, profile.num_classes, channel=profile.channel)
+    series = None
+    if dicom_out:
+        from flap_sam.data.dicom.series import read_series
+
+        series = read_series(args.image)  # read once: the volume to segment and the SEG's source images
+    volume = load_volume(args.image, None, profile.num_classes, channel=profile.channel, series=series)
     stats = None
     if profile.modality == "ct":
         window = args.ct_window or profile.ct_window
@@ -54,11 +59,10 @@ def run(args: argparse.Namespace) -> int:
         stats = CTStatistics.from_window(*window)
     prepared = prepare_volume(volume, IntensityNormalizer(profile.modality, stats), model.image_size)
     mask = segment_volume(model, prepared, device, mode=args.inference)
-    if dicom_out:
-        from flap_sam.data.dicom.series import read_series
+    if series is not None:
         from flap_sam.data.dicom.writers import write_seg
 
-        write_seg(volume.to_original_orientation(mask), read_series(args.image), profile.class_names, args.out)
+        write_seg(volume.to_original_orientation(mask), series, profile.class_names, args.out)
     else:
         save_mask(mask, volume, args.out)
     counts = {name: int((mask == i + 1).sum()) for i, name in enumerate(profile.class_names)}

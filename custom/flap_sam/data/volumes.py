@@ -21,6 +21,7 @@ from flap_sam.files import write_atomically
 
 if TYPE_CHECKING:
     from flap_sam.data.dicom.labels import StructureNames
+    from flap_sam.data.dicom.series import DicomSeries
 
 
 def _reorient_to_file(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -143,11 +144,13 @@ def load_volume(
     label_map: tuple[tuple[int, int], ...] = (),
     channel: int | None = None,
     structures: StructureNames | None = None,
+    series: DicomSeries | None = None,
 ) -> Volume:
     """Read, check and reorient one case: a NIfTI image, or a DICOM series (a folder), and its label.
 
     A DICOM image's label is a DICOM SEG or RTSTRUCT of that series; ``structures`` says which of its
-    segments or ROIs are which class (``flap_sam.data.dicom.labels``).
+    segments or ROIs are which class (``flap_sam.data.dicom.labels``). ``series``: the DICOM series of
+    ``image_path`` when the caller has read it already (it is not read again).
 
     ``label_map`` pairs (source value, class index) are applied to the label before the range check.
     ``channel`` selects one volume of a 4D image (several MRI sequences or phases in one file);
@@ -157,11 +160,11 @@ def load_volume(
     a non-3D array, NaN/Inf intensities, image/label shape or affine mismatch, label
     values that are not integers in ``0..num_classes``.
     """
-    series = None
-    if is_dicom(image_path):
+    if series is None and is_dicom(image_path):
         from flap_sam.data.dicom.series import read_series
 
         series = read_series(image_path)
+    if series is not None:
         image_img = series.nifti()
     else:
         image_img = _read(image_path, "image", channel)

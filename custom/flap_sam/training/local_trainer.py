@@ -28,7 +28,11 @@ from flap_sam.data.stacks import SliceStackDataset, foreground_sampler, stacks_t
 from flap_sam.model.semantic_sam import SemanticSam
 from flap_sam.training.device import auto_or_count, release_freed_tensors_on_cpu
 from flap_sam.training.inference import dice_per_class, segment_volume
+from flap_sam.training.schema import package_defaults
 from flap_sam.training.settings import TrainingSettings
+
+# Each default is the one the schema declares (the Learner passes the site's value anyway).
+DEFAULT = package_defaults()
 
 # Warm-up never takes more than this share of the federation's steps: a short budget (4 rounds of 20
 # steps) must not sit in the paper's 250-step warm-up; the paper's own federations (25 local epochs of
@@ -223,7 +227,7 @@ class LocalTrainer:
         round_seed: int,
         should_stop: Callable[[], bool] = lambda: False,
         on_progress: Callable[[RoundProgress], None] | None = None,
-        progress_every_s: float = 30.0,
+        progress_every_s: float = DEFAULT["progress_every_s"],
         current_round: int = 0,
     ) -> tuple[int, float]:
         """Run ``num_steps`` optimiser steps from global step ``first_step``; the lr follows the

@@ -120,15 +120,6 @@ class TrainingSettings(SettingsBlock):
         return autocast_bf16(self.amp, device, cpu_bf16)
 
 
-def _names(class_name: str, names) -> tuple[str, ...]:
-    """A ``structure_names`` entry as a tuple of names: a list, or one text separated by ``|``."""
-    if isinstance(names, str):
-        names = names.split("|")
-    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in names) or not names:
-        raise ValueError(f"structure_names: the names of {class_name} must be a list of texts or one text separated by '|', not {names!r}")
-    return tuple(n.strip() for n in names)
-
-
 @settings_block("site")
 class SiteSettings(SettingsBlock):
     """Where a site's data and checkpoint are, what fits its machine, and what the job lets it train.
@@ -146,7 +137,9 @@ class SiteSettings(SettingsBlock):
         values["site_ranks"] = {
             str(site): checked_value("rank", rank, label=f"site_ranks: the rank of {site}") for site, rank in values["site_ranks"].items()
         }
-        values["structure_names"] = {str(name): _names(name, names) for name, names in values["structure_names"].items()}
+        from flap_sam.data.dicom.labels import names_of
+
+        values["structure_names"] = {str(name): names_of(name, names) for name, names in values["structure_names"].items()}
         return values
 
     def structures(self, class_names: tuple[str, ...]) -> StructureNames:

@@ -19,11 +19,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pydicom
 
 from flap_sam.data.dicom import series_tag
-from flap_sam.data.dicom.series import DicomSeries
+from flap_sam.data.dicom.series import DicomSeries, read_dicom
 from flap_sam.errors import DataError
+
+
+def names_of(class_name: str, names, setting: str = "structure_names") -> tuple[str, ...]:
+    """One class's entry of ``structure_names`` as a tuple of names: a list, or one text separated by ``|``."""
+    if isinstance(names, str):
+        names = names.split("|")
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ValueError(f"{setting}: the names of {class_name} must be a list of texts or one text separated by '|', not {names!r}")
+    return tuple(n.strip() for n in names)
 
 
 def fold(name: str) -> str:
@@ -57,7 +65,7 @@ class StructureNames:
         for class_name, names in (extra or {}).items():
             if class_name not in index:
                 raise ValueError(f"{setting}: {class_name!r} is not a class of this job (classes: {', '.join(class_names)})")
-            for name in names.split("|") if isinstance(names, str) else names:
+            for name in names_of(class_name, names, setting):
                 folded = fold(name)
                 if not folded:
                     raise ValueError(f"{setting}: an empty name for {class_name}")
@@ -116,7 +124,7 @@ def _rois(ds) -> list[tuple[int, str]]:
 
 def describe_label(path: str, structures: StructureNames, header=None) -> StructureMapping:
     """What the SEG or RTSTRUCT at ``path`` holds and how its structures map (headers only for a SEG)."""
-    ds = header if header is not None else pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    ds = header if header is not None else read_dicom(path, "label", headers_only=True)
     names = (
         [(label or meaning, structures.class_of(label, meaning)) for _, label, meaning in _segments(ds)]
         if ds.Modality == "SEG"
@@ -137,10 +145,7 @@ def read_label(path: str, series: DicomSeries, structures: StructureNames) -> np
         DataError: one line naming the file: not a SEG or RTSTRUCT, of another series, no structure maps
             to a class, a contour off the series' slices.
     """
-    try:
-        ds = pydicom.dcmread(path, force=True)  # force: some writers leave out the preamble and file meta
-    except Exception as e:  # pydicom raises many types for a damaged file  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
-        raise DataError(f"label {path}: cannot be read as DICOM ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    ds = read_dicom(path, "label")
     if ds.get("Modality") not in ("SEG", "RTSTRUCT"):
         raise DataError(f"label {path}: a DICOM {ds.get('Modality', 'object')}, not a SEG or an RTSTRUCT")
     referenced = _referenced_series(ds)

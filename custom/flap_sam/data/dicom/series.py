@@ -56,14 +56,23 @@ class SeriesFiles:
     localizers: tuple[str, ...] = ()
 
 
+def read_dicom(path: str, what: str = "", headers_only: bool = False) -> Dataset:
+    """One DICOM file (``headers_only``: without its pixel data); ``DataError`` naming it (``what`` first) if unreadable.
+
+    ``force``: some writers leave out the preamble and file meta of a ``*.dcm``.
+    """
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=headers_only, force=True)
+    except Exception as e:  # pydicom raises many types for a damaged file  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
+        # Only the error's type: pydicom's message may quote a header value, which never reaches a log.
+        raise DataError(
+            f"{what + ' ' if what else ''}{path}: cannot be read as DICOM ({type(e).__name__}; damaged or truncated?)"
+        ) from None
+
+
 def _read_header(path: str) -> Dataset | None:
     """A DICOM file's header without its pixel data; None for a file that is not DICOM."""
-    if not is_dicom_file(path):
-        return None
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True, force=True)  # force: a *.dcm without preamble
-    except Exception as e:  # pydicom raises many types for a damaged file  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
-        raise DataError(f"{path}: cannot be read as DICOM ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    return read_dicom(path, headers_only=True) if is_dicom_file(path) else None
 
 
 def _files_under(path: str | tuple[str, ...]) -> list[str]:
@@ -160,8 +169,8 @@ def _check_decoder(file: str, header: Dataset) -> None:
         raise DataError(f"{file}: pixel data compressed as {syntax.name} and no decoder for it is installed (pydicom's options: {needs})")
 
 
-def check_series(series: SeriesFiles, headers: list[Dataset]) -> list[int]:
-    """Check a series' geometry and encoding; returns the order of ``headers`` along the stack.
+def check_series(series: SeriesFiles, headers: list[Dataset]) -> None:
+    """Check a series' geometry and encoding (``headers``: its files' datasets, in ``series.files`` order).
 
     Raises:
         DataError: one line naming a file: compressed pixel data without a decoder, fewer than two
@@ -213,7 +222,6 @@ def check_series(series: SeriesFiles, headers: list[Dataset]) -> list[int]:
         raise DataError(
             f"{files[order[i + 1]]}: {kind}: {gap:.2f} mm from {os.path.basename(files[order[i]])} where {series.tag} steps {step:.2f} mm"
         )
-    return [int(i) for i in order]
 
 
 @dataclass
@@ -257,12 +265,7 @@ def read_series(path: str | tuple[str, ...], what: str = "image") -> DicomSeries
     import highdicom as hd
 
     files = find_series(path, what)
-    datasets = []
-    for file in files.files:
-        try:
-            datasets.append(pydicom.dcmread(file))
-        except Exception as e:  # pydicom raises many types for a damaged file  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
-            raise DataError(f"{file}: cannot be read as DICOM ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    datasets = [read_dicom(file) for file in files.files]
     check_series(files, datasets)
     try:
         # the stack order highdicom gives the volume's first axis (a SEG's frames and the SEG written are matched to it)

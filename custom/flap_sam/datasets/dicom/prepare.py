@@ -16,10 +16,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import pydicom
-
 from flap_sam.data.dicom.labels import StructureMapping, StructureNames, describe_label
-from flap_sam.data.dicom.series import SeriesFiles, check_series, scan
+from flap_sam.data.dicom.series import SeriesFiles, check_series, read_dicom, scan
 from flap_sam.datasets.conversion import ConversionError, RawCase
 from flap_sam.errors import DataError
 from flap_sam.files import markdown_table
@@ -79,7 +77,7 @@ def survey(raw: str, structures: StructureNames) -> tuple[list[FoundSeries], lis
             reason = "none of its label's structures is a class (name them with --structure-names)"
         else:
             try:
-                check_series(series, [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files])
+                check_series(series, [read_dicom(f, headers_only=True) for f in series.files])
             except DataError as e:
                 reason = str(e).replace(raw + os.sep, "")
         if len(candidates) > 1:

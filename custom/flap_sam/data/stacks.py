@@ -3,7 +3,15 @@
 A volume is resized in-plane to S x S once, normalised (``intensity``) and kept in memory as
 (Z, S, S) float16 with a uint8 label; its full-resolution voxels are not kept (a scored volume's
 label is read again from its file). The sample at slice z is slices z-2..z+2 (edge-padded at the volume ends),
-min-max scaled to [0, 1] per stack. The model sees each slice as a 3-channel image.
+min-max scaled to [0, 1] per stack. The model sees each slice as a 3-channel image, built as the job's
+``slice_channels`` says (``SLICE_CHANNELS``):
+
+* ``grey`` (the paper's): the slice's grey value repeated over the three channels;
+* ``neighbours``: the slice below, the slice, the slice above (z-1, z, z+1; at a volume's first and last
+  slice the slice itself stands in for the missing neighbour), so each image carries the through-plane
+  context a thin structure needs.
+
+A stack then holds ``5 x C`` planes, slice-major (C = 1 or 3 channels per slice), and its label the 5 slices.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from flap_sam.data.volumes import Volume, VolumeSource
 
 STACK_DEPTH = 5
 HALF = STACK_DEPTH // 2
+SLICE_CHANNELS = ("grey", "neighbours")
 
 
 STORAGE_DTYPE = torch.float16  # normalised intensities (z-scores or [0, 1]) need no more; half of float32's memory
@@ -98,11 +107,38 @@ def stack_indices(z: int, depth: int) -> list[int]:
     return [min(max(i, 0), depth - 1) for i in range(z - HALF, z + HALF + 1)]
 
 
+def channels_per_slice(slice_channels: str) -> int:
+    """Planes a slice's image is built from: 1 (``grey``) or 3 (``neighbours``)."""
+    if slice_channels not in SLICE_CHANNELS:
+        raise ValueError(f"slice_channels: {slice_channels!r} is not one of {list(SLICE_CHANNELS)}")
+    return 1 if slice_channels == "grey" else 3
+
+
+def plane_indices(z: int, depth: int, slice_channels: str = "grey") -> list[int]:
+    """The planes of the stack centred on ``z``, slice-major: ``5 x C`` slice indices.
+
+    ``grey``: ``stack_indices``. ``neighbours``: for each stack slice s, (s-1, s, s+1), each clamped to
+    0..depth-1, so slice 0's image is (0, 0, 1) wherever it appears in a stack.
+    """
+    slices = stack_indices(z, depth)
+    if channels_per_slice(slice_channels) == 1:
+        return slices
+    return [min(max(s + d, 0), depth - 1) for s in slices for d in (-1, 0, 1)]
+
+
+def neighbour_planes(image: torch.Tensor) -> torch.Tensor:
+    """(Z, S, S) -> (3, Z, S, S) float32: channel c at slice z is slice z-1+c, clamped to the volume."""
+    depth = image.shape[0]
+    below = torch.clamp(torch.arange(depth) - 1, min=0)
+    above = torch.clamp(torch.arange(depth) + 1, max=depth - 1)
+    return torch.stack([image[below], image, image[above]]).float()
+
+
 _scale_each = ScaleIntensity(minv=0.0, maxv=1.0, channel_wise=True)
 
 
 def scale_stack(stacks: torch.Tensor) -> torch.Tensor:
-    """Min-max scale each stack to [0, 1]: (5, S, S) or (N, 5, S, S) (a constant stack becomes 0)."""
+    """Min-max scale each stack to [0, 1], all its planes together: (P, S, S) or (N, P, S, S) (a constant stack becomes 0)."""
     if stacks.ndim == 3:
         return scale_stack(stacks[None])[0]
     scaled = convert_to_tensor(_scale_each(stacks.reshape(stacks.shape[0], -1)), track_meta=False)  # plain tensor, no MetaTensor
@@ -110,7 +146,7 @@ def scale_stack(stacks: torch.Tensor) -> torch.Tensor:
 
 
 def build_augmentation(image_size: int) -> Compose:
-    """The paper's augmentations, where MONAI has them, on {"image", "label"} of shape (5, S, S).
+    """The paper's augmentations, where MONAI has them, on {"image": (5 x C, S, S), "label": (5, S, S)}.
 
     rot90/flip, rotation ±15°, gamma, random erasing, then two of {shear, scale, translate,
     contrast, brightness, sharpness}. (Posterize has no MONAI transform and is left out.)
@@ -142,18 +178,33 @@ def build_augmentation(image_size: int) -> Compose:
 class SliceStackDataset(Dataset):
     """Every axial slice of every volume as a 2.5D training sample.
 
-    Item: ``{"image": (5, S, S) float32 in [0, 1], "label": (5, S, S) int64}``.
+    Item: ``{"image": (5 x C, S, S) float32 in [0, 1], "label": (5, S, S) int64}`` (C: ``channels_per_slice``).
+
+    Attributes:
+        classes_present: (N, K) bool, which foreground classes the centre slice of sample i holds
+            (K: the highest label value among the volumes).
     """
 
-    def __init__(self, volumes: list[PreparedVolume], augment: Compose | None = None, seed: int = 0) -> None:
+    def __init__(self, volumes: list[PreparedVolume], augment: Compose | None = None, seed: int = 0, slice_channels: str = "grey") -> None:
         if any(v.label is None for v in volumes):
             raise ValueError("training volumes need labels")
         self.volumes = volumes
         self.augment = augment
+        self.slice_channels = slice_channels
+        channels_per_slice(slice_channels)
         if augment is not None:
             augment.set_random_state(seed=seed)
         self.index = [(vi, z) for vi, v in enumerate(volumes) for z in range(v.image.shape[0])]
-        self.has_foreground = np.array([bool(volumes[vi].label[z].any()) for vi, z in self.index])
+        num_classes = max((int(v.label.max()) for v in volumes if v.label.numel()), default=0)
+        self.classes_present = np.zeros((len(self.index), num_classes), bool)
+        for i, (vi, z) in enumerate(self.index):
+            counts = torch.bincount(volumes[vi].label[z].flatten().long(), minlength=num_classes + 1)
+            self.classes_present[i] = (counts[1:] > 0).numpy()
+
+    @property
+    def has_foreground(self) -> np.ndarray:
+        """(N,) bool: the centre slice of sample i holds any foreground."""
+        return self.classes_present.any(axis=1)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -161,8 +212,11 @@ class SliceStackDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         vi, z = self.index[i]
         v = self.volumes[vi]
-        idx = stack_indices(z, v.image.shape[0])
-        sample = {"image": scale_stack(v.image[idx].float()), "label": v.label[idx].float()}
+        depth = v.image.shape[0]
+        sample = {
+            "image": scale_stack(v.image[plane_indices(z, depth, self.slice_channels)].float()),
+            "label": v.label[stack_indices(z, depth)].float(),
+        }
         if self.augment is not None:
             sample = self.augment(sample)
         image = convert_to_tensor(sample["image"], track_meta=False).float().clamp_(0.0, 1.0)
@@ -170,23 +224,52 @@ class SliceStackDataset(Dataset):
         return {"image": image, "label": label}
 
 
-def foreground_sampler(dataset: SliceStackDataset, foreground_fraction: float, num_samples: int, seed: int) -> WeightedRandomSampler:
-    """Sample so that about ``foreground_fraction`` of stacks have foreground at their centre slice.
+FOREGROUND_SAMPLING = ("slice", "class")
 
-    Without it, empty slices (most of a CT volume) drown the few with kidneys or tumours.
-    Falls back to uniform sampling when a site has only empty or only non-empty slices.
+
+def sampling_weights(classes_present: np.ndarray, foreground_fraction: float, per_class: bool = False) -> np.ndarray:
+    """(N,) weights, summing to 1, of the N samples whose centre slices hold ``classes_present`` (N, K) bool.
+
+    About ``foreground_fraction`` of the draws are centred on a slice with foreground: ``per_class`` false
+    (``foreground_sampling = slice``), any foreground slice as often as any other; true (``class``), that
+    share split evenly among the classes some slice holds, each class's share over its own slices, so a
+    small structure (on few slices) is drawn as often as a large one. The rest: the empty slices, uniformly.
+    Uniform when the site has only empty or only non-empty slices.
     """
-    fg = dataset.has_foreground
+    fg = classes_present.any(axis=1)
     n_fg, n_bg = int(fg.sum()), int((~fg).sum())
     if n_fg == 0 or n_bg == 0:
-        weights = np.ones(len(fg))
+        return np.full(len(fg), 1.0 / max(1, len(fg)))
+    if per_class:
+        slices_per_class = classes_present.sum(axis=0)
+        held = slices_per_class > 0
+        share = np.where(held, foreground_fraction / held.sum() / np.maximum(slices_per_class, 1), 0.0)
+        foreground = classes_present @ share
     else:
-        weights = np.where(fg, foreground_fraction / n_fg, (1.0 - foreground_fraction) / n_bg)
+        foreground = fg * (foreground_fraction / n_fg)
+    return np.where(fg, foreground, (1.0 - foreground_fraction) / n_bg)
+
+
+def foreground_sampler(
+    dataset: SliceStackDataset, foreground_fraction: float, num_samples: int, seed: int, sampling: str = "slice"
+) -> WeightedRandomSampler:
+    """Draw ``num_samples`` stacks with replacement by ``sampling_weights`` (``sampling``: ``FOREGROUND_SAMPLING``).
+
+    Without it, empty slices (most of a CT volume) drown the few with kidneys or tumours.
+    """
+    if sampling not in FOREGROUND_SAMPLING:
+        raise ValueError(f"foreground_sampling: {sampling!r} is not one of {list(FOREGROUND_SAMPLING)}")
+    weights = sampling_weights(dataset.classes_present, foreground_fraction, per_class=sampling == "class")
     generator = torch.Generator().manual_seed(seed)
     return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples, replacement=True, generator=generator)
 
 
-def stacks_to_images(stacks: torch.Tensor) -> torch.Tensor:
-    """(B, 5, S, S) stacks -> (B*5, 3, S, S) images (grey value repeated over RGB)."""
-    b, d, h, w = stacks.shape
-    return stacks.reshape(b * d, 1, h, w).expand(-1, 3, -1, -1)
+def stacks_to_images(stacks: torch.Tensor, channels: int = 1) -> torch.Tensor:
+    """(B, D x C, S, S) slice-major stacks -> (B*D, 3, S, S) images: C = 1, the grey value repeated over RGB;
+    C = 3, each slice's three planes (``neighbours``) as RGB."""
+    b, planes, h, w = stacks.shape
+    if channels == 1:
+        return stacks.reshape(b * planes, 1, h, w).expand(-1, 3, -1, -1)
+    if channels != 3 or planes % 3:
+        raise ValueError(f"stacks of {planes} planes do not make images of {channels} channels")
+    return stacks.reshape(b * planes // 3, 3, h, w)

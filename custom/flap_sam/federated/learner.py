@@ -199,7 +199,7 @@ class FlapSamLearner(Learner):
             lower_lora_rank(self.model, self.lora_rank)
             self.log_info(fl_ctx, f"site_ranks: this site trains and exchanges LoRA at rank {self.lora_rank} (the job's: {job_rank})")
         augment = build_augmentation(self.spec.image_size) if self.training.augment else None
-        dataset = SliceStackDataset(self.data.train, augment, seed=self.training.seed)
+        dataset = SliceStackDataset(self.data.train, augment, seed=self.training.seed, slice_channels=self.spec.slice_channels)
         self.trainer = LocalTrainer(
             self.model, dataset, self.training, self.device, data_workers, self.site_settings.cpu_bf16, self.site_settings.cpu_return_memory
         )

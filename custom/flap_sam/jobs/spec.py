@@ -143,5 +143,6 @@ class JobSpec:
             checked_value("preset", settings["preset"]),
             checked_value("rank", settings["rank"]),
             checked_value("lora_scale", settings["lora_scale"]),
+            checked_value("slice_channels", settings["slice_channels"]),
         )
         return cls(model, task)

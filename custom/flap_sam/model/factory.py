@@ -39,6 +39,8 @@ class ModelSpec:
         preset: what trains and is exchanged (see ``flap_sam.model.presets``).
         rank: LoRA rank (ignored by presets without LoRA; ``samed`` fixes 4).
         lora_scale: multiplier of the LoRA update.
+        slice_channels: what a slice's three input channels hold : ``grey`` (the paper's) | ``neighbours``
+            (checked by the schema; the data layer builds the images). The built model carries it (``model.slice_channels``).
     """
 
     model_type: str
@@ -47,6 +49,7 @@ class ModelSpec:
     preset: str
     rank: int
     lora_scale: float = 1.0  # 1.0: the LoRA update as trained
+    slice_channels: str = "grey"
 
     def __post_init__(self) -> None:
         check_image_size(self.model_type, self.image_size)
@@ -94,6 +97,7 @@ def assemble_model(spec: ModelSpec, checkpoint: str | None) -> nn.Module:
         whole = family.build_model(spec.model_type, spec.image_size, spec.num_classes)
         if whole is not None:  # a family that is not a SAM encoder (the U-Net baseline): its own model, no LoRA
             apply_trainable(whole, preset)
+            whole.slice_channels = spec.slice_channels
             return whole
         model = build_sam(spec.model_type, spec.image_size, spec.num_classes, sam_class=SemanticSam)
         model.whole_image_box = family.whole_image_box
@@ -102,6 +106,7 @@ def assemble_model(spec: ModelSpec, checkpoint: str | None) -> nn.Module:
         if preset.uses_lora:
             inject_lora(model, preset.lora_rank(spec.rank), spec.lora_scale, encoder=preset.encoder_lora, decoder=preset.decoder_lora)
     apply_trainable(model, preset)
+    model.slice_channels = spec.slice_channels
     return model
 
 

@@ -78,7 +78,8 @@ def train_baseline(
     validation = [v for data in sites.values() for v in data.validation]
     has_test = all(data.test for data in sites.values())
     test = [v for data in sites.values() for v in (data.test if has_test else data.validation)]
-    dataset = SliceStackDataset(train, build_augmentation(spec.image_size) if settings.augment else None, seed=settings.seed)
+    augment = build_augmentation(spec.image_size) if settings.augment else None
+    dataset = SliceStackDataset(train, augment, seed=settings.seed, slice_channels=spec.slice_channels)
     trainer = LocalTrainer(model, dataset, settings, device, data_workers, cpu_bf16, cpu_return_memory)
     steps = settings.capped(trainer.steps_per_epoch())
     total = epochs * steps

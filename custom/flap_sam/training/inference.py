@@ -9,7 +9,9 @@
   5 overlapping predictions differ only by each window's scaling: one forward per slice is
   5x less work for nearly the same result.
 
-and the Dice of a segmented volume per class (``dice_per_class``), as the paper and FLamby report it.
+Both build each slice's image as the model was trained (``model.slice_channels``: ``flap_sam.data.stacks``).
+
+And the Dice of a segmented volume per class (``dice_per_class``), as the paper and FLamby report it.
 """
 
 from __future__ import annotations
@@ -21,10 +23,24 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
-from flap_sam.data.stacks import HALF, STACK_DEPTH, PreparedVolume, scale_stack, stack_indices, stacks_to_images
+from flap_sam.data.stacks import (
+    HALF,
+    STACK_DEPTH,
+    PreparedVolume,
+    channels_per_slice,
+    neighbour_planes,
+    plane_indices,
+    scale_stack,
+    stacks_to_images,
+)
 from flap_sam.model.semantic_sam import SemanticSam
 
 INFERENCE_MODES = ("overlap", "centre")
+
+
+def slice_channels_of(model: torch.nn.Module) -> str:
+    """The model's input convention (``ModelSpec.slice_channels``, set when it was built; ``grey`` if unset)."""
+    return getattr(model, "slice_channels", "grey")
 
 
 @torch.no_grad()
@@ -42,14 +58,16 @@ def predict_probabilities(
     if mode != "overlap":
         raise ValueError(f"inference mode {mode!r} is unknown; choose one of {INFERENCE_MODES}")
     model.eval()
-    padded = F.pad(volume.image.float()[None, None], (0, 0, 0, 0, HALF, HALF), mode="replicate")  # (1, 1, Z+4, S, S)
+    channels = channels_per_slice(slice_channels_of(model))
+    planes = volume.image.float()[None] if channels == 1 else neighbour_planes(volume.image)  # (C, Z, S, S)
+    padded = F.pad(planes[None], (0, 0, 0, 0, HALF, HALF), mode="replicate")  # (1, C, Z+4, S, S)
     size = volume.image.shape[-1]
 
-    def predictor(windows: torch.Tensor) -> torch.Tensor:  # (n, 1, 5, S, S) -> (n, K+1, 5, S, S)
+    def predictor(windows: torch.Tensor) -> torch.Tensor:  # (n, C, 5, S, S) -> (n, K+1, 5, S, S)
         n = windows.shape[0]
-        stacks = scale_stack(windows[:, 0])
+        stacks = scale_stack(windows.transpose(1, 2).reshape(n, STACK_DEPTH * channels, size, size))  # slice-major planes
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(stacks_to_images(stacks.to(device)))
+            logits = model(stacks_to_images(stacks.to(device), channels))
         probs = torch.softmax(logits.float(), dim=1)
         return probs.reshape(n, STACK_DEPTH, -1, size, size).transpose(1, 2).cpu()
 
@@ -71,12 +89,15 @@ def _centre_chunks(
     """``centre`` mode, batch by batch: (first slice, (n, K+1, S, S) probabilities on CPU), each slice from the
     min-max scaled stack centred on it, one forward per slice."""
     model.eval()
+    slice_channels = slice_channels_of(model)
+    channels = channels_per_slice(slice_channels)
     depth = volume.image.shape[0]
     for start in range(0, depth, slices_per_batch):
         centres = range(start, min(depth, start + slices_per_batch))
-        stacks = scale_stack(torch.stack([volume.image[stack_indices(z, depth)].float() for z in centres]))  # (n, 5, S, S)
+        stacks = scale_stack(torch.stack([volume.image[plane_indices(z, depth, slice_channels)].float() for z in centres]))  # (n, 5C, S, S)
+        centre = stacks[:, HALF * channels : (HALF + 1) * channels]  # the centre slice only
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(stacks_to_images(stacks[:, HALF : HALF + 1].to(device)))  # the centre slice only: (n, K+1, S, S)
+            logits = model(stacks_to_images(centre.to(device), channels))  # (n, K+1, S, S)
         yield start, torch.softmax(logits.float(), dim=1).cpu()
 
 

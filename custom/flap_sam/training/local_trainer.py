@@ -87,9 +87,11 @@ def round_batches(
     seed: int,
     workers: int = 0,
     pin_memory: bool = False,
+    sampling: str = "slice",
 ) -> DataLoader:
-    """``num_steps`` batches of ``{"image": (B, 5, S, S) float32, "label": (B, 5, S, S) int64}``, reproducible from ``seed``."""
-    sampler = foreground_sampler(dataset, foreground_fraction, num_steps * batch_size, seed=seed)
+    """``num_steps`` batches of ``{"image": (B, 5 x C, S, S) float32, "label": (B, 5, S, S) int64}``, reproducible from
+    ``seed``; ``sampling``: ``foreground_sampler``'s."""
+    sampler = foreground_sampler(dataset, foreground_fraction, num_steps * batch_size, seed=seed, sampling=sampling)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -181,6 +183,7 @@ class LocalTrainer:
                 round_seed,
                 workers=self.data_workers,
                 pin_memory=self.device.type == "cuda",
+                sampling=s.foreground_sampling,
             )
         )
 
@@ -200,10 +203,10 @@ class LocalTrainer:
         """One optimiser step on a batch; returns the loss.
 
         Args:
-            stacks: (B, 5, S, S) float images in [0, 1]; labels: (B, 5, S, S) class indices.
+            stacks: (B, 5 x C, S, S) float images in [0, 1] (C planes per slice); labels: (B, 5, S, S) class indices.
         """
         amp = self.amp
-        images = stacks_to_images(stacks.to(self.device, non_blocking=True))  # (B*5, 3, S, S)
+        images = stacks_to_images(stacks.to(self.device, non_blocking=True), stacks.shape[1] // labels.shape[1])  # (B*5, 3, S, S)
         if self.label_permutation is not None:
             labels = self.label_permutation[labels.long()]
         labels = labels.to(self.device, non_blocking=True).reshape(-1, 1, *labels.shape[-2:])  # (B*5, 1, S, S)

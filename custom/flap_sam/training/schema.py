@@ -136,6 +136,15 @@ SCHEMA: tuple[Setting, ...] = (
     Setting(
         "preset", "flap", "what trains and what is exchanged (docs/presets.md)", MODEL, "job_spec", choices="flap_sam.model.presets:PRESETS"
     ),
+    Setting(
+        "slice_channels",
+        "grey",
+        "what a slice's three input channels hold: grey (the paper's: its grey value repeated) | neighbours (the slices "
+        "below, at and above it: 2.5D context for thin structures)",
+        MODEL,
+        "job_spec",
+        choices="flap_sam.data.stacks:SLICE_CHANNELS",
+    ),
     Setting("rank", 32, "LoRA rank", MODEL, "job_spec", minimum=1),
     Setting("lora_scale", 1.0, "LoRA output scale", MODEL, "job_spec"),
     # task
@@ -430,6 +439,15 @@ SCHEMA: tuple[Setting, ...] = (
     ),
     Setting(
         "foreground_fraction", 0.5, "share of sampled stacks centred on a slice with foreground", TRAINING, "training", minimum=0, maximum=1
+    ),
+    Setting(
+        "foreground_sampling",
+        "slice",
+        "slice: foreground_fraction of the stacks centred on any slice with foreground | class: that share split evenly "
+        "among the classes, each over its own slices (a small structure drawn as often as a large one)",
+        TRAINING,
+        "training",
+        choices="flap_sam.data.stacks:FOREGROUND_SAMPLING",
     ),
     Setting("amp", True, "bf16 autocast on a GPU (a CPU trains in fp32 unless its site sets cpu_bf16)", TRAINING, "training"),
     Setting("seed", 0, "sampling and augmentation seed of every site", TRAINING, "training"),

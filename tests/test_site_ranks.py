@@ -29,6 +29,7 @@ from flap_sam.federated.filters import PresetResultFilter
 from flap_sam.federated.lora_aggregation import FlapSamAggregator
 from flap_sam.federated.site_ranks import SiteRankFilter, record_site_rank, recorded_site_ranks
 from flap_sam.federated.transport import TransportCodec
+from flap_sam.files import RANK_BANDS_FILE
 from flap_sam.jobs.settings import check_settings
 from flap_sam.model.factory import ModelSpec, build_model, exchange_schema, export_weights
 from flap_sam.model.lora import at_rank, lora_pairs, lower_lora_rank, payload_rank, refactorize
@@ -178,10 +179,10 @@ def test_the_server_sends_each_site_its_rank_and_leaves_the_other_sites_copies_a
 
 @pytest.mark.slow
 def test_a_mixed_rank_federation_keeps_the_jobs_rank_and_sends_each_site_its_own(tmp_path):
-    """kits_lora, 2 sites, 2 rounds: site-1 at rank 2 of the job's 4 (named in the job; a site may name itself locally)."""
-    job = copy_job(
-        "kits_lora", tmp_path, {**TEST_MODEL, **TEST_TRAINING, "num_rounds": 2, "max_steps_per_round": 10, "site_ranks": {"site-1": 2}}
-    )
+    """kits_lora, 2 sites, 2 rounds: site-1 at rank 2 of the job's 4 (named in the job; a site may name itself locally),
+    each rank component averaged over the sites that train it (``rank_weighting = supplied``)."""
+    settings = {"num_rounds": 2, "max_steps_per_round": 10, "site_ranks": {"site-1": 2}, "rank_weighting": "supplied"}
+    job = copy_job("kits_lora", tmp_path, {**TEST_MODEL, **TEST_TRAINING, **settings})
     result = run_simulator(job, tmp_path / "ws", 2, env={"FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")})
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
@@ -190,7 +191,11 @@ def test_a_mixed_rank_federation_keeps_the_jobs_rank_and_sends_each_site_its_own
     schema = exchange_schema(SPEC)
     assert {n: tuple(t.shape) for n, t in state.items()} == schema  # the global adapter has the job's rank
     assert "site_ranks: this site trains and exchanges LoRA at rank 2 (the job's: 4)" in log
-    assert "exact LoRA aggregation of sites at LoRA ranks {'site-1': 2, 'site-2': 4}" in log
+    assert "exact LoRA aggregation of sites at LoRA ranks {'site-1': 2, 'site-2': 4} (rank_weighting supplied)" in log
+    bands = json.loads((app / RANK_BANDS_FILE).read_text())  # the global update's energy by rank band, each round
+    assert bands["bands"] == [[0, 2], [2, 4]] and set(bands["rounds"]) == {"0", "1"}
+    assert all(sum(shares) == pytest.approx(1.0, abs=1e-5) and min(shares) > 0 for shares in bands["rounds"].values())
+    assert "the update's energy per rank band 1-2 " in log
     assert "result blocked" not in log and "leaving out" not in log
     # On the wire (float32 bytes of what was serialised): half the LoRA values less for site-1, both ways,
     # except the first model the server sent, before it knew site-1's rank.

@@ -36,6 +36,7 @@ CROSS_SITE_FILE = os.path.join("cross_site_val", "cross_val_results.json")
 TB_FOLDER = "tb_events"
 RUN_COST_FILE = "run_cost.json"  # in a sweep run's job folder: wall and CPU seconds, peak process memory
 HELD_OUT_FOLDER = "held_out"  # in a sweep run's job folder: the final model scored on a site that never trained (dice.csv)
+RANK_BANDS_FILE = "rank_bands.json"  # in the server's app folder: the global update's energy per rank band, each round (site_ranks)
 PERSONAL_ADAPTER_FILE = "personal_adapter.pt"  # in a site's app folder: its personal part (never sent)
 
 

@@ -44,34 +44,59 @@ server keeps no state between rounds, so resume and restarts stay exact).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
-from flap_sam.model.lora import at_rank, factorize, lora_pairs, payload_rank, refactorize
-from flap_sam.training.schema import checked_value, package_defaults
+from flap_sam.model.lora import at_rank, factorize, lora_pairs, payload_rank, product_singular_values, refactorize
+from flap_sam.training.schema import checked_value, choices_of, package_defaults
 
 # Each default is the one the schema declares (a job's FLARE config passes every value anyway).
 DEFAULT = package_defaults()
 ROBUST_AGGREGATIONS = ("median", "trimmed_mean", "fedseca")
 
 
+RANK_WEIGHTINGS = choices_of("rank_weighting")
+
+
+def component_weights(site_ranks: list[int], weights: list[float], rank: int) -> np.ndarray:
+    """(sites, rank) weight of site i's rank component k under ``rank_weighting = supplied``: w_i / W_k with
+    W_k = sum of w_j over the sites j whose rank exceeds k (0 past a site's rank, and where no site supplies k)."""
+    supplies = np.arange(rank)[None, :] < np.asarray(site_ranks)[:, None]  # (sites, rank)
+    weighted = supplies * np.asarray(weights, dtype=np.float64)[:, None]
+    totals = weighted.sum(axis=0)
+    return np.divide(weighted, totals, out=np.zeros_like(weighted), where=totals > 0)
+
+
 def aggregate_exact(
-    contributions: list[tuple[float, dict[str, np.ndarray]]], reference: dict[str, np.ndarray] | None = None
+    contributions: list[tuple[float, dict[str, np.ndarray]]],
+    reference: dict[str, np.ndarray] | None = None,
+    rank_weighting: str = DEFAULT["rank_weighting"],
 ) -> dict[str, np.ndarray]:
     """Weighted aggregation of whole payloads: exact for LoRA pairs, averaging for the rest.
 
     Sites at a lower LoRA rank r_i than the global model ``reference`` (rank r, ``site_ranks``) started from
-    its best rank-r_i approximation T_i(M_g), so their update is their change to it: per pair
-    M = sum_i w_i B_i A_i + sum_i w_i (M_g - T_i(M_g)), re-factorised to rank r. The part of the global
-    adapter a site could not hold is kept, not averaged towards zero; a site at rank r adds no term,
-    so with every site at the global model's rank this is today's M = sum_i w_i B_i A_i, to the bit.
+    its best rank-r_i approximation T_i(M_g), the global model's first r_i components (B's columns, A's rows).
+
+    * ``rank_weighting = all``: their update is their change to it: per pair
+      M = sum_i w_i B_i A_i + sum_i w_i (M_g - T_i(M_g)), re-factorised to rank r. The part of the global
+      adapter a site could not hold is kept, not averaged towards zero; a site at rank r adds no term,
+      so with every site at the global model's rank this is today's M = sum_i w_i B_i A_i, to the bit.
+      Each site weighs in every component, so the components above the smallest rank move only by the
+      share of the sites that train them (the upper bands may lag: ``update_band_energy`` measures it).
+    * ``supplied``: component k is averaged over the sites that supply it:
+      M = sum_k sum_{i: r_i > k} (w_i / W_k) b_ik a_ik^T (``component_weights``), plus the global model's
+      components no site holds (M_g - T_max(M_g)). With every site at one rank, the same M as ``all``.
 
     Args:
         contributions: (weight, {name: array}) per site; weights need not sum to 1.
         reference: the global model the sites started from (its LoRA rank is the result's); None:
             every site is at the rank of the first.
+        rank_weighting: ``all`` | ``supplied`` (``RANK_WEIGHTINGS``).
     """
+    if rank_weighting not in RANK_WEIGHTINGS:
+        raise ValueError(f"rank_weighting: {rank_weighting!r} is not one of {list(RANK_WEIGHTINGS)}")
     total = float(sum(w for w, _ in contributions))
     if total <= 0:
         raise ValueError("no contribution has a positive weight")
@@ -86,6 +111,10 @@ def aggregate_exact(
     for a_name, b_name in pairs.values():
         source = reference if reference is not None else contributions[0][1]
         rank = np.shape(source[a_name])[0]
+        site_ranks = [np.shape(c[a_name])[0] for _, c in contributions]
+        if rank_weighting == "supplied" and len(set(site_ranks)) > 1:
+            result[b_name], result[a_name] = _per_component(contributions, weights, site_ranks, reference, a_name, b_name, rank)
+            continue
         b_factors, a_factors, factor_weights = [], [], []
         for w, (_, c) in zip(weights, contributions):
             b_factors.append(c[b_name])
@@ -99,6 +128,51 @@ def aggregate_exact(
                 factor_weights += [w, -w]
         result[b_name], result[a_name] = refactorize(b_factors, a_factors, factor_weights, rank)
     return result
+
+
+def _per_component(contributions, weights, site_ranks, reference, a_name, b_name, rank) -> tuple[np.ndarray, np.ndarray]:
+    """``rank_weighting = supplied`` for one LoRA pair: (B, A) of rank ``rank`` (see ``aggregate_exact``)."""
+    scale = component_weights(site_ranks, weights, rank)  # (sites, rank)
+    b_factors = [np.asarray(c[b_name], np.float32) * scale[i, : site_ranks[i]] for i, (_, c) in enumerate(contributions)]
+    a_factors = [np.asarray(c[a_name], np.float32) for _, c in contributions]
+    factor_weights = [1.0] * len(contributions)
+    top = max(site_ranks)
+    if top < rank:  # components no site holds: the global model's, kept
+        if reference is None:
+            raise ValueError(f"{a_name}: no site holds rank components above {top}, and there is no global model to keep them from")
+        start = at_rank({a_name: reference[a_name], b_name: reference[b_name]}, top)
+        b_factors += [reference[b_name], start[b_name]]
+        a_factors += [reference[a_name], start[a_name]]
+        factor_weights += [1.0, -1.0]
+    return refactorize(b_factors, a_factors, factor_weights, rank)
+
+
+def rank_bands(site_ranks: list[int] | set[int], rank: int) -> list[tuple[int, int]]:
+    """Rank bands [lo, hi) of components: from 0 to each distinct site rank, then to ``rank``; e.g. ranks 4, 8, 16
+    of a rank-32 job: (0, 4), (4, 8), (8, 16), (16, 32)."""
+    edges = sorted({0, rank, *(r for r in site_ranks if 0 < r < rank)})
+    return list(itertools.pairwise(edges))
+
+
+def update_band_energy(before: dict[str, np.ndarray], after: dict[str, np.ndarray], bands: list[tuple[int, int]]) -> np.ndarray:
+    """The share of the global update's energy in each rank band: (len(bands),), summing to 1 (0s when nothing changed).
+
+    The update of each LoRA pair is dM = B' A' - B A (``before`` -> ``after``); its squared singular values,
+    largest first, are its energy by component. Band [lo, hi) holds the energy of components lo..hi-1, summed
+    over the pairs (the last band also takes anything past its end). Sites at mixed ranks whose upper bands
+    learn as fast as the rest give shares like those of a federation whose sites all train at the job's rank;
+    shares that pile into the first band are the "rank collapse" of heterogeneous-rank LoRA.
+    """
+    energy, scale = np.zeros(len(bands)), 0.0
+    for a_name, b_name in lora_pairs(after).values():
+        sigma = product_singular_values([after[b_name], before[b_name]], [after[a_name], before[a_name]], [1.0, -1.0])
+        squared = sigma**2
+        for j, (lo, hi) in enumerate(bands):
+            energy[j] += squared[lo : (hi if j < len(bands) - 1 else None)].sum()
+        scale += float(np.sum(np.asarray(after[b_name], np.float64) ** 2)) * float(np.sum(np.asarray(after[a_name], np.float64) ** 2))
+    total = energy.sum()
+    # Below float64 rounding of the model's own size (an upper bound of ||B'A'||^2): no update, not a spectrum of noise.
+    return energy / total if total > 1e-24 * scale else np.zeros(len(bands))
 
 
 @dataclass(frozen=True)

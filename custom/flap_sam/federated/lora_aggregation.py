@@ -5,6 +5,8 @@ are FLARE ``Assembler``s in FLARE's ``CollectAndAssembleAggregator`` (or NVFlare
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 
 import numpy as np
@@ -19,10 +21,11 @@ from nvflare.app_common.aggregators.assembler import Assembler
 from nvflare.app_common.aggregators.collect_and_assemble_aggregator import CollectAndAssembleAggregator
 from nvflare.app_common.app_constant import AppConstants
 
-from flap_sam.federated.aggregation_rules import aggregate_exact, aggregate_robust
+from flap_sam.federated.aggregation_rules import aggregate_exact, aggregate_robust, rank_bands, update_band_energy
 from flap_sam.federated.attacks import ATTACK_META_KEY, attack_contributions, attack_refusal
 from flap_sam.federated.contributions import contribution_problem
 from flap_sam.federated.site_ranks import record_site_rank
+from flap_sam.files import RANK_BANDS_FILE, write_json
 from flap_sam.jobs.settings import check_aggregation_weights
 from flap_sam.model.adapter_file import FINGERPRINT_KEY
 from flap_sam.model.lora import at_rank, payload_rank
@@ -81,14 +84,40 @@ class WeightedAssembler(Assembler):
 
 
 class ExactLoRAAssembler(WeightedAssembler):
-    """``aggregate_exact`` of the round's results (the paper's aggregation)."""
+    """``aggregate_exact`` of the round's results (the paper's aggregation).
+
+    With sites at mixed LoRA ranks, each round's global update is measured by rank band
+    (``update_band_energy``, bands at the sites' ranks): logged, and kept in the server's app folder
+    (``RANK_BANDS_FILE``: ``{"bands": [[lo, hi], ...], "rounds": {round: [share, ...]}}``).
+    """
+
+    def __init__(self, aggregation_weights: dict[str, float] | None = None, rank_weighting: str = DEFAULT["rank_weighting"]) -> None:
+        super().__init__(aggregation_weights)
+        self.rank_weighting = rank_weighting
 
     def combine(self, contributions: dict[str, tuple[float, dict]], fl_ctx: FLContext) -> tuple[dict, str]:
         ranks = {site: payload_rank(model) for site, (_, model) in contributions.items()}
+        reference = global_weights(fl_ctx)
+        result = aggregate_exact(list(contributions.values()), reference, self.rank_weighting)
         account = "exact LoRA aggregation"
         if len(set(ranks.values())) > 1:
-            account += f" of sites at LoRA ranks {ranks}"
-        return aggregate_exact(list(contributions.values()), global_weights(fl_ctx)), account
+            account += f" of sites at LoRA ranks {ranks} (rank_weighting {self.rank_weighting})"
+            if reference is not None:
+                account += "; " + self._record_bands(reference, result, set(ranks.values()), fl_ctx)
+        return result, account
+
+    @staticmethod
+    def _record_bands(reference: dict, result: dict, site_ranks: set[int], fl_ctx: FLContext) -> str:
+        bands = rank_bands(site_ranks, payload_rank(reference))
+        shares = update_band_energy(reference, result, bands)
+        path = os.path.join(fl_ctx.get_engine().get_workspace().get_app_dir(fl_ctx.get_job_id()), RANK_BANDS_FILE)
+        record = {"bands": [list(b) for b in bands], "rounds": {}}
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                record = json.load(f)
+        record["rounds"][str(fl_ctx.get_prop(AppConstants.CURRENT_ROUND))] = [round(float(x), 6) for x in shares]
+        write_json(path, record)
+        return "the update's energy per rank band " + ", ".join(f"{lo + 1}-{hi} {x:.1%}" for (lo, hi), x in zip(bands, shares))
 
 
 class RobustAssembler(WeightedAssembler):
@@ -136,6 +165,7 @@ class FlapSamAggregator(Aggregator):
         aggregation_weights: dict | None = None,
         trim_fraction: float = DEFAULT["trim_fraction"],
         fedseca_sparsity: float = DEFAULT["fedseca_sparsity"],
+        rank_weighting: str = DEFAULT["rank_weighting"],
         attack: dict | None = None,
     ) -> None:
         super().__init__()
@@ -149,7 +179,7 @@ class FlapSamAggregator(Aggregator):
         if aggregation == "average":
             self.impl = InTimeAccumulateWeightedAggregator(expected_data_kind="WEIGHTS", weigh_by_local_iter=True)
         elif aggregation == "lora_exact":
-            self.impl = CollectAndAssemble(ExactLoRAAssembler(self.weights))
+            self.impl = CollectAndAssemble(ExactLoRAAssembler(self.weights, checked_value("rank_weighting", rank_weighting)))
         else:
             self.impl = CollectAndAssemble(RobustAssembler(aggregation, trim_fraction, fedseca_sparsity))
         self.attack = AttackSettings.from_settings(attack)

@@ -230,6 +230,27 @@ def factorize(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     return b.float().numpy(), a.float().numpy()
 
 
+def _product_core(
+    b_factors: list[np.ndarray], a_factors: list[np.ndarray], weights: list[float], dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """M = sum_i w_i B_i A_i as Q_b C Q_a^T (Q_b (out, k), Q_a (in, k') orthonormal; the core C (k, k') is small)."""
+    for b, a in zip(b_factors, a_factors):
+        if b.ndim != 2 or a.ndim != 2 or b.shape[1] != a.shape[0]:
+            raise ValueError(f"LoRA factors do not chain: B {b.shape} x A {a.shape}")
+    b_cat = torch.cat([w * torch.as_tensor(b, dtype=dtype) for b, w in zip(b_factors, weights)], dim=1)
+    a_cat = torch.cat([torch.as_tensor(a, dtype=dtype) for a in a_factors], dim=0)
+    # M = Q_b (R_b R_a^T) Q_a^T: only the small core (k, k') is factorised, never the (out, in) product.
+    q_b, r_b = torch.linalg.qr(b_cat)  # (out, k), (k, sum r_i)
+    q_a, r_a = torch.linalg.qr(a_cat.T)  # (in, k'), (k', sum r_i)
+    return q_b, r_b @ r_a.T, q_a
+
+
+def product_singular_values(b_factors: list[np.ndarray], a_factors: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """Singular values, largest first, of M = sum_i w_i B_i A_i (float64), from the factors (M is never formed)."""
+    _, core, _ = _product_core(b_factors, a_factors, weights, torch.float64)
+    return torch.linalg.svdvals(core).numpy()
+
+
 def refactorize(b_factors: list[np.ndarray], a_factors: list[np.ndarray], weights: list[float], rank: int) -> tuple[np.ndarray, np.ndarray]:
     """Rank-``rank`` factors (B, A) of M = sum_i w_i B_i A_i (the ranks r_i may differ).
 
@@ -242,15 +263,8 @@ def refactorize(b_factors: list[np.ndarray], a_factors: list[np.ndarray], weight
         B (out, rank) with orthonormal columns and A (rank, in), float32: B·A is the best rank-``rank``
         approximation of M (exactly M when rank(M) <= rank, to float precision).
     """
-    for b, a in zip(b_factors, a_factors):
-        if b.ndim != 2 or a.ndim != 2 or b.shape[1] != a.shape[0]:
-            raise ValueError(f"LoRA factors do not chain: B {b.shape} x A {a.shape}")
-    b_cat = torch.cat([w * torch.as_tensor(b, dtype=torch.float32) for b, w in zip(b_factors, weights)], dim=1)
-    a_cat = torch.cat([torch.as_tensor(a, dtype=torch.float32) for a in a_factors], dim=0)
-    # M = Q_b (R_b R_a^T) Q_a^T: only the small core (k, k') is factorised, never the (out, in) product.
-    q_b, r_b = torch.linalg.qr(b_cat)  # (out, k), (k, sum r_i)
-    q_a, r_a = torch.linalg.qr(a_cat.T)  # (in, k'), (k', sum r_i)
-    core_b, core_a = factorize((r_b @ r_a.T).numpy(), rank)  # (k, rank), (rank, k'), zero-padded past k
+    q_b, core, q_a = _product_core(b_factors, a_factors, weights)
+    core_b, core_a = factorize(core.numpy(), rank)  # (k, rank), (rank, k'), zero-padded past k
     new_b = q_b @ torch.from_numpy(core_b)  # (out, rank)
     new_a = torch.from_numpy(core_a) @ q_a.T  # (rank, in)
     return new_b.numpy(), new_a.numpy()

@@ -168,6 +168,14 @@ SCHEMA: tuple[Setting, ...] = (
         pattern=r"[A-Za-z0-9_.-]+",
         why="a scope name: letters, digits, _ . -",
     ),
+    Setting(
+        "rank_weighting",
+        "all",
+        "sites at mixed LoRA ranks (site_ranks), lora_exact: all (each site weighs in every rank component; one above its "
+        "rank keeps the global value for its share) | supplied (each component averaged over the sites that train it)",
+        SERVER,
+        choices=("all", "supplied"),
+    ),
     Setting("train_timeout", 0, "seconds per round (0 = wait as long as it takes)", SERVER, minimum=0),
     Setting(
         "aggregation",

@@ -101,6 +101,30 @@ def test_poc_runs_a_federation_of_separate_processes_to_completion(tmp_path, poc
 
 
 @pytest.mark.slow
+def test_the_job_api_in_poc_keeps_the_result_after_the_poc_is_removed(tmp_path, poc, monkeypatch):
+    """``python jobs/kits_lora/job.py --env poc`` (FLARE's PocEnv, real processes): the final status, and a result
+    folder that exists after FLARE removed its POC workspace, holding the global model."""
+    monkeypatch.setenv("NVFLARE_POC_WORKSPACE", poc)
+    settings = [f"{k}={v}" for k, v in {**QUICK, "num_rounds": 1}.items()]
+    results = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "kits_lora" / "job.py"), "--env", "poc", "--results", str(results), "--set", *settings],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=os.environ.copy(),
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    last = [line for line in out.splitlines() if line.startswith("job ")][-1]
+    assert ": FINISHED:COMPLETED; result: " in last, last
+    kept = Path(last.split("; result: ")[1])
+    assert kept.parent == results and kept.is_dir()
+    assert list(kept.rglob("FL_global_model.pt")), f"{kept} holds no global model"
+    assert not Path(poc).exists(), "FLARE's POC workspace was left behind"
+
+
+@pytest.mark.slow
 def test_a_site_that_cannot_start_is_reported_and_does_not_hang_the_job(tmp_path, poc):
     job = _job(tmp_path, num_rounds=2, min_clients=2, demo_budget=False)  # site-2 sets its data_root locally
     run_poc.prepare(poc, ["site-1", "site-2"])

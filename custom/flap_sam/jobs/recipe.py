@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import shutil
 import tempfile
 
 from nvflare.fuel.utils.config_factory import ConfigFactory
@@ -125,8 +126,27 @@ def build_parser(job: str) -> argparse.ArgumentParser:
     parser.add_argument("--workspace", default="/tmp/nvflare/simulation", help="sim: where the simulator's results go")
     parser.add_argument("--sites", type=int, default=None, help="sim / poc: number of sites (default: the job's min_clients)")
     parser.add_argument("--startup-kit", default=None, help="prod: the admin's startup kit folder")
+    parser.add_argument(
+        "--results",
+        default="/tmp/nvflare/results",
+        help="poc: the job's result (global model, metrics, logs) is copied here, as RESULTS/<job id>, before the POC is removed",
+    )
     parser.add_argument("--username", default="admin@nvidia.com", help="poc / prod: the admin user of the kit")
     return parser
+
+
+def keep_result(result: str | None, env, job_id: str, results: str) -> str | None:
+    """Where the job's result stays after the run: a POC's (inside its workspace, which FLARE removes) is
+    copied to ``results/<job id>`` first; a simulator's and a deployment's download already stay."""
+    from nvflare.recipe import PocEnv
+
+    if not result or not os.path.isdir(result) or not isinstance(env, PocEnv):
+        return result
+    kept = os.path.join(os.path.abspath(results), job_id)
+    if os.path.exists(kept):
+        raise ValueError(f"--results {results}: {kept} exists already; the result of job {job_id} stays at {result}")
+    shutil.copytree(result, kept)
+    return kept
 
 
 def main(job: str, argv: list[str] | None = None) -> int:
@@ -134,6 +154,12 @@ def main(job: str, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     recipe = FlapSamRecipe(job, env=args.env, **parse_settings(args.set))
     sites = args.sites or int(recipe.configs["server"]["min_clients"])
-    run = recipe.execute(make_env(args.env, sites, args.workspace, args.startup_kit, args.username))  # or --export
-    print(f"job {run.get_job_id()}: {run.get_status()}; result: {run.get_result()}")
-    return 0
+    env = make_env(args.env, sites, args.workspace, args.startup_kit, args.username)
+    run = recipe.execute(env)  # or --export
+    # Wait for the end and stop the environment, keeping a POC's workspace until its result is copied out of it.
+    result = run.get_result(clean_up=False)
+    status = run.get_status()  # the final status, read before the environment stopped
+    result = keep_result(result, env, run.get_job_id(), args.results)
+    env.stop(clean_up=True)  # a POC's workspace goes (a simulator and a deployment: nothing to remove)
+    print(f"job {run.get_job_id()}: {status or 'ended (FLARE reports no status in its simulator)'}; result: {result}")
+    return 0 if result and os.path.isdir(result) and (status is None or "COMPLETED" in status) else 1

@@ -118,3 +118,32 @@ def test_a_session_whose_polls_go_unanswered_is_replaced_and_the_monitor_goes_on
     assert status == RunStatus.ABANDONED.value
     assert lines[0] == "the server stopped answering (no answer for 0 s; restarted?): connecting again"
     assert "submit the same job with resume_from=job-1" in lines[-1]
+
+
+def test_a_site_heard_from_and_then_silent_for_the_timeout_is_named_and_one_not_yet_heard_is_left_alone():
+    """``silent_site_timeout``: only a site that reported before in this run and has been silent in this round for
+    longer than the timeout counts as gone (a site's start-up sends no report); one that returned its result never."""
+    from nvflare.apis.fl_constant import FLContextKey, ReservedKey
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.apis.shareable import Shareable
+
+    from flap_sam.federated.progress import ROUND_PROGRESS_EVENT, ROUND_PROGRESS_KEY, FederationProgress
+
+    widget = FederationProgress(min_clients=3, silent_site_timeout=60)
+    widget.state["round"] = 1
+    start = 1000.0
+    widget._heard = {"site-1": start, "site-2": start, "site-3": start}  # as ROUND_STARTED sets it
+    for site in ("site-1", "site-2"):
+        event = Shareable()
+        event[ROUND_PROGRESS_KEY] = {"round": 1, "steps_done": 1, "steps": 9, "mean_loss": 1.0, "seconds_per_step": 1.0}
+        event.set_peer_props({ReservedKey.IDENTITY_NAME: site})
+        fl_ctx = FLContext()
+        fl_ctx.set_prop(FLContextKey.EVENT_DATA, event, private=True, sticky=False)
+        widget.handle_event(ROUND_PROGRESS_EVENT, fl_ctx)
+    widget._heard["site-1"] = widget._heard["site-2"] = start + 10  # both reported 10 s into the round
+    assert widget.silent_sites(start + 69) == {}
+    assert widget.silent_sites(start + 71) == {"site-1": 61.0, "site-2": 61.0}  # site-3 never reported: start-up
+    widget.state["reported"]["site-2"] = {"val_dice": 0.5, "bytes_received": 1}
+    assert set(widget.silent_sites(start + 500)) == {"site-1"}
+    widget.state["rounds"].append({"round": 1, "sites": {}, "missing": []})
+    assert widget.silent_sites(start + 500) == {}, "between rounds nobody is waited for"

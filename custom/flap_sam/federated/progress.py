@@ -6,6 +6,13 @@ bytes received from them (from ``traffic_summary.json``), which sites did not re
 the round was aggregated, and which sites returned an error (with what failed, for a site
 that could not start). Admins read it with ``show_stats <job> server`` (group
 ``flap_sam``); the server log gets one line per round. Only aggregate numbers are kept.
+
+It also bounds a round that waits for a site that is gone. A site that trains reports its progress
+every ``progress_every_s`` (30 s); one that has been heard from in this run and has since sent neither a
+result nor a report for ``silent_site_timeout`` seconds of a round (its process killed, its machine or link down) is taken as
+gone, in one line naming it. If fewer than ``min_clients`` sites remain, the round could never close
+(FLARE's workflow waits for ``min_clients`` results, with ``train_timeout`` 0 for ever), so the job
+stops (FLARE's ``system_panic``) with that line and the ``resume_from`` that continues it.
 """
 
 from __future__ import annotations
@@ -43,12 +50,22 @@ ROUND_PROGRESS_KEY = "round_progress"
 class FederationProgress(FLComponent):
     """Round, reporting sites, their Dice and bytes, missing sites; served through ``show_stats``."""
 
-    def __init__(self, train_timeout: float = DEFAULT["train_timeout"], min_clients: int = 0) -> None:
+    def __init__(
+        self,
+        train_timeout: float = DEFAULT["train_timeout"],
+        min_clients: int = 0,
+        silent_site_timeout: float = DEFAULT["silent_site_timeout"],
+    ) -> None:
         """``train_timeout`` (s, 0: none) and ``min_clients``: the workflow's, to say which one closed a round
-        before a slow site's result arrived."""
+        before a slow site's result arrived; ``silent_site_timeout`` (s, 0: off): when a silent site is gone."""
         super().__init__()
         self.train_timeout = float(train_timeout)
         self.min_clients = int(min_clients)
+        self.silent_site_timeout = float(silent_site_timeout)
+        self._heard: dict[str, float] = {}  # site -> when the server last heard from it in this round (time.monotonic())
+        self._known: set[str] = set()  # sites heard from in this run: only these are watched (start-up can be long)
+        self._gone: set[str] = set()
+        self._stop_watch = threading.Event()
         self._round_times: dict[int, list[float]] = {}  # round: [started, closed] (time.monotonic(), s)
         self._lock = threading.Lock()
         # "rounds": every aggregated round, in order: {"round", "sites": {site: {"val_dice", "bytes_received"}}, "missing"},
@@ -67,9 +84,12 @@ class FederationProgress(FLComponent):
         }
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        if event_type == AppEventType.ROUND_STARTED:
+        if event_type == EventType.START_RUN and self.silent_site_timeout > 0:
+            threading.Thread(target=self._watch_silent_sites, args=(fl_ctx.get_engine(),), daemon=True).start()
+        elif event_type == AppEventType.ROUND_STARTED:
             self._round_times[fl_ctx.get_prop(AppConstants.CURRENT_ROUND)] = [time.monotonic()]
             with self._lock:
+                self._heard = {c.name: time.monotonic() for c in fl_ctx.get_engine().get_clients()}
                 self.state.update(
                     round=fl_ctx.get_prop(AppConstants.CURRENT_ROUND), num_rounds=fl_ctx.get_prop(AppConstants.NUM_ROUNDS), reported={}
                 )
@@ -89,7 +109,43 @@ class FederationProgress(FLComponent):
         elif event_type == ROUND_PROGRESS_EVENT:
             self._record_progress(fl_ctx)
         elif event_type == EventType.END_RUN:
+            self._stop_watch.set()
             self.log_info(fl_ctx, PROGRESS_AT_END + json.dumps(self.state))
+
+    def silent_sites(self, now: float) -> dict[str, float]:
+        """Sites of the running round that have neither reported a result nor sent progress for more than
+        ``silent_site_timeout`` s (since the round started or their last report): {site: seconds silent}. Only
+        sites heard from before in this run count: a site's start-up (reading its data) sends no report."""
+        with self._lock:
+            if self.state["round"] is None or self.state["round"] in {r["round"] for r in self.state["rounds"]}:
+                return {}  # no round running (not started, or aggregated and the next not begun)
+            waiting = {s: now - heard for s, heard in self._heard.items() if s in self._known and s not in self.state["reported"]}
+        return {site: silent for site, silent in waiting.items() if silent > self.silent_site_timeout}
+
+    def _watch_silent_sites(self, engine) -> None:
+        """Every few seconds: name each newly silent site once; stop the job when fewer than ``min_clients`` remain."""
+        while not self._stop_watch.wait(min(10.0, max(1.0, self.silent_site_timeout / 10))):
+            silent = {s: t for s, t in self.silent_sites(time.monotonic()).items() if s not in self._gone}
+            if not silent:
+                continue
+            self._gone |= set(silent)
+            with engine.new_context() as fl_ctx:
+                remaining = sorted(set(self._heard) - self._gone)
+                round_ = self.state["round"]
+                for site, seconds in sorted(silent.items()):
+                    self.log_warning(
+                        fl_ctx,
+                        f"site {site}: no result and no progress report for {seconds:.0f} s in round {round_} "
+                        f"(silent_site_timeout {self.silent_site_timeout:g} s): its process, machine or link is gone",
+                    )
+                if len(remaining) < self.min_clients:
+                    self.system_panic(
+                        f"round {round_}: {', '.join(sorted(self._gone))} gone, {len(remaining)} site(s) remain, fewer than "
+                        f"min_clients ({self.min_clients}): the job stops. When the site is back, submit the job again with "
+                        f"resume_from={fl_ctx.get_job_id()} (it goes on from round {round_}), or lower min_clients to go on without it",
+                        fl_ctx,
+                    )
+                    return
 
     def _record_contribution(self, fl_ctx: FLContext) -> None:
         result = fl_ctx.get_prop(AppConstants.TRAINING_RESULT)
@@ -106,6 +162,7 @@ class FederationProgress(FLComponent):
             round_ = self.state["round"]
             self.state["reported"][site] = {"val_dice": dice, "bytes_received": self._bytes_received(fl_ctx, site, round_)}
             self.state["training"].pop(site, None)
+            self._known.add(site)
 
     def _record_progress(self, fl_ctx: FLContext) -> None:
         """A site's report from within its round: kept for show_stats / flap-sam monitor until its result arrives."""
@@ -120,6 +177,8 @@ class FederationProgress(FLComponent):
         with self._lock:
             self.state["training"][site] = progress
             self.state["progress_reports"][site] = self.state["progress_reports"].get(site, 0) + 1
+            self._heard[site] = time.monotonic()
+            self._known.add(site)
 
     def _record_failure(self, fl_ctx: FLContext) -> None:
         """A site's error result: logged for the admin with the site and, if it could not start, what failed."""

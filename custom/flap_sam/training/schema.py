@@ -176,6 +176,14 @@ SCHEMA: tuple[Setting, ...] = (
         SERVER,
         choices=("all", "supplied"),
     ),
+    Setting(
+        "silent_site_timeout",
+        900.0,
+        "seconds a site may stay silent within a round (no result, no progress report) before the server takes it as "
+        "gone: the job stops with a line naming it if fewer than min_clients sites remain (0 = wait as long as it takes)",
+        SERVER,
+        minimum=0,
+    ),
     Setting("train_timeout", 0, "seconds per round (0 = wait as long as it takes)", SERVER, minimum=0),
     Setting(
         "aggregation",

@@ -49,6 +49,35 @@ def add_model_arguments(parser: argparse.ArgumentParser, adapter_required: bool 
         default=defaults["final_inference"],
         help="overlap: 5 windows per slice averaged (the paper's); centre: one forward per slice, 5x faster",
     )
+    parser.add_argument(
+        "--flip-tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average each slice's softmax with its left-right mirror's (default: the job's flip_tta, else off)",
+    )
+    parser.add_argument(
+        "--min-component-mm3",
+        type=float,
+        default=None,
+        help="remove each class's connected components smaller than this (mm³; default: the job's min_component_mm3, else 0)",
+    )
+
+
+def refinements_of(args: argparse.Namespace) -> dict:
+    """``segment_volume``'s refinements: the flags given, else the job's settings (``--job``), else the package's."""
+    from flap_sam.training.schema import checked_value
+
+    if args.job:
+        from flap_sam.jobs.writer import read_job
+
+        chosen = read_job(args.job).training.refinements()
+    else:
+        chosen = {"flip_tta": package_defaults()["flip_tta"], "min_component_mm3": package_defaults()["min_component_mm3"]}
+    if args.flip_tta is not None:
+        chosen["flip_tta"] = args.flip_tta
+    if args.min_component_mm3 is not None:
+        chosen["min_component_mm3"] = checked_value("min_component_mm3", args.min_component_mm3)
+    return chosen
 
 
 def job_spec_of(args: argparse.Namespace) -> JobSpec:

@@ -12,7 +12,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from flap_sam.cli.adapted_model import add_model_arguments, job_spec_of, load_adapted_model, structures_of
+from flap_sam.cli.adapted_model import add_model_arguments, job_spec_of, load_adapted_model, refinements_of, structures_of
 from flap_sam.files import records_table
 
 if TYPE_CHECKING:
@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"datalist {args.datalist}: the '{args.split}' split is empty; choose another --split")
     if args.adapter:
         model, profile, device = load_adapted_model(args)
+        refinements = refinements_of(args)
     structures = structures_of(args, profile.class_names)
     if args.adapter:
         normalizer = _normalizer(profile, cases, args.ct_window, structures)
@@ -113,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
             volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel, structures)
         else:
             volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel, structures)
-            prediction = segment_volume(model, prepare_volume(volume, normalizer, model.image_size), device, mode=args.inference)
+            prediction = segment_volume(
+                model, prepare_volume(volume, normalizer, model.image_size), device, mode=args.inference, **refinements
+            )
         rows.append({"case": name, **score_volume(prediction, volume.label, profile, volume.spacing)})
         if args.overlays > 0:
             write_overlays(volume.image, volume.label, prediction, os.path.join(args.out, "overlays"), name, args.overlays)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from flap_sam.cli.adapted_model import add_model_arguments, load_adapted_model
+from flap_sam.cli.adapted_model import add_model_arguments, load_adapted_model, refinements_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("a CT task without ct_window: give --ct-window LOW HIGH (HU) or set ct_window in the job")
         stats = CTStatistics.from_window(*window)
     prepared = prepare_volume(volume, IntensityNormalizer(profile.modality, stats), model.image_size)
-    mask = segment_volume(model, prepared, device, mode=args.inference)
+    mask = segment_volume(model, prepared, device, mode=args.inference, **refinements_of(args))
     if series is not None:
         from flap_sam.data.dicom.writers import write_seg
 

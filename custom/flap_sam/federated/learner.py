@@ -327,7 +327,10 @@ class FlapSamLearner(Learner):
 
     def _dice(self, volumes, mode: str) -> np.ndarray:
         """(classes,) mean Dice of the model as it is over ``volumes``."""
-        return evaluate_volumes(self.model, volumes, self.spec.num_classes, self.device, amp=self.trainer.amp, mode=mode).mean(axis=0)
+        scores = evaluate_volumes(
+            self.model, volumes, self.spec.num_classes, self.device, amp=self.trainer.amp, mode=mode, **self.training.refinements()
+        )
+        return scores.mean(axis=0)
 
     def _global_and_personal_dice(self, volumes, mode: str) -> tuple[np.ndarray, np.ndarray]:
         """(classes,) Dice of the global model alone (the personal part at its base values) and of this site's personalised model."""

@@ -88,7 +88,11 @@ def train_baseline(
     for epoch in range(epochs):
         started = time.perf_counter()
         done, loss = trainer.train(steps, first_step=epoch * steps, total_steps=total, round_seed=settings.round_seed(epoch))
-        dice = float(evaluate_volumes(model, validation, spec.num_classes, device, amp=amp, mode=settings.round_inference).mean())
+        dice = float(
+            evaluate_volumes(
+                model, validation, spec.num_classes, device, amp=amp, mode=settings.round_inference, **settings.refinements()
+            ).mean()
+        )
         lr = trainer.optimizer.param_groups[0]["lr"]
         log.append({"epoch": epoch, "steps": done, "train_loss": loss, "lr": lr, "val_dice": dice})
         say(_progress(epoch + 1, epochs, loss, lr, dice, time.perf_counter() - started))
@@ -99,7 +103,9 @@ def train_baseline(
             _save_adapter(model, spec, os.path.join(out, BEST_ADAPTER_FILE), {"baseline": kind, "epoch": epoch})
         write_json(os.path.join(out, LOG_FILE), log)
     _save_adapter(model, spec, os.path.join(out, ADAPTER_FILE), {"baseline": kind, "epoch": epochs - 1})
-    test_dice = float(evaluate_volumes(model, test, spec.num_classes, device, amp=amp, mode=settings.final_inference).mean())
+    test_dice = float(
+        evaluate_volumes(model, test, spec.num_classes, device, amp=amp, mode=settings.final_inference, **settings.refinements()).mean()
+    )
     split = "test" if has_test else "validation"
     write_json(
         os.path.join(out, BASELINE_FILE),

@@ -10,6 +10,10 @@
   5x less work for nearly the same result.
 
 Both build each slice's image as the model was trained (``model.slice_channels``: ``flap_sam.data.stacks``).
+Two options refine a segmentation (both off by default, the paper's): ``flip_tta`` averages each forward's
+softmax with that of its left-right mirror (twice the forwards), and ``min_component_mm3`` removes, class
+by class, the connected components of the full-resolution mask smaller than that volume (26-connected,
+measured with the volume's voxel spacing).
 
 And the Dice of a segmented volume per class (``dice_per_class``), as the paper and FLamby report it.
 """
@@ -38,14 +42,50 @@ from flap_sam.model.semantic_sam import SemanticSam
 INFERENCE_MODES = ("overlap", "centre")
 
 
-def slice_channels_of(model: torch.nn.Module) -> str:
-    """The model's input convention (``ModelSpec.slice_channels``, set when it was built; ``grey`` if unset)."""
-    return getattr(model, "slice_channels", "grey")
+def class_probabilities(model: torch.nn.Module, images: torch.Tensor, amp: bool, flip_tta: bool = False) -> torch.Tensor:
+    """(B, 3, S, S) images on the model's device -> (B, K+1, S, S) float32 softmax on CPU; ``flip_tta``: averaged with
+    the softmax of the images mirrored left-right (mirrored back)."""
+    with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(images)
+        mirrored = model(images.flip(-1)).flip(-1) if flip_tta else None
+    probs = torch.softmax(logits.float(), dim=1)
+    if mirrored is not None:
+        probs = (probs + torch.softmax(mirrored.float(), dim=1)) / 2
+    return probs.cpu()
+
+
+def remove_small_components(mask: np.ndarray, spacing: tuple[float, float, float], min_mm3: float) -> np.ndarray:
+    """``mask`` (X, Y, Z) class indices without each class's connected components (26-connected) smaller than
+    ``min_mm3`` cubic millimetres at voxel ``spacing`` (mm); their voxels become background. ``min_mm3`` 0: unchanged.
+
+    SciPy's ``ndimage.label`` (a dependency already): MONAI's ``RemoveSmallObjects`` would need scikit-image.
+    """
+    if min_mm3 <= 0:
+        return mask
+    from scipy import ndimage
+
+    min_voxels = min_mm3 / float(np.prod(spacing))
+    cleaned = mask.copy()
+    for c in np.unique(mask):
+        if c == 0:
+            continue
+        components, _count = ndimage.label(mask == c, structure=np.ones((3, 3, 3), bool))
+        sizes = np.bincount(components.ravel())
+        small = sizes < min_voxels
+        small[0] = False  # label 0: not this class
+        cleaned[small[components]] = 0
+    return cleaned
 
 
 @torch.no_grad()
 def predict_probabilities(
-    model: SemanticSam, volume: PreparedVolume, device: torch.device, windows_per_batch: int = 4, amp: bool = False, mode: str = "overlap"
+    model: SemanticSam,
+    volume: PreparedVolume,
+    device: torch.device,
+    windows_per_batch: int = 4,
+    amp: bool = False,
+    mode: str = "overlap",
+    flip_tta: bool = False,
 ) -> torch.Tensor:
     """Class probabilities of a prepared volume at model resolution: (K + 1, Z, S, S) float32 on CPU.
 
@@ -54,7 +94,7 @@ def predict_probabilities(
         windows_per_batch: stacks per forward (``centre``: x5 slices per forward, the same images per batch).
     """
     if mode == "centre":
-        return _centre_probabilities(model, volume, device, windows_per_batch * STACK_DEPTH, amp)
+        return _centre_probabilities(model, volume, device, windows_per_batch * STACK_DEPTH, amp, flip_tta)
     if mode != "overlap":
         raise ValueError(f"inference mode {mode!r} is unknown; choose one of {INFERENCE_MODES}")
     model.eval()
@@ -66,10 +106,8 @@ def predict_probabilities(
     def predictor(windows: torch.Tensor) -> torch.Tensor:  # (n, C, 5, S, S) -> (n, K+1, 5, S, S)
         n = windows.shape[0]
         stacks = scale_stack(windows.transpose(1, 2).reshape(n, STACK_DEPTH * channels, size, size))  # slice-major planes
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(stacks_to_images(stacks.to(device), channels))
-        probs = torch.softmax(logits.float(), dim=1)
-        return probs.reshape(n, STACK_DEPTH, -1, size, size).transpose(1, 2).cpu()
+        probs = class_probabilities(model, stacks_to_images(stacks.to(device), channels), amp, flip_tta)
+        return probs.reshape(n, STACK_DEPTH, -1, size, size).transpose(1, 2)
 
     probs = sliding_window_inference(
         padded,
@@ -84,7 +122,7 @@ def predict_probabilities(
 
 @torch.no_grad()
 def _centre_chunks(
-    model: SemanticSam, volume: PreparedVolume, device: torch.device, slices_per_batch: int, amp: bool
+    model: SemanticSam, volume: PreparedVolume, device: torch.device, slices_per_batch: int, amp: bool, flip_tta: bool = False
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """``centre`` mode, batch by batch: (first slice, (n, K+1, S, S) probabilities on CPU), each slice from the
     min-max scaled stack centred on it, one forward per slice."""
@@ -96,15 +134,14 @@ def _centre_chunks(
         centres = range(start, min(depth, start + slices_per_batch))
         stacks = scale_stack(torch.stack([volume.image[plane_indices(z, depth, slice_channels)].float() for z in centres]))  # (n, 5C, S, S)
         centre = stacks[:, HALF * channels : (HALF + 1) * channels]  # the centre slice only
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(stacks_to_images(centre.to(device), channels))  # (n, K+1, S, S)
-        yield start, torch.softmax(logits.float(), dim=1).cpu()
+        yield start, class_probabilities(model, stacks_to_images(centre.to(device), channels), amp, flip_tta)  # (n, K+1, S, S)
 
 
 def _centre_probabilities(
-    model: SemanticSam, volume: PreparedVolume, device: torch.device, slices_per_batch: int, amp: bool
+    model: SemanticSam, volume: PreparedVolume, device: torch.device, slices_per_batch: int, amp: bool, flip_tta: bool = False
 ) -> torch.Tensor:
-    return torch.cat([probs for _, probs in _centre_chunks(model, volume, device, slices_per_batch, amp)]).transpose(0, 1)
+    chunks = _centre_chunks(model, volume, device, slices_per_batch, amp, flip_tta)
+    return torch.cat([probs for _, probs in chunks]).transpose(0, 1)
 
 
 def _slices_to_mask(probs: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -128,19 +165,29 @@ def probabilities_to_mask(probs: torch.Tensor, volume: PreparedVolume, slices_pe
 
 @torch.no_grad()
 def segment_volume(
-    model: SemanticSam, volume: PreparedVolume, device: torch.device, amp: bool = False, mode: str = "overlap", windows_per_batch: int = 4
+    model: SemanticSam,
+    volume: PreparedVolume,
+    device: torch.device,
+    amp: bool = False,
+    mode: str = "overlap",
+    windows_per_batch: int = 4,
+    flip_tta: bool = False,
+    min_component_mm3: float = 0.0,
 ) -> np.ndarray:
-    """Class-index mask (X, Y, Z) of one volume, canonical orientation, original in-plane size (``mode``: see above).
+    """Class-index mask (X, Y, Z) of one volume, canonical orientation, original in-plane size (``mode``, ``flip_tta``,
+    ``min_component_mm3``: see above).
 
     ``centre`` writes each batch of slices into the mask as it comes: the volume's probabilities are never held whole.
     """
     if mode != "centre":
-        return probabilities_to_mask(predict_probabilities(model, volume, device, windows_per_batch, amp=amp, mode=mode), volume)
-    x, y, depth = volume.source.shape
-    mask = np.empty((x, y, depth), np.uint8)
-    for start, probs in _centre_chunks(model, volume, device, windows_per_batch * STACK_DEPTH, amp):
-        mask[:, :, start : start + probs.shape[0]] = _slices_to_mask(probs, (x, y))
-    return mask
+        probs = predict_probabilities(model, volume, device, windows_per_batch, amp=amp, mode=mode, flip_tta=flip_tta)
+        mask = probabilities_to_mask(probs, volume)
+    else:
+        x, y, depth = volume.source.shape
+        mask = np.empty((x, y, depth), np.uint8)
+        for start, probs in _centre_chunks(model, volume, device, windows_per_batch * STACK_DEPTH, amp, flip_tta):
+            mask[:, :, start : start + probs.shape[0]] = _slices_to_mask(probs, (x, y))
+    return remove_small_components(mask, volume.source.spacing, min_component_mm3)
 
 
 def dice_per_class(

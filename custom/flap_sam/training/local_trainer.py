@@ -261,13 +261,27 @@ class LocalTrainer:
 
 
 def evaluate_volumes(
-    model: SemanticSam, volumes, num_classes: int, device: torch.device, amp: bool = False, mode: str = "overlap"
+    model: SemanticSam,
+    volumes,
+    num_classes: int,
+    device: torch.device,
+    amp: bool = False,
+    mode: str = "overlap",
+    flip_tta: bool = False,
+    min_component_mm3: float = 0.0,
 ) -> np.ndarray:
-    """Dice of every labelled volume at full resolution: (num_volumes, num_classes); ``mode``: see ``flap_sam.training.inference``.
+    """Dice of every labelled volume at full resolution: (num_volumes, num_classes); ``mode``, ``flip_tta``,
+    ``min_component_mm3``: see ``flap_sam.training.inference``.
 
     Each volume's full-resolution label is read from its file only while the volume is scored.
     """
     scores = [
-        dice_per_class(segment_volume(model, v, device, amp=amp, mode=mode), v.source.load_label(), num_classes, device) for v in volumes
+        dice_per_class(
+            segment_volume(model, v, device, amp=amp, mode=mode, flip_tta=flip_tta, min_component_mm3=min_component_mm3),
+            v.source.load_label(),
+            num_classes,
+            device,
+        )
+        for v in volumes
     ]
     return np.stack(scores) if scores else np.zeros((0, num_classes))

@@ -485,6 +485,21 @@ SCHEMA: tuple[Setting, ...] = (
         choices="flap_sam.training.inference:INFERENCE_MODES",
     ),
     Setting(
+        "flip_tta",
+        False,
+        "true: each slice's softmax averaged with that of its left-right mirror (test-time augmentation; 2x the forwards)",
+        VALIDATION,
+        "training",
+    ),
+    Setting(
+        "min_component_mm3",
+        0.0,
+        "remove each class's connected components smaller than this volume in mm³ from a segmentation (0 = keep all)",
+        VALIDATION,
+        "training",
+        minimum=0,
+    ),
+    Setting(
         "fedprox_mu",
         0.0,
         "FedProx: adds mu/2·‖w − w_global‖² over the trainable tensors to the local loss (0 = plain FedAvg)",

@@ -115,6 +115,11 @@ class TrainingSettings(SettingsBlock):
         """The sampling seed of one round (or one baseline epoch): differs per round, reproducible per seed."""
         return self.seed * 100_003 + round_number
 
+    def refinements(self) -> dict:
+        """The keywords of ``segment_volume`` / ``evaluate_volumes`` that refine a segmentation (``flip_tta``,
+        ``min_component_mm3``)."""
+        return {"flip_tta": self.flip_tta, "min_component_mm3": self.min_component_mm3}
+
     def uses_amp(self, device: torch.device, cpu_bf16: bool = False) -> bool:
         """bf16 autocast runs on CUDA, and on a CPU with native bf16 (AVX512-BF16, AMX) whose site sets ``cpu_bf16``."""
         return autocast_bf16(self.amp, device, cpu_bf16)

@@ -77,6 +77,11 @@ def remove_small_components(mask: np.ndarray, spacing: tuple[float, float, float
     return cleaned
 
 
+def slice_channels_of(model: torch.nn.Module) -> str:
+    """The model's input convention (``ModelSpec.slice_channels``, set when it was built; ``grey`` if unset)."""
+    return getattr(model, "slice_channels", "grey")
+
+
 @torch.no_grad()
 def predict_probabilities(
     model: SemanticSam,

@@ -162,6 +162,8 @@ ADDED_SINCE_FIXTURE = {
     "foreground_sampling",
     "rank_weighting",
     "silent_site_timeout",
+    "flip_tta",
+    "min_component_mm3",
 }
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -122,6 +124,82 @@ def test_the_job_api_in_poc_keeps_the_result_after_the_poc_is_removed(tmp_path, 
     assert kept.parent == results and kept.is_dir()
     assert list(kept.rglob("FL_global_model.pt")), f"{kept} holds no global model"
     assert not Path(poc).exists(), "FLARE's POC workspace was left behind"
+
+
+@pytest.mark.slow
+def test_a_hospital_provisioned_later_joins_with_the_projects_ca_and_starts_from_the_current_global_adapter(tmp_path, poc):
+    """Dynamic provisioning (``nvflare provision --add_client``) into the running POC project: the new kit carries
+    the project's root CA and its site policy, connects, and the next job (``start_from`` the finished job) sends it
+    the finished job's global adapter as its first model (digests equal); it is scored before and after it trains."""
+    from flap_sam.model.adapter_file import read_adapter_file, weights_digest
+
+    run_poc.prepare(poc, ["site-1", "site-2"])
+    run_poc.start(poc)
+    session = run_poc.connect(poc, ["site-1", "site-2"])
+    try:
+        first = session.submit_job(_job(tmp_path, num_rounds=1))
+        session.monitor_job(first, timeout=300)
+        assert session.get_job_meta(first)["status"] == "FINISHED:COMPLETED"
+        # The finished job's adapter, downloaded by the admin and handed to the server (one machine here).
+        downloaded = Path(session.download_job_result(first, str(tmp_path / "first")))
+        finished = tmp_path / "consortium_adapter.pt"
+        shutil.copy(next(downloaded.rglob("FL_global_model.pt")), finished)
+        current = weights_digest(read_adapter_file(str(finished))[0])
+
+        (tmp_path / "site-3.yml").write_text("name: site-3\norg: org_site_3\n")
+        project_file = poc.rstrip(os.sep) + "_project.yml"
+        cmd = [
+            sys.executable,
+            "-m",
+            "nvflare.cli",
+            "provision",
+            "-p",
+            project_file,
+            "-w",
+            poc,
+            "--add_client",
+            str(tmp_path / "site-3.yml"),
+        ]
+        subprocess.run([*cmd, "--force"], check=True, capture_output=True)
+        project = Path(run_poc.kit(poc, "server")).parent.parent
+        new_kit = project / "prod_01" / "site-3"
+        assert (new_kit / "startup" / "rootCA.pem").read_bytes() == (
+            Path(run_poc.kit(poc, "server")) / "startup" / "rootCA.pem"
+        ).read_bytes()
+        assert (new_kit / "local" / "privacy.json").is_file(), "the new kit lacks the project's site policy"
+        config = new_kit / "startup" / "fed_client.json"
+        config.write_text(config.read_text().replace('"server:', '"localhost:'))  # as `nvflare poc prepare` does for its kits
+        with open(tmp_path / "site-3_console.txt", "w") as console:
+            subprocess.run(
+                ["bash", str(new_kit / "startup" / "start.sh")],
+                check=True,
+                cwd=new_kit,
+                env=os.environ.copy(),
+                stdout=console,
+                stderr=console,
+            )
+        session.close()
+        session = run_poc.connect(poc, ["site-1", "site-2", "site-3"])
+        second = session.submit_job(
+            write_job(
+                str(REPO / "jobs" / "kits_lora"),
+                str(tmp_path / "job2"),
+                {**QUICK, "num_rounds": 1, "min_clients": 3, "start_from": str(finished)},
+            )
+        )
+        session.monitor_job(second, timeout=300)
+        assert session.get_job_meta(second)["status"] == "FINISHED:COMPLETED"
+        result = Path(session.download_job_result(second, str(tmp_path / "results")))
+    finally:
+        session.close()
+    server_log = server_job_log(result)
+    assert f"starting from the global adapter of {finished} ({current}): round 0 of 1" in server_log
+    site_log = "".join(p.read_text(errors="replace") for p in new_kit.rglob("log.txt"))
+    assert f"round 0: received the global adapter {current}" in site_log
+    before = re.search(r"round 0: aggregating 3 site\(s\) .*validation Dice \{.*'site-3': ([0-9.]+)", server_log)
+    assert before, "site-3 did not score the global adapter it received"
+    after = json.loads(next(result.rglob("cross_val_results.json")).read_text())["site-3"]["SRV_FL_global_model.pt"]
+    print(f"site-3 Dice of the global adapter: {float(before.group(1)):.4f} when it joined, {after['dice']:.4f} after its first round")
 
 
 @pytest.mark.slow

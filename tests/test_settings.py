@@ -164,6 +164,7 @@ ADDED_SINCE_FIXTURE = {
     "silent_site_timeout",
     "flip_tta",
     "min_component_mm3",
+    "start_from",
 }
 
 

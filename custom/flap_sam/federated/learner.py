@@ -26,7 +26,7 @@ from flap_sam.federated.filters import SITE_ERROR_HEADER, SITE_ERROR_KINDS, Base
 from flap_sam.federated.progress import ROUND_PROGRESS_EVENT, ROUND_PROGRESS_KEY
 from flap_sam.files import PERSONAL_ADAPTER_FILE, save_torch
 from flap_sam.jobs.spec import JobSpec
-from flap_sam.model.adapter_file import FINGERPRINT_KEY, base_fingerprint, base_mismatch
+from flap_sam.model.adapter_file import FINGERPRINT_KEY, base_fingerprint, base_mismatch, weights_digest
 from flap_sam.model.factory import build_model, export_weights, import_weights, random_base_refusal, refuses_random_base, resolve_checkpoint
 from flap_sam.model.lora import at_rank, lower_lora_rank
 from flap_sam.model.presets import exchanged_names, personal_names
@@ -236,9 +236,11 @@ class FlapSamLearner(Learner):
             mismatch = base_mismatch(server_base, self.base)
             if mismatch:
                 raise BaseMismatchError(mismatch)
+        current_round = int(shareable.get_header(AppConstants.CURRENT_ROUND, 0) or 0)
+        self.log_info(fl_ctx, f"round {current_round}: received the global adapter {weights_digest(dxo.data)}")
         # A site below the job's rank lowers a global model that came at a higher one (before the server knew its rank).
         import_weights(self.model, at_rank(dxo.data, self.lora_rank), self.exchanged, "global model from the server")
-        return int(shareable.get_header(AppConstants.CURRENT_ROUND, 0) or 0)
+        return current_round
 
     def _receive(self, shareable: Shareable, fl_ctx: FLContext, require_base: bool) -> int | Shareable:
         """``_load_global``, or the error reply to send instead (a base mismatch stops the site)."""

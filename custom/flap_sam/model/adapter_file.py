@@ -34,6 +34,12 @@ def _digest(items: Iterable[tuple[str, torch.Tensor]]) -> str:
     return h.hexdigest()[:16]
 
 
+def weights_digest(weights: dict) -> str:
+    """A short SHA-256 of a set of named tensors or arrays (values and shapes, as float32): equal digests, equal weights.
+    The server logs the global adapter's when a job starts from a file, a site the one it receives each round."""
+    return _digest((name, torch.as_tensor(value)) for name, value in weights.items())
+
+
 def base_fingerprint(model: nn.Module, exchanged: Iterable[str], from_checkpoint: bool) -> dict[str, str]:
     """``{"source": "checkpoint"|"random", "frozen": hex, "exchanged": hex}`` of a freshly built model.
 

@@ -219,6 +219,13 @@ SCHEMA: tuple[Setting, ...] = (
     ),
     Setting("resume_from", "", "id of a job this server was running when it stopped: go on from its last finished round", SERVER),
     Setting(
+        "start_from",
+        "",
+        "id of a finished job on this server (or an adapter file's absolute path): its global adapter is this job's "
+        "first global model, all rounds run (a hospital that joins: docs/deployment.md#a-hospital-that-joins)",
+        SERVER,
+    ),
+    Setting(
         "cross_site_timeout",
         1800,
         "seconds a site may take to score a global model at the end (a dropped site is skipped after it)",

@@ -33,7 +33,8 @@ def _product(model: dict) -> np.ndarray:
 
 def test_the_bands_end_at_each_sites_rank_and_the_jobs():
     assert rank_bands([4, 8, 16, 32, 8], 32) == [(0, 4), (4, 8), (8, 16), (16, 32)]
-    assert rank_bands({32}, 32) == [(0, 32)]
+    assert rank_bands({32}, 32) == [(0, 4), (4, 8), (8, 16), (16, 32)]  # one rank: powers of two, the reference
+    assert rank_bands({4}, 4) == [(0, 4)] and rank_bands([2, 4], 4) == [(0, 2), (2, 4)]
 
 
 def test_the_energy_of_an_update_of_known_singular_values_falls_in_its_bands():

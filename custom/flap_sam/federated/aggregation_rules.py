@@ -149,7 +149,11 @@ def _per_component(contributions, weights, site_ranks, reference, a_name, b_name
 
 def rank_bands(site_ranks: list[int] | set[int], rank: int) -> list[tuple[int, int]]:
     """Rank bands [lo, hi) of components: from 0 to each distinct site rank, then to ``rank``; e.g. ranks 4, 8, 16
-    of a rank-32 job: (0, 4), (4, 8), (8, 16), (16, 32)."""
+    of a rank-32 job: (0, 4), (4, 8), (8, 16), (16, 32). With every site at one rank, the powers of two from 4
+    below it bound the bands (rank 32: the same four bands), so a federation at one rank is the reference
+    a mixed-rank one is compared with."""
+    if len(set(site_ranks)) <= 1:
+        site_ranks = [2**k for k in range(2, max(2, rank.bit_length()))]
     edges = sorted({0, rank, *(r for r in site_ranks if 0 < r < rank)})
     return list(itertools.pairwise(edges))
 

@@ -86,9 +86,10 @@ class WeightedAssembler(Assembler):
 class ExactLoRAAssembler(WeightedAssembler):
     """``aggregate_exact`` of the round's results (the paper's aggregation).
 
-    With sites at mixed LoRA ranks, each round's global update is measured by rank band
-    (``update_band_energy``, bands at the sites' ranks): logged, and kept in the server's app folder
-    (``RANK_BANDS_FILE``: ``{"bands": [[lo, hi], ...], "rounds": {round: [share, ...]}}``).
+    Each round's global update is measured by rank band (``update_band_energy``; ``rank_bands``: at the
+    sites' ranks, or at powers of two when they share one) and kept in the server's app folder
+    (``RANK_BANDS_FILE``: ``{"bands": [[lo, hi], ...], "rounds": {round: [share, ...]}}``); logged
+    with sites at mixed LoRA ranks.
     """
 
     def __init__(self, aggregation_weights: dict[str, float] | None = None, rank_weighting: str = DEFAULT["rank_weighting"]) -> None:
@@ -100,10 +101,9 @@ class ExactLoRAAssembler(WeightedAssembler):
         reference = global_weights(fl_ctx)
         result = aggregate_exact(list(contributions.values()), reference, self.rank_weighting)
         account = "exact LoRA aggregation"
+        bands = self._record_bands(reference, result, set(ranks.values()), fl_ctx) if reference is not None else ""
         if len(set(ranks.values())) > 1:
-            account += f" of sites at LoRA ranks {ranks} (rank_weighting {self.rank_weighting})"
-            if reference is not None:
-                account += "; " + self._record_bands(reference, result, set(ranks.values()), fl_ctx)
+            account += f" of sites at LoRA ranks {ranks} (rank_weighting {self.rank_weighting})" + (f"; {bands}" if bands else "")
         return result, account
 
     @staticmethod

@@ -110,13 +110,15 @@ class ExactLoRAAssembler(WeightedAssembler):
     def _record_bands(reference: dict, result: dict, site_ranks: set[int], fl_ctx: FLContext) -> str:
         bands = rank_bands(site_ranks, payload_rank(reference))
         shares = update_band_energy(reference, result, bands)
-        path = os.path.join(fl_ctx.get_engine().get_workspace().get_app_dir(fl_ctx.get_job_id()), RANK_BANDS_FILE)
-        record = {"bands": [list(b) for b in bands], "rounds": {}}
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                record = json.load(f)
-        record["rounds"][str(fl_ctx.get_prop(AppConstants.CURRENT_ROUND))] = [round(float(x), 6) for x in shares]
-        write_json(path, record)
+        engine = fl_ctx.get_engine()
+        if engine is not None:  # a job's server (an aggregator driven by hand has no app folder)
+            path = os.path.join(engine.get_workspace().get_app_dir(fl_ctx.get_job_id()), RANK_BANDS_FILE)
+            record = {"bands": [list(b) for b in bands], "rounds": {}}
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    record = json.load(f)
+            record["rounds"][str(fl_ctx.get_prop(AppConstants.CURRENT_ROUND))] = [round(float(x), 6) for x in shares]
+            write_json(path, record)
         return "the update's energy per rank band " + ", ".join(f"{lo + 1}-{hi} {x:.1%}" for (lo, hi), x in zip(bands, shares))
 
 

@@ -240,3 +240,16 @@ def test_a_lite_medsam_federation_persists_only_the_preset_tensors_and_its_base(
     model = build_model(spec)
     assert meta[FINGERPRINT_KEY] == base_fingerprint(model, exchanged_names(model, spec.preset_obj), from_checkpoint=True)
     assert meta[FINGERPRINT_KEY]["source"] == "checkpoint"
+
+
+def test_lite_medsams_mask_logits_are_at_the_inputs_full_resolution_and_a_vits_at_a_quarter():
+    """What limits a thin structure: LiteMedSAM's encoder has stride 4, so its decoder's masks (4x the embedding grid)
+    are at the input's full size; a ViT's (stride 16) at a quarter, upsampled bilinearly. At 64 px a 512 px CT slice
+    is seen at an eighth of its resolution: the input size, not the recipe, bounds what LiteMedSAM resolves."""
+    for model_type, size, logits_size in (("lite_medsam", 64, 64), ("lite_medsam", 128, 128), ("vit_test", 64, 16)):
+        model = build_model(ModelSpec(model_type, size, 2, "flap", 4)).eval()
+        with torch.no_grad():
+            low = model.low_res_logits(torch.rand(1, 3, size, size))
+            full = model(torch.rand(1, 3, size, size))
+        assert tuple(low.shape) == (1, 3, logits_size, logits_size), model_type
+        assert tuple(full.shape) == (1, 3, size, size)

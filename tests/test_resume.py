@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from flap_sam.federated.adapter_model import AdapterModel
-from flap_sam.federated.resume import FINISHED_ROUNDS_KEY, check_resumable, read_adapter, resume_checkpoint, run_adapter_path
+from flap_sam.federated.resume import (
+    FINISHED_ROUNDS_KEY,
+    check_resumable,
+    check_same_adapter,
+    read_adapter,
+    resume_checkpoint,
+    run_adapter_path,
+)
 
 MODEL = {"model_type": "vit_test", "image_size": 64, "rank": 4}
 
@@ -125,3 +132,15 @@ def test_an_adapter_trained_from_another_base_is_refused(tmp_path, adapter):
     with pytest.raises(ValueError, match=r"was trained from another SAM base \(checkpoint\) than this server built \(random\)"):
         check_resumable(str(path), adapter, num_rounds=5, base=server_base)
     assert check_resumable(str(path), adapter, num_rounds=5) == 2  # without a base to compare: the old check only
+
+
+def test_start_from_takes_a_finished_adapter_of_this_job_whatever_its_rounds_and_names_itself(tmp_path, adapter):
+    """``start_from``: the same checks of the adapter as ``resume_from`` except the rounds (a finished job holds all
+    of them); a job id whose run folder FLARE moved away gets the way to hand the file over."""
+    finished = _persist(tmp_path / "finished.pt", adapter, rounds=5)
+    assert check_same_adapter(finished, adapter, setting="start_from")[FINISHED_ROUNDS_KEY] == 5
+    other = _persist(tmp_path / "other.pt", AdapterModel({**MODEL, "rank": 8}).state_dict(), rounds=5)
+    with pytest.raises(ValueError, match=r"^start_from .*other.pt: holds another adapter than this job's"):
+        check_same_adapter(other, adapter, setting="start_from")
+    with pytest.raises(ValueError, match=r"^start_from 0adf0d42: no persisted adapter at .*download the job's result"):
+        resume_checkpoint("0adf0d42", str(tmp_path), "FL_global_model.pt", "start_from")

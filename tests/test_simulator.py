@@ -129,7 +129,7 @@ def test_resuming_from_an_adapter_of_other_settings_stops_at_start(finished_run,
     result = run_simulator(job, tmp_path / "ws", 2, timeout=300)
     log = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "holds another adapter than this job's" in log and "resume with the same model settings" in log
+    assert "holds another adapter than this job's" in log and "use the same model settings" in log
     assert "local steps" not in log  # nothing trained
 
 

@@ -101,7 +101,8 @@ class ExactLoRAAssembler(WeightedAssembler):
         reference = global_weights(fl_ctx)
         result = aggregate_exact(list(contributions.values()), reference, self.rank_weighting)
         account = "exact LoRA aggregation"
-        bands = self._record_bands(reference, result, set(ranks.values()), fl_ctx) if reference is not None else ""
+        has_lora = reference is not None and payload_rank(reference) is not None  # presets without LoRA have no bands
+        bands = self._record_bands(reference, result, set(ranks.values()), fl_ctx) if has_lora else ""
         if len(set(ranks.values())) > 1:
             account += f" of sites at LoRA ranks {ranks} (rank_weighting {self.rank_weighting})" + (f"; {bands}" if bands else "")
         return result, account

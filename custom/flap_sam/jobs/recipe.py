@@ -93,6 +93,9 @@ def _setting_keywords(init) -> inspect.Signature:
 FlapSamRecipe.__signature__ = _setting_keywords(FlapSamRecipe.__init__)
 
 
+POC_LOGIN_TIMEOUT_S = 120
+
+
 def make_env(env: str, num_clients: int, workspace: str | None = None, startup_kit: str | None = None, username: str = "admin@nvidia.com"):
     """FLARE's execution environment: ``sim`` (SimEnv: ``num_clients`` sites, results under ``workspace``),
     ``poc`` (PocEnv: a fresh local POC with ``num_clients`` sites) or ``prod`` (ProdEnv: a provisioned
@@ -102,7 +105,8 @@ def make_env(env: str, num_clients: int, workspace: str | None = None, startup_k
     if env == "sim":
         return SimEnv(num_clients=num_clients, num_threads=num_clients, workspace_root=workspace or "/tmp/nvflare/simulation")
     if env == "poc":
-        return PocEnv(num_clients=num_clients, username=username)
+        # FLARE's admin login waits 10 s by default: a POC server that starts on a busy machine needs longer.
+        return PocEnv(num_clients=num_clients, username=username, extra={"login_timeout": POC_LOGIN_TIMEOUT_S})
     if env == "prod":
         if not startup_kit:
             raise ValueError("--env prod needs --startup-kit: the admin's startup kit folder of the deployment")

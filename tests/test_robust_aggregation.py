@@ -17,7 +17,7 @@ from flap_sam.federated.aggregation_rules import (
     fedseca,
     trimmed_mean,
 )
-from flap_sam.federated.attacks import attack_contributions, attack_refusal, crafted_change, flipped_labels
+from flap_sam.measurement.attacks import attack_contributions, attack_refusal, crafted_change, flipped_labels
 from flap_sam.model.factory import ModelSpec
 from flap_sam.model.lora import factorize
 from flap_sam.training.settings import AttackSettings
@@ -156,7 +156,7 @@ def test_an_attack_runs_only_in_the_simulator_or_poc(tmp_path):
 def test_a_server_outside_the_simulator_and_poc_stops_an_attacked_job_at_its_start(tmp_path):
     from nvflare.apis.event_type import EventType
 
-    from flap_sam.federated.lora_aggregation import FlapSamAggregator
+    from flap_sam.measurement.byzantine import ByzantineAggregator
 
     class Workspace:
         def get_root_dir(self):
@@ -174,7 +174,7 @@ def test_a_server_outside_the_simulator_and_poc_stops_an_attacked_job_at_its_sta
     ctx = FLContext()
     ctx.set_prop(FLContextKey.WORKSPACE_OBJECT, Workspace(), private=True)
     ctx.set_prop(ReservedKey.ENGINE, Engine(), private=True)
-    aggregator = FlapSamAggregator("fedseca", attack={"attack": "ipm", "attack_sites": "site-2", "attack_strength": 0.0})
+    aggregator = ByzantineAggregator("fedseca", attack={"attack": "ipm", "attack_sites": "site-2", "attack_strength": 0.0})
     aggregator.handle_event(EventType.START_RUN, ctx)
     assert [e for e, _ in Engine.fired] == [EventType.FATAL_SYSTEM_ERROR]
     assert "attack simulation is for FLARE's simulator and POC deployments only" in Engine.fired[0][1]

@@ -136,7 +136,7 @@ def test_the_allow_list_holds_every_component_the_jobs_use_and_no_other_nvflare_
     allowed = class_allow_list()
     assert all(p.startswith("flap_sam.") or p in allowed for p in paths), sorted(p for p in paths if p not in allowed)
     nvflare_used = {p for p in paths if not p.startswith("flap_sam.")}
-    assert set(allowed) - {"flap_sam."} == nvflare_used  # exactly what the jobs use
+    assert set(allowed) - {"flap_sam.federated."} == nvflare_used  # exactly what the jobs use
 
 
 def test_a_job_made_by_flap_sam_job_carries_no_code_and_names_its_scope(tmp_path):
@@ -204,7 +204,7 @@ def test_the_simulator_workspace_enforces_the_sites_allow_list(tmp_path):
     resources = tmp_path / "ws" / "local" / "resources.json"
     policy = json.loads(resources.read_text())
     assert policy["class_allow_list"] == class_allow_list() and policy["class_list_enforcement_mode"] == "enforce"
-    policy["class_allow_list"].remove("flap_sam.")
+    policy["class_allow_list"].remove("flap_sam.federated.")
     resources.write_text(json.dumps(policy))
     refused = subprocess.run(
         simulator_command(job, str(tmp_path / "ws"), 2),
@@ -355,3 +355,36 @@ def test_a_lead_cannot_abort_another_hospitals_job_or_restart_its_client(federat
     finally:
         lead_1.close()
         lead_2.close()
+
+
+def test_only_a_measurement_job_names_the_attack_simulation_and_no_kit_allows_it(tmp_path):
+    """The production aggregator and learner know nothing of attacks; a job with an attack names the Byzantine
+    subclasses (and only it), which the kits' allow-list refuses and the simulator allows for that job alone."""
+    from flap_sam.federated.learner import FlapSamLearner
+    from flap_sam.federated.lora_aggregation import FlapSamAggregator
+    from flap_sam.jobs.writer import is_measurement_job
+    from flap_sam.provisioning.policy_files import MEASUREMENT_PREFIX
+
+    for component in (FlapSamAggregator, FlapSamLearner):
+        with pytest.raises(TypeError, match="attack"):
+            component(attack={"attack": "sign_flip", "attack_sites": "site-2"})
+    plain = write_job(str(REPO / "jobs" / "kits_lora"), str(tmp_path / "plain"), {})
+    attacked = write_job(plain, str(tmp_path / "attacked"), {"attack": "sign_flip", "attack_sites": "site-2"})
+    back = write_job(attacked, str(tmp_path / "back"), {"attack": "none"})
+    for folder, measuring in ((plain, False), (attacked, True), (back, False)):
+        paths = set().union(*(_component_paths(resolved_config(folder, side)) for side in SIDES))
+        assert {p for p in paths if p.startswith(MEASUREMENT_PREFIX)} == (
+            {"flap_sam.measurement.byzantine.ByzantineAggregator", "flap_sam.measurement.byzantine.ByzantineLearner"}
+            if measuring
+            else set()
+        )
+        assert ("flap_sam.federated.lora_aggregation.FlapSamAggregator" in paths) is not measuring
+        assert is_measurement_job(folder) is measuring
+    server = resolved_config(attacked, "server")
+    aggregator = next(c for c in server["components"] if c["id"] == "aggregator")
+    assert aggregator["args"]["attack"] == "{attack_simulation}" and aggregator["args"]["aggregation"] == "{aggregation}"
+    kit_list = class_allow_list(["nvflare.app_common.widgets.x.Y"])
+    assert not any(f"{MEASUREMENT_PREFIX}byzantine.ByzantineAggregator".startswith(p) for p in kit_list)
+    assert any(f"{MEASUREMENT_PREFIX}byzantine.ByzantineAggregator".startswith(p) for p in class_allow_list(measurement=True))
+    prepare_workspace(str(tmp_path / "ws"), measurement=False)
+    assert MEASUREMENT_PREFIX not in json.loads((tmp_path / "ws" / "local" / "resources.json").read_text())["class_allow_list"]

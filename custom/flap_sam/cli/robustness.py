@@ -4,7 +4,7 @@ Runs one simulator federation of JOB per aggregation and attack (``none`` always
 the reference), the last N of M sites Byzantine, into ``DIR/runs/<aggregation>-<attack>/``; a
 run that finished (its ``DONE`` file) is not run again, so a stopped matrix goes on where it
 stopped. Then writes ``DIR/robustness.json``, ``DIR/robustness.md`` and ``DIR/robustness.png``
-(``flap_sam.evaluation.robustness``). Attacks run in the simulator only (``flap_sam.federated.attacks``).
+(``flap_sam.evaluation.robustness``). Attacks run in the simulator only (``flap_sam.measurement.attacks``).
 """
 
 from __future__ import annotations

@@ -22,11 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from flap_sam.jobs.simulator import prepare_workspace, simulator_command
-    from flap_sam.jobs.writer import read_job
+    from flap_sam.jobs.writer import is_measurement_job, read_job
 
     sites = args.sites or int(read_job(args.job).values["min_clients"])
     if sites < 1:
         raise ValueError(f"--sites {sites}: at least 1")
     workspace = os.path.abspath(args.workspace)
-    prepare_workspace(workspace)
+    prepare_workspace(workspace, measurement=is_measurement_job(args.job))
     return subprocess.call(simulator_command(os.path.abspath(args.job), workspace, sites))

@@ -21,7 +21,6 @@ from flap_sam.data.site import DEMO as DEMO_DATA_ROOT
 from flap_sam.data.site import SiteData
 from flap_sam.data.stacks import SliceStackDataset, build_augmentation
 from flap_sam.errors import CheckpointError
-from flap_sam.federated.attacks import attack_refusal, flipped_labels
 from flap_sam.federated.filters import SITE_ERROR_HEADER, SITE_ERROR_KINDS, BaseMismatchError, site_error_kind
 from flap_sam.federated.progress import ROUND_PROGRESS_EVENT, ROUND_PROGRESS_KEY
 from flap_sam.files import PERSONAL_ADAPTER_FILE, save_torch
@@ -33,7 +32,7 @@ from flap_sam.model.presets import exchanged_names, personal_names
 from flap_sam.training.device import apply_cpu_threads, pick_device
 from flap_sam.training.local_trainer import LocalTrainer, RoundProgress, evaluate_volumes, federation_steps, resolve_data_workers
 from flap_sam.training.schema import checked_value, package_defaults
-from flap_sam.training.settings import AttackSettings, SiteSettings, TrainingSettings
+from flap_sam.training.settings import SiteSettings, TrainingSettings
 
 # Each default is the one the schema declares (a job's FLARE config passes every value anyway).
 DEFAULT = package_defaults()
@@ -74,7 +73,6 @@ class FlapSamLearner(Learner):
         training: dict,
         site: dict,
         privacy: str = DEFAULT["privacy"],
-        attack: dict | None = None,
         analytic_sender_id: str = "analytic_sender",
     ) -> None:
         """
@@ -82,8 +80,6 @@ class FlapSamLearner(Learner):
             spec: the ``job_spec`` block (``JobSpec``); training: the ``training`` block (``TrainingSettings``);
             site: the ``site`` block (``SiteSettings``); privacy: the ``privacy`` setting (the update then
                 travels as a difference, which FLARE's privacy filters work on).
-            attack: the ``attack_simulation`` block: a ``label_flip`` site trains on permuted classes
-                (simulator and POC only; ``flap_sam.federated.attacks``).
         """
         super().__init__()
         job = JobSpec.from_settings(spec)
@@ -91,7 +87,6 @@ class FlapSamLearner(Learner):
         self.training = TrainingSettings.from_settings(training, where="training: ", model_type=self.spec.model_type)
         self.site_settings = SiteSettings.from_settings(site, where="site: ")
         checked_value("privacy", privacy)
-        self.attack = AttackSettings.from_settings(attack)
         # FLARE's privacy filters work on a difference: with privacy on, the update travels as a WEIGHT_DIFF.
         self.send_difference = privacy != "none"
         self.analytic_sender_id = analytic_sender_id
@@ -203,14 +198,6 @@ class FlapSamLearner(Learner):
         self.trainer = LocalTrainer(
             self.model, dataset, self.training, self.device, data_workers, self.site_settings.cpu_bf16, self.site_settings.cpu_return_memory
         )
-        if self.attack.attack == "label_flip" and self.site_name in self.attack.sites:
-            refusal = attack_refusal(fl_ctx)
-            if refusal:
-                raise ValueError(refusal)
-            self.trainer.label_permutation = torch.as_tensor(flipped_labels(self.spec.num_classes))
-            self.log_warning(
-                fl_ctx, f"{self.attack.describe()}: this site trains on permuted classes {self.trainer.label_permutation.tolist()}"
-            )
         self.log_info(
             fl_ctx,
             f"{self.spec.model_type} preset={self.spec.preset} on {self.device}: {len(self.exchanged)} tensors, "
@@ -298,8 +285,6 @@ class FlapSamLearner(Learner):
             return self._error_reply("diverged")
         self._log("train_loss", loss, current_round)
         self._log("lr", self.trainer.optimizer.param_groups[0]["lr"], current_round)
-        if self.trainer.label_permutation is not None:
-            self.log_warning(fl_ctx, f"round {current_round}: {self.attack.describe()}")
         self.log_info(
             fl_ctx,
             f"round {current_round}: {done} local steps (global steps {first_step}-{first_step + done - 1} "

@@ -1,5 +1,5 @@
-"""The job's aggregator as NVFlare components: ``FlapSamAggregator`` checks every update, weighs the sites,
-runs the attack simulation and keeps the base fingerprint; the rules it runs (``flap_sam.federated.aggregation_rules``)
+"""The job's aggregator as NVFlare components: ``FlapSamAggregator`` checks every update, weighs the sites
+and keeps the base fingerprint; the rules it runs (``flap_sam.federated.aggregation_rules``)
 are FLARE ``Assembler``s in FLARE's ``CollectAndAssembleAggregator`` (or NVFlare's in-time weighted average).
 """
 
@@ -22,7 +22,6 @@ from nvflare.app_common.aggregators.collect_and_assemble_aggregator import Colle
 from nvflare.app_common.app_constant import AppConstants
 
 from flap_sam.federated.aggregation_rules import aggregate_exact, aggregate_robust, rank_bands, update_band_energy
-from flap_sam.federated.attacks import ATTACK_META_KEY, attack_contributions, attack_refusal
 from flap_sam.federated.contributions import contribution_problem
 from flap_sam.federated.site_ranks import record_site_rank
 from flap_sam.files import RANK_BANDS_FILE, write_json
@@ -30,7 +29,6 @@ from flap_sam.jobs.settings import check_aggregation_weights
 from flap_sam.model.adapter_file import FINGERPRINT_KEY
 from flap_sam.model.lora import at_rank, payload_rank
 from flap_sam.training.schema import checked_value, package_defaults
-from flap_sam.training.settings import AttackSettings
 
 # Each default is the one the schema declares (a job's FLARE config passes every value anyway).
 DEFAULT = package_defaults()
@@ -153,9 +151,8 @@ class FlapSamAggregator(Aggregator):
     * ``average``: NVFlare's ``InTimeAccumulateWeightedAggregator`` (WEIGHTS, same weights);
     * ``fedseca``, ``median``, ``trimmed_mean``: ``RobustAssembler`` there too (Byzantine-robust, on each site's change).
 
-    With an ``attack`` (simulator and POC only, ``flap_sam.federated.attacks``) every accepted update
-    is held until the round's last, the attacking sites' are replaced by crafted ones, and then all go
-    to the aggregation as if they had arrived so.
+    The attack simulation is not here: measurement jobs name its subclass
+    (``flap_sam.measurement.byzantine.ByzantineAggregator``), which no provisioned kit allows.
 
     Each update is first checked against the current global model (``contribution_problem``):
     a bad one is left out with an error that names the site and the reason. When no update of
@@ -169,7 +166,6 @@ class FlapSamAggregator(Aggregator):
         trim_fraction: float = DEFAULT["trim_fraction"],
         fedseca_sparsity: float = DEFAULT["fedseca_sparsity"],
         rank_weighting: str = DEFAULT["rank_weighting"],
-        attack: dict | None = None,
     ) -> None:
         super().__init__()
         checked_value("aggregation", aggregation)
@@ -185,18 +181,10 @@ class FlapSamAggregator(Aggregator):
             self.impl = CollectAndAssemble(ExactLoRAAssembler(self.weights, checked_value("rank_weighting", rank_weighting)))
         else:
             self.impl = CollectAndAssemble(RobustAssembler(aggregation, trim_fraction, fedseca_sparsity))
-        self.attack = AttackSettings.from_settings(attack)
-        self._held: dict[str, Shareable] = {}  # an attacked round: the accepted updates, until the round's last
         self._lock = threading.Lock()
         self._accepted = 0  # updates accepted this round
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        if event_type == EventType.START_RUN and self.attack.active:
-            refusal = attack_refusal(fl_ctx)
-            if refusal:
-                self.system_panic(refusal, fl_ctx)
-                return
-            self.log_warning(fl_ctx, f"{self.attack.describe()}: every round of this job is attacked (measuring only)")
         if event_type == EventType.START_RUN:
             engine = fl_ctx.get_engine()
             for client in engine.get_clients() if engine is not None else []:
@@ -218,38 +206,23 @@ class FlapSamAggregator(Aggregator):
         dxo.set_meta_prop(FINGERPRINT_KEY, base)
         return dxo.update_shareable(result)
 
-    def _release_held(self, fl_ctx: FLContext) -> None:
-        """An attacked round: the attacking sites' updates replaced by crafted ones, then all handed to the aggregation."""
-        with self._lock:
-            held, self._held = self._held, {}
-        models = {site: from_shareable(s).data for site, s in held.items()}
-        attacked = attack_contributions(
-            self.attack, models, global_weights(fl_ctx), seed=int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND) or 0)
-        )
-        for site, shareable in held.items():
-            if site in self.attack.sites:
-                dxo = from_shareable(shareable)
-                dxo.data = attacked[site]
-                shareable = dxo.update_shareable(shareable)
-            if self.impl.accept(shareable, fl_ctx):
-                with self._lock:
-                    self._accepted += 1
-        self.log_warning(
-            fl_ctx,
-            f"round {fl_ctx.get_prop(AppConstants.CURRENT_ROUND)}: {self.attack.describe()} "
-            f"(sites in this round: {', '.join(sorted(held))})",
-        )
-
     def _lower_ranks_refusal(self) -> str | None:
         """Why this job's aggregation cannot take a site at a LoRA rank below the job's; None when it can."""
         if self.aggregation == "average":
             return "aggregation = average averages A and B one by one and needs every site at the job's rank (lora_exact takes site_ranks)"
-        if self.attack.active:
-            return "the attack simulation crafts updates of the job's rank"
         return None
 
     def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
         contributor = shareable.get_peer_prop(key=ReservedKey.IDENTITY_NAME, default="?")
+        checked = self._checked_update(contributor, shareable, fl_ctx)
+        if checked is None:
+            return False
+        with self._lock:
+            self.weights.setdefault(contributor, 1.0)  # a site that joined after the start
+        return self._accept_checked(contributor, checked, fl_ctx)
+
+    def _checked_update(self, contributor: str, shareable: Shareable, fl_ctx: FLContext) -> Shareable | None:
+        """The update as WEIGHTS of the global model's layout, or None (logged) when it is left out."""
         current_round = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
         if shareable.get_return_code(ReturnCode.OK) == ReturnCode.OK:
             reference = global_weights(fl_ctx)
@@ -268,7 +241,7 @@ class FlapSamAggregator(Aggregator):
                     )
             if problem:
                 self.log_error(fl_ctx, f"round {current_round}: leaving out the update of {contributor}: {problem}")
-                return False
+                return None
             rank = payload_rank(dxo.data)
             if rank is not None:
                 record_site_rank(fl_ctx, contributor, rank)
@@ -277,13 +250,10 @@ class FlapSamAggregator(Aggregator):
                 dxo.data = {name: (np.asarray(start[name], dtype=np.float32) + diff).astype(np.float32) for name, diff in dxo.data.items()}
                 dxo.data_kind = DataKind.WEIGHTS
                 shareable = dxo.update_shareable(shareable)
-        with self._lock:
-            self.weights.setdefault(contributor, 1.0)  # a site that joined after the start
-            if self.attack.on_server:
-                if contributor in self._held:
-                    return False
-                self._held[contributor] = shareable
-                return True
+        return shareable
+
+    def _accept_checked(self, contributor: str, shareable: Shareable, fl_ctx: FLContext) -> bool:
+        """Hand a checked update to the aggregation rule (FLARE's aggregator refuses a site's second one)."""
         accepted = self.impl.accept(shareable, fl_ctx)
         if accepted:
             with self._lock:
@@ -291,8 +261,6 @@ class FlapSamAggregator(Aggregator):
         return accepted
 
     def aggregate(self, fl_ctx: FLContext) -> Shareable:
-        if self.attack.on_server:
-            self._release_held(fl_ctx)
         with self._lock:
             accepted, self._accepted = self._accepted, 0
         if accepted == 0:
@@ -305,14 +273,9 @@ class FlapSamAggregator(Aggregator):
             result = DXO(DataKind.WEIGHTS, data={k: np.array(v, copy=True) for k, v in (current or {}).items()}).to_shareable()
         else:
             result = self.impl.aggregate(fl_ctx)
-        if self.attack.active:
-            dxo = from_shareable(result)
-            dxo.set_meta_prop(ATTACK_META_KEY, self.attack.record())  # kept in the persisted adapter's meta
-            result = dxo.update_shareable(result)
         return self._keep_base_fingerprint(result, fl_ctx)
 
     def reset(self, fl_ctx: FLContext) -> None:
         with self._lock:
             self._accepted = 0
-            self._held = {}
         self.impl.reset(fl_ctx)

@@ -3,7 +3,8 @@
 Jobs that ``flap-sam job`` writes carry no code, so FLARE checks their components against the
 site's ``class_allow_list``; ``prepare_workspace`` gives the simulator's sites and server the
 same allow-list the provisioned kits carry (``flap_sam.provisioning``), so a job that runs here
-uses only components a hospital's kit accepts.
+uses only components a hospital's kit accepts; a measurement job (an attack simulation,
+``is_measurement_job``) gets the attack simulation's components allowed besides.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 from flap_sam.files import write_json
+from flap_sam.jobs.writer import is_measurement_job
 from flap_sam.provisioning.policy_files import class_allow_list
 
 PORT_RACE = "Address already in use"
@@ -75,13 +77,14 @@ def _lost_port_race(workspace: str) -> bool:
     return False
 
 
-def prepare_workspace(workspace: str) -> None:
+def prepare_workspace(workspace: str, measurement: bool = False) -> None:
     """``WORKSPACE/local/resources.json`` with the kits' ``class_allow_list`` (FLARE's simulator keeps ``local/`` between runs
-    and copies it to every participant)."""
+    and copies it to every participant); ``measurement``: the attack simulation's components too."""
     os.makedirs(os.path.join(workspace, "local"), exist_ok=True)
+    allowed = class_allow_list(measurement=measurement)
     write_json(
         os.path.join(workspace, "local", "resources.json"),
-        {"format_version": 2, "class_list_enforcement_mode": "enforce", "class_allow_list": class_allow_list()},
+        {"format_version": 2, "class_list_enforcement_mode": "enforce", "class_allow_list": allowed},
     )
 
 
@@ -113,7 +116,7 @@ def run_simulator(
     for attempt in range(1, attempts + 1):
         if attempt > 1:
             shutil.rmtree(workspace, ignore_errors=True)
-        prepare_workspace(str(workspace))
+        prepare_workspace(str(workspace), measurement=is_measurement_job(job))
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             started, cpu_before, peak = time.monotonic(), _children_cpu_seconds(), 0
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=full_env, start_new_session=True)

@@ -30,6 +30,9 @@ from flap_sam.training.schema import package_defaults
 
 SIDES = ("server", "client")
 DEMO_CONF = "demo.conf"  # the demo's budget, in the package's job_config/ beside settings.conf
+# Measurement jobs only: the Byzantine aggregator and learner (flap_sam.measurement), for an attack other than none
+ATTACK_CONF = "attack_simulation.conf"
+ATTACK_INCLUDE = f'include required(package("flap_sam:federated/job_config/{ATTACK_CONF}"))\n'
 
 
 def jobs_folder() -> str:
@@ -94,6 +97,16 @@ def parse_value(text: str):
         return text
 
 
+def is_measurement_job(job: str) -> bool:
+    """Whether a job folder includes ``attack_simulation.conf`` (on either side): an attack simulation."""
+    for side in SIDES:
+        if os.path.isfile(config_path(job, side)):
+            with open(config_path(job, side), encoding="utf-8") as f:
+                if any(line.lstrip().startswith("include") and f'/{ATTACK_CONF}"' in line for line in f):
+                    return True
+    return False
+
+
 def parse_settings(items: list[str]) -> dict:
     """``["preset=flap", "num_rounds=3"]`` (``--set`` of ``flap-sam job``, ``sweep`` and ``job.py``) -> settings."""
     settings = {}
@@ -105,19 +118,20 @@ def parse_settings(items: list[str]) -> dict:
     return settings
 
 
-def _drop_demo_budget(config_file: str) -> None:
-    """Leave out the config's include of the package's ``demo.conf`` (its only line that names it outside a comment)."""
+def _drop_include(config_file: str, conf: str) -> None:
+    """Leave out the config's include of the package's ``conf`` (its only line that names it outside a comment)."""
     with open(config_file, encoding="utf-8") as f:
         lines = f.read().splitlines(keepends=True)
     with open(config_file, "w", encoding="utf-8") as f:
-        f.writelines(line for line in lines if not (line.lstrip().startswith("include") and f'/{DEMO_CONF}"' in line))
+        f.writelines(line for line in lines if not (line.lstrip().startswith("include") and f'/{conf}"' in line))
 
 
 def write_job(source: str, out: str, settings: dict) -> str:
     """Copy job folder ``source`` to ``out`` and set ``settings`` in both of its config files; returns ``out``.
 
     A ``data_root`` other than ``demo``, or ``demo_budget = false``, drops the demo's short budget:
-    the copy runs the paper's recipe. The copy carries no code (no ``app/custom/``) and names its
+    the copy runs the paper's recipe. An ``attack`` other than ``none`` (a measurement job) includes
+    ``attack_simulation.conf``, which names the Byzantine components; any other job names none. The copy carries no code (no ``app/custom/``) and names its
     privacy scope (setting ``scope``) in ``meta.json``, as provisioned sites require; to run it in
     FLARE's simulator use ``run_simulator`` / ``flap-sam simulate``, which give the simulator the
     sites' allow-list.
@@ -133,10 +147,13 @@ def write_job(source: str, out: str, settings: dict) -> str:
     shutil.copytree(source, tmp)
     for side in SIDES:
         if drop_demo_budget:
-            _drop_demo_budget(config_path(tmp, side))
+            _drop_include(config_path(tmp, side), DEMO_CONF)
+        _drop_include(config_path(tmp, side), ATTACK_CONF)
         with open(config_path(tmp, side), "a", encoding="utf-8") as f:
             f.write("\n# set by flap-sam job\n")
             f.writelines(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
+            if merged["attack"] != "none":
+                f.write(f"# a measurement job: the Byzantine sites of the attack simulation\n{ATTACK_INCLUDE}")
     with open(os.path.join(tmp, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
     meta["name"] = os.path.basename(os.path.normpath(out))

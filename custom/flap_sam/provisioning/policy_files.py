@@ -3,8 +3,9 @@
 FLARE reads them at the site, never from a job:
 
 * ``resources.json`` (``class_allow_list``): the component classes a job may use. Here: the
-  installed ``flap_sam`` package and exactly the NVFlare classes the jobs' configs name, plus
-  the components the kit itself runs. Jobs that bring code (an ``app/custom/`` folder) skip
+  installed package's FLARE components (``flap_sam.federated.``; not ``flap_sam.measurement.``,
+  the attack simulation, which only FLARE's simulator allows) and exactly the NVFlare classes
+  the jobs' configs name, plus the components the kit itself runs. Jobs that bring code (an ``app/custom/`` folder) skip
   this list in FLARE, which is why no role may submit them (``byoc`` below).
 * ``authorization.json``: who may do what (rights per role, with conditions: ``o:site`` = the
   user's org is the site's org, ``n:submitter`` = the user submitted the job).
@@ -31,7 +32,8 @@ JOB_NVFLARE_CLASSES = (
     "nvflare.app_common.widgets.validation_json_generator.ValidationJsonGenerator",
     "nvflare.app_opt.tracking.tb.tb_receiver.TBAnalyticsReceiver",
 )
-PACKAGE_PREFIX = "flap_sam."
+COMPONENTS_PREFIX = "flap_sam.federated."  # every component a production job names
+MEASUREMENT_PREFIX = "flap_sam.measurement."  # the attack simulation's components: measurement jobs only
 
 SCOPES = ("flap", "flap_percentile")  # what a job may name as its "scope"; settings.conf: scope
 
@@ -98,10 +100,11 @@ def check_site_filter(presets, max_bytes_per_result, update_kinds=UPDATE_KINDS) 
         raise ValueError(f"site policy: update_kinds must be some of {list(UPDATE_KINDS)}, got {list(update_kinds)!r}")
 
 
-def class_allow_list(kit_components: list[str] = ()) -> list[str]:
-    """``resources.json``'s ``class_allow_list``: the package, the jobs' NVFlare classes, the kit's own ``kit_components``."""
-    listed = [PACKAGE_PREFIX, *JOB_NVFLARE_CLASSES]
-    return listed + [path for path in kit_components if path not in listed and not path.startswith(PACKAGE_PREFIX)]
+def class_allow_list(kit_components: list[str] = (), measurement: bool = False) -> list[str]:
+    """``resources.json``'s ``class_allow_list``: the package's components, the jobs' NVFlare classes, the kit's own
+    ``kit_components``; with ``measurement`` (FLARE's simulator only, never a kit) the attack simulation's too."""
+    listed = [COMPONENTS_PREFIX, *([MEASUREMENT_PREFIX] if measurement else []), *JOB_NVFLARE_CLASSES]
+    return listed + [path for path in kit_components if path not in listed and not path.startswith(COMPONENTS_PREFIX)]
 
 
 def privacy_policy(presets: list[str], max_bytes_per_result: int, percentile: float, percentile_gamma: float) -> dict:

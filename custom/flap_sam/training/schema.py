@@ -45,7 +45,10 @@ class Section:
 MODEL = Section("model (must be identical on server and clients)", "both")
 TASK = Section("task (must be identical on server and clients): dataset is the shortcut, the rest override it", "both")
 SERVER = Section("server", "server")
-ATTACK = Section("attack simulation (measuring robustness only: FLARE's simulator and POC, never a production job)", "both")
+ATTACK = Section(
+    "attack simulation (measuring robustness only: a job with an attack names flap_sam.measurement's components, which only FLARE's simulator allows)",
+    "both",
+)
 TRANSPORT = Section("transport (both sides)", "both")
 PRIVACY = Section("privacy on the update (sites): FLARE's filters on the update as a difference (docs/security.md)", "sites")
 TIMEOUTS = Section("FLARE's client timeouts (sites)", "sites")

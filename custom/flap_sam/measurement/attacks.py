@@ -1,4 +1,4 @@
-"""Byzantine sites, simulated to measure what an aggregation survives: never in a production job.
+"""Byzantine sites, simulated to measure what an aggregation survives: the rules (the components are ``byzantine``).
 
 The ``attack`` block of a job (``attack``, ``attack_sites``, ``attack_strength``) makes the named
 sites Byzantine. ``label_flip`` happens at the site (it trains on permuted classes); every other

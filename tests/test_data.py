@@ -27,9 +27,14 @@ def _write(path, array, affine=None):
 def _site(tmp_path, image, label, affine_label=None):
     _write(tmp_path / "img.nii.gz", image)
     _write(tmp_path / "lab.nii.gz", label, affine_label)
+    _write(tmp_path / "val_img.nii.gz", _good()[0])  # a good validation case (a datalist lists each case once)
+    _write(tmp_path / "val_lab.nii.gz", _good()[1])
     (tmp_path / "datalist.json").write_text(
         json.dumps(
-            {"training": [{"image": "img.nii.gz", "label": "lab.nii.gz"}], "validation": [{"image": "img.nii.gz", "label": "lab.nii.gz"}]}
+            {
+                "training": [{"image": "img.nii.gz", "label": "lab.nii.gz"}],
+                "validation": [{"image": "val_img.nii.gz", "label": "val_lab.nii.gz"}],
+            }
         )
     )
     return str(tmp_path)

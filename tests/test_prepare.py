@@ -70,8 +70,9 @@ def test_kits19_one_hospital_prepares_only_its_site_and_can_copy(kits_raw, tmp_p
     out = tmp_path / "site3"
     assert main(["prepare", "kits19", "--raw", str(kits_raw), "--out", str(out), "--sites", "site-3", "--copy"]) == 0
     assert sorted(os.listdir(out)) == ["images", "labels", "site-3.json", "summary.json"]
-    case = load_datalist(str(out / "site-3.json"))["training"][0]
-    assert case.image.startswith(str(out)) and os.path.isfile(case.image)
+    cases = load_datalist(str(out / "site-3.json"))["training"]
+    assert len(cases) > 1 and all(case.image.startswith(str(out)) and os.path.isfile(case.image) for case in cases)
+    assert len({case.image for case in cases}) == len(cases)  # every case its own copy (KiTS19 names each case's file alike)
 
 
 def test_kits19_reports_every_broken_case_and_writes_nothing(kits_raw, tmp_path, capsys):

@@ -62,31 +62,44 @@ def load_datalist(
     if not isinstance(content, dict):
         raise DataError(f"datalist {path}: expected an object with 'training' and 'validation' lists")
     result: dict[str, list[Case]] = {}
+    listed: dict[str | tuple[str, ...], str] = {}  # image -> where it is listed first
     for section in ("training", "validation", "test"):
         entries = content.get(section, [])
         if not isinstance(entries, list):
             raise DataError(f"datalist {path}: '{section}' must be a list")
         cases = []
         for i, entry in enumerate(entries):
+            where = f"datalist {path}: {section}[{i}]"
             image = entry.get("image") if isinstance(entry, dict) else None
-            if isinstance(image, list) and image and all(isinstance(f, str) for f in image):
-                image = tuple(_absolute(root, f) for f in image)  # a DICOM series, file by file
-            elif isinstance(image, str):
-                image = _absolute(root, image)
+            if isinstance(image, list) and image and all(isinstance(f, str) and f for f in image):
+                image = tuple(_inside(root, f, f"{where}: image") for f in image)  # a DICOM series, file by file
+            elif isinstance(image, str) and image:
+                image = _inside(root, image, f"{where}: image")
             else:
-                raise DataError(f"datalist {path}: {section}[{i}] needs an 'image' path (or a list of a DICOM series' files)")
+                raise DataError(f"{where} needs an 'image' path (or a list of a DICOM series' files)")
+            if image in listed:  # a case trained on and scored, or trained on twice, corrupts the result silently
+                raise DataError(f"{where}: image {entry['image']} is also {listed[image]}; list each case once")
+            listed[image] = f"{section}[{i}]"
             label = entry.get("label")
             if label is None and require_labels:
-                raise DataError(f"datalist {path}: {section}[{i}] needs a 'label' path")
-            cases.append(Case(image, _absolute(root, label) if label else None))
+                raise DataError(f"{where} needs a 'label' path")
+            if label is not None and not (isinstance(label, str) and label):
+                raise DataError(f"{where}: 'label' must be a path, got {label!r}")
+            cases.append(Case(image, _inside(root, label, f"{where}: label") if label else None))
         result[section] = cases
     if require_training and not result["training"]:
         raise DataError(f"datalist {path}: the 'training' list is empty or absent")
     return result
 
 
-def _absolute(root: str, path: str) -> str:
-    return path if os.path.isabs(path) else os.path.normpath(os.path.join(root, path))
+def _inside(root: str, path: str, what: str) -> str:
+    """``path`` made absolute; a relative one must stay inside ``root`` (an absolute one may name a file anywhere)."""
+    if os.path.isabs(path):
+        return os.path.normpath(path)
+    absolute = os.path.normpath(os.path.join(os.path.abspath(root), path))
+    if os.path.relpath(absolute, os.path.abspath(root)).split(os.sep)[0] == os.pardir:
+        raise DataError(f"{what} {path} is outside the data root {root} (an absolute path may name a file elsewhere)")
+    return absolute
 
 
 def write_datalist(path: str, training: list[dict], validation: list[dict], test: list[dict] | None = None) -> None:

@@ -113,6 +113,9 @@ def _read(path: str, what: str, channel: int | None = None) -> nib.Nifti1Image:
         data = np.asanyarray(img.dataobj)
     except Exception as e:  # nibabel raises many types for corrupt or truncated files  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
         raise DataError(f"{what} {path}: cannot be read as NIfTI ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    affine = img.affine
+    if affine is None or not np.isfinite(affine).all() or np.linalg.matrix_rank(affine[:3, :3]) < 3:
+        raise DataError(f"{what} {path}: its affine (voxel grid to mm) is missing, not finite or singular: the header is damaged")
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     elif data.ndim == 4:

@@ -130,7 +130,8 @@ def _entry(case: RawCase, copy_root: str | None) -> dict[str, str]:
         return {"image": case.image, "label": case.label}
     entry = {}
     for key, kind in (("image", "images"), ("label", "labels")):
-        relative = os.path.join(kind, case.site, os.path.basename(getattr(case, key)))
+        # one folder per case: raw datasets often name every case's file alike (KiTS19: imaging.nii.gz)
+        relative = os.path.join(kind, case.site, case.case_id, os.path.basename(getattr(case, key)))
         os.makedirs(os.path.dirname(os.path.join(copy_root, relative)), exist_ok=True)
         shutil.copy2(getattr(case, key), os.path.join(copy_root, relative))
         entry[key] = relative

@@ -65,7 +65,8 @@ def check_settings(settings: Mapping, where: str = "") -> JobSettings:
     defaults = package_defaults()
     unknown = sorted(set(settings) - set(defaults))
     if unknown:
-        raise ValueError(f"{where}no setting {', '.join(unknown)} (settings: {', '.join(sorted(defaults))})")
+        names = ", ".join(name if name.isidentifier() else repr(name) for name in unknown)  # a stray newline stays visible
+        raise ValueError(f"{where}no setting {names} (settings: {', '.join(sorted(defaults))})")
     try:
         values = {name: checked_value(name, settings.get(name, default)) for name, default in defaults.items()}
         check_aggregation_weights(values["aggregation_weights"])

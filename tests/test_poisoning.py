@@ -179,3 +179,18 @@ def test_a_late_result_and_a_second_result_of_a_site_count_for_no_round(aggregat
     _, only_first = _aggregate(aggregation, global_weights, [("site-1", first, 4), ("site-2", first, 4)], "fp32")
     assert all(np.array_equal(result[k], only_first[k]) for k in global_weights)
     assert not all(np.array_equal(result[k], global_weights[k]) for k in global_weights)  # the first results did count
+
+
+@pytest.mark.parametrize("aggregation", ["average", "lora_exact"])
+def test_the_sites_weights_reach_the_rule_given_when_the_aggregator_is_made(aggregation, global_weights):
+    """``aggregation_weights`` (x local steps) weigh the sites: NVFlare's ``average`` gets them through its
+    constructor at the run's start, the exact rule through its assembler; a site not named weighs 1."""
+    aggregator = FlapSamAggregator(aggregation, aggregation_weights={"site-1": 3.0})
+    ctx = _server_ctx(global_weights)
+    aggregator.handle_event(EventType.START_RUN, ctx)
+    name = "mask_decoder.mask_tokens.weight"  # averaged by both rules (not a LoRA factor)
+    one = {k: v + np.float32(0.01) for k, v in global_weights.items()}
+    two = {k: v - np.float32(0.03) for k, v in global_weights.items()}
+    assert all(aggregator.accept(_arrived(site, w, 4, "fp32"), ctx) for site, w in (("site-1", one), ("site-2", two)))
+    result = from_shareable(aggregator.aggregate(ctx)).data
+    np.testing.assert_allclose(result[name], (3 * one[name] + two[name]) / 4, atol=1e-6)

@@ -49,9 +49,9 @@ class AdapterModel(nn.Module):
         *path, leaf = name.split(".")
         module: nn.Module = self
         for part in path:
-            if part not in module._modules:
+            if not isinstance(getattr(module, part, None), nn.Module):
                 module.add_module(part, nn.Module())
-            module = module._modules[part]
+            module = module.get_submodule(part)
         module.register_parameter(leaf, nn.Parameter(tensor, requires_grad=False))
 
     def forward(self, *args, **kwargs):

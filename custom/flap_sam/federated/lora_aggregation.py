@@ -169,14 +169,13 @@ class FlapSamAggregator(Aggregator):
     ) -> None:
         super().__init__()
         checked_value("aggregation", aggregation)
-        from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
-
         self.aggregation = aggregation
-        # One dict, shared with the aggregator that uses it and completed with 1.0 for every site of the
+        # One dict, shared with the assembler that uses it and completed with 1.0 for every site of the
         # run at its start: each site's weight is explicit (FLARE warns about every site it has to guess).
         self.weights = check_aggregation_weights(aggregation_weights)
+        self.impl: Aggregator | None
         if aggregation == "average":
-            self.impl = InTimeAccumulateWeightedAggregator(expected_data_kind="WEIGHTS", weigh_by_local_iter=True)
+            self.impl = None  # NVFlare's aggregator takes the weights when it is made: at the run's start, when the sites are known
         elif aggregation == "lora_exact":
             self.impl = CollectAndAssemble(ExactLoRAAssembler(self.weights, checked_value("rank_weighting", rank_weighting)))
         else:
@@ -191,8 +190,13 @@ class FlapSamAggregator(Aggregator):
                 self.weights.setdefault(client.name, 1.0)
             self.log_info(fl_ctx, f"aggregation {self.aggregation}, site weights (x training steps): {self.weights}")
             if self.aggregation == "average":
-                self.impl.aggregation_weights = self.weights  # read by NVFlare's aggregator when it sets up, below
-        self.impl.handle_event(event_type, fl_ctx)  # NVFlare's aggregator sets itself up at START_RUN
+                from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
+
+                self.impl = InTimeAccumulateWeightedAggregator(
+                    expected_data_kind="WEIGHTS", aggregation_weights=dict(self.weights), weigh_by_local_iter=True
+                )
+        if self.impl is not None:
+            self.impl.handle_event(event_type, fl_ctx)  # NVFlare's aggregator sets itself up at START_RUN
 
     @staticmethod
     def _keep_base_fingerprint(result: Shareable, fl_ctx: FLContext) -> Shareable:
@@ -254,7 +258,7 @@ class FlapSamAggregator(Aggregator):
 
     def _accept_checked(self, contributor: str, shareable: Shareable, fl_ctx: FLContext) -> bool:
         """Hand a checked update to the aggregation rule (FLARE's aggregator refuses a site's second one)."""
-        accepted = self.impl.accept(shareable, fl_ctx)
+        accepted = self._rule().accept(shareable, fl_ctx)
         if accepted:
             with self._lock:
                 self._accepted += 1
@@ -269,13 +273,20 @@ class FlapSamAggregator(Aggregator):
                 fl_ctx,
                 f"round {fl_ctx.get_prop(AppConstants.CURRENT_ROUND)}: no usable update from any site; the global model stays as it was",
             )
-            self.impl.reset(fl_ctx)
+            self._rule().reset(fl_ctx)
             result = DXO(DataKind.WEIGHTS, data={k: np.array(v, copy=True) for k, v in (current or {}).items()}).to_shareable()
         else:
-            result = self.impl.aggregate(fl_ctx)
+            result = self._rule().aggregate(fl_ctx)
         return self._keep_base_fingerprint(result, fl_ctx)
 
     def reset(self, fl_ctx: FLContext) -> None:
         with self._lock:
             self._accepted = 0
-        self.impl.reset(fl_ctx)
+        if self.impl is not None:
+            self.impl.reset(fl_ctx)
+
+    def _rule(self) -> Aggregator:
+        """The aggregation rule's FLARE aggregator (``average``'s is made at the run's start)."""
+        if self.impl is None:
+            raise RuntimeError(f"aggregation {self.aggregation}: an update arrived before the run started")
+        return self.impl

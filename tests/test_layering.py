@@ -23,7 +23,7 @@ FORBIDDEN = {
     "evaluation": {"federated", "jobs", "cli", "benchmark", "measurement"},
     "provisioning": {"data", "training", "federated", "jobs", "cli", "benchmark", "datasets", "evaluation", "measurement"},
 }
-LAYERS = {p.name for p in PACKAGE.iterdir() if p.is_dir() and not p.name.startswith("__")}
+LAYERS = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}  # subpackages (shipped_jobs/ is data)
 
 
 def _imported_layers(path: Path) -> set[str]:

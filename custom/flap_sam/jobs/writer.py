@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.resources
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from flap_sam.jobs.spec import JobSpec
 from flap_sam.training.schema import package_defaults
 
 SIDES = ("server", "client")
+SHIPPED_JOBS = "shipped_jobs"  # in the package: a link to the repository's jobs/ (package data of the wheel)
 DEMO_CONF = "demo.conf"  # the demo's budget, in the package's job_config/ beside settings.conf
 # Measurement jobs only: the Byzantine aggregator and learner (flap_sam.measurement), for an attack other than none
 ATTACK_CONF = "attack_simulation.conf"
@@ -36,9 +38,9 @@ ATTACK_INCLUDE = f'include required(package("flap_sam:federated/job_config/{ATTA
 
 
 def jobs_folder() -> str:
-    """``jobs/`` of the repository this package was installed from (editable install), or the current folder's."""
-    here = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "jobs"))
-    return here if os.path.isdir(here) else os.path.abspath("jobs")
+    """The shipped jobs, from the package's resources: ``flap_sam/shipped_jobs`` (the repository's ``jobs/``, which
+    an editable install links to and a built wheel carries)."""
+    return str(importlib.resources.files("flap_sam").joinpath(SHIPPED_JOBS))
 
 
 def source_job(job: str) -> str:

@@ -89,15 +89,22 @@ def test_a_setting_declared_once_reaches_the_check_a_job_folder_settings_conf_an
     assert row == "| `round_pause` | `5` |  | ≥ 0 | seconds the server waits between rounds |"
 
 
-def test_a_block_setting_declared_once_is_a_field_of_its_typed_block_and_checked_there(monkeypatch):
-    """A training setting is one declaration too: the block's typed class gets the field, typed and bounded,
-    and settings.conf hands it to the Learner inside the ``training`` block."""
+def test_a_block_setting_declared_in_the_schema_must_be_a_typed_field_of_its_block(monkeypatch):
+    """A training setting is declared once, in the schema (default, bounds, meaning); its block's class names it
+    as a typed field, for the type checker, and the class is checked against the schema when it is made: a
+    missing or mistyped field stops the import, so the two cannot drift. settings.conf hands it to the Learner."""
     _declare(monkeypatch, Setting("grad_clip", 0.0, "clip the gradient norm to this (0 = no clip)", TRAINING, "training", minimum=0))
+    fields = {f.name: f.type for f in dataclasses.fields(TrainingSettings)}
 
-    @settings_block("training")
-    class Recipe(SettingsBlock):
-        """A training block built after the declaration (the package's is built at import)."""
+    def block(annotations: dict[str, str]) -> type:
+        cls = type("Recipe", (SettingsBlock,), {"__annotations__": annotations, "__doc__": "A training block."})
+        return settings_block("training")(dataclasses.dataclass(frozen=True)(cls))
 
+    with pytest.raises(TypeError, match=r"Recipe: fields \[.*'fedprox_mu'\] are not the training block's settings \[.*'grad_clip'\]"):
+        block(fields)
+    with pytest.raises(TypeError, match=r"^Recipe.grad_clip: annotated str, declared float"):
+        block({**fields, "grad_clip": "str"})
+    Recipe = block({**fields, "grad_clip": "float"})
     values = {**Recipe.defaults(), "lr": 8e-4, "warmup_steps": 250, "poly_power": 7.0}
     assert Recipe.from_settings({**values, "grad_clip": "1.5"}).grad_clip == 1.5
     assert "grad_clip: clip the gradient norm" in Recipe.__doc__

@@ -72,7 +72,9 @@ def measure(data_root: str, model_type: str, image_size: int, mode: str) -> dict
         )
         evaluate_volumes(model, data.validation, profile.num_classes, device, mode=mode)
     done = time.perf_counter()
-    resident = sum(v.image.numel() * v.image.element_size() + v.label.numel() for v in data.train + data.validation)
+    resident = sum(
+        v.image.numel() * v.image.element_size() + (v.label.numel() if v.label is not None else 0) for v in data.train + data.validation
+    )
     return {
         "peak_rss_bytes": int(sampler.peak),
         "runtime_rss_bytes": int(baseline),

@@ -14,11 +14,14 @@ import logging
 import sys
 import threading
 import time
+from typing import cast
 
 import psutil
 import torch
+from torch import nn
 from typing_extensions import Self
 
+from flap_sam.data.stacks import SliceStackDataset
 from flap_sam.jobs.settings import training_settings
 from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.training.device import pick_device
@@ -68,9 +71,14 @@ def measure(
     with RssPeak() as sampler:
         model = build_model(spec, None, device, attention=attention, checkpointing=checkpointing)
         if compile_model:
-            model = torch.compile(model)
+            model = cast(nn.Module, torch.compile(model))  # the compiled module keeps the module's interface
         trainer = LocalTrainer(
-            model, [], training_settings(batch_size=batch_size, amp=amp), device, cpu_bf16=amp, cpu_return_memory=cpu_return_memory
+            model,
+            cast(SliceStackDataset, []),
+            training_settings(batch_size=batch_size, amp=amp),
+            device,
+            cpu_bf16=amp,
+            cpu_return_memory=cpu_return_memory,
         )
         generator = torch.Generator().manual_seed(0)
         stacks = torch.rand(batch_size, 5, spec.image_size, spec.image_size, generator=generator)

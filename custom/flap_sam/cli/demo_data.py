@@ -66,7 +66,12 @@ def _dicom_site(dataset: str, site_name: str, nifti_folder: str) -> str:
     if os.path.isdir(target):
         return target
     cases = load_datalist(os.path.join(nifti_folder, "datalist.json"), nifti_folder, require_training=False)
-    pairs = [(case.image, case.label) for section in ("training", "validation", "test") for case in cases[section]]
+    pairs = [
+        (case.image, case.label)
+        for section in ("training", "validation", "test")
+        for case in cases[section]
+        if isinstance(case.image, str) and case.label is not None  # the demo's NIfTI cases, each labelled
+    ]
     tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         write_demo_studies(dataset, pairs, tmp, site_name)

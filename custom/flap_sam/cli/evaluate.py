@@ -25,7 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datalist", required=True, help="the site's datalist (from flap-sam prepare, or the demo's)")
     parser.add_argument("--data-root", default=None, help="root of relative paths in the datalist (default: its folder)")
     parser.add_argument("--split", default="test", choices=SPLITS, help="which cases to score (default: test)")
-    parser.add_argument("--predictions", default=None, help="score these masks (<dir>/<image file name>) instead of running a model")
+    parser.add_argument(
+        "--predictions",
+        default=None,
+        help="score these masks (<dir>/<image file name>; a DICOM series: <dir>/<case>.nii.gz) instead of running a model",
+    )
     parser.add_argument("--out", default="evaluation", help="folder for dice.csv, dice.md and overlays (default: ./evaluation)")
     parser.add_argument(
         "--overlays",
@@ -79,6 +83,14 @@ def _case_name(image: str | tuple[str, ...]) -> str:
     return os.path.basename(image).removesuffix(".gz").removesuffix(".nii")
 
 
+def prediction_file_name(image: str | tuple[str, ...]) -> str:
+    """The mask file ``--predictions`` holds for a case: the NIfTI image's file name, or ``<case name>.nii.gz``
+    for a DICOM series (a folder, or its files)."""
+    if isinstance(image, str) and not os.path.isdir(image):
+        return os.path.basename(image)
+    return f"{_case_name(image)}.nii.gz"
+
+
 def run(args: argparse.Namespace) -> int:
     from flap_sam.data.datalist import load_datalist
     from flap_sam.data.stacks import prepare_volume
@@ -105,9 +117,11 @@ def run(args: argparse.Namespace) -> int:
     for i, case in enumerate(selected, start=1):
         name = _case_name(case.image)
         if args.predictions:
-            path = os.path.join(args.predictions, os.path.basename(case.image))
+            path = os.path.join(args.predictions, prediction_file_name(case.image))
             if not os.path.isfile(path):
-                raise DataError(f"prediction {path}: file not found (one mask per image, named like the image)")
+                raise DataError(
+                    f"prediction {path}: file not found (one mask per image, named like the image; a DICOM series': <case>.nii.gz)"
+                )
             prediction = load_volume(
                 case.image, path, profile.num_classes, channel=profile.channel
             ).label  # checks it is on the image's grid
@@ -117,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
             prediction = segment_volume(
                 model, prepare_volume(volume, normalizer, model.image_size), device, mode=args.inference, **refinements
             )
+        if volume.label is None or prediction is None:
+            raise DataError(f"case {name}: has no label to score against")
         rows.append({"case": name, **score_volume(prediction, volume.label, profile, volume.spacing)})
         if args.overlays > 0:
             write_overlays(volume.image, volume.label, prediction, os.path.join(args.out, "overlays"), name, args.overlays)

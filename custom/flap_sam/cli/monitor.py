@@ -17,6 +17,7 @@ import json
 import os
 import threading
 import time
+from typing import Any
 
 from flap_sam.files import CROSS_SITE_FILE, TRAFFIC_FILE
 
@@ -179,8 +180,10 @@ def follow(
     from nvflare.apis.job_def import RunStatus
     from nvflare.fuel.flare_api.api_spec import MonitorReturnCode, NoConnection
 
-    started, seen_errors, shown_rounds, shown_failures = time.monotonic(), set(), set(), set()
-    state = {"status": "?", "server_down": False, "answered": time.monotonic()}
+    started, seen_errors = time.monotonic(), set()
+    shown_rounds: set[int] = set()
+    shown_failures: set[str] = set()
+    state: dict[str, Any] = {"status": "?", "server_down": False, "answered": time.monotonic()}
     silent_after = silent_after or max(60.0, 10 * poll)  # a poll unanswered this long: the session is dead
 
     def on_poll(session, job_id: str, job_meta: dict) -> bool:
@@ -219,7 +222,7 @@ def follow(
                 session = reconnect()
             except NoConnection:
                 time.sleep(poll)
-    status = state["status"]
+    status = str(state["status"])
     if outcome == MonitorReturnCode.TIMEOUT:
         where = "the server is not reachable" if state["server_down"] else f"job {job_id} is {status}"
         say(f"stopped following after {timeout:.0f} s; {where}")

@@ -82,7 +82,7 @@ def _dicom(args: argparse.Namespace):
         class_name, _, listed = item.partition("=")
         if not listed:
             raise ValueError(f"--structure-names {item!r}: expected CLASS=NAME[|NAME...], e.g. tumour=GTV")
-        names[class_name.strip()] = [*names.get(class_name.strip(), ()), *listed.split("|")]
+        names[class_name.strip()] = (*names.get(class_name.strip(), ()), *listed.split("|"))
     structures = StructureNames.build(profile.class_names, names, setting="--structure-names")
     cases, found, notes = find_cases(args.raw, site, structures)
     print(format_survey(found, notes))

@@ -20,6 +20,7 @@ import argparse
 import os
 import shutil
 import subprocess
+from typing import Any
 
 DONE = "DONE"
 
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     common = parse_settings(args.set)
     transports = args.transports or [None]
     sites = args.sites or int(common.get("min_clients", job_settings(source)["min_clients"]))
-    rank_sets = [rank_settings(text, sites) for text in args.ranks] if args.ranks else [(None, {})]
+    rank_sets: list[tuple[str | None, dict[str, Any]]] = [rank_settings(text, sites) for text in args.ranks] if args.ranks else [(None, {})]
     volume_counts = args.train_volumes or [None]
     if args.held_out and not os.path.isfile(args.held_out):
         raise ValueError(f"--held-out {args.held_out}: file not found")

@@ -25,7 +25,9 @@ from __future__ import annotations
 import functools
 import os
 import zlib
+from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -177,7 +179,8 @@ def _deform(image: np.ndarray, anatomy: np.ndarray, seed: int, resolution_mm: in
         translate_range=(voxels(4.0), voxels(4.0), voxels(3.0)),
     )
     deform.set_random_state(seed=seed)
-    out = deform({"image": image[None], "anatomy": anatomy[None].astype(np.float32)})
+    arrays: dict[Hashable, Any] = {"image": image[None], "anatomy": anatomy[None].astype(np.float32)}  # MONAI takes NumPy too
+    out = deform(arrays)
     return np.asarray(out["image"][0], np.float32), np.rint(np.asarray(out["anatomy"][0])).astype(np.uint8)
 
 

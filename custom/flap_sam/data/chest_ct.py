@@ -22,7 +22,9 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import zlib
+from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -94,7 +96,7 @@ SITE_ACQUISITIONS = {
 
 def _packaged(name: str) -> str:
     try:
-        return str(importlib.resources.files("slicerio").joinpath("data", name))
+        return str(importlib.resources.files("slicerio").joinpath("data").joinpath(name))
     except ModuleNotFoundError:
         raise DataError("the chest CT demo needs the slicerio package (requirements.txt): pip install slicerio") from None
 
@@ -154,7 +156,8 @@ def _deform(hu: np.ndarray, label: np.ndarray, seed: int, spacing_mm: tuple[floa
         translate_range=(4.0, 4.0, 0.5),
     )
     deform.set_random_state(seed=seed)
-    out = deform({"image": (hu - AIR_HU)[None], "label": label[None].astype(np.float32)})  # air -> 0 so padding is air
+    arrays: dict[Hashable, Any] = {"image": (hu - AIR_HU)[None], "label": label[None].astype(np.float32)}  # air -> 0: padding is air
+    out = deform(arrays)
     return np.asarray(out["image"][0], np.float32) + AIR_HU, np.rint(np.asarray(out["label"][0])).astype(np.uint8)
 
 
@@ -197,7 +200,8 @@ def make_subject(ct: ChestCT, acquisition: CTAcquisition, seed: int) -> tuple[np
         image: (X, Y, Z) int16 HU; label: (X, Y, Z) uint8 classes (``CLASSES``); affine: 4x4 voxel-to-world (mm, RAS+).
     """
     rng = np.random.default_rng(seed)
-    spacing = tuple(float(s) for s in np.linalg.norm(ct.affine[:3, :3], axis=0))
+    sx, sy, sz = (float(s) for s in np.linalg.norm(ct.affine[:3, :3], axis=0))
+    spacing = (sx, sy, sz)
     hu, label = _deform(ct.hu, ct.label, int(rng.integers(2**31)), spacing)
     return _acquire(hu, label, ct.affine, acquisition, int(rng.integers(2**31)), spacing[0])
 

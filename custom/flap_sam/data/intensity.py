@@ -67,7 +67,9 @@ class ForegroundSamples:
 def normalize_ct(image: np.ndarray, stats: CTStatistics) -> np.ndarray:
     """(X, Y, Z) HU -> clipped, z-scored float32."""
     clipped = np.clip(image, stats.low, stats.high)
-    return NormalizeIntensity(subtrahend=stats.mean, divisor=stats.std)(clipped).numpy().astype(np.float32)
+    # MONAI's annotation names sequences and arrays; it takes a number as well (one value for the volume)
+    normalized = NormalizeIntensity(subtrahend=stats.mean, divisor=stats.std)(clipped)  # type: ignore[arg-type]
+    return np.asarray(normalized, dtype=np.float32)
 
 
 _MRI = ScaleIntensityRangePercentiles(lower=0, upper=99, b_min=0.0, b_max=1.0, clip=True)

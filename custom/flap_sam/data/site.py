@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flap_sam.data.datalist import find_datalist, load_datalist
 from flap_sam.data.demo import DEMO_DATASETS, ensure_demo_site
@@ -13,6 +14,11 @@ from flap_sam.data.profiles import DatasetProfile
 from flap_sam.data.stacks import PreparedVolume, normalize_resized, resize_volume
 from flap_sam.data.volumes import load_volume
 from flap_sam.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+
+    from flap_sam.data.volumes import VolumeSource
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +83,14 @@ class SiteData:
         CT statistics come from foreground samples taken while each training volume is loaded,
         and are applied to the resized volumes once all of them are in.
         """
-        samples, foreground, resized = ForegroundSamples(len(cases["training"])), False, {}
+        samples, foreground = ForegroundSamples(len(cases["training"])), False
+        resized: dict[str, list[tuple[torch.Tensor, torch.Tensor | None, VolumeSource]]] = {}
         for section in ("training", "validation", "test"):
             resized[section] = []
             for case in cases[section]:
                 volume = load_volume(case.image, case.label, num_classes, profile.label_map, profile.channel, structures)
                 if section == "training":
-                    foreground = foreground or bool(volume.label.any())
+                    foreground = foreground or bool(volume.label is not None and volume.label.any())
                     if profile.modality == "ct":
                         samples.add(volume)
                 resized[section].append((*resize_volume(volume, image_size), volume.source))

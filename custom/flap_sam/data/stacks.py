@@ -80,7 +80,7 @@ def resize_volume(volume: Volume, image_size: int) -> tuple[torch.Tensor, torch.
         z1 = min(depth, z0 + RESIZE_SLICES)
         chunk = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume.image[:, :, z0:z1], 2, 0), dtype=np.float32))
         image[z0:z1] = F.interpolate(chunk[:, None], size=(image_size, image_size), mode="bilinear", align_corners=False)[:, 0]
-        if label is not None:
+        if label is not None and volume.label is not None:
             chunk = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume.label[:, :, z0:z1], 2, 0)))
             label[z0:z1] = F.interpolate(chunk[:, None], size=(image_size, image_size), mode="nearest")[:, 0]
     return image, label
@@ -186,8 +186,10 @@ class SliceStackDataset(Dataset):
     """
 
     def __init__(self, volumes: list[PreparedVolume], augment: Compose | None = None, seed: int = 0, slice_channels: str = "grey") -> None:
-        if any(v.label is None for v in volumes):
+        labels = [v.label for v in volumes]
+        if any(label is None for label in labels):
             raise ValueError("training volumes need labels")
+        self.labels: list[torch.Tensor] = [label for label in labels if label is not None]  # (Z, S, S) each, of ``volumes``
         self.volumes = volumes
         self.augment = augment
         self.slice_channels = slice_channels
@@ -195,16 +197,16 @@ class SliceStackDataset(Dataset):
         if augment is not None:
             augment.set_random_state(seed=seed)
         self.index = [(vi, z) for vi, v in enumerate(volumes) for z in range(v.image.shape[0])]
-        num_classes = max((int(v.label.max()) for v in volumes if v.label.numel()), default=0)
+        num_classes = max((int(label.max()) for label in self.labels if label.numel()), default=0)
         self.classes_present = np.zeros((len(self.index), num_classes), bool)
         for i, (vi, z) in enumerate(self.index):
-            counts = torch.bincount(volumes[vi].label[z].flatten().long(), minlength=num_classes + 1)
+            counts = torch.bincount(self.labels[vi][z].flatten().long(), minlength=num_classes + 1)
             self.classes_present[i] = (counts[1:] > 0).numpy()
 
     @property
     def has_foreground(self) -> np.ndarray:
         """(N,) bool: the centre slice of sample i holds any foreground."""
-        return self.classes_present.any(axis=1)
+        return np.asarray(self.classes_present.any(axis=1))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -215,7 +217,7 @@ class SliceStackDataset(Dataset):
         depth = v.image.shape[0]
         sample = {
             "image": scale_stack(v.image[plane_indices(z, depth, self.slice_channels)].float()),
-            "label": v.label[stack_indices(z, depth)].float(),
+            "label": self.labels[vi][stack_indices(z, depth)].float(),
         }
         if self.augment is not None:
             sample = self.augment(sample)
@@ -236,7 +238,7 @@ def sampling_weights(classes_present: np.ndarray, foreground_fraction: float, pe
     small structure (on few slices) is drawn as often as a large one. The rest: the empty slices, uniformly.
     Uniform when the site has only empty or only non-empty slices.
     """
-    fg = classes_present.any(axis=1)
+    fg = np.asarray(classes_present.any(axis=1))
     n_fg, n_bg = int(fg.sum()), int((~fg).sum())
     if n_fg == 0 or n_bg == 0:
         return np.full(len(fg), 1.0 / max(1, len(fg)))
@@ -244,9 +246,9 @@ def sampling_weights(classes_present: np.ndarray, foreground_fraction: float, pe
         slices_per_class = classes_present.sum(axis=0)
         held = slices_per_class > 0
         share = np.where(held, foreground_fraction / held.sum() / np.maximum(slices_per_class, 1), 0.0)
-        foreground = classes_present @ share
+        foreground = np.asarray(classes_present @ share)
     else:
-        foreground = fg * (foreground_fraction / n_fg)
+        foreground = np.asarray(fg * (foreground_fraction / n_fg))
     return np.where(fg, foreground, (1.0 - foreground_fraction) / n_bg)
 
 
@@ -261,7 +263,7 @@ def foreground_sampler(
         raise ValueError(f"foreground_sampling: {sampling!r} is not one of {list(FOREGROUND_SAMPLING)}")
     weights = sampling_weights(dataset.classes_present, foreground_fraction, per_class=sampling == "class")
     generator = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples, replacement=True, generator=generator)
+    return WeightedRandomSampler(weights.tolist(), num_samples, replacement=True, generator=generator)
 
 
 def stacks_to_images(stacks: torch.Tensor, channels: int = 1) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
@@ -60,7 +60,10 @@ class VolumeSource:
         if self.label_path is None:
             raise ValueError(f"image {self.image_path}: has no label")
         if is_dicom(self.label_path):
-            return load_volume(self.image_path, self.label_path, self.num_classes, self.label_map, structures=self.structures).label
+            label = load_volume(self.image_path, self.label_path, self.num_classes, self.label_map, structures=self.structures).label
+            if label is None:
+                raise ValueError(f"label {self.label_path}: not read")
+            return label
         return _load_label(self.label_path, _read(self.label_path, "label"), self.num_classes, self.label_map)
 
     def to_original_orientation(self, array: np.ndarray) -> np.ndarray:
@@ -109,7 +112,7 @@ def _read(path: str, what: str, channel: int | None = None) -> nib.Nifti1Image:
     if not os.path.isfile(path):
         raise DataError(f"{what} {path}: file not found")
     try:
-        img = nib.load(path)
+        img: Any = nib.load(path)  # a NIfTI image (nibabel types the loader as returning any image format)
         data = np.asanyarray(img.dataobj)
     except Exception as e:  # nibabel raises many types for corrupt or truncated files  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)
         raise DataError(f"{what} {path}: cannot be read as NIfTI ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
@@ -169,8 +172,10 @@ def load_volume(
         series = read_series(image_path)
     if series is not None:
         image_img = series.nifti()
-    else:
+    elif isinstance(image_path, str):
         image_img = _read(image_path, "image", channel)
+    else:
+        raise DataError(f"image {image_path[0]}: a list of files is a DICOM series, and these are not DICOM")
     image = _canonical(image_img)
     if not np.issubdtype(image.dtype, np.integer):  # integer voxels (e.g. CT in int16) stay as stored: always finite
         image = image.astype(np.float32)
@@ -188,8 +193,9 @@ def load_volume(
         label = _load_label(label_path, label_img, num_classes, label_map)
     zooms = nib.affines.voxel_sizes(image_img.affine)
     ornt = nib.orientations.io_orientation(image_img.affine)
-    spacing = tuple(float(zooms[int(ax)]) for ax in ornt[:, 0].argsort())
-    name = series.tag if series is not None else os.path.basename(image_path)
+    sx, sy, sz = (float(zooms[int(ax)]) for ax in ornt[:, 0].argsort())
+    spacing = (sx, sy, sz)
+    name = series.tag if series is not None else os.path.basename(str(image_path))
     source = VolumeSource(
         image_path,
         label_path,

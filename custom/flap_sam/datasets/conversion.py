@@ -116,7 +116,7 @@ def check_cases(
     for i, case in enumerate(cases, start=1):
         try:
             volume = load_volume(case.image, case.label, profile.num_classes, profile.label_map, profile.channel, structures)
-            fg = int(volume.label.any(axis=(0, 1)).sum())
+            fg = int(volume.label.any(axis=(0, 1)).sum()) if volume.label is not None else 0
             checked[case.case_id] = CaseStats(volume.num_slices, fg, volume.spacing)
         except DataError as e:
             problems.append(f"{case.case_id}: {e}")

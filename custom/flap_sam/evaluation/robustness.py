@@ -36,7 +36,7 @@ def read_robustness_run(job_dir: str, aggregation: str, attack: str, byzantine: 
     return RobustnessRun(aggregation, attack, byzantine, sites, sum(tests) / len(tests) if tests else math.nan, val)
 
 
-def _cell(value: float) -> str:
+def _cell(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.3f}"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,16 +35,16 @@ class AdapterModel(nn.Module):
         checkpoint: an optional server-local official SAM checkpoint.
     """
 
-    def __init__(self, spec: dict, checkpoint: str = DEFAULT["server_checkpoint"]) -> None:
+    def __init__(self, spec: dict[str, Any], checkpoint: str = DEFAULT["server_checkpoint"]) -> None:
         super().__init__()
-        spec = JobSpec.from_settings(spec).model
-        checkpoint = resolve_checkpoint(checkpoint, spec.model_type)
-        full = build_model(spec, checkpoint)
-        exchanged = exchanged_state(full, spec.preset_obj)
+        model_spec = JobSpec.from_settings(spec).model
+        resolved = resolve_checkpoint(checkpoint, model_spec.model_type)
+        full = build_model(model_spec, resolved)
+        exchanged = exchanged_state(full, model_spec.preset_obj)
         for name, tensor in exchanged.items():
             self._register(name, tensor.clone())
-        self.spec = spec
-        self.base_fingerprint = base_fingerprint(full, exchanged, from_checkpoint=bool(checkpoint))
+        self.spec = model_spec
+        self.base_fingerprint = base_fingerprint(full, exchanged, from_checkpoint=bool(resolved))
 
     def _register(self, name: str, tensor: torch.Tensor) -> None:
         *path, leaf = name.split(".")
@@ -54,5 +55,5 @@ class AdapterModel(nn.Module):
             module = module.get_submodule(part)
         module.register_parameter(leaf, nn.Parameter(tensor, requires_grad=False))
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: object, **kwargs: object) -> None:
         raise RuntimeError("AdapterModel only holds the exchanged tensors; it is not a network")

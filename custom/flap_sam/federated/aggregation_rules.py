@@ -45,7 +45,9 @@ server keeps no state between rounds, so resume and restarts stay exact).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +109,8 @@ def aggregate_exact(
     result = {}
     for name in names:
         if name not in in_pairs:
-            result[name] = sum(w * np.asarray(c[name], dtype=np.float32) for w, (_, c) in zip(weights, contributions)).astype(np.float32)
+            summed = sum(w * np.asarray(c[name], dtype=np.float32) for w, (_, c) in zip(weights, contributions))
+            result[name] = np.asarray(summed, dtype=np.float32)
     for a_name, b_name in pairs.values():
         source = reference if reference is not None else contributions[0][1]
         rank = np.shape(source[a_name])[0]
@@ -130,7 +133,15 @@ def aggregate_exact(
     return result
 
 
-def _per_component(contributions, weights, site_ranks, reference, a_name, b_name, rank) -> tuple[np.ndarray, np.ndarray]:
+def _per_component(
+    contributions: list[tuple[float, dict[str, Any]]],
+    weights: list[float],
+    site_ranks: list[int],
+    reference: dict[str, Any] | None,
+    a_name: str,
+    b_name: str,
+    rank: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """``rank_weighting = supplied`` for one LoRA pair: (B, A) of rank ``rank`` (see ``aggregate_exact``)."""
     scale = component_weights(site_ranks, weights, rank)  # (sites, rank)
     b_factors = [np.asarray(c[b_name], np.float32) * scale[i, : site_ranks[i]] for i, (_, c) in enumerate(contributions)]
@@ -187,26 +198,26 @@ class ChangeLayout:
         entries: (key, shape) in order; key is a tensor name, or a LoRA pair's (A name, B name).
     """
 
-    entries: tuple
+    entries: tuple[Any, ...]
 
     @classmethod
-    def of(cls, names) -> ChangeLayout:
+    def of(cls, names: Iterable[str]) -> ChangeLayout:
         pairs = sorted(lora_pairs(names).values())
         in_pairs = {n for pair in pairs for n in pair}
         return cls(tuple([(n, None) for n in sorted(names) if n not in in_pairs] + [(pair, None) for pair in pairs]))
 
     @staticmethod
-    def _value(weights: dict, key) -> np.ndarray:
+    def _value(weights: dict[str, Any], key: str | tuple[str, str]) -> np.ndarray:
         if isinstance(key, tuple):
             a, b = key
             return np.asarray(weights[b], np.float64) @ np.asarray(weights[a], np.float64)  # (out, in): B·A
         return np.asarray(weights[key], np.float64)
 
-    def flatten(self, weights: dict, reference: dict) -> np.ndarray:
+    def flatten(self, weights: dict[str, Any], reference: dict[str, Any]) -> np.ndarray:
         """One site's change against ``reference`` as a vector (float64)."""
         return np.concatenate([(self._value(weights, k) - self._value(reference, k)).ravel() for k, _ in self.entries])
 
-    def apply(self, reference: dict, change: np.ndarray) -> dict[str, np.ndarray]:
+    def apply(self, reference: dict[str, Any], change: np.ndarray) -> dict[str, np.ndarray]:
         """``reference`` moved by ``change``: tensors added, LoRA products re-factorised to their rank (float32)."""
         result, offset = {}, 0
         for key, _ in self.entries:

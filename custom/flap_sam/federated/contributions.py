@@ -16,7 +16,7 @@ import numpy as np
 from flap_sam.model.lora import factor_shape_at_rank, payload_rank
 
 
-def contribution_problem(weights, steps, reference: dict[str, np.ndarray], lower_ranks: str | None = None) -> str | None:
+def contribution_problem(weights: object, steps: object, reference: dict[str, np.ndarray], lower_ranks: str | None = None) -> str | None:
     """Why a site's update may not be aggregated, in one line; None when it may.
 
     Args:
@@ -26,7 +26,7 @@ def contribution_problem(weights, steps, reference: dict[str, np.ndarray], lower
         lower_ranks: None when the aggregation takes LoRA pairs of a lower rank than the global model's,
             else why it does not (said when a site sends them).
     """
-    if not isinstance(steps, numbers.Real) or isinstance(steps, bool) or not np.isfinite(steps) or steps <= 0:
+    if not isinstance(steps, numbers.Real) or isinstance(steps, bool) or not np.isfinite(float(steps)) or steps <= 0:
         return f"its weight (local steps) is {steps!r}, not a positive number"
     if not isinstance(weights, dict) or not weights:
         return "it holds no tensors"

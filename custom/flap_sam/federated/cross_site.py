@@ -7,6 +7,8 @@ number of volumes), so the text names sites and models, never a file of a site.
 
 from __future__ import annotations
 
+from typing import Any
+
 from nvflare.apis.dxo import DataKind, from_file
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_context import FLContext
@@ -15,7 +17,7 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
 
 
-def format_scores(scores: dict[str, dict[str, dict]]) -> str:
+def format_scores(scores: dict[str, dict[str, dict[str, Any]]]) -> str:
     """``{site: {model: metrics}}`` -> one line per site and model, e.g. ``site-1 | SRV_FL_global_model | dice 0.812 | ...``."""
     if not scores:
         return "no cross-site results yet"
@@ -33,7 +35,7 @@ class CrossSiteDiceFormatter(Formatter):
 
     def format(self, fl_ctx: FLContext) -> str:
         received = fl_ctx.get_prop(AppConstants.VALIDATION_RESULT, {}) or {}
-        scores: dict[str, dict[str, dict]] = {}
+        scores: dict[str, dict[str, dict[str, Any]]] = {}
         for site, models in received.items():
             for model, path in (models or {}).items():
                 try:
@@ -53,6 +55,9 @@ class CrossSiteEvaluation(CrossSiteModelEval):
     provided", and ``show_errors`` fills with that warning. Looking it up at the start of the
     run keeps ``show_errors`` for real problems.
     """
+
+    _formatter: Formatter | None  # CrossSiteModelEval's own attributes (see docs/architecture.md#what-the-project-relies-on-in-flare)
+    _formatter_id: str
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == EventType.START_RUN and self._formatter_id and self._formatter is None:

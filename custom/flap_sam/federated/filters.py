@@ -9,6 +9,7 @@ file names of patient data can identify patients: the result carries only its ki
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
@@ -25,18 +26,18 @@ from flap_sam.model.lora import factor_rank, factor_shape_at_rank
 _WEIGHT_KINDS = (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF)
 
 
-def lower_rank_shape(name: str, shape: tuple, expected: tuple) -> bool:
+def lower_rank_shape(name: str, shape: tuple[Any, ...], expected: tuple[Any, ...]) -> bool:
     """Whether ``shape`` is the schema's LoRA factor ``expected`` at a lower rank (a site of ``site_ranks``)."""
     rank, job_rank = factor_rank(name, shape), factor_rank(name, expected)
     return rank is not None and job_rank is not None and 1 <= rank < job_rank and shape == factor_shape_at_rank(name, expected, rank)
 
 
-def is_number(value) -> bool:
+def is_number(value: object) -> bool:
     """A plain real number (Python or numpy), the only metric value that may leave a site."""
     return isinstance(value, (numbers.Real, np.integer, np.floating))
 
 
-def _plain(value) -> bool:
+def _plain(value: object) -> bool:
     """Plain metadata: numbers, strings, None, or lists/dicts of them (no arrays, no bytes)."""
     if value is None or isinstance(value, str) or is_number(value):
         return True
@@ -97,7 +98,7 @@ class PresetResultFilter(Filter):
         spec: the job's model and task settings (the ``job_spec`` block; see ``JobSpec``).
     """
 
-    def __init__(self, spec: dict) -> None:
+    def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__()
         self.spec = JobSpec.from_settings(spec).model
         self.schema = exchange_schema(self.spec)
@@ -140,7 +141,7 @@ class PresetResultFilter(Filter):
         # A fresh reply: none of the incoming object's other headers or properties leaves the site.
         return DXO(dxo.data_kind, data=data, meta=meta).to_shareable()
 
-    def _filter_weights(self, weights: dict, fl_ctx: FLContext) -> dict:
+    def _filter_weights(self, weights: dict[str, Any], fl_ctx: FLContext) -> dict[str, Any]:
         kept = {}
         for name, value in weights.items():
             shape = tuple(np.shape(value))

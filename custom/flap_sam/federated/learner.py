@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,10 +17,11 @@ from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ValidateType
+from torch import nn
 
 from flap_sam.data.site import DEMO as DEMO_DATA_ROOT
 from flap_sam.data.site import SiteData
-from flap_sam.data.stacks import SliceStackDataset, build_augmentation
+from flap_sam.data.stacks import PreparedVolume, SliceStackDataset, build_augmentation
 from flap_sam.errors import CheckpointError
 from flap_sam.federated.filters import SITE_ERROR_HEADER, SITE_ERROR_KINDS, BaseMismatchError, site_error_kind
 from flap_sam.federated.progress import ROUND_PROGRESS_EVENT, ROUND_PROGRESS_KEY
@@ -69,9 +71,9 @@ class FlapSamLearner(Learner):
 
     def __init__(
         self,
-        spec: dict,
-        training: dict,
-        site: dict,
+        spec: dict[str, Any],
+        training: dict[str, Any],
+        site: dict[str, Any],
         privacy: str = DEFAULT["privacy"],
         analytic_sender_id: str = "analytic_sender",
     ) -> None:
@@ -90,7 +92,7 @@ class FlapSamLearner(Learner):
         # FLARE's privacy filters work on a difference: with privacy on, the update travels as a WEIGHT_DIFF.
         self.send_difference = privacy != "none"
         self.analytic_sender_id = analytic_sender_id
-        self.model = None
+        self.model: nn.Module | None = None
         self.local_weights: dict[str, np.ndarray] | None = None
         self._aborted = False
         self._setup_error: Exception | None = None
@@ -117,7 +119,7 @@ class FlapSamLearner(Learner):
         if event_type == EventType.START_RUN:
             self._start(fl_ctx)
 
-    def initialize(self, parts: dict, fl_ctx: FLContext) -> None:
+    def initialize(self, parts: dict[str, Any], fl_ctx: FLContext) -> None:
         self.writer = parts.get(self.analytic_sender_id)
         self._start(fl_ctx)
 
@@ -144,9 +146,15 @@ class FlapSamLearner(Learner):
 
     def _failed_start_reply(self, fl_ctx: FLContext) -> Shareable:
         """The reply to every task of a site that could not start: an error with its category only."""
-        kind = site_error_kind(self._setup_error)
+        kind = site_error_kind(self._setup_error or RuntimeError())
         self.log_error(fl_ctx, f"refusing the task: {SITE_ERROR_KINDS[kind]}; fix it and restart the job")
         return self._error_reply(kind)
+
+    def _network(self) -> nn.Module:
+        """The site's model (built when the run starts; a site that could not build it refuses every task first)."""
+        if self.model is None:
+            raise RuntimeError("the site's model is not built: the run has not started")
+        return self.model
 
     @staticmethod
     def _error_reply(kind: str) -> Shareable:
@@ -183,25 +191,26 @@ class FlapSamLearner(Learner):
         if refuses_random_base(self.spec.model_type, checkpoint, site.data_root == DEMO_DATA_ROOT, site.random_weights):
             raise CheckpointError(random_base_refusal(self.spec.model_type))
         self.lora_rank = site.lora_rank(self.site_name, self.spec)
-        self.model = build_model(self.spec, checkpoint, self.device, site.attention, site.checkpointing)
-        self.exchanged = exchanged_names(self.model, self.spec.preset_obj)
+        model = build_model(self.spec, checkpoint, self.device, site.attention, site.checkpointing)
+        self.model = model
+        self.exchanged = exchanged_names(model, self.spec.preset_obj)
         # The personal part (a preset's ``personal``): trains here, never exported; its base values score the global model alone.
-        self.personal = personal_names(self.model, self.spec.preset_obj)
-        self.personal_base = export_weights(self.model, self.personal)
-        self.base = base_fingerprint(self.model, self.exchanged, from_checkpoint=bool(checkpoint))  # of the job's model, as the server's
+        self.personal = personal_names(model, self.spec.preset_obj)
+        self.personal_base = export_weights(model, self.personal)
+        self.base = base_fingerprint(model, self.exchanged, from_checkpoint=bool(checkpoint))  # of the job's model, as the server's
         job_rank = self.spec.preset_obj.lora_rank(self.spec.rank)
         if self.lora_rank < job_rank:
-            lower_lora_rank(self.model, self.lora_rank)
+            lower_lora_rank(model, self.lora_rank)
             self.log_info(fl_ctx, f"site_ranks: this site trains and exchanges LoRA at rank {self.lora_rank} (the job's: {job_rank})")
         augment = build_augmentation(self.spec.image_size) if self.training.augment else None
         dataset = SliceStackDataset(self.data.train, augment, seed=self.training.seed, slice_channels=self.spec.slice_channels)
         self.trainer = LocalTrainer(
-            self.model, dataset, self.training, self.device, data_workers, self.site_settings.cpu_bf16, self.site_settings.cpu_return_memory
+            model, dataset, self.training, self.device, data_workers, self.site_settings.cpu_bf16, self.site_settings.cpu_return_memory
         )
         self.log_info(
             fl_ctx,
             f"{self.spec.model_type} preset={self.spec.preset} on {self.device}: {len(self.exchanged)} tensors, "
-            f"{sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} parameters train and are exchanged; "
+            f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters train and are exchanged; "
             f"attention {site.attention}, checkpointing {site.checkpointing}, "
             f"{data_workers} data worker(s), {torch.get_num_threads()} CPU thread(s)",
         )
@@ -226,7 +235,7 @@ class FlapSamLearner(Learner):
         current_round = int(shareable.get_header(AppConstants.CURRENT_ROUND, 0) or 0)
         self.log_info(fl_ctx, f"round {current_round}: received the global adapter {weights_digest(dxo.data)}")
         # A site below the job's rank lowers a global model that came at a higher one (before the server knew its rank).
-        import_weights(self.model, at_rank(dxo.data, self.lora_rank), self.exchanged, "global model from the server")
+        import_weights(self._network(), at_rank(dxo.data, self.lora_rank), self.exchanged, "global model from the server")
         return current_round
 
     def _receive(self, shareable: Shareable, fl_ctx: FLContext, require_base: bool) -> int | Shareable:
@@ -257,7 +266,7 @@ class FlapSamLearner(Learner):
         current_round = self._receive(shareable, fl_ctx, require_base=True)
         if isinstance(current_round, Shareable):
             return current_round
-        received = export_weights(self.model, self.exchanged) if self.send_difference else None
+        received = export_weights(self._network(), self.exchanged) if self.send_difference else None
         num_rounds = int(shareable.get_header(AppConstants.NUM_ROUNDS, 1) or 1)
         steps = self.training.steps_per_round(self.trainer.steps_per_epoch())
         first_step, total_steps = federation_steps(current_round, num_rounds, steps)
@@ -274,7 +283,7 @@ class FlapSamLearner(Learner):
         )
         if abort_signal.triggered or self._aborted:
             return make_reply(ReturnCode.TASK_ABORTED)
-        weights = export_weights(self.model, self.exchanged)
+        weights = export_weights(self._network(), self.exchanged)
         bad = [name for name, value in weights.items() if not np.isfinite(value).all()]
         if bad or not np.isfinite(loss):
             self.log_error(
@@ -295,7 +304,7 @@ class FlapSamLearner(Learner):
             self._save_personal(current_round, fl_ctx)
         # The round travels in the meta (LearnerExecutor rebuilds the Shareable, dropping headers).
         meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: done, AppConstants.CURRENT_ROUND: current_round}
-        if self.send_difference:
+        if received is not None:
             difference = {name: (value - received[name]).astype(np.float32) for name, value in weights.items()}
             return DXO(DataKind.WEIGHT_DIFF, data=difference, meta=meta).to_shareable()
         return DXO(DataKind.WEIGHTS, data=self.local_weights, meta=meta).to_shareable()
@@ -303,7 +312,7 @@ class FlapSamLearner(Learner):
     def _save_personal(self, current_round: int, fl_ctx: FLContext) -> None:
         """The personal part as trained so far, atomically into this site's app folder (it never leaves the site)."""
         path = os.path.join(fl_ctx.get_engine().get_workspace().get_app_dir(fl_ctx.get_job_id()), PERSONAL_ADAPTER_FILE)
-        params = dict(self.model.named_parameters())
+        params = dict(self._network().named_parameters())
         save_torch(
             {
                 "model": {name: params[name].detach().cpu().clone() for name in self.personal},
@@ -312,22 +321,22 @@ class FlapSamLearner(Learner):
             path,
         )
 
-    def _dice(self, volumes, mode: str) -> np.ndarray:
+    def _dice(self, volumes: list[PreparedVolume], mode: str) -> np.ndarray:
         """(classes,) mean Dice of the model as it is over ``volumes``."""
         scores = evaluate_volumes(
-            self.model, volumes, self.spec.num_classes, self.device, amp=self.trainer.amp, mode=mode, **self.training.refinements()
+            self._network(), volumes, self.spec.num_classes, self.device, amp=self.trainer.amp, mode=mode, **self.training.refinements()
         )
         return scores.mean(axis=0)
 
-    def _global_and_personal_dice(self, volumes, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    def _global_and_personal_dice(self, volumes: list[PreparedVolume], mode: str) -> tuple[np.ndarray, np.ndarray]:
         """(classes,) Dice of the global model alone (the personal part at its base values) and of this site's personalised model."""
-        personal = export_weights(self.model, self.personal)
+        personal = export_weights(self._network(), self.personal)
         personalised = self._dice(volumes, mode)
-        import_weights(self.model, self.personal_base, self.personal, "personal part (base values)")
+        import_weights(self._network(), self.personal_base, self.personal, "personal part (base values)")
         try:
             global_only = self._dice(volumes, mode)
         finally:
-            import_weights(self.model, personal, self.personal, "personal part")
+            import_weights(self._network(), personal, self.personal, "personal part")
         return global_only, personalised
 
     def get_model_for_validation(self, model_name: str, fl_ctx: FLContext) -> Shareable:

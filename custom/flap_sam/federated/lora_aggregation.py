@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from typing import Any
 
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
@@ -34,7 +35,7 @@ from flap_sam.training.schema import checked_value, package_defaults
 DEFAULT = package_defaults()
 
 
-def global_weights(fl_ctx: FLContext) -> dict | None:
+def global_weights(fl_ctx: FLContext) -> dict[str, Any] | None:
     """The server's current global model ``{name: array}`` (what the sites of this round started from)."""
     model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
     return model.get(ModelLearnableKey.WEIGHTS) if isinstance(model, dict) else None
@@ -64,10 +65,10 @@ class WeightedAssembler(Assembler):
         super().__init__(data_kind=DataKind.WEIGHTS)
         self.aggregation_weights = aggregation_weights if aggregation_weights is not None else {}
 
-    def get_model_params(self, dxo: DXO) -> dict:
+    def get_model_params(self, dxo: DXO) -> dict[str, Any]:
         return {"steps": float(dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 1) or 1), "weights": dict(dxo.data)}
 
-    def assemble(self, data: dict[str, dict], fl_ctx: FLContext) -> DXO:
+    def assemble(self, data: dict[str, dict[str, Any]], fl_ctx: FLContext) -> DXO:
         contributions = {
             site: (params["steps"] * float(self.aggregation_weights.get(site, 1.0)), params["weights"])
             for site, params in sorted(data.items())
@@ -76,7 +77,7 @@ class WeightedAssembler(Assembler):
         self.log_info(fl_ctx, f"round {fl_ctx.get_prop(AppConstants.CURRENT_ROUND)}: {account}; sites {', '.join(contributions)}")
         return DXO(DataKind.WEIGHTS, data=result)
 
-    def combine(self, contributions: dict[str, tuple[float, dict]], fl_ctx: FLContext) -> tuple[dict, str]:
+    def combine(self, contributions: dict[str, tuple[float, dict[str, Any]]], fl_ctx: FLContext) -> tuple[dict[str, Any], str]:
         """The new global model from ``{site: (weight, model)}``, and what was done, for the log."""
         raise NotImplementedError
 
@@ -94,25 +95,26 @@ class ExactLoRAAssembler(WeightedAssembler):
         super().__init__(aggregation_weights)
         self.rank_weighting = rank_weighting
 
-    def combine(self, contributions: dict[str, tuple[float, dict]], fl_ctx: FLContext) -> tuple[dict, str]:
+    def combine(self, contributions: dict[str, tuple[float, dict[str, Any]]], fl_ctx: FLContext) -> tuple[dict[str, Any], str]:
         ranks = {site: payload_rank(model) for site, (_, model) in contributions.items()}
         reference = global_weights(fl_ctx)
         result = aggregate_exact(list(contributions.values()), reference, self.rank_weighting)
         account = "exact LoRA aggregation"
-        has_lora = reference is not None and payload_rank(reference) is not None  # presets without LoRA have no bands
-        bands = self._record_bands(reference, result, set(ranks.values()), fl_ctx) if has_lora else ""
+        job_rank = payload_rank(reference) if reference is not None else None  # presets without LoRA have no bands
+        site_ranks = {rank for rank in ranks.values() if rank is not None}
+        bands = self._record_bands(reference, result, site_ranks, job_rank, fl_ctx) if reference is not None and job_rank else ""
         if len(set(ranks.values())) > 1:
             account += f" of sites at LoRA ranks {ranks} (rank_weighting {self.rank_weighting})" + (f"; {bands}" if bands else "")
         return result, account
 
     @staticmethod
-    def _record_bands(reference: dict, result: dict, site_ranks: set[int], fl_ctx: FLContext) -> str:
-        bands = rank_bands(site_ranks, payload_rank(reference))
+    def _record_bands(reference: dict[str, Any], result: dict[str, Any], site_ranks: set[int], job_rank: int, fl_ctx: FLContext) -> str:
+        bands = rank_bands(site_ranks, job_rank)
         shares = update_band_energy(reference, result, bands)
         engine = fl_ctx.get_engine()
         if engine is not None:  # a job's server (an aggregator driven by hand has no app folder)
             path = os.path.join(engine.get_workspace().get_app_dir(fl_ctx.get_job_id()), RANK_BANDS_FILE)
-            record = {"bands": [list(b) for b in bands], "rounds": {}}
+            record: dict[str, Any] = {"bands": [list(b) for b in bands], "rounds": {}}
             if os.path.isfile(path):
                 with open(path, encoding="utf-8") as f:
                     record = json.load(f)
@@ -133,7 +135,7 @@ class RobustAssembler(WeightedAssembler):
         self.trim_fraction = checked_value("trim_fraction", trim_fraction)
         self.sparsity = checked_value("fedseca_sparsity", fedseca_sparsity)
 
-    def combine(self, contributions: dict[str, tuple[float, dict]], fl_ctx: FLContext) -> tuple[dict, str]:
+    def combine(self, contributions: dict[str, tuple[float, dict[str, Any]]], fl_ctx: FLContext) -> tuple[dict[str, Any], str]:
         reference = global_weights(fl_ctx)
         if reference is None:
             raise RuntimeError("robust aggregation needs the global model the sites started from")
@@ -162,7 +164,7 @@ class FlapSamAggregator(Aggregator):
     def __init__(
         self,
         aggregation: str = DEFAULT["aggregation"],
-        aggregation_weights: dict | None = None,
+        aggregation_weights: dict[str, Any] | None = None,
         trim_fraction: float = DEFAULT["trim_fraction"],
         fedseca_sparsity: float = DEFAULT["fedseca_sparsity"],
         rank_weighting: str = DEFAULT["rank_weighting"],
@@ -228,6 +230,7 @@ class FlapSamAggregator(Aggregator):
     def _checked_update(self, contributor: str, shareable: Shareable, fl_ctx: FLContext) -> Shareable | None:
         """The update as WEIGHTS of the global model's layout, or None (logged) when it is left out."""
         current_round = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        problem: str | None
         if shareable.get_return_code(ReturnCode.OK) == ReturnCode.OK:
             reference = global_weights(fl_ctx)
             try:
@@ -243,7 +246,7 @@ class FlapSamAggregator(Aggregator):
                     problem = contribution_problem(
                         dxo.data, dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND), reference, self._lower_ranks_refusal()
                     )
-            if problem:
+            if problem or reference is None:
                 self.log_error(fl_ctx, f"round {current_round}: leaving out the update of {contributor}: {problem}")
                 return None
             rank = payload_rank(dxo.data)

@@ -21,6 +21,7 @@ import json
 import os
 import threading
 import time
+from typing import Any
 
 from nvflare.apis.dxo import MetaKey, from_shareable
 from nvflare.apis.event_type import EventType
@@ -70,7 +71,7 @@ class FederationProgress(FLComponent):
         self._lock = threading.Lock()
         # "rounds": every aggregated round, in order: {"round", "sites": {site: {"val_dice", "bytes_received"}}, "missing"},
         # so a reader that polls less often than rounds finish still sees each round once.
-        self.state = {
+        self.state: dict[str, Any] = {
             "round": None,
             "num_rounds": None,
             "reported": {},
@@ -122,7 +123,7 @@ class FederationProgress(FLComponent):
             waiting = {s: now - heard for s, heard in self._heard.items() if s in self._known and s not in self.state["reported"]}
         return {site: silent for site, silent in waiting.items() if silent > self.silent_site_timeout}
 
-    def _watch_silent_sites(self, engine) -> None:
+    def _watch_silent_sites(self, engine: Any) -> None:
         """Every few seconds: name each newly silent site once; stop the job when fewer than ``min_clients`` remain."""
         while not self._stop_watch.wait(min(10.0, max(1.0, self.silent_site_timeout / 10))):
             silent = {s: t for s, t in self.silent_sites(time.monotonic()).items() if s not in self._gone}
@@ -246,7 +247,7 @@ class FederationProgress(FLComponent):
             )
 
     @staticmethod
-    def _bytes_received(fl_ctx: FLContext, site: str, round_) -> int | None:
+    def _bytes_received(fl_ctx: FLContext, site: str, round_: int | None) -> int | None:
         path = os.path.join(fl_ctx.get_engine().get_workspace().get_app_dir(fl_ctx.get_job_id()), SUMMARY_FILE)
         try:
             with open(path, encoding="utf-8") as f:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 import torch
 from nvflare.apis.event_type import EventType
@@ -79,7 +80,9 @@ def resume_checkpoint(resume_from: str, workspace_root: str, file_name: str, set
     return path
 
 
-def check_same_adapter(path: str, expected: dict[str, torch.Tensor], base: dict | None = None, setting: str = "resume_from") -> dict:
+def check_same_adapter(
+    path: str, expected: dict[str, torch.Tensor], base: dict[str, Any] | None = None, setting: str = "resume_from"
+) -> dict[str, Any]:
     """Check that an adapter file holds this job's adapter, trained from the server's SAM base; returns its meta.
 
     Raises:
@@ -104,7 +107,7 @@ def check_same_adapter(path: str, expected: dict[str, torch.Tensor], base: dict 
     return meta
 
 
-def check_resumable(path: str, expected: dict[str, torch.Tensor], num_rounds: int, base: dict | None = None) -> int:
+def check_resumable(path: str, expected: dict[str, torch.Tensor], num_rounds: int, base: dict[str, Any] | None = None) -> int:
     """Check an adapter file against the job's adapter (``check_same_adapter``); returns its finished round count.
 
     Raises:
@@ -137,7 +140,7 @@ class AdapterPersistor(PTFileModelPersistor):
     """
 
     def __init__(
-        self, model: dict, resume_from: str = DEFAULT["resume_from"], num_rounds: int = 0, start_from: str = DEFAULT["start_from"]
+        self, model: dict[str, Any], resume_from: str = DEFAULT["resume_from"], num_rounds: int = 0, start_from: str = DEFAULT["start_from"]
     ) -> None:
         super().__init__(model=model)
         self.resume_from = str(resume_from or "")
@@ -169,7 +172,7 @@ class AdapterPersistor(PTFileModelPersistor):
             else:
                 self.log_info(fl_ctx, f"starting from the global adapter of {path} ({digest}): round 0 of {self.num_rounds}")
 
-    def _base(self) -> dict | None:
+    def _base(self) -> dict[str, Any] | None:
         return getattr(self.model, "base_fingerprint", None)
 
     def load_model(self, fl_ctx: FLContext) -> ModelLearnable:

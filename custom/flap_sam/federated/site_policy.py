@@ -22,6 +22,8 @@ refused the result: ...``); the full reason, naming the tensor, stays in the sit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from nvflare.apis.dxo import DataKind, from_shareable
 from nvflare.apis.filter import Filter
@@ -56,7 +58,9 @@ class SitePolicyFilter(Filter):
         ValueError: an unknown preset or data kind, or a negative ceiling (when the site starts the job).
     """
 
-    def __init__(self, presets: list[str] = ("flap",), max_bytes_per_result: int = 0, update_kinds: list[str] = UPDATE_KINDS) -> None:
+    def __init__(
+        self, presets: Sequence[str] = ("flap",), max_bytes_per_result: int = 0, update_kinds: Sequence[str] = UPDATE_KINDS
+    ) -> None:
         super().__init__()
         check_site_filter(presets, max_bytes_per_result, update_kinds)
         self.presets = [get_preset(name) for name in presets]

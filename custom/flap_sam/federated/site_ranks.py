@@ -47,7 +47,7 @@ class SiteRankFilter(Filter):
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         peer = fl_ctx.get_peer_context()
         site = peer.get_identity_name() if peer is not None else None
-        rank = recorded_site_ranks(fl_ctx).get(site)
+        rank = recorded_site_ranks(fl_ctx).get(site) if site is not None else None
         if rank is None:
             return shareable
         try:

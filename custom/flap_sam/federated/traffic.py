@@ -19,6 +19,7 @@ import json
 import os
 import threading
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 from nvflare.apis.dxo import DataKind, from_shareable
@@ -108,14 +109,14 @@ def add_to_summary(path: str, site: str, task: str, round_: int, direction: str,
     "compression_sent", "compression_received"}}`` (bytes; compression = raw float32 / wire).
     """
     with _FILE_LOCK:
-        summary = {"sites": {}, "totals": {}}
+        summary: dict[str, Any] = {"sites": {}, "totals": {}}
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 summary = json.load(f)
         entry = summary["sites"].setdefault(site, {}).setdefault(task, {}).setdefault(str(round_), {})
         entry[direction] = entry.get(direction, 0) + size
         entry[f"raw_float32_{direction}"] = entry.get(f"raw_float32_{direction}", 0) + raw
-        totals: dict = defaultdict(int)
+        totals: dict[str, Any] = defaultdict(int)
         for tasks in summary["sites"].values():
             for rounds in tasks.values():
                 for values in rounds.values():

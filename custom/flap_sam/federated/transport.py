@@ -25,6 +25,8 @@ NVFlare's own ``ModelQuantizer`` needs bitsandbytes and a GPU for 8-bit, hence t
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind
 from nvflare.apis.dxo_filter import DXOFilter
@@ -98,16 +100,16 @@ def decode_tensor(value: np.ndarray, mode: str, scales: list[float] | float | No
     if mode == "bf16":
         return (value.astype(np.uint32) << 16).view(np.float32)
     if mode == "int8":
-        scales = np.atleast_1d(np.asarray(scales, dtype=np.float32))
+        per_channel = np.atleast_1d(np.asarray(scales, dtype=np.float32))
         axis = channel_axis(value.shape)
         expected = 1 if axis is None else value.shape[axis]
-        if scales.shape != (expected,):
-            raise ValueError(f"int8 tensor of shape {value.shape}: {scales.size} scale(s), expected {expected}")
-        return value.astype(np.float32) * _broadcast_scales(scales, value.shape)
+        if per_channel.shape != (expected,):
+            raise ValueError(f"int8 tensor of shape {value.shape}: {per_channel.size} scale(s), expected {expected}")
+        return value.astype(np.float32) * _broadcast_scales(per_channel, value.shape)
     raise ValueError(f"transport mode '{mode}' is unknown; choose one of {MODES}")
 
 
-def encode_weights(weights: dict[str, np.ndarray], mode: str) -> tuple[dict[str, np.ndarray], dict]:
+def encode_weights(weights: dict[str, np.ndarray], mode: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """All tensors of a payload -> (wire arrays, meta entry)."""
     encoded, scales = {}, {}
     for name, value in weights.items():
@@ -117,7 +119,7 @@ def encode_weights(weights: dict[str, np.ndarray], mode: str) -> tuple[dict[str,
     return encoded, {"mode": mode, "scales": scales}
 
 
-def decode_weights(weights: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarray]:
+def decode_weights(weights: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, np.ndarray]:
     mode, scales = meta["mode"], meta.get("scales", {})
     return {name: decode_tensor(value, mode, scales.get(name)) for name, value in weights.items()}
 

@@ -22,7 +22,7 @@ from flap_sam.files import markdown_table, write_text
 from flap_sam.training import schema
 from flap_sam.training.schema import SITE_OVERRIDABLE, settings_conf_text
 
-SETTINGS_CONF = str(importlib.resources.files("flap_sam").joinpath("federated", "job_config", "settings.conf"))
+SETTINGS_CONF = str(importlib.resources.files("flap_sam").joinpath("federated").joinpath("job_config").joinpath("settings.conf"))
 DEMO_CONF = os.path.join(os.path.dirname(SETTINGS_CONF), "demo.conf")
 
 READERS = {"both": "the server and every site", "server": "the server", "sites": "every site"}  # Section.party, in words

@@ -128,7 +128,7 @@ def run_simulator(
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
                     if not raced:
-                        raise subprocess.TimeoutExpired(cmd, timeout)
+                        raise subprocess.TimeoutExpired(cmd, timeout or 0.0)
                     break
                 time.sleep(2)
             out.seek(0)

@@ -20,6 +20,7 @@ records the attack in its meta (``flap_sam_attack``).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 from nvflare.apis.fl_constant import FLContextKey
@@ -65,7 +66,9 @@ def crafted_change(attack: str, strength: float, own: np.ndarray, honest: np.nda
     raise ValueError(f"attack {attack!r} is not applied on the server")
 
 
-def attack_contributions(settings: AttackSettings, models: dict[str, dict], reference: dict, seed: int = 0) -> dict[str, dict]:
+def attack_contributions(
+    settings: AttackSettings, models: dict[str, dict[str, Any]], reference: dict[str, Any], seed: int = 0
+) -> dict[str, dict[str, Any]]:
     """The sites' models with each attacking site's replaced by the one its crafted change gives.
 
     Args:

@@ -10,6 +10,7 @@ a provisioned kit's allow-list does not list this package at all.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import torch
 from nvflare.apis.dxo import from_shareable
@@ -34,7 +35,7 @@ class ByzantineAggregator(FlapSamAggregator):
     the aggregate's meta records the attack (``flap_sam_attack``, kept in the persisted adapter).
     """
 
-    def __init__(self, *args: object, attack: dict | None = None, **kwargs: object) -> None:
+    def __init__(self, *args: object, attack: dict[str, Any] | None = None, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.attack = AttackSettings.from_settings(attack)
         self._held: dict[str, Shareable] = {}  # the round's checked updates, until its last
@@ -69,7 +70,8 @@ class ByzantineAggregator(FlapSamAggregator):
             held, self._held = self._held, {}
         models = {site: from_shareable(s).data for site, s in held.items()}
         current_round = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
-        attacked = attack_contributions(self.attack, models, global_weights(fl_ctx), seed=int(current_round or 0))
+        reference = global_weights(fl_ctx)
+        attacked = attack_contributions(self.attack, models, reference, seed=int(current_round or 0)) if reference is not None else models
         for site, shareable in held.items():
             if site in self.attack.sites:
                 dxo = from_shareable(shareable)
@@ -98,7 +100,7 @@ class ByzantineLearner(FlapSamLearner):
     """``FlapSamLearner`` whose site, when the ``attack_simulation`` block names it for ``label_flip``,
     trains on permuted classes (``flipped_labels``) and says so in its log every round."""
 
-    def __init__(self, *args: object, attack: dict | None = None, **kwargs: object) -> None:
+    def __init__(self, *args: object, attack: dict[str, Any] | None = None, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.attack = AttackSettings.from_settings(attack)
 

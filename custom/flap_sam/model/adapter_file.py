@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,7 +35,7 @@ def _digest(items: Iterable[tuple[str, torch.Tensor]]) -> str:
     return h.hexdigest()[:16]
 
 
-def weights_digest(weights: dict) -> str:
+def weights_digest(weights: dict[str, Any]) -> str:
     """A short SHA-256 of a set of named tensors or arrays (values and shapes, as float32): equal digests, equal weights.
     The server logs the global adapter's when a job starts from a file, a site the one it receives each round."""
     return _digest((name, torch.as_tensor(value)) for name, value in weights.items())
@@ -57,7 +58,7 @@ def base_fingerprint(model: nn.Module, exchanged: Iterable[str], from_checkpoint
     }
 
 
-def base_mismatch(server: dict | None, site: dict) -> str | None:
+def base_mismatch(server: dict[str, Any] | None, site: dict[str, Any]) -> str | None:
     """None when both built the same base, else one line saying which side has which (no file names)."""
     if not isinstance(server, dict) or server.get("source") not in SOURCES:
         return "the server sent no fingerprint of its SAM base: server and sites must run the same flap-sam version"
@@ -84,7 +85,7 @@ def base_mismatch(server: dict | None, site: dict) -> str | None:
     )
 
 
-def read_adapter_file(path: str, allow_state_dict: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
+def read_adapter_file(path: str, allow_state_dict: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A persisted adapter file's tensors and its ``meta_props``.
 
     Args:

@@ -10,6 +10,7 @@ gradients): less memory for about one more encoder forward per step. Gradients a
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -20,8 +21,8 @@ from flap_sam.model.encoders import family_of
 CHECKPOINTING_MODES = ("off", "encoder")
 
 
-def _checkpointed(original):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+def _checkpointed(original: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.training and torch.is_grad_enabled():
             return checkpoint(original, x, use_reentrant=False)
         return original(x)

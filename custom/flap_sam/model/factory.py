@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,7 +98,7 @@ def assemble_model(spec: ModelSpec, checkpoint: str | None) -> nn.Module:
         whole = family.build_model(spec.model_type, spec.image_size, spec.num_classes)
         if whole is not None:  # a family that is not a SAM encoder (the U-Net baseline): its own model, no LoRA
             apply_trainable(whole, preset)
-            whole.slice_channels = spec.slice_channels
+            setattr(whole, "slice_channels", spec.slice_channels)  # noqa: B010 (a plain attribute of the model, not a submodule)
             return whole
         model = build_sam(spec.model_type, spec.image_size, spec.num_classes, sam_class=SemanticSam)
         model.whole_image_box = family.whole_image_box
@@ -150,7 +151,7 @@ def random_base_remedy(model_type: str) -> str:
     )
 
 
-def exchanged_state(model: SemanticSam, preset: Preset) -> dict[str, torch.Tensor]:
+def exchanged_state(model: nn.Module, preset: Preset) -> dict[str, torch.Tensor]:
     """The tensors a site sends under ``preset``: name -> detached CPU tensor."""
     params = dict(model.named_parameters())
     return {name: params[name].detach().cpu() for name in exchanged_names(model, preset)}
@@ -166,7 +167,7 @@ def export_weights(model: nn.Module, names: list[str]) -> dict[str, np.ndarray]:
     return {name: params[name].detach().float().cpu().numpy().copy() for name in names}
 
 
-def import_weights(model: nn.Module, weights: dict, names: list[str], source: str) -> None:
+def import_weights(model: nn.Module, weights: dict[str, Any], names: list[str], source: str) -> None:
     """Copy received tensors into the model; they must be exactly ``names`` with matching shapes.
 
     Raises ``ValueError`` naming ``source`` when keys are missing, unexpected or mis-shaped.

@@ -19,6 +19,8 @@ update for q, k and v together, which is not the paper's parameterisation.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +34,10 @@ from flap_sam.model.presets import A_TAG, B_TAG
 
 def _ranges(columns: Columns) -> tuple[tuple[int, int], ...]:
     """``(lo, hi)`` or ``((lo, hi), ...)`` -> ``((lo, hi), ...)``."""
-    return (tuple(columns),) if isinstance(columns[0], int) else tuple(tuple(c) for c in columns)
+    if isinstance(columns[0], int):
+        lo, hi = columns
+        return ((int(lo), int(hi)),)
+    return tuple((int(c[0]), int(c[1])) for c in columns)
 
 
 class LoRALinear(nn.Linear):
@@ -56,8 +61,8 @@ class LoRALinear(nn.Linear):
         rank: int,
         scale: float,
         segments: dict[str, Columns],
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         if rank < 1:
@@ -70,10 +75,12 @@ class LoRALinear(nn.Linear):
         self.rank = rank
         self.scale = scale
         self.segments = ranges
-        factory = {"device": device, "dtype": dtype}
-        self.lora_A = nn.ParameterDict({n: nn.Parameter(torch.empty(rank, in_features, **factory)) for n in ranges})
+        self.lora_A = nn.ParameterDict({n: nn.Parameter(torch.empty(rank, in_features, device=device, dtype=dtype)) for n in ranges})
         self.lora_B = nn.ParameterDict(
-            {n: nn.Parameter(torch.zeros(sum(hi - lo for lo, hi in parts), rank, **factory)) for n, parts in ranges.items()}
+            {
+                n: nn.Parameter(torch.zeros(sum(hi - lo for lo, hi in parts), rank, device=device, dtype=dtype))
+                for n, parts in ranges.items()
+            }
         )
         for a in self.lora_A.values():
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
@@ -168,7 +175,7 @@ def lower_lora_rank(model: nn.Module, rank: int) -> int:
     return len(modules)
 
 
-def inject_lora(sam: nn.Module, rank: int, scale: float = 1.0, encoder: bool = True, decoder: bool = True) -> int:
+def inject_lora(sam: Any, rank: int, scale: float = 1.0, encoder: bool = True, decoder: bool = True) -> int:
     """Replace SAM's attention projections by ``LoRALinear`` in place; returns the number adapted.
 
     Encoder: q and v slices of every attention's fused ``qkv`` (ViT: every block; LiteMedSAM's TinyViT:
@@ -177,8 +184,9 @@ def inject_lora(sam: nn.Module, rank: int, scale: float = 1.0, encoder: bool = T
     """
     count = 0
     if encoder:
-        for attn, columns in family_of(sam.image_encoder).qv_columns(sam.image_encoder):
-            attn.qkv = LoRALinear.wrap(attn.qkv, rank, scale, columns)
+        attention: Any  # an encoder family's attention module (SAM's or the vendored TinyViT's, untyped)
+        for attention, columns in family_of(sam.image_encoder).qv_columns(sam.image_encoder):
+            attention.qkv = LoRALinear.wrap(attention.qkv, rank, scale, columns)
             count += 1
     if decoder:
         for module in sam.mask_decoder.transformer.modules():
@@ -201,7 +209,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
-def lora_pairs(names) -> dict[str, tuple[str, str]]:
+def lora_pairs(names: Iterable[str]) -> dict[str, tuple[str, str]]:
     """``{pair id: (A name, B name)}`` for every ``<module>.lora_A.<segment>`` with its ``lora_B`` partner."""
     names = set(names)
     pairs = {}
@@ -289,7 +297,7 @@ def factor_rank(name: str, shape: tuple[int, ...]) -> int | None:
     return shape[0] if A_TAG in name else shape[1] if B_TAG in name else None
 
 
-def payload_rank(weights: dict) -> int | None:
+def payload_rank(weights: dict[str, Any]) -> int | None:
     """The LoRA rank of a payload ``{name: array}`` (A is (r, in)); None without LoRA factors.
 
     Raises:
@@ -306,7 +314,7 @@ def payload_rank(weights: dict) -> int | None:
     return ranks.pop() if ranks else None
 
 
-def at_rank(weights: dict, rank: int) -> dict:
+def at_rank(weights: dict[str, Any], rank: int) -> dict[str, Any]:
     """``weights`` with every LoRA pair of a rank above ``rank`` replaced by the best rank-``rank`` approximation of its B·A.
 
     Pairs at ``rank`` or below and every other tensor are passed on as they are (the same arrays), so a payload

@@ -54,8 +54,8 @@ class Preset:
     patterns: tuple[str, ...] = ()
     fixed_rank: int | None = None
     personal: tuple[str, ...] = ()
-    _compiled: tuple[re.Pattern, ...] = field(init=False, repr=False, compare=False)
-    _personal: tuple[re.Pattern, ...] = field(init=False, repr=False, compare=False)
+    _compiled: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
+    _personal: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_compiled", tuple(re.compile(p) for p in self.patterns))

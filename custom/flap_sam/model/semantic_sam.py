@@ -47,7 +47,7 @@ class SemanticSam(Sam):
         )
         return logits
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, S, S) in [0, 1] -> logits (B, num_classes + 1, S, S)."""
         return F.interpolate(self.low_res_logits(images), size=images.shape[-2:], mode="bilinear", align_corners=False)
 

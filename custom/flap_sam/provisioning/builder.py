@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 
 from nvflare.lighter.ctx import ProvisionContext
 from nvflare.lighter.entity import Project
@@ -36,7 +37,11 @@ class SitePolicyBuilder(Builder):
     """
 
     def __init__(
-        self, presets: list[str] = ("flap",), max_megabytes_per_result: float = 16, percentile: float = 10, percentile_gamma: float = 0.01
+        self,
+        presets: Sequence[str] = ("flap",),
+        max_megabytes_per_result: float = 16,
+        percentile: float = 10,
+        percentile_gamma: float = 0.01,
     ) -> None:
         self.privacy = privacy_policy(list(presets), int(max_megabytes_per_result * MEGABYTE), percentile, percentile_gamma)
 

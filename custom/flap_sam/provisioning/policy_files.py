@@ -16,6 +16,8 @@ FLARE reads them at the site, never from a job:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from flap_sam.model.presets import get_preset
 
 SITE_POLICY_FILTER = "flap_sam.federated.site_policy.SitePolicyFilter"
@@ -100,7 +102,7 @@ def check_site_filter(presets, max_bytes_per_result, update_kinds=UPDATE_KINDS) 
         raise ValueError(f"site policy: update_kinds must be some of {list(UPDATE_KINDS)}, got {list(update_kinds)!r}")
 
 
-def class_allow_list(kit_components: list[str] = (), measurement: bool = False) -> list[str]:
+def class_allow_list(kit_components: Sequence[str] = (), measurement: bool = False) -> list[str]:
     """``resources.json``'s ``class_allow_list``: the package's components, the jobs' NVFlare classes, the kit's own
     ``kit_components``; with ``measurement`` (FLARE's simulator only, never a kit) the attack simulation's too."""
     listed = [COMPONENTS_PREFIX, *([MEASUREMENT_PREFIX] if measurement else []), *JOB_NVFLARE_CLASSES]
@@ -117,8 +119,9 @@ def privacy_policy(presets: list[str], max_bytes_per_result: int, percentile: fl
     check_site_filter(presets, max_bytes_per_result)
     if not 0 < percentile < 100 or percentile_gamma <= 0:
         raise ValueError(f"site policy: percentile must be in (0, 100) and percentile_gamma > 0, got {percentile}, {percentile_gamma}")
-    site_filter = {"path": SITE_POLICY_FILTER, "args": {"presets": list(presets), "max_bytes_per_result": max_bytes_per_result}}
-    differences_only = {"path": SITE_POLICY_FILTER, "args": {**site_filter["args"], "update_kinds": ["WEIGHT_DIFF"]}}
+    site_args = {"presets": list(presets), "max_bytes_per_result": max_bytes_per_result}
+    site_filter = {"path": SITE_POLICY_FILTER, "args": site_args}
+    differences_only = {"path": SITE_POLICY_FILTER, "args": {**site_args, "update_kinds": ["WEIGHT_DIFF"]}}
     return {
         "scopes": [
             {"name": "flap", "task_result_filters": [site_filter]},

@@ -14,15 +14,17 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
 from flap_sam.data.site import SiteData
 from flap_sam.data.stacks import SliceStackDataset, build_augmentation
 from flap_sam.files import BEST_MODEL_FILE, GLOBAL_MODEL_FILE, save_torch, write_json
 from flap_sam.model.factory import ModelSpec, exchanged_state
-from flap_sam.model.semantic_sam import SemanticSam
 from flap_sam.training.local_trainer import LocalTrainer, evaluate_volumes
 from flap_sam.training.settings import TrainingSettings
 
@@ -36,13 +38,13 @@ BEST_ADAPTER_FILE = BEST_MODEL_FILE
 class BaselineResult:
     """What ``train_baseline`` measured: per-epoch log, best validation Dice and the final test Dice."""
 
-    log: list[dict]
+    log: list[dict[str, Any]]
     best_val_dice: float
     test_dice: float
     test_split: str
 
 
-def _save_adapter(model: SemanticSam, spec: ModelSpec, path: str, meta: dict) -> None:
+def _save_adapter(model: nn.Module, spec: ModelSpec, path: str, meta: dict[str, Any]) -> None:
     save_torch({"model": exchanged_state(model, spec.preset_obj), "meta_props": meta}, path)
 
 
@@ -52,7 +54,7 @@ def _progress(epoch: int, epochs: int, loss: float, lr: float, dice: float, seco
 
 
 def train_baseline(
-    model: SemanticSam,
+    model: nn.Module,
     spec: ModelSpec,
     sites: dict[str, SiteData],
     settings: TrainingSettings,
@@ -61,7 +63,7 @@ def train_baseline(
     device: torch.device,
     kind: str,
     data_workers: int = 0,
-    say=print,
+    say: Callable[[str], object] = print,
     cpu_bf16: bool = False,
     cpu_return_memory: bool = False,
 ) -> BaselineResult:

@@ -21,11 +21,13 @@ And the Dice of a segmented volume per class (``dice_per_class``), as the paper 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
+from torch import nn
 
 from flap_sam.data.stacks import (
     HALF,
@@ -37,7 +39,6 @@ from flap_sam.data.stacks import (
     scale_stack,
     stacks_to_images,
 )
-from flap_sam.model.semantic_sam import SemanticSam
 
 INFERENCE_MODES = ("overlap", "centre")
 
@@ -84,7 +85,7 @@ def slice_channels_of(model: torch.nn.Module) -> str:
 
 @torch.no_grad()
 def predict_probabilities(
-    model: SemanticSam,
+    model: nn.Module,
     volume: PreparedVolume,
     device: torch.device,
     windows_per_batch: int = 4,
@@ -114,7 +115,7 @@ def predict_probabilities(
         probs = class_probabilities(model, stacks_to_images(stacks.to(device), channels), amp, flip_tta)
         return probs.reshape(n, STACK_DEPTH, -1, size, size).transpose(1, 2)
 
-    probs = sliding_window_inference(
+    probs: Any = sliding_window_inference(  # one tensor here (MONAI's return type covers several outputs)
         padded,
         roi_size=(STACK_DEPTH, size, size),
         sw_batch_size=windows_per_batch,
@@ -127,7 +128,7 @@ def predict_probabilities(
 
 @torch.no_grad()
 def _centre_chunks(
-    model: SemanticSam, volume: PreparedVolume, device: torch.device, slices_per_batch: int, amp: bool, flip_tta: bool = False
+    model: nn.Module, volume: PreparedVolume, device: torch.device, slices_per_batch: int, amp: bool, flip_tta: bool = False
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """``centre`` mode, batch by batch: (first slice, (n, K+1, S, S) probabilities on CPU), each slice from the
     min-max scaled stack centred on it, one forward per slice."""
@@ -143,7 +144,7 @@ def _centre_chunks(
 
 
 def _centre_probabilities(
-    model: SemanticSam, volume: PreparedVolume, device: torch.device, slices_per_batch: int, amp: bool, flip_tta: bool = False
+    model: nn.Module, volume: PreparedVolume, device: torch.device, slices_per_batch: int, amp: bool, flip_tta: bool = False
 ) -> torch.Tensor:
     chunks = _centre_chunks(model, volume, device, slices_per_batch, amp, flip_tta)
     return torch.cat([probs for _, probs in chunks]).transpose(0, 1)
@@ -170,7 +171,7 @@ def probabilities_to_mask(probs: torch.Tensor, volume: PreparedVolume, slices_pe
 
 @torch.no_grad()
 def segment_volume(
-    model: SemanticSam,
+    model: nn.Module,
     volume: PreparedVolume,
     device: torch.device,
     amp: bool = False,

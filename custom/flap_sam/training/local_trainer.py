@@ -16,16 +16,16 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from monai.data import DataLoader
 from monai.losses import DiceCELoss
+from torch import nn
 
-from flap_sam.data.stacks import SliceStackDataset, foreground_sampler, stacks_to_images
-from flap_sam.model.semantic_sam import SemanticSam
+from flap_sam.data.stacks import PreparedVolume, SliceStackDataset, foreground_sampler, stacks_to_images
 from flap_sam.training.device import auto_or_count, release_freed_tensors_on_cpu
 from flap_sam.training.inference import dice_per_class, segment_volume
 from flap_sam.training.schema import package_defaults
@@ -146,7 +146,7 @@ class LocalTrainer:
 
     def __init__(
         self,
-        model: SemanticSam,
+        model: nn.Module,
         dataset: SliceStackDataset,
         settings: TrainingSettings,
         device: torch.device,
@@ -261,8 +261,8 @@ class LocalTrainer:
 
 
 def evaluate_volumes(
-    model: SemanticSam,
-    volumes,
+    model: nn.Module,
+    volumes: Iterable[PreparedVolume],
     num_classes: int,
     device: torch.device,
     amp: bool = False,

@@ -29,6 +29,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 AUTO = "auto"  # the value of a setting that takes what its context decides (a base's recipe, the machine)
 _KINDS = (bool, int, float, str, dict)
@@ -83,7 +84,7 @@ class Setting:
     section: Section
     block: str | None = None
     kind: type | None = None
-    choices: tuple | str | None = None
+    choices: tuple[Any, ...] | str | None = None
     minimum: float | None = None
     maximum: float | None = None
     above: float | None = None
@@ -101,7 +102,7 @@ class Setting:
             raise TypeError(f"setting {self.name}: type {kind.__name__} is not one of bool, int, float, str, dict")
         return kind
 
-    def allowed(self) -> tuple | None:
+    def allowed(self) -> tuple[Any, ...] | None:
         """The allowed values (a reference is imported now), or None when any value of the type is."""
         if isinstance(self.choices, str):
             module, _, name = self.choices.partition(":")
@@ -526,7 +527,7 @@ BLOCKS = ("job_spec", "training", "site", "attack_simulation")
 SITE_OVERRIDABLE = tuple(s.name for s in SCHEMA if s.site_overridable)
 
 
-def package_defaults() -> dict:
+def package_defaults() -> dict[str, Any]:
     """Every setting and its package default; a fresh copy."""
     return {s.name: (dict(s.default) if isinstance(s.default, dict) else s.default) for s in SCHEMA}
 
@@ -539,18 +540,21 @@ def block_keys(block: str) -> tuple[str, ...]:
     return keys
 
 
-def block_defaults(block: str) -> dict:
+def block_defaults(block: str) -> dict[str, Any]:
     """The settings of one block at their package defaults."""
     defaults = package_defaults()
     return {name: defaults[name] for name in block_keys(block)}
 
 
-def choices_of(name: str) -> tuple:
+def choices_of(name: str) -> tuple[Any, ...]:
     """The allowed values of setting ``name`` (for the code that implements them)."""
-    return SETTING[name].allowed()
+    allowed = SETTING[name].allowed()
+    if allowed is None:
+        raise KeyError(f"setting {name} has no list of allowed values")
+    return allowed
 
 
-def typed_value(name: str, value, kind: type):
+def typed_value(name: str, value: object, kind: type) -> Any:
     """``value`` as ``kind`` (bool, int, float, str, dict); ``"24"`` -> 24, ``"true"`` -> True.
 
     Raises:
@@ -578,7 +582,7 @@ def typed_value(name: str, value, kind: type):
     raise ValueError(f"{name}: {value!r} is not {article}")
 
 
-def checked_value(name: str, value, label: str | None = None):
+def checked_value(name: str, value: Any, label: str | None = None) -> Any:
     """``value`` of setting ``name``, typed and checked against its declaration.
 
     Args:
@@ -608,7 +612,7 @@ def checked_value(name: str, value, label: str | None = None):
     return value
 
 
-def block_values(block: str, settings: Mapping, where: str = "") -> dict:
+def block_values(block: str, settings: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     """A block's settings from a mapping with exactly its keys, each typed and checked (``where`` prefixes an error)."""
     keys = block_keys(block)
     unknown = sorted(set(settings) - set(keys))
@@ -636,7 +640,7 @@ format_version = 2
 """
 
 
-def hocon_value(value) -> str:
+def hocon_value(value: object) -> str:
     """A default as HOCON text: JSON for texts, numbers and booleans; ``{ k = v }`` for mappings."""
     if isinstance(value, dict):
         return "{" + ", ".join(f"{json.dumps(str(k))} = {hocon_value(v)}" for k, v in value.items()) + "}"

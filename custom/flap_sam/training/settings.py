@@ -12,11 +12,12 @@ raises ``ValueError`` with one line naming the setting.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
+from typing_extensions import Self
 
 from flap_sam.model.encoders import family_for
 from flap_sam.training.device import autocast_bf16, resolve_device
@@ -27,36 +28,51 @@ if TYPE_CHECKING:
     from flap_sam.model.factory import ModelSpec
 
 
-def settings_block(block: str):
-    """Class decorator: the settings of ``block`` (in the schema's order) become the frozen dataclass's fields.
+BlockT = TypeVar("BlockT", bound="type[SettingsBlock]")
 
-    The class gets ``BLOCK``, a field per setting (annotated with the setting's type; ``auto``-able
-    ones also take ``"auto"``), its docstring's ``Attributes`` from the settings' meanings, and
-    ``from_settings``, which types and checks a mapping with exactly the block's keys and then
-    calls the class's ``_checked(values)`` for the checks that span several settings.
+
+def settings_block(block: str) -> Callable[[BlockT], BlockT]:
+    """Class decorator (above ``@dataclass(frozen=True)``): the class is the typed form of ``block``.
+
+    Its fields are the block's settings in the schema's order, each annotated with the setting's type
+    (``auto``-able ones may also take ``str``; a ``dict`` may say its item types): written out so a type
+    checker sees them, and checked here, at import, against the schema, where every setting is declared
+    (its default, bounds and meaning). The class gets ``BLOCK`` and its docstring's ``Attributes`` from the
+    settings' meanings.
+
+    Raises:
+        TypeError: the fields are not the block's settings, in order, of their declared types.
     """
 
-    def build(cls):
+    def check(cls: BlockT) -> BlockT:
         names = block_keys(block)
-        cls.__annotations__ = {n: SETTING[n].type.__name__ + (" | str" if SETTING[n].auto else "") for n in names}
+        fields = list(dataclasses.fields(cls))  # type: ignore[arg-type]  # a dataclass: the decorator sits above @dataclass
+        if [f.name for f in fields] != list(names):
+            raise TypeError(f"{cls.__name__}: fields {[f.name for f in fields]} are not the {block} block's settings {list(names)}")
+        for f in fields:
+            annotation = str(f.type)
+            declared = SETTING[f.name].type.__name__
+            allowed = {declared, *([f"{declared} | str"] if SETTING[f.name].auto else [])}
+            if annotation.split("[")[0] not in allowed and annotation not in allowed:
+                raise TypeError(f"{cls.__name__}.{f.name}: annotated {annotation}, declared {declared} (flap_sam.training.schema)")
         cls.__doc__ = (
             (cls.__doc__ or "").rstrip()
             + "\n\n    Attributes (``flap_sam.training.schema``):\n"
             + "".join(f"        {n}: {SETTING[n].doc}\n" for n in names)
         )
         cls.BLOCK = block
-        return dataclass(frozen=True)(cls)
+        return cls
 
-    return build
+    return check
 
 
 class SettingsBlock:
     """What every typed block has: built from a mapping of its settings, checked against the schema."""
 
-    BLOCK = ""
+    BLOCK: ClassVar[str] = ""
 
     @classmethod
-    def from_settings(cls, settings: Mapping, where: str = ""):
+    def from_settings(cls, settings: Mapping[str, Any], where: str = "") -> Self:
         """Build and check the block from a mapping with exactly its keys (``where`` prefixes an error)."""
         values = block_values(cls.BLOCK, settings, where)
         try:
@@ -66,12 +82,12 @@ class SettingsBlock:
         return cls(**values)
 
     @classmethod
-    def defaults(cls) -> dict:
+    def defaults(cls) -> dict[str, Any]:
         """The block's settings at their package defaults."""
         return block_defaults(cls.BLOCK)
 
     @classmethod
-    def _checked(cls, values: dict) -> dict:
+    def _checked(cls, values: dict[str, Any]) -> dict[str, Any]:
         return values
 
 
@@ -79,15 +95,16 @@ class SettingsBlock:
 # is that of ViT-B (and -L, -H, and the test size); a base that needs other values declares them once, in
 # its encoder family's ``recipe`` (LiteMedSAM: measured on the real-anatomy and kits demos,
 # docs/real-anatomy.md#the-recipe-on-a-pretrained-base).
-PAPER_RECIPE = {"lr": 8e-4, "poly_power": 7.0, "warmup_steps": 250}
+PAPER_RECIPE: dict[str, float] = {"lr": 8e-4, "poly_power": 7.0, "warmup_steps": 250}
 
 
-def base_recipe(model_type: str) -> dict:
+def base_recipe(model_type: str) -> dict[str, float]:
     """The values ``auto`` takes for ``model_type``: the paper's, with what its base declares of its own."""
     return {**PAPER_RECIPE, **family_for(model_type).recipe}
 
 
 @settings_block("training")
+@dataclass(frozen=True)
 class TrainingSettings(SettingsBlock):
     """The local training recipe (AdamW, warm-up + poly, 0.2 CE + 0.8 Dice) and how a site validates.
 
@@ -95,8 +112,26 @@ class TrainingSettings(SettingsBlock):
     (``base_recipe``): the built block always holds numbers.
     """
 
+    local_epochs: float
+    max_steps_per_round: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    poly_power: float
+    augment: bool
+    foreground_fraction: float
+    foreground_sampling: str
+    amp: bool
+    seed: int
+    round_inference: str
+    final_inference: str
+    flip_tta: bool
+    min_component_mm3: float
+    fedprox_mu: float
+
     @classmethod
-    def from_settings(cls, settings: Mapping, where: str = "", model_type: str = "vit_b") -> TrainingSettings:
+    def from_settings(cls, settings: Mapping[str, Any], where: str = "", model_type: str = "vit_b") -> Self:
         """Build and check the block from a mapping with exactly its keys (``where`` prefixes an error);
         ``auto`` values take ``model_type``'s base recipe."""
         recipe = base_recipe(model_type)
@@ -115,7 +150,7 @@ class TrainingSettings(SettingsBlock):
         """The sampling seed of one round (or one baseline epoch): differs per round, reproducible per seed."""
         return self.seed * 100_003 + round_number
 
-    def refinements(self) -> dict:
+    def refinements(self) -> dict[str, Any]:
         """The keywords of ``segment_volume`` / ``evaluate_volumes`` that refine a segmentation (``flip_tta``,
         ``min_component_mm3``)."""
         return {"flip_tta": self.flip_tta, "min_component_mm3": self.min_component_mm3}
@@ -126,6 +161,7 @@ class TrainingSettings(SettingsBlock):
 
 
 @settings_block("site")
+@dataclass(frozen=True)
 class SiteSettings(SettingsBlock):
     """Where a site's data and checkpoint are, what fits its machine, and what the job lets it train.
 
@@ -134,10 +170,27 @@ class SiteSettings(SettingsBlock):
     ``auto``, typed once here; the site resolves ``auto`` on its machine (``resolve_data_workers``, ``resolve_cpu_threads``).
     """
 
-    OVERRIDABLE = SITE_OVERRIDABLE
+    data_root: str
+    datalist: str
+    structure_names: dict[str, tuple[str, ...]]
+    train_volumes: int
+    checkpoint: str
+    random_weights: bool
+    device: str
+    attention: str
+    checkpointing: str
+    data_workers: int | str
+    cpu_threads: int | str
+    cpu_bf16: bool
+    cpu_return_memory: bool
+    progress_every_s: float
+    site_ranks: dict[str, int]
+    demo_budget: bool
+
+    OVERRIDABLE: ClassVar[tuple[str, ...]] = SITE_OVERRIDABLE
 
     @classmethod
-    def _checked(cls, values: dict) -> dict:
+    def _checked(cls, values: dict[str, Any]) -> dict[str, Any]:
         resolve_device(values["device"])  # auto | cpu | cuda | cuda:N
         values["site_ranks"] = {
             str(site): checked_value("rank", rank, label=f"site_ranks: the rank of {site}") for site, rank in values["site_ranks"].items()
@@ -173,7 +226,7 @@ class SiteSettings(SettingsBlock):
             raise ValueError(f"site_ranks: {site} at rank {rank} is above the job's rank {job_rank} (the global adapter's)")
         return rank
 
-    def with_overrides(self, overrides: Mapping, where: str) -> SiteSettings:
+    def with_overrides(self, overrides: Mapping[str, Any], where: str) -> SiteSettings:
         """This block with a site's own values (only ``OVERRIDABLE`` keys), checked again."""
         unknown = sorted(set(overrides) - set(self.OVERRIDABLE))
         if unknown:
@@ -199,7 +252,7 @@ class AttackSettings:
     strength: float
 
     @classmethod
-    def from_settings(cls, settings: Mapping | None) -> AttackSettings:
+    def from_settings(cls, settings: Mapping[str, Any] | None) -> AttackSettings:
         """From the block (or some of its keys: the rest take their defaults; None: no attack)."""
         values = block_values("attack_simulation", {**block_defaults("attack_simulation"), **(settings or {})})
         attack, sites = values["attack"], values["attack_sites"]
@@ -219,5 +272,5 @@ class AttackSettings:
     def describe(self) -> str:
         return f"ATTACK SIMULATION {self.attack} (strength {self.strength:g}) by {', '.join(self.sites)}"
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, Any]:
         return {"attack": self.attack, "sites": list(self.sites), "strength": self.strength}

@@ -167,7 +167,9 @@ def _read_seg(path: str, ds, series: DicomSeries, structures: StructureNames) ->
 
     seg = hd.seg.Segmentation.from_dataset(ds)
     mapped = sorted(
-        ((structures.class_of(label, meaning), number) for number, label, meaning in _segments(ds) if structures.class_of(label, meaning))
+        (class_index, number)
+        for number, label, meaning in _segments(ds)
+        if (class_index := structures.class_of(label, meaning)) is not None and class_index
     )
     try:
         masks = seg.get_pixels_by_source_instance(

@@ -18,6 +18,7 @@ import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -236,7 +237,7 @@ class DicomSeries:
 
     files: SeriesFiles
     datasets: list[Dataset]
-    volume: object  # highdicom.Volume (imported lazily: highdicom is only needed for DICOM data)
+    volume: Any  # highdicom.Volume (imported lazily: highdicom is only needed for DICOM data)
 
     @property
     def tag(self) -> str:
@@ -270,6 +271,8 @@ def read_series(path: str | tuple[str, ...], what: str = "image") -> DicomSeries
     try:
         # the stack order highdicom gives the volume's first axis (a SEG's frames and the SEG written are matched to it)
         _, positions = hd.spatial.get_series_volume_positions(datasets)
+        if positions is None:
+            raise ValueError("the slices' positions do not form a volume")
         datasets = [datasets[positions.index(i)] for i in range(len(datasets))]
         volume = hd.get_volume_from_series(datasets, dtype=np.float32, apply_voi_transform=False, apply_presentation_lut=False)
     except Exception as e:  # decoding and geometry errors come as several types  # noqa: BLE001 (a boundary: any failure becomes one line or a refusal)

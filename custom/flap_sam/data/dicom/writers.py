@@ -60,8 +60,8 @@ def _stored_values(array: np.ndarray) -> tuple[np.ndarray, float, float, int]:
 
 def _file_dataset(sop_class: str, sop_instance: str) -> Dataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.MediaStorageSOPClassUID = pydicom.uid.UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.UID(sop_instance)
     meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
     ds = Dataset()

@@ -51,7 +51,7 @@ class DecathlonTask:
         if len(self.sequences) > 1 and (channel is None or channel == ""):
             listed = ", ".join(f"{i} {name}" for i, name in enumerate(self.sequences))
             raise ValueError(f"{self.path}: the images hold {len(self.sequences)} sequences ({listed}); choose one with channel=N")
-        settings = {"classes": ",".join(self.classes), "modality": self.modality}
+        settings: dict[str, str | int] = {"classes": ",".join(self.classes), "modality": self.modality}
         if self.label_map:
             settings["label_map"] = ",".join(f"{s}:{t}" for s, t in self.label_map)
         if channel is not None and channel != "":

@@ -65,7 +65,8 @@ def survey(raw: str, structures: StructureNames) -> tuple[list[FoundSeries], lis
         series_folders = {os.path.dirname(f) for f in series.files}
         folder = os.path.relpath(next(iter(series_folders)), raw)
         candidates = by_series.get(series.uid, [])
-        label, mapping = candidates[0] if candidates else ("", None)
+        label = candidates[0][0] if candidates else ""
+        label_mapping: StructureMapping | None = candidates[0][1] if candidates else None
         reason = ""
         if not candidates:
             reason = "no SEG or RTSTRUCT references it"
@@ -73,7 +74,7 @@ def survey(raw: str, structures: StructureNames) -> tuple[list[FoundSeries], lis
             reason = f"its files are in {len(series_folders)} folders; gather the series in one folder"
         elif folders[next(iter(series_folders))] > 1:
             reason = "its folder holds another series too; give each series a folder of its own"
-        elif not any(class_name for _, class_name in mapping.structures):
+        elif label_mapping is None or not any(class_name for _, class_name in label_mapping.structures):
             reason = "none of its label's structures is a class (name them with --structure-names)"
         else:
             try:
@@ -82,7 +83,7 @@ def survey(raw: str, structures: StructureNames) -> tuple[list[FoundSeries], lis
                 reason = str(e).replace(raw + os.sep, "")
         if len(candidates) > 1:
             problems.append(f"{folder}: {len(candidates)} labels reference it; the first is used, {os.path.relpath(label, raw)}")
-        found.append(FoundSeries(series, folder, os.path.relpath(label, raw) if label else "", mapping, reason))
+        found.append(FoundSeries(series, folder, os.path.relpath(label, raw) if label else "", label_mapping, reason))
     return sorted(found, key=lambda f: f.folder), [p.replace(raw + os.sep, "") for p in problems]
 
 

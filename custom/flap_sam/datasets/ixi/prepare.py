@@ -75,7 +75,7 @@ def find_cases(raw: str, sites: list[str] | None = None) -> tuple[list[RawCase],
             continue
         image, image_problem = _single_nifti(os.path.join(root, folder, "T1"))
         label, label_problem = _single_nifti(os.path.join(root, folder, "label"))
-        if image_problem or label_problem:
+        if image_problem or label_problem or image is None or label is None:
             problems.append(f"{case_id}: {image_problem or label_problem}")
             continue
         cases.append(RawCase(case_id, site, split, image, label))

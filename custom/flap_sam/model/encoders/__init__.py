@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,7 +62,7 @@ class EncoderFamily:
     pixel_mean: tuple[float, float, float]
     pixel_std: tuple[float, float, float]
     whole_image_box: bool = False
-    recipe: dict = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict[str, Any])
     presets: tuple[str, ...] | None = None
     trains_from_scratch: bool = False
 

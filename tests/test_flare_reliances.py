@@ -67,3 +67,13 @@ def test_the_poc_env_takes_a_login_timeout():
     assert "extra" in inspect.signature(PocEnv).parameters
     source = inspect.getsource(importlib.import_module("nvflare.recipe.poc_env"))
     assert "login_timeout" in source
+
+
+def test_cross_site_model_eval_keeps_its_formatter_where_the_early_lookup_puts_it():
+    """``CrossSiteEvaluation`` sets FLARE's ``CrossSiteModelEval._formatter`` from ``_formatter_id`` at the run's start;
+    FLARE's own lookup, when its workflow starts, sets the same component again from the same id."""
+    from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
+
+    evaluation = CrossSiteModelEval(formatter_id="formatter")
+    assert evaluation._formatter_id == "formatter" and evaluation._formatter is None
+    assert "self._formatter = self._engine.get_component(self._formatter_id)" in inspect.getsource(CrossSiteModelEval)

@@ -26,12 +26,14 @@ def model():
     return build_model(SPEC)
 
 
-def test_both_modes_give_the_same_shapes(model):
+def test_both_modes_give_class_probabilities_and_the_segmentation_is_their_argmax(model):
     volume = _volume(torch.rand(7, 64, 64, generator=torch.Generator().manual_seed(0)))
     for mode in ("overlap", "centre"):
-        probs = predict_probabilities(model, volume, torch.device("cpu"), mode=mode)
+        probs = predict_probabilities(model, volume, torch.device("cpu"), mode=mode)  # (classes + 1, Z, S, S)
         assert probs.shape == (3, 7, 64, 64) and torch.allclose(probs.sum(0), torch.ones(7, 64, 64), atol=1e-5)
-        assert segment_volume(model, volume, torch.device("cpu"), mode=mode).shape == (64, 64, 7)
+        assert float(probs.min()) >= 0.0
+        mask = segment_volume(model, volume, torch.device("cpu"), mode=mode)  # (S, S, Z): the volume's own axes
+        np.testing.assert_array_equal(mask, probs.argmax(0).permute(1, 2, 0).numpy())
 
 
 def test_centre_equals_overlap_when_every_window_scales_alike(model):

@@ -24,11 +24,19 @@ def _official_twin(model: SemanticSam) -> Sam:
     return twin.eval()
 
 
-def test_semantic_forward_shapes():
+def test_semantic_forward_is_each_images_low_res_logits_upsampled():
+    """(B, 3, S, S) -> (B, classes + 1, S, S): the mask decoder's logits, bilinearly at the input's size, and an
+    image's logits do not depend on the other images of its batch."""
     model = build_model(SPEC).eval()
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        logits = model(torch.rand(3, 3, 64, 64))
-    assert logits.shape == (3, 3, 64, 64)
+        logits = model(images)
+        low = model.low_res_logits(images)
+        alone = model(images[1:2])
+    assert logits.shape == (3, SPEC.num_classes + 1, 64, 64)
+    torch.testing.assert_close(logits, torch.nn.functional.interpolate(low, size=(64, 64), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(alone[0], logits[1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(logits[0], logits[1])  # the images differ, and so do their logits
 
 
 def test_untrained_lora_gives_official_sam_output():

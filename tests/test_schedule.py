@@ -13,7 +13,8 @@ from flap_sam.data.site import SiteData
 from flap_sam.data.stacks import SliceStackDataset
 from flap_sam.jobs.settings import check_settings, training_settings
 from flap_sam.model.factory import ModelSpec, build_model
-from flap_sam.training.local_trainer import LocalTrainer, federation_steps, fitted_warmup, warmup_poly_factor
+from flap_sam.training.local_trainer import LocalTrainer
+from flap_sam.training.schedule import federation_steps, fitted_warmup, warmup_poly_factor
 from flap_sam.training.settings import PAPER_RECIPE, TrainingSettings, base_recipe
 
 SPEC = ModelSpec("vit_test", 64, 2, "flap", 4)

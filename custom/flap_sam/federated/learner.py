@@ -32,7 +32,8 @@ from flap_sam.model.factory import build_model, export_weights, import_weights, 
 from flap_sam.model.lora import at_rank, lower_lora_rank
 from flap_sam.model.presets import exchanged_names, personal_names
 from flap_sam.training.device import apply_cpu_threads, pick_device
-from flap_sam.training.local_trainer import LocalTrainer, RoundProgress, evaluate_volumes, federation_steps, resolve_data_workers
+from flap_sam.training.local_trainer import LocalTrainer, RoundProgress, evaluate_volumes, resolve_data_workers
+from flap_sam.training.schedule import federation_steps
 from flap_sam.training.schema import checked_value, package_defaults
 from flap_sam.training.settings import SiteSettings, TrainingSettings
 

@@ -272,3 +272,23 @@ def test_fp16_transport_halves_the_measured_bytes(tmp_path):
     assert list(scalars(job_dir / "tb_events" / "site-1", "bytes_sent")) == [0]
     state = torch.load(job_dir / "app_server" / "FL_global_model.pt", weights_only=True)["model"]
     assert all(v.dtype == torch.float32 for v in state.values())  # restored to the training dtype
+
+
+@pytest.mark.slow
+def test_the_scale_command_runs_a_federation_per_site_count_and_tabulates_the_server(tmp_path):
+    """``flap-sam scale`` on 2 and 4 sites: one real simulator federation each; the table's shape and the numbers'
+    kinds (not one machine's times): every round finished, bytes grow with the sites, the long run's memory per round."""
+    from flap_sam.cli.main import main
+
+    out = tmp_path / "scale"
+    assert main(["scale", "--sites", "2", "4", "--rounds", "2", "--memory-rounds", "4", "--memory-sites", "2", "--out", str(out)]) == 0
+    record = json.loads((out / "scale.json").read_text())
+    runs = record["runs"]
+    assert [r["sites"] for r in runs] == [2, 4] and all(r["rounds"] == 2 for r in runs)
+    assert all(r["peak_server_mib"] > 50 and 0 < r["aggregation_s"] < r["round_s"] for r in runs)
+    assert runs[1]["received_mb_per_round"] == pytest.approx(2 * runs[0]["received_mb_per_round"], rel=0.05)  # each site sends one update
+    long_run = record["memory_run"]
+    assert long_run["rounds"] == 4 and len(long_run["server_mib_at_round_end"]) == 4
+    table = (out / "scale.md").read_text()
+    assert "| sites | server peak MiB | round s (median) | aggregation s (median) | MB received a round |" in table
+    assert "| growth exponent (1 = linear) |" in table and "| after round | server MiB |" in table

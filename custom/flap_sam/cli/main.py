@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from flap_sam.cli import bench, demo_data, evaluate, infer, job, monitor, params, prepare, report, robustness, simulate, sweep, train
+from flap_sam.cli import bench, demo_data, evaluate, infer, job, monitor, params, prepare, report, robustness, scale, simulate, sweep, train
 
 COMMANDS = {
     "prepare": (prepare, "turn a public dataset (KiTS19, IXI-Tiny, prostate MRI) into per-site datalists"),
@@ -25,6 +25,7 @@ COMMANDS = {
     "infer": (infer, "segment a NIfTI volume with SAM + a persisted adapter"),
     "train": (train, "local or pooled baseline: the job's recipe on one or several sites' data, without FLARE"),
     "sweep": (sweep, "one simulator run per preset (and transport) of a job, resumable, then the report"),
+    "scale": (scale, "one simulator federation per site count: the server's memory, round and aggregation time, bytes"),
     "robustness": (robustness, "one simulator run per aggregation and attack (Byzantine sites), then the Dice table"),
     "report": (report, "report.md and figures (Dice per round, bytes, Dice against bytes) from runs and baselines"),
 }

@@ -36,11 +36,17 @@ class RunUsage:
         cpu_s: CPU seconds (user + system) of the simulator and every process it waited for (server and sites).
         peak_process_rss_bytes: the largest resident memory any one of its processes reached (a site's, on
             these runs), sampled every 2 s.
+        server_rss: (seconds since the start, resident bytes) of the simulator's server process, every 2 s: of
+            the simulator's own processes (not a site's ``simulator_worker``) the largest, the one that runs the
+            server and starts the sites' workers.
+        started_at: the start, in seconds since the epoch (what the FLARE logs' times are read against).
     """
 
     wall_s: float
     cpu_s: float
     peak_process_rss_bytes: int
+    server_rss: tuple[tuple[float, int], ...] = ()
+    started_at: float = 0.0
 
 
 class SimulatorRun(subprocess.CompletedProcess):
@@ -54,6 +60,21 @@ class SimulatorRun(subprocess.CompletedProcess):
 def _children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def _server_rss(pid: int) -> int | None:
+    """The resident bytes of the simulator's server process now: the largest of ``pid``'s tree that is not a site's worker."""
+    import psutil
+
+    largest = None
+    try:
+        root = psutil.Process(pid)
+        for process in [root, *root.children(recursive=True)]:
+            if "simulator_worker" not in " ".join(process.cmdline()):
+                largest = max(largest or 0, int(process.memory_info().rss))
+    except psutil.Error:  # a process ended while it was read
+        pass
+    return largest
 
 
 def _peak_rss(pid: int, peak: int) -> int:
@@ -88,13 +109,21 @@ def prepare_workspace(workspace: str, measurement: bool = False) -> None:
     )
 
 
-def simulator_command(job: str, workspace: str, n_clients: int) -> list[str]:
-    """``nvflare simulator JOB -w WORKSPACE -n N -t N`` as an argument list (one thread per site: no swapping)."""
-    return [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(workspace), "-n", str(n_clients), "-t", str(n_clients)]
+def simulator_command(job: str, workspace: str, n_clients: int, threads: int | None = None) -> list[str]:
+    """``nvflare simulator JOB -w WORKSPACE -n N -t T`` as an argument list: T = N by default (one worker process a site,
+    no swapping between sites); fewer run the sites in turn."""
+    threads = threads or n_clients
+    return [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(workspace), "-n", str(n_clients), "-t", str(threads)]
 
 
 def run_simulator(
-    job: str, workspace: str, n_clients: int, env: dict | None = None, timeout: float | None = None, attempts: int = 2
+    job: str,
+    workspace: str,
+    n_clients: int,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    attempts: int = 2,
+    threads: int | None = None,
 ) -> SimulatorRun:
     """``nvflare simulator JOB -w WORKSPACE -n N -t N`` in a subprocess, in a ``prepare_workspace``; returns the
     completed process with what it cost (``SimulatorRun.usage``).
@@ -107,22 +136,27 @@ def run_simulator(
     Args:
         env: variables added to this process's environment.
         timeout: seconds before the run is stopped (None: no limit).
+        threads: the simulator's worker processes (``-t``; default one a site).
 
     Raises:
         subprocess.TimeoutExpired: the run took longer than ``timeout``.
     """
-    cmd = simulator_command(job, workspace, n_clients)
+    cmd = simulator_command(job, workspace, n_clients, threads)
     full_env = {**os.environ, **(env or {})}
     for attempt in range(1, attempts + 1):
         if attempt > 1:
             shutil.rmtree(workspace, ignore_errors=True)
         prepare_workspace(str(workspace), measurement=is_measurement_job(job))
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            started, cpu_before, peak = time.monotonic(), _children_cpu_seconds(), 0
+            started, started_at, cpu_before, peak = time.monotonic(), time.time(), _children_cpu_seconds(), 0
+            server_rss: list[tuple[float, int]] = []
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=full_env, start_new_session=True)
             deadline, raced = time.monotonic() + timeout if timeout else float("inf"), False
             while proc.poll() is None:
                 peak = _peak_rss(proc.pid, peak)
+                rss = _server_rss(proc.pid)
+                if rss is not None:
+                    server_rss.append((round(time.monotonic() - started, 1), rss))
                 raced = attempt < attempts and _lost_port_race(str(workspace))
                 if raced or time.monotonic() > deadline:
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -133,7 +167,7 @@ def run_simulator(
                 time.sleep(2)
             out.seek(0)
             err.seek(0)
-            usage = RunUsage(time.monotonic() - started, _children_cpu_seconds() - cpu_before, peak)
+            usage = RunUsage(time.monotonic() - started, _children_cpu_seconds() - cpu_before, peak, tuple(server_rss), started_at)
             result = SimulatorRun(cmd, proc.returncode, out.read(), err.read(), usage)
         if not raced:
             return result

@@ -1,0 +1,181 @@
+"""How the server and the protocol grow with the number of sites: real federations in FLARE's simulator.
+
+Each federation runs a shipped job at a tiny budget (the test-size SAM, one step a round, every site on
+one shared demo site's data), so what is measured is the server and the protocol, not training. From
+each run: the peak resident memory of the simulator's server process (``RunUsage.server_rss``),
+per round its wall time and the aggregation's (the server's ``Round N started`` / ``Start aggregation`` /
+``End aggregation`` / ``Round N finished`` lines), the bytes the server received (``TrafficMeter``), and
+the server process's memory at each round's end: a long run says whether it grows per round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+import numpy as np
+
+from flap_sam.data.demo import ensure_demo_site
+from flap_sam.files import SERVER_APP, SIMULATOR_JOB, TRAFFIC_FILE, markdown_table, write_json, write_text
+from flap_sam.jobs.simulator import output_tail, run_simulator
+from flap_sam.jobs.writer import source_job, write_job
+
+MIB = 2**20
+# The federation every count runs: the server's and the protocol's work, at the least training there is.
+TINY_FEDERATION = {
+    "model_type": "vit_test",
+    "image_size": 64,
+    "rank": 4,
+    "random_weights": True,
+    "max_steps_per_round": 1,
+    "batch_size": 1,
+    "warmup_steps": 0,
+    "augment": False,
+    "round_inference": "centre",
+    "final_inference": "centre",
+    "cpu_threads": 1,
+    "data_workers": 0,
+}
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
+
+
+@dataclass(frozen=True)
+class ScaleRun:
+    """One federation of ``sites`` sites: what its server cost.
+
+    Attributes:
+        peak_server_mib: peak resident memory of the simulator's server process, MiB.
+        round_s / aggregation_s: the median round's wall time and its aggregation's, seconds.
+        received_mb_per_round: MB (10**6 bytes) the server received per round, all sites together.
+        server_mib_at_round_end: the server process's memory at the end of each round, MiB.
+        memory_growth_kib_per_round: the slope of a line through those (second half of the rounds), KiB per round.
+    """
+
+    sites: int
+    rounds: int
+    wall_s: float
+    peak_server_mib: float
+    round_s: float
+    aggregation_s: float
+    received_mb_per_round: float
+    server_mib_at_round_end: tuple[float, ...]
+    memory_growth_kib_per_round: float | None
+
+
+def _log_times(log_text: str, pattern: re.Pattern[str]) -> list[float]:
+    """Epoch seconds of every server log line that ``pattern`` finds."""
+    times = []
+    for line in log_text.splitlines():
+        stamp = _LOG_TIME.match(line)
+        if stamp and pattern.search(line):
+            times.append(datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    return times
+
+
+def round_times(log_text: str) -> tuple[list[float], list[float], list[float]]:
+    """(round wall seconds, aggregation seconds, round end times) from a server's ``log.txt`` (FLARE's ScatterAndGather lines)."""
+    started = _log_times(log_text, re.compile(r" - Round \d+ started\."))
+    finished = _log_times(log_text, re.compile(r" - Round \d+ finished\."))
+    agg_start, agg_end = _log_times(log_text, re.compile("Start aggregation")), _log_times(log_text, re.compile("End aggregation"))
+    rounds = [f - s for s, f in zip(started, finished)]
+    aggregations = [e - s for s, e in zip(agg_start, agg_end)]
+    return rounds, aggregations, finished
+
+
+def run_federation(job: str, sites: int, rounds: int, workspace: str, data_root: str, threads: int, timeout: float) -> ScaleRun:
+    """One federation of ``sites`` sites and ``rounds`` rounds of ``job`` (a job folder or a shipped job's name)."""
+    folder = os.path.join(workspace, f"job-{sites}")
+    settings = {**TINY_FEDERATION, "num_rounds": rounds, "min_clients": sites, "data_root": data_root}
+    write_job(source_job(job), folder, settings)
+    run_dir = os.path.join(workspace, f"run-{sites}")
+    result = run_simulator(folder, run_dir, sites, timeout=timeout, threads=threads)
+    if result.returncode != 0:
+        raise RuntimeError(f"{sites} sites: the simulator failed: {output_tail(result)}")
+    server = os.path.join(run_dir, "server")
+    with open(os.path.join(server, "log.txt"), encoding="utf-8", errors="replace") as f:
+        log_text = f.read()
+    round_s, aggregation_s, ends = round_times(log_text)
+    if len(round_s) != rounds:
+        raise RuntimeError(f"{sites} sites: the server's log shows {len(round_s)} finished rounds, not {rounds}")
+    with open(os.path.join(run_dir, SIMULATOR_JOB, SERVER_APP, TRAFFIC_FILE), encoding="utf-8") as f:
+        received = json.load(f)["totals"]["received"]
+    samples = result.usage.server_rss
+    at_end = [_rss_at(samples, end - result.usage.started_at) / MIB for end in ends]
+    return ScaleRun(
+        sites=sites,
+        rounds=rounds,
+        wall_s=round(result.usage.wall_s, 1),
+        peak_server_mib=round(max((rss for _, rss in samples), default=0) / MIB, 1),
+        round_s=round(float(np.median(round_s)), 2),
+        aggregation_s=round(float(np.median(aggregation_s)), 3) if aggregation_s else 0.0,
+        received_mb_per_round=round(received / 1e6 / rounds, 2),
+        server_mib_at_round_end=tuple(round(x, 1) for x in at_end),
+        memory_growth_kib_per_round=_growth(at_end),
+    )
+
+
+def _rss_at(samples: tuple[tuple[float, int], ...], seconds: float) -> float:
+    """The last sample at or before ``seconds`` after the start (the first sample before any)."""
+    earlier = [rss for t, rss in samples if t <= seconds]
+    return float(earlier[-1] if earlier else samples[0][1]) if samples else float("nan")
+
+
+def _growth(mib_at_round_end: list[float]) -> float | None:
+    """KiB per round: the slope through the second half of the rounds (the first fill caches and buffers)."""
+    tail = [x for x in mib_at_round_end[len(mib_at_round_end) // 2 :] if np.isfinite(x)]
+    if len(tail) < 3:
+        return None
+    return round(float(np.polyfit(np.arange(len(tail)), tail, 1)[0]) * 1024, 1)
+
+
+def growth_exponent(runs: list[ScaleRun], key: str) -> float | None:
+    """The slope of log(``key``) against log(sites): 1 is linear growth (None below two counts)."""
+    points = [(np.log(r.sites), np.log(max(float(getattr(r, key)), 1e-9))) for r in runs]
+    if len(points) < 2:
+        return None
+    x, y = np.array(points).T
+    return round(float(np.polyfit(x, y, 1)[0]), 2)
+
+
+def scale_table(runs: list[ScaleRun]) -> str:
+    """Sites as rows: server memory, round and aggregation time, MB received per round; then how each grows."""
+    keys = ("peak_server_mib", "round_s", "aggregation_s", "received_mb_per_round")
+    rows = [[str(r.sites), *(f"{getattr(r, k):g}" for k in keys)] for r in runs]
+    exponents = [growth_exponent(runs, k) for k in keys]
+    rows.append(["growth exponent (1 = linear)", *("-" if e is None else f"{e:.2f}" for e in exponents)])
+    return markdown_table(["sites", "server peak MiB", "round s (median)", "aggregation s (median)", "MB received a round"], rows)
+
+
+def memory_table(run: ScaleRun) -> str:
+    """A long run's server memory at round ends (every tenth round) and its growth per round."""
+    marks = sorted({*range(0, run.rounds, max(1, run.rounds // 10)), run.rounds - 1})
+    rows = [[str(i + 1), f"{run.server_mib_at_round_end[i]:g}"] for i in marks]
+    growth = "-" if run.memory_growth_kib_per_round is None else f"{run.memory_growth_kib_per_round:g}"
+    rows.append([f"growth over the second half (KiB a round), {run.sites} sites", growth])
+    return markdown_table(["after round", "server MiB"], rows)
+
+
+def run_scale(
+    job: str, site_counts: list[int], rounds: int, out: str, threads: int = 8, memory_rounds: int = 0, memory_sites: int = 8
+) -> dict[str, object]:
+    """Every federation, then the tables (``scale.md``) and the numbers (``scale.json``) in ``out``."""
+    os.makedirs(out, exist_ok=True)
+    data_root = ensure_demo_site("kits", "site-1", os.path.join(out, "demo"))
+    runs = []
+    for sites in site_counts:
+        print(f"{sites} sites, {rounds} rounds ...", flush=True)
+        runs.append(run_federation(job, sites, rounds, out, data_root, min(threads, sites), timeout=3600))
+    text = "## A federation's server, from " + f"{site_counts[0]} to {site_counts[-1]} sites\n\n" + scale_table(runs) + "\n"
+    record: dict[str, object] = {"runs": [asdict(r) for r in runs]}
+    if memory_rounds:
+        print(f"{memory_sites} sites, {memory_rounds} rounds (the server's memory) ...", flush=True)
+        long_run = run_federation(job, memory_sites, memory_rounds, os.path.join(out, "long"), data_root, min(threads, memory_sites), 7200)
+        text += f"\n## The server's memory over {memory_rounds} rounds\n\n" + memory_table(long_run) + "\n"
+        record["memory_run"] = asdict(long_run)
+    write_text(os.path.join(out, "scale.md"), text)
+    write_json(os.path.join(out, "scale.json"), record)
+    print(text)
+    return record

@@ -5,7 +5,7 @@
 mutmut 3 mutates the functions of each module (an operator, a constant, a comparison, an argument at a
 time), runs the unit tests that reach the mutated function against each mutant, and counts a mutant
 *killed* when a test fails. mutmut imports the package from its ``mutants/`` copy of the working folder,
-so this builds one (the package, the tests, the jobs) in ``--out``; the repository is not touched.
+so this builds one (the package, the tests, the jobs and deployments they read) in ``--out``; the repository is not touched.
 Prints the score per module and writes ``mutation.md`` and ``mutation.json`` there; the surviving
 mutants (``mutmut results`` in ``--out``) are the lines no test checks. About 30-60 minutes on 2 cores.
 """
@@ -38,12 +38,12 @@ PYPROJECT = """\
 [tool.mutmut]
 source_paths = ["flap_sam"]
 only_mutate = {only}
-also_copy = ["jobs"]
+also_copy = ["jobs", "poc", "provisioning"]
 pytest_add_cli_args = ["-p", "no:xdist", "-p", "no:cacheprovider", "-m", "not slow", "-q"]
 pytest_add_cli_args_test_selection = {tests}
 
 [tool.pytest.ini_options]
-markers = ["slow: takes more than a few seconds"]
+markers = ["slow: takes more than a few seconds", "xdist_group: run on one worker (no workers here)"]
 """
 
 
@@ -52,9 +52,10 @@ def build_workspace(out: Path, modules: list[str]) -> None:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    shutil.copytree(REPO / "custom" / "flap_sam", out / "flap_sam", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "custom" / "flap_sam", out / "flap_sam", ignore=shutil.ignore_patterns("__pycache__"))  # shipped_jobs as files
     shutil.copytree(REPO / "tests", out / "tests", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "jobs", out / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("jobs", "poc", "provisioning"):  # what the tests read from the repository
+        shutil.copytree(REPO / folder, out / folder, ignore=shutil.ignore_patterns("__pycache__"))
     tests = sorted({f"tests/{t}" for m in modules for t in MODULES[m]})
     only = [f"flap_sam/{m}" for m in modules]
     (out / "pyproject.toml").write_text(PYPROJECT.format(only=json.dumps(only), tests=json.dumps(tests)), encoding="utf-8")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -558,7 +559,8 @@ def typed_value(name: str, value: object, kind: type) -> Any:
     """``value`` as ``kind`` (bool, int, float, str, dict); ``"24"`` -> 24, ``"true"`` -> True.
 
     Raises:
-        ValueError: ``<name>: <value> is not <a kind>`` (a bool is never taken for a number).
+        ValueError: ``<name>: <value> is not <a kind>`` (a bool is never taken for a number, NaN and infinity
+            are no setting's value).
     """
     if kind is bool:
         if isinstance(value, bool):
@@ -571,6 +573,8 @@ def typed_value(name: str, value: object, kind: type) -> Any:
                 number = float(value)
             except ValueError:
                 number = None
+            if number is not None and not math.isfinite(number):
+                raise ValueError(f"{name}: {value!r} is not a finite number")
             if number is not None and (kind is float or number.is_integer()):
                 return kind(number)
     elif kind is dict:

@@ -139,8 +139,15 @@ _any_value = st.one_of(
 _names = [s.name for s in SCHEMA]
 
 
+_defaults = package_defaults()
+_changes = st.one_of(
+    st.dictionaries(st.one_of(st.sampled_from(_names), st.text(min_size=1, max_size=12)), _any_value, min_size=1, max_size=3),
+    st.sampled_from(_names).map(lambda name: {name: _defaults[name]}),  # a setting at its own default: always taken
+)
+
+
 @EXAMPLES
-@given(changes=st.dictionaries(st.one_of(st.sampled_from(_names), st.text(min_size=1, max_size=12)), _any_value, min_size=1, max_size=3))
+@given(changes=_changes)
 def test_any_setting_value_is_taken_or_refused_in_one_line_naming_the_setting(changes):
     try:
         job = check_settings(changes, where="job J: ")

@@ -84,3 +84,45 @@ def test_the_reply_is_fresh_no_header_of_the_incoming_result_leaves():
     assert out is not result
     assert out.get_header("learner_note") is None and out.get_header("debug_image") is None
     assert set(from_shareable(out).data) == set(exchange_schema(SPEC))
+
+
+def test_a_start_up_error_leaves_the_site_as_its_category_only():
+    """What the server may learn of a site's failed start: a fixed category, the most specific first (DataError and
+    CheckpointError are ValueErrors too); anything unforeseen is internal."""
+    from flap_sam.errors import CheckpointError, DataError
+    from flap_sam.federated.filters import SITE_ERROR_KINDS, BaseMismatchError, site_error_kind
+
+    kinds = {
+        DataError("x.nii.gz: NaN"): "data",
+        CheckpointError("sam.pth: truncated"): "checkpoint",
+        BaseMismatchError("another base"): "base",
+        ValueError("lr: -1"): "settings",
+        RuntimeError("CUDA out of memory"): "internal",
+        KeyError("x"): "internal",
+    }
+    assert {type(e).__name__: site_error_kind(e) for e in kinds} == {type(e).__name__: k for e, k in kinds.items()}
+    assert set(kinds.values()) <= set(SITE_ERROR_KINDS)
+
+
+def test_a_lower_rank_factor_is_the_schemas_factor_at_that_rank_only():
+    from flap_sam.federated.filters import lower_rank_shape
+
+    a, b = "blk.attn.qkv.lora_A.q", "blk.attn.qkv.lora_B.q"
+    assert lower_rank_shape(a, (2, 64), (4, 64)) and lower_rank_shape(b, (48, 2), (48, 4))
+    assert lower_rank_shape(a, (1, 64), (4, 64))  # rank 1 is a rank
+    assert not lower_rank_shape(a, (4, 64), (4, 64))  # the job's own rank is not lower
+    assert not lower_rank_shape(a, (8, 64), (4, 64))  # above it
+    assert not lower_rank_shape(a, (0, 64), (4, 64))  # no rank at all
+    assert not lower_rank_shape(a, (2, 32), (4, 64))  # the other dimension must stay the layer's
+    assert not lower_rank_shape(b, (2, 48), (48, 4))  # B's rank is its second axis
+    assert not lower_rank_shape("mask_decoder.mask_tokens.weight", (2, 64), (4, 64))  # not a LoRA factor
+
+
+def test_only_plain_metadata_may_travel():
+    from flap_sam.federated.filters import _plain, is_number
+
+    assert all(_plain(v) for v in (None, "x", 1, 2.5, np.float32(1), np.int64(3), [1, "a", None], (1, 2), {"a": [1, {"b": 2.0}]}))
+    assert not any(
+        _plain(v) for v in (np.zeros(2), b"raw", {1: "a"}, [np.zeros(1)], {"a": np.zeros(1)}, ({"a": b"x"},), {"a": {"b": object()}})
+    )
+    assert is_number(True) and is_number(np.float16(1)) and not is_number("1") and not is_number(None)

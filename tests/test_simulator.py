@@ -281,14 +281,25 @@ def test_the_scale_command_runs_a_federation_per_site_count_and_tabulates_the_se
     from flap_sam.cli.main import main
 
     out = tmp_path / "scale"
-    assert main(["scale", "--sites", "2", "4", "--rounds", "2", "--memory-rounds", "4", "--memory-sites", "2", "--out", str(out)]) == 0
+    assert main(["scale", "--sites", "2", "4", "--rounds", "3", "--out", str(out)]) == 0
     record = json.loads((out / "scale.json").read_text())
     runs = record["runs"]
-    assert [r["sites"] for r in runs] == [2, 4] and all(r["rounds"] == 2 for r in runs)
+    assert [r["sites"] for r in runs] == [2, 4] and all(r["rounds"] == 3 and len(r["server_mib_at_round_end"]) == 3 for r in runs)
     assert all(r["peak_server_mib"] > 50 and 0 < r["aggregation_s"] < r["round_s"] for r in runs)
     assert runs[1]["received_mb_per_round"] == pytest.approx(2 * runs[0]["received_mb_per_round"], rel=0.05)  # each site sends one update
-    long_run = record["memory_run"]
-    assert long_run["rounds"] == 4 and len(long_run["server_mib_at_round_end"]) == 4
     table = (out / "scale.md").read_text()
     assert "| sites | server peak MiB | round s (median) | aggregation s (median) | MB received a round |" in table
-    assert "| growth exponent (1 = linear) |" in table and "| after round | server MiB |" in table
+    assert "| growth exponent (1 = linear) |" in table
+
+
+def test_the_long_runs_memory_table_and_its_growth_per_round():
+    """``--memory-rounds``' table: every tenth round's server memory and the slope over the second half, in KiB a round."""
+    from flap_sam.benchmark.federation_scale import ScaleRun, _growth, memory_table
+
+    mib = [900.0 + min(r, 10) * 5 + (r >= 10) * 0.5 * (r - 10) / 1024 for r in range(40)]  # fills, then +0.5 KiB a round
+    run = ScaleRun(8, 40, 100.0, max(mib), 2.0, 0.01, 0.6, tuple(mib), _growth(mib))
+    assert run.memory_growth_kib_per_round == pytest.approx(0.5, abs=0.01)
+    table = memory_table(run)
+    assert "| after round | server MiB |" in table and "| 1 | 900 |" in table and "| 40 |" in table
+    assert "| growth over the second half (KiB a round), 8 sites | 0.5 |" in table
+    assert _growth([900.0, 901.0]) is None  # too few rounds to fit a slope

@@ -62,32 +62,22 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _server_rss(pid: int) -> int | None:
-    """The resident bytes of the simulator's server process now: the largest of ``pid``'s tree that is not a site's worker."""
+def _tree_rss(pid: int) -> tuple[int, int | None]:
+    """(the resident bytes of the largest process in ``pid``'s tree, of the largest that is not a site's worker: the
+    simulator's server) now; (0, None) once the tree is gone."""
     import psutil
 
-    largest = None
+    largest, server = 0, None
     try:
         root = psutil.Process(pid)
         for process in [root, *root.children(recursive=True)]:
+            rss = int(process.memory_info().rss)
+            largest = max(largest, rss)
             if "simulator_worker" not in " ".join(process.cmdline()):
-                largest = max(largest or 0, int(process.memory_info().rss))
+                server = max(server or 0, rss)
     except psutil.Error:  # a process ended while it was read
         pass
-    return largest
-
-
-def _peak_rss(pid: int, peak: int) -> int:
-    """``peak`` or the resident memory of the largest process in ``pid``'s tree now, whichever is larger."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        for process in [root, *root.children(recursive=True)]:
-            peak = max(peak, process.memory_info().rss)
-    except psutil.Error:  # a process ended while it was read
-        pass
-    return peak
+    return largest, server
 
 
 def _lost_port_race(workspace: str) -> bool:
@@ -153,10 +143,10 @@ def run_simulator(
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=full_env, start_new_session=True)
             deadline, raced = time.monotonic() + timeout if timeout else float("inf"), False
             while proc.poll() is None:
-                peak = _peak_rss(proc.pid, peak)
-                rss = _server_rss(proc.pid)
-                if rss is not None:
-                    server_rss.append((round(time.monotonic() - started, 1), rss))
+                largest, server = _tree_rss(proc.pid)
+                peak = max(peak, largest)
+                if server is not None:
+                    server_rss.append((round(time.monotonic() - started, 1), server))
                 raced = attempt < attempts and _lost_port_race(str(workspace))
                 if raced or time.monotonic() > deadline:
                     os.killpg(proc.pid, signal.SIGKILL)

@@ -18,6 +18,7 @@ from datetime import datetime
 
 import numpy as np
 
+from flap_sam.benchmark.payloads import growth_exponent
 from flap_sam.data.demo import ensure_demo_site
 from flap_sam.files import SERVER_APP, SIMULATOR_JOB, TRAFFIC_FILE, markdown_table, write_json, write_text
 from flap_sam.jobs.simulator import output_tail, run_simulator
@@ -131,20 +132,11 @@ def _growth(mib_at_round_end: list[float]) -> float | None:
     return round(float(np.polyfit(np.arange(len(tail)), tail, 1)[0]) * 1024, 1)
 
 
-def growth_exponent(runs: list[ScaleRun], key: str) -> float | None:
-    """The slope of log(``key``) against log(sites): 1 is linear growth (None below two counts)."""
-    points = [(np.log(r.sites), np.log(max(float(getattr(r, key)), 1e-9))) for r in runs]
-    if len(points) < 2:
-        return None
-    x, y = np.array(points).T
-    return round(float(np.polyfit(x, y, 1)[0]), 2)
-
-
 def scale_table(runs: list[ScaleRun]) -> str:
     """Sites as rows: server memory, round and aggregation time, MB received per round; then how each grows."""
     keys = ("peak_server_mib", "round_s", "aggregation_s", "received_mb_per_round")
     rows = [[str(r.sites), *(f"{getattr(r, k):g}" for k in keys)] for r in runs]
-    exponents = [growth_exponent(runs, k) for k in keys]
+    exponents = [growth_exponent([asdict(r) for r in runs], k) for k in keys]  # the bench's, on these runs
     rows.append(["growth exponent (1 = linear)", *("-" if e is None else f"{e:.2f}" for e in exponents)])
     return markdown_table(["sites", "server peak MiB", "round s (median)", "aggregation s (median)", "MB received a round"], rows)
 

@@ -63,7 +63,8 @@ def test_validation_dice_every_round_and_training_helps(finished_run):
         after.append(dice[ROUNDS - 1])
     assert np.mean(after) > np.mean(before) + 0.05, f"Dice before {before}, after {after}"
     assert "result blocked" not in log
-    assert log.count("attention fused, checkpointing encoder, 1 data worker(s)") >= 2  # the settings reached both sites
+    assert log.count("attention fused, 1 data worker(s)") >= 2  # the settings reached both sites
+    assert log.count("memory: checkpointing encoder, cpu_return_memory") >= 2
 
 
 @pytest.mark.slow

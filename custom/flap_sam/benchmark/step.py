@@ -21,11 +21,13 @@ import torch
 from torch import nn
 from typing_extensions import Self
 
-from flap_sam.data.stacks import SliceStackDataset
+from flap_sam.data.stacks import STACK_DEPTH, SliceStackDataset
 from flap_sam.jobs.settings import training_settings
+from flap_sam.model.checkpointing import set_checkpointing
 from flap_sam.model.factory import ModelSpec, build_model
-from flap_sam.training.device import pick_device
+from flap_sam.training.device import autocast_bf16, pick_device
 from flap_sam.training.local_trainer import LocalTrainer
+from flap_sam.training.memory_plan import measure_saved_activations, step_bytes
 
 
 class RssPeak:
@@ -66,10 +68,13 @@ def measure(
     compile_model: bool = False,
     cpu_return_memory: bool = False,
 ) -> dict:
-    """Seconds per step (after one warm-up step), slices per second and peak memory in MiB (``cpu_return_memory``: the site setting)."""
+    """Seconds per step (after one warm-up step), slices per second, peak memory in MiB (``cpu_return_memory``: the site
+    setting) and the memory plan's estimate of that peak (``estimated_mib``, ``flap_sam.training.memory_plan``)."""
     baseline_mib = psutil.Process().memory_info().rss / 2**20
     with RssPeak() as sampler:
-        model = build_model(spec, None, device, attention=attention, checkpointing=checkpointing)
+        model = build_model(spec, None, device, attention=attention)
+        saved = measure_saved_activations(model, spec.image_size, device, autocast_bf16(amp, device, amp))
+        set_checkpointing(model, checkpointing)
         if compile_model:
             model = cast(nn.Module, torch.compile(model))  # the compiled module keeps the module's interface
         trainer = LocalTrainer(
@@ -97,7 +102,12 @@ def measure(
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mib = sampler.peak_mib - baseline_mib
-    return {"seconds_per_step": seconds, "slices_per_second": batch_size * 5 / seconds, "peak_mib": peak_mib}
+    return {
+        "seconds_per_step": seconds,
+        "slices_per_second": batch_size * STACK_DEPTH / seconds,
+        "peak_mib": peak_mib,
+        "estimated_mib": step_bytes(saved, batch_size * STACK_DEPTH, checkpointing) / 2**20,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

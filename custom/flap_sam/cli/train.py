@@ -61,12 +61,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from flap_sam.data.site import DEMO, SiteData
+    from flap_sam.data.stacks import STACK_DEPTH
     from flap_sam.errors import CheckpointError
     from flap_sam.jobs.writer import read_job
     from flap_sam.model.factory import build_model, random_base_refusal, refuses_random_base, resolve_checkpoint
     from flap_sam.training.baseline import train_baseline
     from flap_sam.training.device import pick_device
     from flap_sam.training.local_trainer import resolve_data_workers
+    from flap_sam.training.memory_plan import checkpointing_to_build, plan_site_memory
 
     job = read_job(args.job)
     spec, profile, site = job.spec.model, job.spec.task, job.site
@@ -90,7 +92,17 @@ def run(args: argparse.Namespace) -> int:
     on_demo = bool(args.sites) and site.data_root == DEMO
     if refuses_random_base(spec.model_type, checkpoint, on_demo, site.random_weights):
         raise CheckpointError(random_base_refusal(spec.model_type))
-    model = build_model(spec, checkpoint, device, site.attention, site.checkpointing)
+    model = build_model(spec, checkpoint, device, site.attention, checkpointing_to_build(site.checkpointing))
+    memory = plan_site_memory(
+        model,
+        site.checkpointing,
+        site.cpu_return_memory,
+        job.training.batch_size * STACK_DEPTH,
+        spec.image_size,
+        device,
+        job.training.uses_amp(device, site.cpu_bf16),
+    )
+    print(memory.describe(), flush=True)
     kind = "local" if len(sites) == 1 else "pooled"
     print(
         f"{kind} baseline: {spec.model_type}/{spec.image_size} preset {spec.preset} on {', '.join(sites)}, {epochs} epochs "
@@ -109,6 +121,6 @@ def run(args: argparse.Namespace) -> int:
         data_workers=resolve_data_workers(site.data_workers, device),
         say=lambda s: print(s, flush=True),
         cpu_bf16=site.cpu_bf16,
-        cpu_return_memory=site.cpu_return_memory,
+        cpu_return_memory=memory.return_memory,
     )
     return 0

@@ -21,7 +21,7 @@ from torch import nn
 
 from flap_sam.data.site import DEMO as DEMO_DATA_ROOT
 from flap_sam.data.site import SiteData
-from flap_sam.data.stacks import PreparedVolume, SliceStackDataset, build_augmentation
+from flap_sam.data.stacks import STACK_DEPTH, PreparedVolume, SliceStackDataset, build_augmentation
 from flap_sam.errors import CheckpointError
 from flap_sam.federated.filters import SITE_ERROR_HEADER, SITE_ERROR_KINDS, BaseMismatchError, site_error_kind
 from flap_sam.federated.progress import ROUND_PROGRESS_EVENT, ROUND_PROGRESS_KEY
@@ -33,6 +33,7 @@ from flap_sam.model.lora import at_rank, lower_lora_rank
 from flap_sam.model.presets import exchanged_names, personal_names
 from flap_sam.training.device import apply_cpu_threads, pick_device
 from flap_sam.training.local_trainer import LocalTrainer, RoundProgress, evaluate_volumes, resolve_data_workers
+from flap_sam.training.memory_plan import checkpointing_to_build, plan_site_memory
 from flap_sam.training.schedule import federation_steps
 from flap_sam.training.schema import checked_value, package_defaults
 from flap_sam.training.settings import SiteSettings, TrainingSettings
@@ -192,7 +193,7 @@ class FlapSamLearner(Learner):
         if refuses_random_base(self.spec.model_type, checkpoint, site.data_root == DEMO_DATA_ROOT, site.random_weights):
             raise CheckpointError(random_base_refusal(self.spec.model_type))
         self.lora_rank = site.lora_rank(self.site_name, self.spec)
-        model = build_model(self.spec, checkpoint, self.device, site.attention, site.checkpointing)
+        model = build_model(self.spec, checkpoint, self.device, site.attention, checkpointing_to_build(site.checkpointing))
         self.model = model
         self.exchanged = exchanged_names(model, self.spec.preset_obj)
         # The personal part (a preset's ``personal``): trains here, never exported; its base values score the global model alone.
@@ -205,16 +206,23 @@ class FlapSamLearner(Learner):
             self.log_info(fl_ctx, f"site_ranks: this site trains and exchanges LoRA at rank {self.lora_rank} (the job's: {job_rank})")
         augment = build_augmentation(self.spec.image_size) if self.training.augment else None
         dataset = SliceStackDataset(self.data.train, augment, seed=self.training.seed, slice_channels=self.spec.slice_channels)
-        self.trainer = LocalTrainer(
-            model, dataset, self.training, self.device, data_workers, self.site_settings.cpu_bf16, self.site_settings.cpu_return_memory
+        memory = plan_site_memory(
+            model,
+            site.checkpointing,
+            site.cpu_return_memory,
+            self.training.batch_size * STACK_DEPTH,
+            self.spec.image_size,
+            self.device,
+            self.training.uses_amp(self.device, site.cpu_bf16),
         )
+        self.trainer = LocalTrainer(model, dataset, self.training, self.device, data_workers, site.cpu_bf16, memory.return_memory)
         self.log_info(
             fl_ctx,
             f"{self.spec.model_type} preset={self.spec.preset} on {self.device}: {len(self.exchanged)} tensors, "
             f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters train and are exchanged; "
-            f"attention {site.attention}, checkpointing {site.checkpointing}, "
-            f"{data_workers} data worker(s), {torch.get_num_threads()} CPU thread(s)",
+            f"attention {site.attention}, {data_workers} data worker(s), {torch.get_num_threads()} CPU thread(s)",
         )
+        self.log_info(fl_ctx, memory.describe())
 
     # ---- rounds ---------------------------------------------------------------------------
     def _load_global(self, shareable: Shareable, fl_ctx: FLContext, require_base: bool) -> int:

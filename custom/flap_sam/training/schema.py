@@ -355,11 +355,13 @@ SCHEMA: tuple[Setting, ...] = (
     ),
     Setting(
         "checkpointing",
-        "off",
-        "off | encoder: recompute encoder blocks in backward (less memory, slower steps)",
+        AUTO,
+        "off | encoder: recompute encoder blocks in backward (less memory, slower steps; auto: encoder where a step "
+        "would not fit the site's share of its machine, docs/performance.md#what-auto-chooses-for-a-sites-memory)",
         SITE,
         "site",
         choices="flap_sam.model.checkpointing:CHECKPOINTING_MODES",
+        auto=True,
         site_overridable=True,
     ),
     Setting(
@@ -395,10 +397,13 @@ SCHEMA: tuple[Setting, ...] = (
     ),
     Setting(
         "cpu_return_memory",
-        False,
-        "true: a CPU site gives freed activations back to the OS at once (less peak memory, more CPU time; docs/performance.md)",
+        AUTO,
+        "true: a CPU site gives freed activations back to the OS at once (less peak memory, more CPU time; auto: true "
+        "where a step would not fit otherwise, docs/performance.md#what-auto-chooses-for-a-sites-memory)",
         SITE,
         "site",
+        kind=bool,
+        auto=True,
         site_overridable=True,
     ),
     Setting(

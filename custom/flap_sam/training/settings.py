@@ -167,7 +167,8 @@ class SiteSettings(SettingsBlock):
 
     A site may override the settings of ``OVERRIDABLE`` (``site_overridable`` in the schema) in
     ``<workspace>/local/flap_sam_site.json``. ``data_workers`` and ``cpu_threads`` hold a count or
-    ``auto``, typed once here; the site resolves ``auto`` on its machine (``resolve_data_workers``, ``resolve_cpu_threads``).
+    ``auto``, typed once here; the site resolves ``auto`` on its machine (``resolve_data_workers``, ``resolve_cpu_threads``;
+    ``checkpointing`` and ``cpu_return_memory``: ``flap_sam.training.memory_plan``).
     """
 
     data_root: str
@@ -178,11 +179,11 @@ class SiteSettings(SettingsBlock):
     random_weights: bool
     device: str
     attention: str
-    checkpointing: str
+    checkpointing: str  # off | encoder | auto
     data_workers: int | str
     cpu_threads: int | str
     cpu_bf16: bool
-    cpu_return_memory: bool
+    cpu_return_memory: bool | str
     progress_every_s: float
     site_ranks: dict[str, int]
     demo_budget: bool

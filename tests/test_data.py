@@ -152,6 +152,26 @@ def test_stacks_are_edge_padded_and_augmented_in_range(tmp_path):
     assert dataset.has_foreground.any() and not dataset.has_foreground.all()
 
 
+def test_acquisition_augmentation_changes_only_the_image_and_keeps_it_in_range():
+    from monai.transforms import Compose
+
+    from flap_sam.data.stacks import acquisition_transforms
+
+    plain, acquisition = build_augmentation(32), build_augmentation(32, acquisition=True)
+    assert len(acquisition.transforms) == len(plain.transforms) + len(acquisition_transforms())
+    ramp = torch.linspace(0, 1, 32).repeat(5, 32, 1)  # (5, 32, 32): a smooth image in [0, 1]
+    label = (ramp > 0.5).long()
+    transforms = Compose(acquisition_transforms()).set_random_state(seed=0)
+    changed = 0
+    for _ in range(20):
+        out = transforms({"image": ramp.clone(), "label": label.clone()})
+        assert torch.equal(torch.as_tensor(out["label"]), label)  # where the anatomy is does not change
+        image = torch.as_tensor(out["image"])
+        assert image.shape == ramp.shape and 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+        changed += not torch.allclose(image, ramp)
+    assert 5 <= changed < 20  # each transform on about a third of the samples: most are changed, not all
+
+
 def test_a_4d_image_needs_a_channel_and_gets_the_one_chosen(tmp_path):
     import nibabel as nib
 

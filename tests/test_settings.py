@@ -186,6 +186,7 @@ def _without_attack_arguments(config: dict) -> dict:
 
 # Settings declared after fixtures/resolved_jobs.json was recorded: the only keys a job folder may have beyond it.
 ADDED_SINCE_FIXTURE = {
+    "acquisition_augment",
     "train_volumes",
     "structure_names",
     "progress_every_s",

@@ -8,6 +8,7 @@ prepared from it: every kit there carries the policy, as a provisioned hospital'
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -20,12 +21,12 @@ import pytest
 import torch
 import yaml
 from nvflare.apis.dxo import DXO, DataKind
-from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import make_reply
+from nvflare.apis.shareable import Shareable, make_reply
 
 from flap_sam.federated.filters import SITE_ERROR_HEADER, SITE_ERROR_KINDS, PresetResultFilter
-from flap_sam.federated.site_policy import SitePolicyFilter
+from flap_sam.federated.site_policy import PolicyRefusal, SitePolicyFilter
 from flap_sam.jobs.recipe import resolved_config
 from flap_sam.jobs.simulator import prepare_workspace, simulator_command
 from flap_sam.jobs.writer import SIDES, write_job
@@ -79,6 +80,49 @@ def test_the_site_filter_holds_a_byte_ceiling_and_the_scopes_data_kind():
     assert _refusal(differences_only.process(_update("flap", DataKind.WEIGHT_DIFF), FLContext())) is None
     metrics = DXO(DataKind.METRICS, data={"val_dice": [0.5, 0.1]}).to_shareable()
     assert _refusal(differences_only.process(metrics, FLContext())) == "policy_kind"
+
+
+@pytest.mark.parametrize(
+    ("result", "policy", "kind", "reason"),
+    [
+        (lambda: Shareable(), {}, "policy_kind", "the result is not a DXO"),
+        (
+            lambda: DXO(DataKind.METRICS, data={"val_dice": "0.5"}).to_shareable(),
+            {},
+            "policy_kind",
+            "metric 'val_dice' is not a plain number",
+        ),
+        (
+            lambda: _update("flap", DataKind.WEIGHT_DIFF),
+            {"update_kinds": ["WEIGHTS"]},
+            "policy_kind",
+            "data kind WEIGHT_DIFF; this scope sends only ['WEIGHTS']",
+        ),
+        (
+            lambda: _update("dec_ft"),
+            {},
+            "policy_tensors",
+            "tensor mask_decoder.transformer.layers.0.self_attn.q_proj.weight is not exchanged by the allowed preset(s) flap",
+        ),
+        (
+            lambda: _update("flap"),
+            {"max_bytes_per_result": 1000},
+            "policy_bytes",
+            "bytes of tensors, above the ceiling of 1,000 bytes per result",
+        ),
+    ],
+)
+def test_each_refusal_gives_its_kind_and_a_reason_naming_what_was_refused(result, policy, kind, reason, caplog):
+    site = SitePolicyFilter(["flap"], **policy)
+    with pytest.raises(PolicyRefusal) as refused:
+        site.check(result())
+    assert refused.value.kind == kind and reason in str(refused.value)
+    fl_ctx = FLContext()
+    fl_ctx.set_prop(FLContextKey.TASK_NAME, "train", private=True, sticky=False)
+    with caplog.at_level(logging.ERROR):
+        reply = site.process(result(), fl_ctx)
+    assert _refusal(reply) == kind
+    assert f"site policy refused the result of task train: {refused.value}" in caplog.text
 
 
 def test_a_refusal_reaches_the_server_as_one_word_through_the_jobs_own_filters():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,14 +27,19 @@ from monai.transforms import (
     Compose,
     RandAdjustContrastd,
     RandAffined,
+    RandBiasFieldd,
     RandCoarseDropoutd,
     RandFlipd,
+    RandGaussianNoised,
     RandGaussianSharpend,
+    RandHistogramShiftd,
     RandRotate90d,
     RandRotated,
     RandScaleIntensityd,
+    RandSimulateLowResolutiond,
     ScaleIntensity,
     SomeOf,
+    ThresholdIntensityd,
 )
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset, WeightedRandomSampler
@@ -145,11 +151,30 @@ def scale_stack(stacks: torch.Tensor) -> torch.Tensor:
     return scaled.reshape(stacks.shape).float()
 
 
-def build_augmentation(image_size: int) -> Compose:
+def acquisition_transforms() -> list[Any]:
+    """What another scanner or protocol does to an image in [0, 1], as MONAI simulates it (image only).
+
+    A smooth multiplicative bias field (coil sensitivity, beam hardening), a non-linear remapping of
+    intensities (another protocol's contrast), Gaussian noise (dose, field strength) and a coarser
+    acquisition resampled back (slice thickness, reconstruction), each on about one sample in three;
+    the result is clamped back to [0, 1].
+    """
+    return [
+        RandBiasFieldd("image", degree=3, coeff_range=(0.0, 0.3), prob=0.3),
+        RandHistogramShiftd("image", num_control_points=(5, 10), prob=0.3),
+        RandGaussianNoised("image", std=0.03, prob=0.3),
+        RandSimulateLowResolutiond("image", zoom_range=(0.5, 1.0), upsample_mode="bilinear", prob=0.3),
+        ThresholdIntensityd("image", threshold=1.0, above=False, cval=1.0),
+        ThresholdIntensityd("image", threshold=0.0, above=True, cval=0.0),
+    ]
+
+
+def build_augmentation(image_size: int, acquisition: bool = False) -> Compose:
     """The paper's augmentations, where MONAI has them, on {"image": (5 x C, S, S), "label": (5, S, S)}.
 
     rot90/flip, rotation ±15°, gamma, random erasing, then two of {shear, scale, translate,
     contrast, brightness, sharpness}. (Posterize has no MONAI transform and is left out.)
+    ``acquisition``: then ``acquisition_transforms`` (the setting ``acquisition_augment``).
     """
     keys = ("image", "label")
     interp = ("bilinear", "nearest")
@@ -171,6 +196,7 @@ def build_augmentation(image_size: int) -> Compose:
                 ],
                 num_transforms=2,
             ),
+            *(acquisition_transforms() if acquisition else []),
         ]
     )
 

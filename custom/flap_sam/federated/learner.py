@@ -204,7 +204,7 @@ class FlapSamLearner(Learner):
         if self.lora_rank < job_rank:
             lower_lora_rank(model, self.lora_rank)
             self.log_info(fl_ctx, f"site_ranks: this site trains and exchanges LoRA at rank {self.lora_rank} (the job's: {job_rank})")
-        augment = build_augmentation(self.spec.image_size) if self.training.augment else None
+        augment = build_augmentation(self.spec.image_size, self.training.acquisition_augment) if self.training.augment else None
         dataset = SliceStackDataset(self.data.train, augment, seed=self.training.seed, slice_channels=self.spec.slice_channels)
         memory = plan_site_memory(
             model,

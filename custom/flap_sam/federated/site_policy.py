@@ -97,7 +97,8 @@ class SitePolicyFilter(Filter):
                     raise PolicyRefusal("policy_kind", f"metric {key!r} is not a plain number")
             return
         if dxo.data_kind not in self.update_kinds:
-            raise PolicyRefusal("policy_kind", f"data kind {dxo.data_kind}; this scope sends only {list(self.update_kinds)}")
+            kind = getattr(dxo.data_kind, "value", dxo.data_kind)  # FLARE's DataKind members print as DataKind.X
+            raise PolicyRefusal("policy_kind", f"data kind {kind}; this scope sends only {list(self.update_kinds)}")
         total = 0
         for name, value in (dxo.data or {}).items():
             if not any(p.selects(name) for p in self.presets):

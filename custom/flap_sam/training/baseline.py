@@ -80,7 +80,7 @@ def train_baseline(
     validation = [v for data in sites.values() for v in data.validation]
     has_test = all(data.test for data in sites.values())
     test = [v for data in sites.values() for v in (data.test if has_test else data.validation)]
-    augment = build_augmentation(spec.image_size) if settings.augment else None
+    augment = build_augmentation(spec.image_size, settings.acquisition_augment) if settings.augment else None
     dataset = SliceStackDataset(train, augment, seed=settings.seed, slice_channels=spec.slice_channels)
     trainer = LocalTrainer(model, dataset, settings, device, data_workers, cpu_bf16, cpu_return_memory)
     steps = settings.capped(trainer.steps_per_epoch())

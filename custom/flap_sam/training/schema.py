@@ -471,6 +471,14 @@ SCHEMA: tuple[Setting, ...] = (
         "training",
     ),
     Setting(
+        "acquisition_augment",
+        False,
+        "true, with augment: also simulate other acquisitions (MONAI's bias field, histogram shift, noise, low "
+        "resolution; docs/baselines.md#acquisition-augmentation)",
+        TRAINING,
+        "training",
+    ),
+    Setting(
         "foreground_fraction", 0.5, "share of sampled stacks centred on a slice with foreground", TRAINING, "training", minimum=0, maximum=1
     ),
     Setting(

@@ -120,6 +120,7 @@ class TrainingSettings(SettingsBlock):
     warmup_steps: int
     poly_power: float
     augment: bool
+    acquisition_augment: bool
     foreground_fraction: float
     foreground_sampling: str
     amp: bool

@@ -36,6 +36,14 @@ def _job(tmp_path: Path, **settings) -> str:
     return write_job(str(REPO / "jobs" / "kits_lora"), str(tmp_path / "job"), {**QUICK, **settings})
 
 
+def _run_script(script: Path, *args: str) -> str:
+    """Run a Python script of the repository as a user would, to its end; its output (exit status 0 asserted)."""
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=900, env=os.environ.copy())
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    return out
+
+
 @pytest.fixture
 def poc(tmp_path, monkeypatch):
     """A POC workspace; whatever a test starts there is stopped afterwards."""
@@ -71,15 +79,7 @@ def test_provisioning_gives_tls_kits_and_job_rights_only_to_admin_and_leads(tmp_
 def test_poc_runs_a_federation_of_separate_processes_to_completion(tmp_path, poc):
     job = _job(tmp_path, num_rounds=2)
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, str(REPO / "poc" / "run_poc.py"), "--job", job, "--workspace", poc],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=os.environ.copy(),
-    )
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out[-4000:]
+    out = _run_script(REPO / "poc" / "run_poc.py", "--job", job, "--workspace", poc)
     for round_ in (0, 1):  # every round once, with each site's Dice, however fast rounds finish between polls
         assert out.count(f"round {round_}/2: aggregated 2 site(s) [site-1 Dice") == 1, out[-4000:]
     assert "FINISHED:COMPLETED" in out and "stopped all POC processes" in out
@@ -109,15 +109,7 @@ def test_the_job_api_in_poc_keeps_the_result_after_the_poc_is_removed(tmp_path, 
     monkeypatch.setenv("NVFLARE_POC_WORKSPACE", poc)
     settings = [f"{k}={v}" for k, v in {**QUICK, "num_rounds": 1}.items()]
     results = tmp_path / "results"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "kits_lora" / "job.py"), "--env", "poc", "--results", str(results), "--set", *settings],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=os.environ.copy(),
-    )
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out[-4000:]
+    out = _run_script(REPO / "jobs" / "kits_lora" / "job.py", "--env", "poc", "--results", str(results), "--set", *settings)
     last = [line for line in out.splitlines() if line.startswith("job ")][-1]
     assert ": FINISHED:COMPLETED; result: " in last, last
     kept = Path(last.split("; result: ")[1])

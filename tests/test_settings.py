@@ -186,6 +186,7 @@ def _without_attack_arguments(config: dict) -> dict:
 
 # Settings declared after fixtures/resolved_jobs.json was recorded: the only keys a job folder may have beyond it.
 ADDED_SINCE_FIXTURE = {
+    "class_weights",
     "acquisition_augment",
     "train_volumes",
     "structure_names",
@@ -250,7 +251,10 @@ def test_a_recipe_takes_a_dict_valued_setting_and_refuses_a_bad_value():
 
 
 def test_typed_blocks_coerce_config_text_and_refuse_unknown_keys():
-    values = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in dataclasses.asdict(training_settings()).items()}
+    values = {
+        k: v if isinstance(v, dict) else str(v).lower() if isinstance(v, bool) else str(v)  # a mapping stays one in HOCON
+        for k, v in dataclasses.asdict(training_settings()).items()
+    }
     assert TrainingSettings.from_settings(values) == training_settings()
     with pytest.raises(ValueError, match=r"^training: unknown setting\(s\) \['lrr'\]"):
         TrainingSettings.from_settings({**values, "lrr": 1}, where="training: ")

@@ -122,5 +122,6 @@ def run(args: argparse.Namespace) -> int:
         say=lambda s: print(s, flush=True),
         cpu_bf16=site.cpu_bf16,
         cpu_return_memory=memory.return_memory,
+        loss_weights=job.training.loss_weights(profile.class_names),
     )
     return 0

@@ -215,7 +215,16 @@ class FlapSamLearner(Learner):
             self.device,
             self.training.uses_amp(self.device, site.cpu_bf16),
         )
-        self.trainer = LocalTrainer(model, dataset, self.training, self.device, data_workers, site.cpu_bf16, memory.return_memory)
+        self.trainer = LocalTrainer(
+            model,
+            dataset,
+            self.training,
+            self.device,
+            data_workers,
+            site.cpu_bf16,
+            memory.return_memory,
+            self.training.loss_weights(self.profile.class_names),
+        )
         self.log_info(
             fl_ctx,
             f"{self.spec.model_type} preset={self.spec.preset} on {self.device}: {len(self.exchanged)} tensors, "

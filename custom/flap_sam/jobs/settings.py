@@ -84,7 +84,9 @@ def check_settings(settings: Mapping, where: str = "") -> JobSettings:
             )
         if site.site_ranks and values["attack"] != "none":
             raise ValueError("site_ranks: the attack simulation crafts updates of the job's rank; run it with every site at that rank")
-        return JobSettings(spec, TrainingSettings.from_settings(block["training"], model_type=spec.model.model_type), site, values)
+        training = TrainingSettings.from_settings(block["training"], model_type=spec.model.model_type)
+        training.loss_weights(spec.task.class_names)
+        return JobSettings(spec, training, site, values)
     except ValueError as e:
         raise ValueError(f"{where}{e}") from None
 

@@ -66,6 +66,7 @@ def train_baseline(
     say: Callable[[str], object] = print,
     cpu_bf16: bool = False,
     cpu_return_memory: bool = False,
+    loss_weights: list[float] | None = None,
 ) -> BaselineResult:
     """Train on the union of ``sites``' training volumes for ``epochs`` epochs; write the adapters and logs into ``out``.
 
@@ -74,6 +75,7 @@ def train_baseline(
     Args:
         sites: site name -> its prepared data.
         kind: ``local`` (one site) or ``pooled`` (several), recorded in ``baseline.json``.
+        loss_weights: each class's weight in the loss, background first (``TrainingSettings.loss_weights``).
     """
     os.makedirs(out, exist_ok=True)
     train = [v for data in sites.values() for v in data.train]
@@ -82,7 +84,7 @@ def train_baseline(
     test = [v for data in sites.values() for v in (data.test if has_test else data.validation)]
     augment = build_augmentation(spec.image_size, settings.acquisition_augment) if settings.augment else None
     dataset = SliceStackDataset(train, augment, seed=settings.seed, slice_channels=spec.slice_channels)
-    trainer = LocalTrainer(model, dataset, settings, device, data_workers, cpu_bf16, cpu_return_memory)
+    trainer = LocalTrainer(model, dataset, settings, device, data_workers, cpu_bf16, cpu_return_memory, loss_weights)
     steps = settings.capped(trainer.steps_per_epoch())
     total = epochs * steps
     log, best = [], -1.0

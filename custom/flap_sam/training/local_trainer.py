@@ -108,6 +108,7 @@ class LocalTrainer:
         cpu_bf16: the site's ``cpu_bf16`` setting (bf16 autocast on a CPU with native bf16, with ``amp``).
         cpu_return_memory: the site's ``cpu_return_memory`` setting: on a CPU, freed activations go
             back to the OS at once (``release_freed_tensors_on_cpu``).
+        loss_weights: each class's weight in the loss, background first ((K + 1,); ``TrainingSettings.loss_weights``).
     """
 
     def __init__(
@@ -119,6 +120,7 @@ class LocalTrainer:
         data_workers: int = 0,
         cpu_bf16: bool = False,
         cpu_return_memory: bool = False,
+        loss_weights: list[float] | None = None,
     ) -> None:
         if device.type == "cpu" and cpu_return_memory:
             release_freed_tensors_on_cpu()
@@ -132,7 +134,8 @@ class LocalTrainer:
         self._trainable = [p for p in model.parameters() if p.requires_grad]
         self._anchor: list[torch.Tensor] | None = None  # FedProx: the trainable tensors at the round's start
         self.optimizer = torch.optim.AdamW(self._trainable, lr=settings.lr, betas=(0.9, 0.999), weight_decay=settings.weight_decay)
-        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_ce=0.2, lambda_dice=0.8)
+        weight = None if loss_weights is None else torch.tensor(loss_weights, dtype=torch.float32, device=device)
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_ce=0.2, lambda_dice=0.8, weight=weight)
         self.global_step = 0  # the federation's step: set by ``train`` from the round, advanced by ``step``
 
     def steps_per_epoch(self) -> int:

@@ -479,6 +479,14 @@ SCHEMA: tuple[Setting, ...] = (
         "training",
     ),
     Setting(
+        "class_weights",
+        {},
+        "class -> its weight in the loss (cross-entropy and Dice), e.g. { ribs = 3 } (the background and classes not "
+        "named: 1; docs/baselines.md#per-class-loss-weights)",
+        TRAINING,
+        "training",
+    ),
+    Setting(
         "foreground_fraction", 0.5, "share of sampled stacks centred on a slice with foreground", TRAINING, "training", minimum=0, maximum=1
     ),
     Setting(

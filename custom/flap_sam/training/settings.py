@@ -12,6 +12,7 @@ raises ``ValueError`` with one line naming the setting.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -121,6 +122,7 @@ class TrainingSettings(SettingsBlock):
     poly_power: float
     augment: bool
     acquisition_augment: bool
+    class_weights: dict[str, float]
     foreground_fraction: float
     foreground_sampling: str
     amp: bool
@@ -138,6 +140,31 @@ class TrainingSettings(SettingsBlock):
         recipe = base_recipe(model_type)
         settings = {k: (recipe[k] if k in recipe and str(v).strip().lower() == AUTO else v) for k, v in settings.items()}
         return super().from_settings(settings, where)
+
+    @classmethod
+    def _checked(cls, values: dict[str, Any]) -> dict[str, Any]:
+        weights = {}
+        for name, weight in values["class_weights"].items():
+            try:
+                weights[str(name)] = float(weight)
+            except (TypeError, ValueError):
+                raise ValueError(f"class_weights: the weight of {name}: {weight!r} is not a number") from None
+            if not (math.isfinite(weights[str(name)]) and weights[str(name)] > 0):
+                raise ValueError(f"class_weights: the weight of {name}: {weight!r} must be a number above 0")
+        values["class_weights"] = weights
+        return values
+
+    def loss_weights(self, class_names: tuple[str, ...]) -> list[float] | None:
+        """Each class's weight in the loss, background first ((K + 1,)); None when every weight is 1.
+
+        Raises:
+            ValueError: ``class_weights`` names a class the task does not have.
+        """
+        unknown = sorted(set(self.class_weights) - set(class_names))
+        if unknown:
+            raise ValueError(f"class_weights: no class {', '.join(unknown)} in this task (classes: {', '.join(class_names)})")
+        weights = [1.0] + [self.class_weights.get(name, 1.0) for name in class_names]
+        return None if all(w == 1.0 for w in weights) else weights
 
     def steps_per_round(self, steps_per_epoch: int) -> int:
         """Local steps of one round: ``local_epochs`` epochs, capped by ``max_steps_per_round`` (0: no cap)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from flap_sam.jobs.settings import check_settings
 from flap_sam.model.factory import ModelSpec, build_model
 from flap_sam.training import memory_plan
 from flap_sam.training.memory_plan import (
@@ -24,6 +25,8 @@ from flap_sam.training.memory_plan import (
 
 MIB = 2**20
 LITE = ModelSpec("lite_medsam", 112, 2, "flap", 4)
+SETTINGS = {"model_type": "lite_medsam", "image_size": 112, "rank": 4, "batch_size": 4, "amp": False}  # 20 slices a step
+JOB = check_settings(SETTINGS)  # checkpointing and cpu_return_memory: auto, the defaults
 
 
 def test_the_estimate_of_a_litemedsam_step_is_within_a_tenth_of_what_the_step_benchmark_measured():
@@ -91,7 +94,7 @@ def test_a_site_short_of_memory_trains_checkpointed_with_the_same_gradients(monk
     planned = build_model(LITE)
     planned.load_state_dict(plain.state_dict())
     monkeypatch.setattr(memory_plan, "machine_share", lambda device, sites: 1)
-    plan = plan_site_memory(planned, "auto", "auto", 20, 112, torch.device("cpu"), amp=False)
+    plan = plan_site_memory(planned, JOB.site, JOB.training, 112, torch.device("cpu"))
     assert (plan.checkpointing, plan.return_memory, plan.fits) == ("encoder", True, False)
     image = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(1))
     grads = []
@@ -105,12 +108,13 @@ def test_a_site_short_of_memory_trains_checkpointed_with_the_same_gradients(monk
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     # and one with room to spare is left as built
     monkeypatch.setattr(memory_plan, "machine_share", lambda device, sites: 2**40)
-    roomy = plan_site_memory(build_model(LITE), "auto", "auto", 20, 112, torch.device("cpu"), amp=False)
+    roomy = plan_site_memory(build_model(LITE), JOB.site, JOB.training, 112, torch.device("cpu"))
     assert (roomy.checkpointing, roomy.return_memory, roomy.fits) == ("off", False, True)
 
 
 def test_set_values_skip_the_estimate():
-    plan = plan_site_memory(torch.nn.Linear(1, 1), "off", False, 20, 112, torch.device("cpu"), amp=False)
+    job = check_settings({**SETTINGS, "checkpointing": "off", "cpu_return_memory": False})
+    plan = plan_site_memory(torch.nn.Linear(1, 1), job.site, job.training, 112, torch.device("cpu"))
     assert plan.describe() == "memory: checkpointing off, cpu_return_memory false (as set)"
 
 

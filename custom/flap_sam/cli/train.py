@@ -61,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from flap_sam.data.site import DEMO, SiteData
-    from flap_sam.data.stacks import STACK_DEPTH
     from flap_sam.errors import CheckpointError
     from flap_sam.jobs.writer import read_job
     from flap_sam.model.factory import build_model, random_base_refusal, refuses_random_base, resolve_checkpoint
@@ -93,15 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if refuses_random_base(spec.model_type, checkpoint, on_demo, site.random_weights):
         raise CheckpointError(random_base_refusal(spec.model_type))
     model = build_model(spec, checkpoint, device, site.attention, checkpointing_to_build(site.checkpointing))
-    memory = plan_site_memory(
-        model,
-        site.checkpointing,
-        site.cpu_return_memory,
-        job.training.batch_size * STACK_DEPTH,
-        spec.image_size,
-        device,
-        job.training.uses_amp(device, site.cpu_bf16),
-    )
+    memory = plan_site_memory(model, site, job.training, spec.image_size, device)
     print(memory.describe(), flush=True)
     kind = "local" if len(sites) == 1 else "pooled"
     print(

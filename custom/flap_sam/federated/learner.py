@@ -21,7 +21,7 @@ from torch import nn
 
 from flap_sam.data.site import DEMO as DEMO_DATA_ROOT
 from flap_sam.data.site import SiteData
-from flap_sam.data.stacks import STACK_DEPTH, PreparedVolume, SliceStackDataset, build_augmentation
+from flap_sam.data.stacks import PreparedVolume, SliceStackDataset, build_augmentation
 from flap_sam.errors import CheckpointError
 from flap_sam.federated.filters import SITE_ERROR_HEADER, SITE_ERROR_KINDS, BaseMismatchError, site_error_kind
 from flap_sam.federated.progress import ROUND_PROGRESS_EVENT, ROUND_PROGRESS_KEY
@@ -206,15 +206,7 @@ class FlapSamLearner(Learner):
             self.log_info(fl_ctx, f"site_ranks: this site trains and exchanges LoRA at rank {self.lora_rank} (the job's: {job_rank})")
         augment = build_augmentation(self.spec.image_size, self.training.acquisition_augment) if self.training.augment else None
         dataset = SliceStackDataset(self.data.train, augment, seed=self.training.seed, slice_channels=self.spec.slice_channels)
-        memory = plan_site_memory(
-            model,
-            site.checkpointing,
-            site.cpu_return_memory,
-            self.training.batch_size * STACK_DEPTH,
-            self.spec.image_size,
-            self.device,
-            self.training.uses_amp(self.device, site.cpu_bf16),
-        )
+        memory = plan_site_memory(model, site, self.training, self.spec.image_size, self.device)
         self.trainer = LocalTrainer(
             model,
             dataset,

@@ -22,9 +22,11 @@ import psutil
 import torch
 from torch import nn
 
+from flap_sam.data.stacks import STACK_DEPTH
 from flap_sam.model.checkpointing import set_checkpointing
 from flap_sam.model.encoders import family_of
 from flap_sam.training.schema import AUTO
+from flap_sam.training.settings import SiteSettings, TrainingSettings
 
 # Backward holds, beside what forward saved, about this many times the largest encoder block's saved
 # activations (that block's gradients and the decoder's upsampled logits): the calibration above.
@@ -219,20 +221,20 @@ def checkpointing_to_build(setting: str) -> str:
     return "off" if setting == AUTO else setting
 
 
-def plan_site_memory(
-    model: nn.Module, checkpointing: str, return_memory: bool | str, slices: int, image_size: int, device: torch.device, amp: bool
-) -> MemoryPlan:
+def plan_site_memory(model: nn.Module, site: SiteSettings, training: TrainingSettings, image_size: int, device: torch.device) -> MemoryPlan:
     """Resolve a site's ``auto`` memory settings on its machine and apply checkpointing to ``model`` if chosen.
 
     Args:
-        model: built with ``checkpointing_to_build(checkpointing)``.
-        slices: slices a training step feeds the model (batch_size x 5).
-        amp: whether training runs under bf16 autocast.
+        model: built with ``checkpointing_to_build(site.checkpointing)``.
+        site: its ``checkpointing``, ``cpu_return_memory`` and ``cpu_bf16``.
+        training: its ``batch_size`` (a step feeds the model ``batch_size x 5`` slices) and ``amp``.
     """
-    return_memory = bool(return_memory) if return_memory != AUTO else AUTO
+    checkpointing = site.checkpointing
+    return_memory = AUTO if site.cpu_return_memory == AUTO else bool(site.cpu_return_memory)
     if AUTO not in (checkpointing, return_memory):
         return MemoryPlan(checkpointing, bool(return_memory))
-    saved = measure_saved_activations(model, image_size, device, amp)
+    saved = measure_saved_activations(model, image_size, device, training.uses_amp(device, site.cpu_bf16))
+    slices = training.batch_size * STACK_DEPTH
     need = {mode: step_bytes(saved, slices, mode) for mode in ("off", "encoder")}
     sites = flare_site_processes()
     plan = choose_plan(checkpointing, return_memory, need, machine_share(device, sites), device.type == "cpu", sites)

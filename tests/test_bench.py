@@ -33,6 +33,8 @@ def test_bench_json_holds_every_measured_figure(tmp_path, monkeypatch, capsys):
                 "1",
                 "--validation-train-steps",
                 "5",
+                "--validation-volumes",
+                "2",
                 "--site-volumes",
                 "3",
                 "--site-shape",
@@ -52,6 +54,7 @@ def test_bench_json_holds_every_measured_figure(tmp_path, monkeypatch, capsys):
         assert figures["step_s"] > 0 and figures["peak_bytes"] > 0 and figures["wire_bytes"] > 0
     assert report["presets"]["flap"]["wire_bytes"] < report["presets"]["fft"]["wire_bytes"] / 10
     assert set(report["validation"]) >= {"overlap_s_per_volume", "single_s_per_volume", "dice_overlap", "dice_single"}
+    assert report["validation"]["dice_volumes"] == 2 and 0 <= report["validation"]["dice_single"] <= 1
     assert set(report["attention"]) == {"reference_step_s", "fused_step_s", "reference_peak_bytes", "fused_peak_bytes"}
     assert report["site_memory"]["volumes"] == 3 and report["site_memory"]["peak_rss_bytes"] > report["site_memory"]["prepared_bytes"] > 0
     assert set(report["checkpointing"]) == {"off_step_s", "encoder_step_s", "off_peak_bytes", "encoder_peak_bytes"}

@@ -119,6 +119,24 @@ def test_the_job_api_in_poc_keeps_the_result_after_the_poc_is_removed(tmp_path, 
 
 
 @pytest.mark.slow
+def test_the_scale_command_in_a_poc_measures_the_servers_processes_and_leaves_nothing_running(tmp_path, monkeypatch):
+    """``flap-sam scale --env poc``: a fresh POC (FLARE's PocEnv: the server and each site separate processes) per
+    site count; every round finished, the server's processes sampled, the POC removed with nothing left running."""
+    from flap_sam.cli.main import main
+
+    monkeypatch.delenv("NVFLARE_POC_WORKSPACE", raising=False)
+    out = tmp_path / "scale"
+    assert main(["scale", "--env", "poc", "--sites", "2", "--rounds", "2", "--out", str(out)]) == 0
+    record = json.loads((out / "scale.json").read_text())
+    (run,) = record["runs"]
+    assert record["env"] == "poc" and run["env"] == "poc" and run["sites"] == 2 and len(run["server_mib_at_round_end"]) == 2
+    assert run["peak_server_mib"] > 50 and 0 < run["aggregation_s"] < run["round_s"] and run["received_mb_per_round"] > 0
+    assert "in a POC (separate processes)" in (out / "scale.md").read_text()
+    assert not (out / "poc-2").exists() and not run_poc._workspace_processes(str(out / "poc-2"))
+    assert "NVFLARE_POC_WORKSPACE" not in os.environ  # put back as it was
+
+
+@pytest.mark.slow
 def test_a_hospital_provisioned_later_joins_with_the_projects_ca_and_starts_from_the_current_global_adapter(tmp_path, poc):
     """Dynamic provisioning (``nvflare provision --add_client``) into the running POC project: the new kit carries
     the project's root CA and its site policy, connects, and the next job (``start_from`` the finished job) sends it

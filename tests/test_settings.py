@@ -296,3 +296,45 @@ def test_a_site_turns_on_cpu_bf16_in_its_own_settings(tmp_path, capsys):
     out = tmp_path / "job"
     assert main(["job", "ixi_lora", "--out", str(out), "--set", "cpu_bf16=true"]) == 0
     assert read_job(str(out)).site.cpu_bf16 is True
+
+
+def test_each_check_of_the_schema_gives_its_one_line_at_its_bound():
+    """The bounds as declared: ``above`` and ``below`` exclude the bound, ``minimum`` and ``maximum`` include it;
+    each refusal names the setting and what it must be."""
+    check = schema.checked_value
+    assert check("svt_fraction", 1) == 1.0 and check("foreground_fraction", 0) == 0.0  # maximum, minimum: included
+    with pytest.raises(ValueError, match=r"^svt_epsilon: 0\.0 must be above 0"):
+        check("svt_epsilon", 0)
+    with pytest.raises(ValueError, match=r"^svt_fraction: 1\.5 must be at most 1"):
+        check("svt_fraction", 1.5)
+    with pytest.raises(ValueError, match=r"^foreground_fraction: -0\.1 must be at least 0"):
+        check("foreground_fraction", -0.1)
+    with pytest.raises(ValueError, match=r"^lr: 'nan' is not a finite number$"):
+        check("lr", "nan")
+    for name, value, kind in (("lr", "fast", "a number"), ("batch_size", 2.5, "a whole number"), ("class_weights", [1], "a mapping")):
+        with pytest.raises(ValueError, match=rf"^{name}: .* is not {kind}$"):
+            check(name, value)
+    with pytest.raises(ValueError, match=r"^model_type: \['vit_b'\] is not a text$"):  # a list is never taken for a text
+        check("model_type", ["vit_b"])
+
+
+def test_a_block_is_refused_whole_when_a_setting_is_missing_or_the_block_unknown():
+    defaults = {name: package_defaults()[name] for name in block_keys("training")}
+    assert schema.block_values("training", defaults) == defaults
+    with pytest.raises(ValueError, match=r"^lr: 'fast' is not a number$"):
+        schema.block_values("training", {**defaults, "lr": "fast"})
+    del defaults["lr"]
+    with pytest.raises(ValueError, match=r"^site-1: missing setting\(s\) \['lr'\]$"):
+        schema.block_values("training", defaults, where="site-1: ")
+    with pytest.raises(ValueError, match=rf"^no settings block 'nope' \(blocks: {', '.join(BLOCKS)}\)$"):
+        block_keys("nope")
+
+
+def test_package_defaults_are_a_fresh_copy_and_mappings_are_written_as_hocon():
+    defaults = package_defaults()
+    defaults["class_weights"]["ribs"] = 3.0
+    assert package_defaults()["class_weights"] == {}  # the schema's default is not changed through a copy
+    assert schema.hocon_value({"ribs": 3, "lung": 0.5}) == '{"ribs" = 3, "lung" = 0.5}'
+    assert schema.choices_of("transport") == schema.SETTING["transport"].allowed()
+    with pytest.raises(KeyError, match="lr has no list of allowed values"):
+        schema.choices_of("lr")

@@ -1,8 +1,9 @@
-"""How the server and the protocol grow with the number of sites: real federations in FLARE's simulator.
+"""How the server and the protocol grow with the number of sites: real federations in FLARE's simulator or a POC.
 
 Each federation runs a shipped job at a tiny budget (the test-size SAM, one step a round, every site on
 one shared demo site's data), so what is measured is the server and the protocol, not training. From
-each run: the peak resident memory of the simulator's server process (``RunUsage.server_rss``),
+each run: the peak resident memory of the server (the simulator's server process, ``RunUsage.server_rss``;
+in a POC, FLARE's server process and its job process together, sampled every second),
 per round its wall time and the aggregation's (the server's ``Round N started`` / ``Start aggregation`` /
 ``End aggregation`` / ``Round N finished`` lines), the bytes the server received (``TrafficMeter``), and
 the server process's memory at each round's end: a long run says whether it grows per round.
@@ -13,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
+import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -21,6 +24,7 @@ import numpy as np
 from flap_sam.benchmark.payloads import growth_exponent
 from flap_sam.data.demo import ensure_demo_site
 from flap_sam.files import SERVER_APP, SIMULATOR_JOB, TRAFFIC_FILE, markdown_table, write_json, write_text
+from flap_sam.jobs.recipe import FlapSamRecipe, make_env
 from flap_sam.jobs.simulator import output_tail, run_simulator
 from flap_sam.jobs.writer import source_job, write_job
 
@@ -48,7 +52,9 @@ class ScaleRun:
     """One federation of ``sites`` sites: what its server cost.
 
     Attributes:
-        peak_server_mib: peak resident memory of the simulator's server process, MiB.
+        env: ``sim`` (FLARE's simulator) or ``poc`` (a POC: every site and the server separate processes).
+        peak_server_mib: peak resident memory of the server, MiB (the simulator's server process; a POC's server
+            process and its job process together).
         round_s / aggregation_s: the median round's wall time and its aggregation's, seconds.
         received_mb_per_round: MB (10**6 bytes) the server received per round, all sites together.
         server_mib_at_round_end: the server process's memory at the end of each round, MiB.
@@ -64,6 +70,7 @@ class ScaleRun:
     received_mb_per_round: float
     server_mib_at_round_end: tuple[float, ...]
     memory_growth_kib_per_round: float | None
+    env: str = "sim"
 
 
 def _log_times(log_text: str, pattern: re.Pattern[str]) -> list[float]:
@@ -98,24 +105,99 @@ def run_federation(job: str, sites: int, rounds: int, workspace: str, data_root:
     server = os.path.join(run_dir, "server")
     with open(os.path.join(server, "log.txt"), encoding="utf-8", errors="replace") as f:
         log_text = f.read()
+    traffic = os.path.join(run_dir, SIMULATOR_JOB, SERVER_APP, TRAFFIC_FILE)
+    return _scale_run("sim", sites, rounds, log_text, traffic, result.usage.server_rss, result.usage.started_at, result.usage.wall_s)
+
+
+def _scale_run(
+    env: str,
+    sites: int,
+    rounds: int,
+    log_text: str,
+    traffic_file: str,
+    samples: tuple[tuple[float, int], ...],
+    started_at: float,
+    wall_s: float,
+) -> ScaleRun:
+    """A run's figures from its server's log, its traffic file and the server's (seconds after ``started_at``, bytes) samples."""
     round_s, aggregation_s, ends = round_times(log_text)
     if len(round_s) != rounds:
-        raise RuntimeError(f"{sites} sites: the server's log shows {len(round_s)} finished rounds, not {rounds}")
-    with open(os.path.join(run_dir, SIMULATOR_JOB, SERVER_APP, TRAFFIC_FILE), encoding="utf-8") as f:
+        raise RuntimeError(f"{sites} sites ({env}): the server's log shows {len(round_s)} finished rounds, not {rounds}")
+    with open(traffic_file, encoding="utf-8") as f:
         received = json.load(f)["totals"]["received"]
-    samples = result.usage.server_rss
-    at_end = [_rss_at(samples, end - result.usage.started_at) / MIB for end in ends]
+    at_end = [_rss_at(samples, end - started_at) / MIB for end in ends]
     return ScaleRun(
         sites=sites,
         rounds=rounds,
-        wall_s=round(result.usage.wall_s, 1),
+        wall_s=round(wall_s, 1),
         peak_server_mib=round(max((rss for _, rss in samples), default=0) / MIB, 1),
         round_s=round(float(np.median(round_s)), 2),
         aggregation_s=round(float(np.median(aggregation_s)), 3) if aggregation_s else 0.0,
         received_mb_per_round=round(received / 1e6 / rounds, 2),
         server_mib_at_round_end=tuple(round(x, 1) for x in at_end),
         memory_growth_kib_per_round=_growth(at_end),
+        env=env,
     )
+
+
+def _poc_server_rss(poc_workspace: str) -> int:
+    """Resident bytes of the POC's server now: FLARE's server process and its job process (0 when neither runs)."""
+    import psutil
+
+    total = 0
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info.get("cmdline") or [])
+        if poc_workspace in cmdline and "nvflare.private.fed.app.server" in cmdline:
+            try:
+                total += int(process.memory_info().rss)
+            except psutil.Error:  # it ended while read
+                pass
+    return total
+
+
+def run_poc_federation(job: str, sites: int, rounds: int, workspace: str, data_root: str, timeout: float) -> ScaleRun:
+    """One federation of ``sites`` sites and ``rounds`` rounds of ``job`` in a fresh POC (FLARE's ``PocEnv``: the
+    server and every site separate processes, under ``workspace/poc-N``, removed after its result is read)."""
+    poc = os.path.abspath(os.path.join(workspace, f"poc-{sites}"))
+    settings = {**TINY_FEDERATION, "num_rounds": rounds, "min_clients": sites, "data_root": data_root}
+    before = os.environ.get("NVFLARE_POC_WORKSPACE")
+    os.environ["NVFLARE_POC_WORKSPACE"] = poc  # where FLARE's PocEnv prepares its POC
+    samples: list[tuple[float, int]] = []
+    done = threading.Event()
+    started_at, started = time.time(), time.monotonic()
+
+    def sample() -> None:
+        while not done.wait(1.0):
+            samples.append((round(time.time() - started_at, 1), _poc_server_rss(poc)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    env = None
+    try:
+        recipe = FlapSamRecipe(job, name=f"scale-{sites}", env="poc", **settings)
+        env = make_env("poc", sites)
+        sampler.start()
+        run = recipe.execute(env)
+        result = run.get_result(timeout=timeout, clean_up=False)
+        status = run.get_status()
+        if not result or "COMPLETED" not in str(status):
+            raise RuntimeError(f"{sites} sites (poc): the job ended {status}, result {result}")
+        logs = [os.path.join(d, "log.txt") for d, _, files in os.walk(result) if "log.txt" in files]
+        server_log = next((p for p in logs if os.path.basename(os.path.dirname(p)) == "workspace"), None)
+        traffic = next((os.path.join(d, TRAFFIC_FILE) for d, _, files in os.walk(result) if TRAFFIC_FILE in files), None)
+        if server_log is None or traffic is None:
+            raise RuntimeError(f"{sites} sites (poc): the job's result {result} holds no server log or {TRAFFIC_FILE}")
+        with open(server_log, encoding="utf-8", errors="replace") as f:
+            log_text = f.read()
+        wall_s = time.monotonic() - started
+        return _scale_run("poc", sites, rounds, log_text, traffic, tuple(s for s in samples if s[1] > 0), started_at, wall_s)
+    finally:
+        done.set()
+        if env is not None:
+            env.stop(clean_up=True)
+        if before is None:
+            os.environ.pop("NVFLARE_POC_WORKSPACE", None)
+        else:
+            os.environ["NVFLARE_POC_WORKSPACE"] = before
 
 
 def _rss_at(samples: tuple[tuple[float, int], ...], seconds: float) -> float:
@@ -151,20 +233,37 @@ def memory_table(run: ScaleRun) -> str:
 
 
 def run_scale(
-    job: str, site_counts: list[int], rounds: int, out: str, threads: int = 8, memory_rounds: int = 0, memory_sites: int = 8
+    job: str,
+    site_counts: list[int],
+    rounds: int,
+    out: str,
+    threads: int = 8,
+    memory_rounds: int = 0,
+    memory_sites: int = 8,
+    env: str = "sim",
 ) -> dict[str, object]:
-    """Every federation, then the tables (``scale.md``) and the numbers (``scale.json``) in ``out``."""
+    """Every federation (``env``: ``sim``, FLARE's simulator, or ``poc``, a POC per count), then the tables
+    (``scale.md``) and the numbers (``scale.json``) in ``out``."""
+    if env not in ("sim", "poc"):
+        raise ValueError(f"--env {env}: choose sim or poc")
     os.makedirs(out, exist_ok=True)
     data_root = ensure_demo_site("kits", "site-1", os.path.join(out, "demo"))
+
+    def federation(sites: int, rounds: int, workspace: str, timeout: float) -> ScaleRun:
+        if env == "poc":
+            return run_poc_federation(job, sites, rounds, workspace, data_root, timeout)
+        return run_federation(job, sites, rounds, workspace, data_root, min(threads, sites), timeout)
+
+    where = "FLARE's simulator" if env == "sim" else "a POC (separate processes)"
     runs = []
     for sites in site_counts:
-        print(f"{sites} sites, {rounds} rounds ...", flush=True)
-        runs.append(run_federation(job, sites, rounds, out, data_root, min(threads, sites), timeout=3600))
-    text = "## A federation's server, from " + f"{site_counts[0]} to {site_counts[-1]} sites\n\n" + scale_table(runs) + "\n"
-    record: dict[str, object] = {"runs": [asdict(r) for r in runs]}
+        print(f"{sites} sites, {rounds} rounds ({env}) ...", flush=True)
+        runs.append(federation(sites, rounds, out, timeout=3600))
+    text = f"## A federation's server, from {site_counts[0]} to {site_counts[-1]} sites, in {where}\n\n" + scale_table(runs) + "\n"
+    record: dict[str, object] = {"env": env, "runs": [asdict(r) for r in runs]}
     if memory_rounds:
         print(f"{memory_sites} sites, {memory_rounds} rounds (the server's memory) ...", flush=True)
-        long_run = run_federation(job, memory_sites, memory_rounds, os.path.join(out, "long"), data_root, min(threads, memory_sites), 7200)
+        long_run = federation(memory_sites, memory_rounds, os.path.join(out, "long"), 7200)
         text += f"\n## The server's memory over {memory_rounds} rounds\n\n" + memory_table(long_run) + "\n"
         record["memory_run"] = asdict(long_run)
     write_text(os.path.join(out, "scale.md"), text)

@@ -45,11 +45,12 @@ def compare_modes(model, volumes, num_classes: int, device: torch.device) -> dic
 DICE_MODEL = ModelSpec("lite_medsam", 64, 2, "flap", 32)  # the shipped demo's pretrained base
 
 
-def dice_agreement(train_steps: int) -> dict:
-    """Dice of both modes for pretrained LiteMedSAM trained briefly on site-1, on the held-out kits demo volumes of two sites."""
+def dice_agreement(train_steps: int, max_volumes: int | None = None) -> dict:
+    """Dice of both modes for pretrained LiteMedSAM trained briefly on site-1, on the held-out kits demo volumes of two
+    sites (the first ``max_volumes`` of them when given: a quicker, noisier comparison)."""
     profile = get_profile("kits")
     sites = [SiteData.load(profile, "demo", site, DICE_MODEL.image_size, profile.num_classes) for site in ("site-1", "site-2")]
-    volumes = [v for data in sites for v in data.validation + data.test]
+    volumes = [v for data in sites for v in data.validation + data.test][:max_volumes]
     torch.manual_seed(0)
     model = build_model(DICE_MODEL)
     trainer = LocalTrainer(

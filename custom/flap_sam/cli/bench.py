@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--validation-train-steps", type=int, default=40, help="training steps of pretrained LiteMedSAM before the modes' Dice is compared"
     )
+    parser.add_argument(
+        "--validation-volumes", type=int, default=None, help="score the modes' Dice on the first N held-out demo volumes (default: all)"
+    )
     parser.add_argument("--no-site-memory", action="store_true", help="skip the site memory measurement")
     parser.add_argument("--site-volumes", type=int, default=24, help="CT volumes of the synthetic site (Fed-KiTS site-6: 24)")
     parser.add_argument("--site-shape", type=int, nargs=3, default=[512, 512, 200], metavar=("X", "Y", "Z"))
@@ -200,7 +203,7 @@ def validation_section(args) -> tuple[str, dict]:
     from flap_sam.model.factory import ModelSpec
 
     timing = mode_timing(ModelSpec(args.model, args.image_size, args.num_classes, "flap", args.rank))
-    dice = dice_agreement(args.validation_train_steps)
+    dice = dice_agreement(args.validation_train_steps, args.validation_volumes)
     figures = {
         **timing,
         "dice_overlap": dice["dice_overlap"],
@@ -329,6 +332,8 @@ def run(args: argparse.Namespace) -> int:
     from flap_sam.benchmark.payloads import aggregation_growth, built_adapter, round_trip_errors
     from flap_sam.model.factory import ModelSpec
 
+    if args.validation_volumes is not None and args.validation_volumes < 1:
+        raise ValueError(f"--validation-volumes {args.validation_volumes}: must be 1 or more")
     if args.job:
         from flap_sam.jobs.writer import read_job_spec
 

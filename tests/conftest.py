@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import defaultdict
 
 import pytest
 import torch
@@ -23,6 +24,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         module = item.nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
         item.add_marker(pytest.mark.xdist_group("flare_fixed_ports" if module in FIXED_PORTS else module))
+
+
+_seconds_by_worker: dict[str, float] = defaultdict(float)
+_seconds_by_group: dict[str, float] = defaultdict(float)
+
+
+def pytest_runtest_logreport(report):
+    """Sum each test's setup, call and teardown seconds per xdist worker and per group (on the controller)."""
+    node = getattr(report, "node", None)  # xdist's worker, on the controller
+    worker = getattr(getattr(node, "gateway", None), "id", "main")
+    module = report.nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
+    _seconds_by_worker[worker] += report.duration
+    _seconds_by_group["flare_fixed_ports" if module in FIXED_PORTS else module] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Where CI's time goes: seconds per worker (the longest is the run's wall time) and the five longest groups."""
+    if not _seconds_by_worker:
+        return
+    workers = ", ".join(f"{w} {s / 60:.1f} min" for w, s in sorted(_seconds_by_worker.items()))
+    groups = ", ".join(f"{g} {s / 60:.1f}" for g, s in sorted(_seconds_by_group.items(), key=lambda kv: -kv[1])[:5])
+    terminalreporter.write_line(f"test minutes per worker: {workers}; longest groups (min): {groups}")
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -219,13 +218,19 @@ def test_the_provisioned_kits_carry_each_sites_policy(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_shipped_demo_job_still_runs_in_plain_nvflare_simulator(tmp_path):
-    """The shipped folder as it is (its app/custom/ marker, no scope), only shortened, in FLARE's simulator with no allow-list."""
-    job = tmp_path / "kits_lora"
-    shutil.copytree(REPO / "jobs" / "kits_lora", job)
-    for side in SIDES:
-        with open(job / "app" / "config" / f"config_fed_{side}.conf", "a") as f:
-            f.writelines(f"{k} = {json.dumps(v)}\n" for k, v in {**QUICK, "num_rounds": 1}.items())
+def test_a_job_written_for_the_simulator_runs_in_plain_nvflare_simulator(tmp_path, capsys):
+    """``flap-sam job --for simulator``: the shipped job's app/custom/ marker (no code) kept, so FLARE's own
+    ``nvflare simulator JOB -w WS`` runs it with no allow-list of ours (FLARE's BYOC); the default copy, for
+    provisioned sites, has no such folder."""
+    from flap_sam.cli.main import main
+
+    settings = [f"{k}={json.dumps(v)}" for k, v in {**QUICK, "num_rounds": 1}.items()]
+    job = tmp_path / "for_simulator"
+    assert main(["job", "kits_lora", "--out", str(job), "--for", "simulator", "--set", *settings]) == 0
+    assert f"nvflare simulator {job} -w WORKSPACE" in capsys.readouterr().out
+    assert (job / "app" / "custom" / "README.md").read_text() == (REPO / "jobs" / "kits_lora" / "app" / "custom" / "README.md").read_text()
+    assert main(["job", "kits_lora", "--out", str(tmp_path / "for_sites"), "--set", *settings]) == 0
+    assert not (tmp_path / "for_sites" / "app" / "custom").exists()
     workspace = tmp_path / "ws"
     done = subprocess.run(
         [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(workspace), "-n", "2", "-t", "2"],
@@ -235,6 +240,7 @@ def test_the_shipped_demo_job_still_runs_in_plain_nvflare_simulator(tmp_path):
         env={**os.environ, "FLAP_SAM_DEMO_ROOT": str(tmp_path / "demo")},
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "ComponentNotAuthorized" not in done.stdout + done.stderr
     assert not (workspace / "local" / "resources.json").exists()
     assert (workspace / "server" / "simulate_job" / "app_server" / "FL_global_model.pt").is_file()
 

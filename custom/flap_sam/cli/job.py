@@ -20,6 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "drops the demo's short budget (the job then runs the paper's recipe)",
     )
     parser.add_argument(
+        "--for",
+        dest="target",
+        choices=["deployment", "simulator"],
+        default="deployment",
+        help="deployment (default): no code, what provisioned sites and POC kits accept; simulator: for FLARE's own "
+        "`nvflare simulator OUT -w WS`, keeping the shipped job's app/custom/ marker (no code), which provisioned sites refuse",
+    )
+    parser.add_argument(
         "--task",
         default=None,
         metavar="DATASET_JSON",
@@ -35,12 +43,18 @@ def run(args: argparse.Namespace) -> int:
     settings = parse_settings(args.set)
     if args.task:
         settings = {**read_task(args.task).settings(settings.get("channel")), **settings}
-    out = write_job(source, args.out, settings)
+    out = write_job(source, args.out, settings, for_simulator=args.target == "simulator")
     written = job_settings(out)
-    print(
-        f"wrote {out} (privacy scope {written['scope']}, no code: what provisioned sites accept; "
-        f"in the simulator: flap-sam simulate {out} -w WORKSPACE)"
-    )
+    if args.target == "simulator":
+        print(
+            f"wrote {out} (privacy scope {written['scope']}) for FLARE's simulator: nvflare simulator {out} -w WORKSPACE "
+            f"-n SITES -t SITES (provisioned sites refuse it: write theirs without --for simulator)"
+        )
+    else:
+        print(
+            f"wrote {out} (privacy scope {written['scope']}, no code: what provisioned sites accept; in the simulator: "
+            f"flap-sam simulate {out} -w WORKSPACE, or write it with --for simulator for nvflare simulator)"
+        )
     note = random_base_note(written)
     if note:
         print(f"note: {note}", file=sys.stderr)

@@ -128,7 +128,7 @@ def _drop_include(config_file: str, conf: str) -> None:
         f.writelines(line for line in lines if not (line.lstrip().startswith("include") and f'/{conf}"' in line))
 
 
-def write_job(source: str, out: str, settings: dict) -> str:
+def write_job(source: str, out: str, settings: dict, for_simulator: bool = False) -> str:
     """Copy job folder ``source`` to ``out`` and set ``settings`` in both of its config files; returns ``out``.
 
     A ``data_root`` other than ``demo``, or ``demo_budget = false``, drops the demo's short budget:
@@ -136,7 +136,8 @@ def write_job(source: str, out: str, settings: dict) -> str:
     ``attack_simulation.conf``, which names the Byzantine components; any other job names none. The copy carries no code (no ``app/custom/``) and names its
     privacy scope (setting ``scope``) in ``meta.json``, as provisioned sites require; to run it in
     FLARE's simulator use ``run_simulator`` / ``flap-sam simulate``, which give the simulator the
-    sites' allow-list.
+    sites' allow-list, or write it ``for_simulator``: the copy then keeps the shipped job's ``app/custom/``
+    marker (no code), as ``nvflare simulator JOB`` needs and provisioned sites refuse.
     """
     if not os.path.isdir(source):
         raise ValueError(f"job {source}: not a folder")
@@ -163,7 +164,9 @@ def write_job(source: str, out: str, settings: dict) -> str:
     meta["scope"] = str(merged["scope"])  # the sites' privacy scope it asks for
     write_json(os.path.join(tmp, "meta.json"), meta)
     # The job carries no code: its code is the installed flap_sam package. A shipped job's app/custom/
-    # marks it as bringing code, which provisioned sites refuse (docs/deployment.md#site-policies).
-    shutil.rmtree(os.path.join(tmp, "app", "custom"), ignore_errors=True)
+    # marks it as bringing code (FLARE's BYOC), which provisioned sites refuse (docs/deployment.md#site-policies)
+    # and FLARE's own simulator needs, since its built-in allow-list lacks flap_sam.
+    if not for_simulator:
+        shutil.rmtree(os.path.join(tmp, "app", "custom"), ignore_errors=True)
     os.rename(tmp, out)
     return out

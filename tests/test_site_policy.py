@@ -231,6 +231,8 @@ def test_a_job_written_for_the_simulator_runs_in_plain_nvflare_simulator(tmp_pat
     assert (job / "app" / "custom" / "README.md").read_text() == (REPO / "jobs" / "kits_lora" / "app" / "custom" / "README.md").read_text()
     assert main(["job", "kits_lora", "--out", str(tmp_path / "for_sites"), "--set", *settings]) == 0
     assert not (tmp_path / "for_sites" / "app" / "custom").exists()
+    assert main(["job", str(tmp_path / "for_sites"), "--out", str(tmp_path / "again"), "--for", "simulator"]) == 0
+    assert (tmp_path / "again" / "app" / "custom" / "README.md").is_file()  # a copy of a site's job gets the marker too
     workspace = tmp_path / "ws"
     done = subprocess.run(
         [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(workspace), "-n", "2", "-t", "2"],

@@ -166,7 +166,11 @@ def write_job(source: str, out: str, settings: dict, for_simulator: bool = False
     # The job carries no code: its code is the installed flap_sam package. A shipped job's app/custom/
     # marks it as bringing code (FLARE's BYOC), which provisioned sites refuse (docs/deployment.md#site-policies)
     # and FLARE's own simulator needs, since its built-in allow-list lacks flap_sam.
+    marker = os.path.join(tmp, "app", "custom", "README.md")
     if not for_simulator:
-        shutil.rmtree(os.path.join(tmp, "app", "custom"), ignore_errors=True)
+        shutil.rmtree(os.path.dirname(marker), ignore_errors=True)
+    elif not os.path.isfile(marker):  # a source written for the sites: the shipped jobs' marker
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        shutil.copy(os.path.join(source_job("kits_lora"), "app", "custom", "README.md"), marker)
     os.rename(tmp, out)
     return out

@@ -140,19 +140,43 @@ def _scale_run(
     )
 
 
+def _poc_processes(poc_workspace: str) -> list:
+    """The processes started from ``poc_workspace`` (its start scripts, FLARE's server, sites and their jobs)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        if process.info.get("status") != psutil.STATUS_ZOMBIE and poc_workspace in " ".join(process.info.get("cmdline") or []):
+            found.append(process)
+    return found
+
+
 def _poc_server_rss(poc_workspace: str) -> int:
     """Resident bytes of the POC's server now: FLARE's server process and its job process (0 when neither runs)."""
     import psutil
 
     total = 0
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(process.info.get("cmdline") or [])
-        if poc_workspace in cmdline and "nvflare.private.fed.app.server" in cmdline:
-            try:
+    for process in _poc_processes(poc_workspace):
+        try:
+            if "nvflare.private.fed.app.server" in " ".join(process.cmdline()):
                 total += int(process.memory_info().rss)
-            except psutil.Error:  # it ended while read
-                pass
+        except psutil.Error:  # it ended while read
+            pass
     return total
+
+
+def _end_poc(poc_workspace: str, grace: float = 30.0) -> None:
+    """After FLARE stopped the POC: wait ``grace`` seconds for its processes (start scripts poll for the stop) to end,
+    then kill what is left, so the next count's POC starts on free ports."""
+    import psutil
+
+    _gone, alive = psutil.wait_procs(_poc_processes(poc_workspace), timeout=grace)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=10)
 
 
 def run_poc_federation(job: str, sites: int, rounds: int, workspace: str, data_root: str, timeout: float) -> ScaleRun:
@@ -194,6 +218,7 @@ def run_poc_federation(job: str, sites: int, rounds: int, workspace: str, data_r
         done.set()
         if env is not None:
             env.stop(clean_up=True)
+            _end_poc(poc)
         if before is None:
             os.environ.pop("NVFLARE_POC_WORKSPACE", None)
         else:

@@ -57,6 +57,7 @@ def _good():
         (lambda img, lab: (img, lab[:, :, :5]), r"lab.nii.gz: shape \(16, 16, 5\) differs"),
         (lambda img, lab: (img, np.where(lab > 0, 3, 0).astype(np.uint8)), r"lab.nii.gz: values 0..3 outside 0..2"),
         (lambda img, lab: (np.where(lab > 0, np.nan, img).astype(np.float32), lab), r"img.nii.gz: contains NaN"),
+        (lambda img, lab: (np.where(lab > 0, 1e300, img.astype(np.float64)), lab), r"img.nii.gz: .* out-of-range \(beyond float32\)"),
     ],
 )
 def test_bad_volumes_fail_at_start_with_one_line(tmp_path, mutate, message):

@@ -178,9 +178,10 @@ def load_volume(
         raise DataError(f"image {image_path[0]}: a list of files is a DICOM series, and these are not DICOM")
     image = _canonical(image_img)
     if not np.issubdtype(image.dtype, np.integer):  # integer voxels (e.g. CT in int16) stay as stored: always finite
-        image = image.astype(np.float32)
+        with np.errstate(over="ignore"):  # a float64 value beyond float32's range becomes inf: refused below
+            image = image.astype(np.float32)
         if not np.isfinite(image).all():
-            raise DataError(f"image {image_path}: contains NaN or infinite values")
+            raise DataError(f"image {image_path}: contains NaN, infinite or out-of-range (beyond float32) values")
     label = None
     if label_path is not None and is_dicom(label_path):
         label = _load_label(label_path, _read_dicom_label(label_path, series, structures), num_classes, ())
